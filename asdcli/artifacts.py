@@ -1,0 +1,184 @@
+"""The one place that writes and reads artifacts: atomic writes, npz/JSON loading with clear
+errors, checkpoint hashing, and the embeddings file that every stage after `embed` reads."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from asdcli import __version__
+from asdcli.errors import ArtifactError, ArtifactMismatch, ArtifactNotFound, AsdError
+
+EMBEDDINGS_SCHEMA = 1
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
+    """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
+
+    On any exception (Ctrl-C included) the temp file is removed and ``path`` is untouched,
+    so an existing artifact is never replaced by a partial one.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AsdError(f"Cannot create folder {parent}: {e.strerror}. Choose a writable output path.") from e
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise AsdError(f"Cannot write in {parent}: {e.strerror}. Choose a writable output path.") from e
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f  # type: ignore[misc]
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write an uncompressed npz atomically. String arrays must be unicode (``<U``), not objects."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_npz(path: str | Path, required: tuple[str, ...] = (), what: str = "artifact") -> dict[str, np.ndarray]:
+    """Load an npz without pickles; a missing, corrupt or incomplete file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactNotFound(f"{what.capitalize()} {path} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ArtifactError(f"{path} is not a readable {what} npz file ({e}). Re-create it.") from e
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise ArtifactError(f"{path} is not a {what}: it lacks {', '.join(missing)}.")
+    return arrays
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactNotFound(f"{what.capitalize()} {path} does not exist.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}). Re-create it.") from e
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def json_meta(arrays: Mapping[str, np.ndarray], path: str | Path) -> dict[str, Any]:
+    """Decode the ``meta`` JSON string stored in an npz artifact."""
+    try:
+        return dict(json.loads(str(arrays["meta"])))
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"{path} has no valid meta record. Re-create it.") from e
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Embeddings of N clips with the parsed DCASE fields of each clip.
+
+    ``vectors`` is float32 (N, D); every string field is a unicode array of shape (N,), with ""
+    where the field is unknown. ``meta`` records how the vectors were made (schema version,
+    checkpoint SHA-256, backbone cfg, adapter id, pooling, clip length, tool version).
+    """
+
+    vectors: np.ndarray
+    filenames: np.ndarray
+    paths: np.ndarray
+    machine: np.ndarray
+    section: np.ndarray
+    domain: np.ndarray
+    split: np.ndarray
+    label: np.ndarray
+    meta: dict[str, Any]
+
+    FIELDS = ("filenames", "paths", "machine", "section", "domain", "split", "label")
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def select(self, mask: np.ndarray) -> Embeddings:
+        """The subset of rows where the boolean ``mask`` (N,) is True."""
+        fields = {f: getattr(self, f)[mask] for f in self.FIELDS}
+        return Embeddings(vectors=self.vectors[mask], meta=self.meta, **fields)
+
+
+def save_embeddings(path: str | Path, emb: Embeddings) -> None:
+    meta = {"schema_version": EMBEDDINGS_SCHEMA, "tool_version": __version__, **emb.meta}
+    arrays: dict[str, np.ndarray] = {"embeddings": np.asarray(emb.vectors, dtype=np.float32)}
+    for f in Embeddings.FIELDS:
+        arrays[f] = np.asarray(getattr(emb, f), dtype=str)
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    save_npz_atomic(path, arrays)
+
+
+def load_embeddings(path: str | Path) -> Embeddings:
+    arrays = load_npz(path, ("embeddings", "filenames", "meta"), what="embeddings file")
+    meta = json_meta(arrays, path)
+    vectors = np.asarray(arrays["embeddings"], dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ArtifactError(f"{path}: embeddings must be a 2-D array, got shape {vectors.shape}.")
+    n = vectors.shape[0]
+    fields = {}
+    for f in Embeddings.FIELDS:
+        col = arrays.get(f, np.full(n, "", dtype=str))
+        if col.shape != (n,):
+            raise ArtifactError(f"{path}: field {f} has shape {col.shape}, expected ({n},).")
+        fields[f] = col.astype(str)
+    return Embeddings(vectors=vectors, meta=meta, **fields)
+
+
+def check_same_frontend(a: Mapping[str, Any], b: Mapping[str, Any], what_a: str, what_b: str) -> None:
+    """Raise ArtifactMismatch when two meta records come from different front ends."""
+    for key in ("checkpoint_sha256", "adapter_id", "embedding", "pooling"):
+        if key in a and key in b and a[key] != b[key]:
+            raise ArtifactMismatch(
+                f"{what_a} and {what_b} were made with different {key.replace('_', ' ')} "
+                f"({a[key]!s:.16} vs {b[key]!s:.16}). Embed both with the same checkpoint and adapter."
+            )

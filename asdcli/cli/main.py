@@ -1,0 +1,89 @@
+"""The `asd` Typer app: registers every stage command and renders AsdError once."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from asdcli import __version__
+from asdcli.console import stderr_console
+from asdcli.errors import AsdError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="asd",
+    help=(
+        "First-shot unsupervised anomalous sound detection for machine condition monitoring "
+        "(DCASE 2025 Task 2).\n\n"
+        "Pipeline: finetune (BEATs + LoRA) -> embed -> fit-bank -> score -> report. "
+        "Each stage reads and writes files, so it can run alone. Try `asd demo` first."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+
+
+def handle_errors(fn: F) -> F:
+    """Render AsdError as one `Error: ...` line on stderr and exit 1; Ctrl-C exits 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AsdError as e:
+            stderr_console().print(f"[bold red]Error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            stderr_console().print("[yellow]Interrupted.[/] Finished artifacts are kept; re-run to continue.")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"asd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """First-shot unsupervised anomalous sound detection (DCASE 2025 Task 2)."""
+
+
+def _register() -> None:
+    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, report_cmd, score_cmd
+
+    for name, module in (
+        ("finetune", finetune_cmd),
+        ("embed", embed_cmd),
+        ("fit-bank", bank_cmd),
+        ("score", score_cmd),
+        ("report", report_cmd),
+        ("demo", demo_cmd),
+    ):
+        app.command(name)(handle_errors(module.command))
+    run = getattr(demo_cmd, "run_command", None)
+    if run is not None:
+        app.command("run")(handle_errors(run))
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name="asd")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

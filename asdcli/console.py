@@ -1,0 +1,54 @@
+"""Human-facing output helpers: everything human goes to stderr, data goes to stdout."""
+
+from __future__ import annotations
+
+import sys
+from typing import IO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def stderr_console() -> Console:
+    """A Rich console on stderr (progress, tables, logs)."""
+    return Console(stderr=True)
+
+
+def is_terminal(stream: IO[str] | None = None) -> bool:
+    stream = stream if stream is not None else sys.stdout
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def make_progress(console: Console | None = None, unit: str = "clips") -> Progress:
+    """A progress bar with count, rate (``unit``/s) and ETA. Quiet when stderr is not a terminal."""
+    console = console or stderr_console()
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=False,
+    )
+
+
+def rate_text(done: float, seconds: float, unit: str = "clips") -> str:
+    return f"{done / seconds:.1f} {unit}/s" if seconds > 0 else ""

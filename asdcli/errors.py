@@ -1,0 +1,30 @@
+"""Typed errors. Library code raises these with one actionable sentence; the CLI renders them
+once as ``Error: ...`` on stderr with exit code 1."""
+
+
+class AsdError(Exception):
+    """Base class of every error shown to the user without a traceback."""
+
+
+class ConfigError(AsdError):
+    """An option or configuration value is invalid or contradictory."""
+
+
+class DataError(AsdError):
+    """The dataset layout or a file name is not what a stage needs."""
+
+
+class AudioError(AsdError):
+    """An audio file cannot be read or is unusable (corrupt, empty, NaN, too short)."""
+
+
+class ArtifactNotFound(AsdError):
+    """An input artifact or checkpoint does not exist."""
+
+
+class ArtifactError(AsdError):
+    """An artifact or checkpoint exists but is corrupt, truncated or of the wrong kind."""
+
+
+class ArtifactMismatch(AsdError):
+    """Two artifacts do not belong together (dimension, front-end or checkpoint differ)."""
