@@ -1,0 +1,210 @@
+"""Scoring embeddings against banks, decisions, and the challenge's CSV files.
+
+Score files (DCASE 2025 Task 2 format): ``filename,score`` per line, no header, ``\\n`` line ends,
+higher = more anomalous; decision files: ``filename,0|1`` (1 = anomaly, score > bank threshold).
+Scores are written with ``%.9g`` (round-trips float32 exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from asdcli import knn
+from asdcli.artifacts import Embeddings, check_same_frontend, write_text_atomic
+from asdcli.bank import Bank
+from asdcli.errors import ArtifactMismatch, AsdError, ConfigError, DataError
+
+SCORE_FORMATS = ("csv", "jsonl")
+
+
+def check_compatible(bank: Bank, emb: Embeddings, what_bank: str = "the bank", what_emb: str = "the embeddings") -> None:
+    """Raise ArtifactMismatch when ``emb`` was not made like the bank's training embeddings."""
+    if emb.dim != bank.dim:
+        raise ArtifactMismatch(
+            f"{what_bank} has dimension {bank.dim} but {what_emb} has {emb.dim}; "
+            "embed the test clips with the checkpoint and adapter used for the bank."
+        )
+    check_same_frontend(bank.embedding_meta, emb.meta, what_bank, what_emb)
+
+
+def score_vectors(bank: Bank, vectors: np.ndarray) -> np.ndarray:
+    """Anomaly scores of raw embeddings ``vectors`` (N, D): (N,) float32, higher = more anomalous."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != bank.dim:
+        raise ArtifactMismatch(f"Embeddings of shape {vectors.shape} do not fit the bank of {bank.name} (dimension {bank.dim}).")
+    if vectors.shape[0] == 0:
+        return np.zeros(0, dtype=np.float32)
+    return bank.score_prepared(knn.prepare(vectors, bank.mean, bank.std))
+
+
+def score_embeddings(bank: Bank, emb: Embeddings, what: str = "the embeddings") -> np.ndarray:
+    """Scores (N,) float32 of every row of ``emb`` after checking it matches the bank's front end."""
+    check_compatible(bank, emb, f"the bank of {bank.name}", what)
+    return score_vectors(bank, emb.vectors)
+
+
+def decide(bank: Bank, scores: np.ndarray) -> np.ndarray:
+    """Decisions (N,) int8: 1 (anomaly) where score > the bank's threshold, else 0."""
+    return (np.asarray(scores) > bank.threshold).astype(np.int8)
+
+
+def select_test(emb: Embeddings, machine: str, section: str) -> Embeddings:
+    """The test rows of ``emb`` for one machine/section."""
+    return emb.select((emb.split == "test") & (emb.machine == machine) & (emb.section == section))
+
+
+def test_groups(emb: Embeddings) -> list[tuple[str, str]]:
+    """Sorted (machine, section) pairs with test clips in ``emb``."""
+    test = emb.split == "test"
+    return sorted({(str(m), str(s)) for m, s in zip(emb.machine[test], emb.section[test])})
+
+
+def format_score(x: float) -> str:
+    return "%.9g" % float(x)
+
+
+def format_rows(
+    filenames: Iterable[str],
+    scores: np.ndarray,
+    decisions: np.ndarray | None = None,
+    fmt: str = "csv",
+    header: bool = False,
+) -> str:
+    """Score lines: CSV ``filename,score`` (optionally a header line) or JSONL objects
+    ``{"filename", "score"[, "decision"]}``; every line ends with ``\\n``."""
+    if fmt not in SCORE_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(SCORE_FORMATS)}, got {fmt!r}.")
+    names = [str(f) for f in filenames]
+    if fmt == "csv":
+        lines = ["filename,score"] if header else []
+        lines += [f"{n},{format_score(s)}" for n, s in zip(names, scores)]
+    else:
+        lines = []
+        for i, (n, s) in enumerate(zip(names, scores)):
+            rec: dict[str, object] = {"filename": n, "score": float(format_score(s))}
+            if decisions is not None:
+                rec["decision"] = int(decisions[i])
+            lines.append(json.dumps(rec))
+    return "".join(line + "\n" for line in lines)
+
+
+def format_decisions(filenames: Iterable[str], decisions: np.ndarray) -> str:
+    """``filename,0|1`` lines, no header."""
+    return "".join(f"{n},{int(d)}\n" for n, d in zip(filenames, decisions))
+
+
+def write_decisions(path: str | Path, filenames: Iterable[str], decisions: np.ndarray) -> None:
+    """Write a decision CSV atomically."""
+    write_text_atomic(path, format_decisions(filenames, decisions))
+
+
+def submission_names(machine: str, section: str) -> tuple[str, str]:
+    """File names of one machine/section's score and decision files."""
+    tail = f"{machine}_section_{section}_test.csv"
+    return f"anomaly_score_{tail}", f"decision_result_{tail}"
+
+
+def _is_submission_file(p: Path) -> bool:
+    return p.is_file() and p.suffix == ".csv" and p.name.startswith(("anomaly_score_", "decision_result_"))
+
+
+def _bank_map(banks: Mapping[tuple[str, str], Bank] | Iterable[Bank]) -> dict[tuple[str, str], Bank]:
+    items = banks.values() if isinstance(banks, Mapping) else banks
+    return {(b.machine, b.section): b for b in items}
+
+
+def submission_files(
+    banks: Mapping[tuple[str, str], Bank] | Iterable[Bank], test_emb: Embeddings, what: str = "the test embeddings"
+) -> dict[str, str]:
+    """The submission folder's content {file name: text} for every machine/section with test clips.
+
+    All checks happen here, before anything is written: every test clip has a machine, a bank
+    exists for each machine/section and matches the embeddings, and no file name repeats.
+    """
+    bank_map = _bank_map(banks)
+    test = test_emb.split == "test"
+    if not test.any():
+        raise DataError(f"{what} has no test clips; embed the test folders.")
+    if (test_emb.machine[test] == "").any() or (test_emb.section[test] == "").any():
+        raise DataError(f"Some test clips in {what} have no machine or section; embed them from a DCASE folder layout.")
+    files: dict[str, str] = {}
+    for m, s in test_groups(test_emb):
+        bank = bank_map.get((m, s))
+        if bank is None:
+            have = ", ".join(f"{bm} section {bs}" for bm, bs in sorted(bank_map)) or "none"
+            raise DataError(f"No bank for {m} section {s} (banks: {have}); fit it with `asd fit-bank --out-dir`.")
+        rows = select_test(test_emb, m, s)
+        names, counts = np.unique(rows.filenames, return_counts=True)
+        if (counts > 1).any():
+            raise DataError(f"{what} holds {names[counts > 1][0]} of {m} section {s} more than once; embed each test clip once.")
+        scores = score_embeddings(bank, rows, what)
+        score_name, decision_name = submission_names(m, s)
+        files[score_name] = format_rows(rows.filenames, scores)
+        files[decision_name] = format_decisions(rows.filenames, decide(bank, scores))
+    return files
+
+
+def write_submission(
+    banks: Mapping[tuple[str, str], Bank] | Iterable[Bank], test_emb: Embeddings, out_dir: str | Path,
+    what: str = "the test embeddings",
+) -> list[Path]:
+    """Write the challenge folder: ``anomaly_score_<m>_section_<SS>_test.csv`` and
+    ``decision_result_<m>_section_<SS>_test.csv`` for every machine/section with test clips.
+
+    The folder is built beside ``out_dir`` and renamed into place, so it holds exactly these
+    files: stale score/decision files of an earlier run are replaced, and a folder holding any
+    other file is refused (ConfigError). Returns the written paths, sorted.
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    files = submission_files(banks, test_emb, what)
+    parent = out_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+    try:
+        for name, text in files.items():
+            write_text_atomic(tmp / name, text)
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(out_dir / name for name in files)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"Submission folder {out_dir} is a file; choose a folder path.")
+    if out_dir.is_dir():
+        others = sorted(p.name for p in out_dir.iterdir() if not _is_submission_file(p))
+        if others:
+            raise ConfigError(
+                f"Submission folder {out_dir} holds other files ({', '.join(others[:3])}); choose an empty or new folder."
+            )
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` (absent or holding only submission files) by the finished ``tmp``."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    previous = old / "previous"
+    try:
+        os.replace(out_dir, previous)
+    except OSError as e:
+        shutil.rmtree(old, ignore_errors=True)
+        raise AsdError(f"Cannot replace submission folder {out_dir}: {e.strerror}.") from e
+    try:
+        os.replace(tmp, out_dir)
+    except OSError as e:
+        os.replace(previous, out_dir)  # put the earlier submission back
+        shutil.rmtree(old, ignore_errors=True)
+        raise AsdError(f"Cannot replace submission folder {out_dir}: {e.strerror}.") from e
+    shutil.rmtree(old, ignore_errors=True)
