@@ -1,0 +1,175 @@
+"""Audio loading: any file soundfile reads -> float32 mono at 16 kHz, padded or cut to length.
+
+Conversion rules, in order:
+
+1. Read with soundfile as float32 in [-1, 1] (any rate, channel count and bit depth:
+   8-bit unsigned, 16/24/32-bit PCM, float WAV, FLAC, ...).
+2. Reject unusable files with :class:`~asdcli.errors.AudioError` naming the file: unreadable or
+   not audio, 0 bytes, no samples, NaN/Inf samples, shorter than :data:`MIN_SECONDS` (the
+   shortest input BEATs accepts) after resampling.
+3. Mono: the mean of all channels, or channel ``cfg.channel`` (0-based) when set.
+4. Resample other rates to ``cfg.sample_rate`` with ``scipy.signal.resample_poly``
+   (polyphase, up/down reduced by their gcd).
+5. Pad with zeros at the end or cut the end to ``cfg.seconds`` (``None`` keeps the length).
+
+An all-zero clip is loaded but emits an :class:`AudioWarning` (a ``UserWarning``), so a
+whole run is not lost to one silent file; filter with ``warnings.simplefilter("error",
+AudioWarning)`` to make it fatal.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from scipy.signal import resample_poly
+
+from asdcli.dataset import Clip
+from asdcli.errors import AudioError, ConfigError
+
+SAMPLE_RATE = 16000  # Hz, what BEATs was trained on and what DCASE ships
+CLIP_SECONDS = 10.0  # the longest DCASE 2025 clip
+MIN_SECONDS = 0.175  # 2800 samples at 16 kHz: shorter input gives BEATs no patch to embed
+
+
+class AudioWarning(UserWarning):
+    """A clip is usable but suspicious (e.g. all zeros)."""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """How clips are turned into model input.
+
+    sample_rate: output rate in Hz; seconds: pad/cut length (None = natural length);
+    channel: 0-based channel to keep instead of the mean of all channels.
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    seconds: float | None = CLIP_SECONDS
+    channel: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0:
+            raise ConfigError(f"sample_rate must be positive, got {self.sample_rate}.")
+        if self.seconds is not None and not self.seconds >= MIN_SECONDS:
+            raise ConfigError(f"Clip length must be at least {MIN_SECONDS} s, got {self.seconds}.")
+        if self.channel is not None and self.channel < 0:
+            raise ConfigError(f"--channel counts from 0, got {self.channel}.")
+
+    @property
+    def num_samples(self) -> int | None:
+        """Output length in samples, or None for natural length."""
+        return None if self.seconds is None else round(self.seconds * self.sample_rate)
+
+
+def _read(path: Path) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 and the rate, or AudioError for anything unreadable."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as e:
+        raise AudioError(f"{path} does not exist; check the path.") from e
+    except OSError as e:
+        raise AudioError(f"Cannot access {path}: {e.strerror}.") from e
+    if size == 0:
+        raise AudioError(f"{path} is empty (0 bytes); re-copy or delete it.")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
+        raise AudioError(f"Cannot read {path} as audio ({e}); re-copy it or remove it from the data folder.") from e
+    if data.shape[0] == 0:
+        raise AudioError(f"{path} has no samples (header only); re-copy or delete it.")
+    return data, int(rate)
+
+
+def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Polyphase resampling of a 1-D float signal (float32 out).
+
+    Parameters
+    ----------
+    wave : np.ndarray
+        (N,) float.
+    orig_rate, new_rate : int
+        Rates in Hz; up/down factors are reduced by their gcd (44100 -> 16000 is 160/441).
+    """
+    if orig_rate == new_rate:
+        return wave.astype(np.float32, copy=False)
+    g = math.gcd(orig_rate, new_rate)
+    out = resample_poly(wave.astype(np.float64), new_rate // g, orig_rate // g)
+    return out.astype(np.float32)
+
+
+def fit_length(wave: np.ndarray, num_samples: int | None) -> np.ndarray:
+    """Pad with zeros at the end or cut the end so that ``len(wave) == num_samples``."""
+    if num_samples is None or len(wave) == num_samples:
+        return wave
+    if len(wave) > num_samples:
+        return wave[:num_samples]
+    return np.pad(wave, (0, num_samples - len(wave)))
+
+
+def _to_mono(data: np.ndarray, path: Path, channel: int | None) -> np.ndarray:
+    if channel is None:
+        return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if channel >= data.shape[1]:
+        raise AudioError(f"{path} has {data.shape[1]} channel(s), so --channel {channel} does not exist; "
+                         f"use 0..{data.shape[1] - 1} or leave it unset to average the channels.")
+    return data[:, channel]
+
+
+def load_clip(path: Path | str, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
+    """Load one clip as model input.
+
+    Parameters
+    ----------
+    path : Path
+        Any file soundfile reads.
+    cfg : AudioConfig
+        Output rate, length and channel rule.
+
+    Returns
+    -------
+    np.ndarray
+        (N,) float32, N = ``cfg.num_samples`` (or the resampled natural length).
+
+    Raises
+    ------
+    AudioError
+        Unreadable, empty, non-finite, too short, or ``cfg.channel`` out of range.
+    """
+    path = Path(path)
+    data, rate = _read(path)
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path} contains NaN or Inf samples; re-export it as PCM WAV.")
+    wave = resample(_to_mono(data, path, cfg.channel), rate, cfg.sample_rate)
+    min_samples = math.ceil(MIN_SECONDS * cfg.sample_rate)
+    if len(wave) < min_samples:
+        raise AudioError(f"{path} is {data.shape[0] / rate:.3f} s long, shorter than the {MIN_SECONDS} s "
+                         "BEATs needs; remove it from the data folder.")
+    if not wave.any():
+        warnings.warn(f"{path} is all zeros (silence); its embedding carries no information.",
+                      AudioWarning, stacklevel=2)
+    return fit_length(wave, cfg.num_samples)
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips as a torch Dataset of ``(wave, index)``: wave (N,) float32 tensor, index into ``paths``.
+
+    Holds only paths and the config, so it pickles cheaply into DataLoader workers. With
+    ``cfg.seconds`` set, every item has the same length and default collation stacks them.
+    """
+
+    def __init__(self, clips: Sequence[Clip | Path | str], cfg: AudioConfig = AudioConfig()) -> None:
+        self.paths: tuple[Path, ...] = tuple(c.path if isinstance(c, Clip) else Path(c) for c in clips)
+        self.cfg = cfg
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(load_clip(self.paths[i], self.cfg)), i

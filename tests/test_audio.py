@@ -1,0 +1,148 @@
+"""Audio loading: rates, channels, bit depths, pad/cut, and every error case."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asdcli.audio import MIN_SECONDS, AudioConfig, AudioWarning, ClipDataset, load_clip, resample
+from asdcli.errors import AudioError, ConfigError
+
+
+def _tone(rate: int, seconds: float, freq: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(round(rate * seconds)) / rate
+    x = 0.5 * np.sin(2 * np.pi * freq * t)
+    return np.stack([x * (c + 1) / channels for c in range(channels)], axis=1) if channels > 1 else x
+
+
+def _write(path: Path, data: np.ndarray, rate: int, subtype: str = "PCM_16") -> Path:
+    sf.write(str(path), data, rate, subtype=subtype)
+    return path
+
+
+def _peak_hz(wave: np.ndarray, rate: int = 16000) -> float:
+    spec = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    return float(np.fft.rfftfreq(len(wave), 1 / rate)[spec.argmax()])
+
+
+@pytest.mark.parametrize("rate", [16000, 44100, 48000, 8000, 104755])
+def test_resampling_keeps_the_tone(tmp_path: Path, rate: int) -> None:
+    path = _write(tmp_path / "a.wav", _tone(rate, 1.0, 1000.0), rate)
+    wave = load_clip(path, AudioConfig(seconds=None))
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert abs(len(wave) - 16000) <= 1
+    assert abs(_peak_hz(wave) - 1000.0) < 5
+    assert 0.45 < np.abs(wave[1000:-1000]).max() < 0.55  # amplitude survives the filter
+
+
+def test_resample_reduces_by_gcd() -> None:
+    x = np.random.default_rng(0).standard_normal(44100)
+    assert len(resample(x, 44100, 16000)) == 16000
+    assert resample(x.astype(np.float32), 16000, 16000).dtype == np.float32
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_bit_depths(tmp_path: Path, subtype: str) -> None:
+    path = _write(tmp_path / "a.wav", _tone(16000, 0.5), 16000, subtype)
+    wave = load_clip(path, AudioConfig(seconds=None))
+    np.testing.assert_allclose(wave, _tone(16000, 0.5), atol=0.01)
+
+
+def test_multichannel_mean_and_channel_choice(tmp_path: Path) -> None:
+    data = _tone(16000, 0.5, channels=2)  # channel 1 is twice channel 0
+    path = _write(tmp_path / "st.wav", data, 16000, "FLOAT")
+    mean = load_clip(path, AudioConfig(seconds=None))
+    np.testing.assert_allclose(mean, data.mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose(load_clip(path, AudioConfig(seconds=None, channel=1)), data[:, 1], atol=1e-6)
+    with pytest.raises(AudioError, match=r"st\.wav has 2 channel\(s\).*--channel 2"):
+        load_clip(path, AudioConfig(channel=2))
+
+
+def test_pad_and_cut(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.wav", _tone(16000, 1.0), 16000)
+    padded = load_clip(path, AudioConfig(seconds=2.0))
+    assert padded.shape == (32000,) and not padded[16000:].any() and padded[:16000].any()
+    cut = load_clip(path, AudioConfig(seconds=0.5))
+    np.testing.assert_array_equal(cut, padded[:8000])
+    assert load_clip(path).shape == (160000,)  # default 10 s
+
+
+def test_flac(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.flac", _tone(22050, 0.5), 22050)
+    assert load_clip(path, AudioConfig(seconds=None)).shape == (8000,)
+
+
+def test_errors_name_the_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(AudioError, match=r"empty\.wav is empty \(0 bytes\)"):
+        load_clip(empty)
+    text = tmp_path / "text.wav"
+    text.write_text("this is not audio\n" * 20)
+    with pytest.raises(AudioError, match=r"Cannot read .*text\.wav as audio"):
+        load_clip(text)
+    header = _write(tmp_path / "header.wav", np.zeros(0), 16000)
+    with pytest.raises(AudioError, match=r"header\.wav has no samples"):
+        load_clip(header)
+    truncated = tmp_path / "trunc.wav"
+    truncated.write_bytes(_write(tmp_path / "ok.wav", _tone(16000, 1.0), 16000).read_bytes()[:30])
+    with pytest.raises(AudioError, match=r"trunc\.wav"):
+        load_clip(truncated)
+    with pytest.raises(AudioError, match="does not exist"):
+        load_clip(tmp_path / "missing.wav")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples(tmp_path: Path, bad: float) -> None:
+    data = _tone(16000, 0.5)
+    data[100] = bad
+    path = _write(tmp_path / "nan.wav", data, 16000, "FLOAT")
+    with pytest.raises(AudioError, match=r"nan\.wav contains NaN or Inf"):
+        load_clip(path)
+
+
+def test_too_short(tmp_path: Path) -> None:
+    ok = _write(tmp_path / "ok.wav", _tone(16000, MIN_SECONDS), 16000)
+    assert load_clip(ok, AudioConfig(seconds=None)).shape == (2800,)
+    short = _write(tmp_path / "short.wav", _tone(44100, 0.17), 44100)
+    with pytest.raises(AudioError, match=r"short\.wav is 0\.170 s long, shorter than the 0\.175 s"):
+        load_clip(short)
+
+
+def test_all_zero_warns_but_loads(tmp_path: Path) -> None:
+    path = _write(tmp_path / "silent.wav", np.zeros(16000), 16000)
+    with pytest.warns(AudioWarning, match=r"silent\.wav is all zeros"):
+        wave = load_clip(path, AudioConfig(seconds=1.0))
+    assert wave.shape == (16000,) and not wave.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AudioWarning)
+        with pytest.raises(AudioWarning):
+            load_clip(path)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError):
+        AudioConfig(seconds=0.1)
+    with pytest.raises(ConfigError):
+        AudioConfig(channel=-1)
+    with pytest.raises(ConfigError):
+        AudioConfig(sample_rate=0)
+
+
+def test_clip_dataset_with_workers(tmp_path: Path) -> None:
+    paths = [_write(tmp_path / f"{i}.wav", _tone(16000, 0.3 + 0.1 * i, 200.0 * (i + 1)), 16000) for i in range(4)]
+    ds = ClipDataset(paths, AudioConfig(seconds=0.5))
+    assert len(ds) == 4 and pickle.loads(pickle.dumps(ds)).paths == ds.paths
+    wave, idx = ds[2]
+    assert isinstance(wave, torch.Tensor) and wave.shape == (8000,) and idx == 2
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert [tuple(b[0].shape) for b in batches] == [(2, 8000), (2, 8000)]
+    assert torch.cat([b[1] for b in batches]).tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(batches[1][0][0], wave)
