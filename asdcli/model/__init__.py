@@ -1,0 +1,1 @@
+"""BEATs model package: see ``asdcli.model.beats``."""

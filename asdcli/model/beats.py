@@ -1,0 +1,36 @@
+"""Our BEATs: config, modules and official-checkpoint I/O (spec/beats.md). Import from here."""
+
+from asdcli.model.backbone import (
+    BEATs,
+    Encoder,
+    EncoderLayer,
+    MultiheadAttention,
+    WeightNormConv1d,
+    relative_position_buckets,
+)
+from asdcli.model.checkpoint import (
+    CHECKPOINT_ENV,
+    DEFAULT_CHECKPOINT,
+    LoadedBeats,
+    load_beats,
+    resolve_checkpoint,
+    save_official_checkpoint,
+)
+from asdcli.model.config import BeatsConfig, tiny_beats_config
+
+__all__ = [
+    "BEATs",
+    "BeatsConfig",
+    "CHECKPOINT_ENV",
+    "DEFAULT_CHECKPOINT",
+    "Encoder",
+    "EncoderLayer",
+    "LoadedBeats",
+    "MultiheadAttention",
+    "WeightNormConv1d",
+    "load_beats",
+    "relative_position_buckets",
+    "resolve_checkpoint",
+    "save_official_checkpoint",
+    "tiny_beats_config",
+]

@@ -1,0 +1,118 @@
+"""Official BEATs checkpoint files: strict loading, saving in the official format, default location."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asdcli.artifacts import atomic_write, sha256_file
+from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
+from asdcli.model.backbone import BEATs
+from asdcli.model.config import BeatsConfig
+
+CHECKPOINT_ENV = "ASD_CHECKPOINT"
+DEFAULT_CHECKPOINT = Path("~/.cache/asdcli/BEATs_iter3.pt")
+PREDICTOR_KEYS = ("predictor.weight", "predictor.bias")
+SHARED_TABLE = "self_attn.relative_attention_bias.weight"
+
+
+@dataclass(frozen=True)
+class LoadedBeats:
+    """A BEATs model loaded from an official checkpoint, in eval mode on CPU."""
+
+    model: BEATs
+    cfg: dict[str, Any]  # the checkpoint's cfg dict as stored
+    sha256: str
+    path: Path
+
+
+def resolve_checkpoint(path: str | Path | None = None) -> Path:
+    """The checkpoint to use: ``path``, else ``$ASD_CHECKPOINT``, else ~/.cache/asdcli/BEATs_iter3.pt.
+
+    Raises ArtifactNotFound, saying where to put the file, when it does not exist.
+    """
+    if path is not None:
+        chosen, how = Path(path).expanduser(), "given"
+    elif os.environ.get(CHECKPOINT_ENV):
+        chosen, how = Path(os.environ[CHECKPOINT_ENV]).expanduser(), f"from ${CHECKPOINT_ENV}"
+    else:
+        chosen, how = DEFAULT_CHECKPOINT.expanduser(), "default"
+    if not chosen.is_file():
+        raise ArtifactNotFound(
+            f"BEATs checkpoint {chosen} ({how}) does not exist. Download BEATs_iter3.pt from the "
+            f"microsoft/unilm BEATs page and pass --checkpoint, set ${CHECKPOINT_ENV}, or put it at {DEFAULT_CHECKPOINT}."
+        )
+    return chosen
+
+
+def _read(path: Path) -> Mapping[str, Any]:
+    if not path.is_file():
+        raise ArtifactNotFound(f"BEATs checkpoint {path} does not exist.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{path} is not a readable BEATs checkpoint ({first}); re-download it.") from e
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("cfg"), Mapping) or not isinstance(obj.get("model"), Mapping):
+        raise ArtifactError(f"{path} is not a BEATs checkpoint: expected a dict with 'cfg' and 'model'.")
+    return obj
+
+
+def _state_dict_for(model: BEATs, state: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """Check keys, shapes and the shared table copies; return what load_state_dict(strict) needs."""
+    state = {k: v for k, v in state.items() if hasattr(model, "predictor") or k not in PREDICTOR_KEYS}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        detail = (f"missing {', '.join(missing[:3])}" if missing else "") + (
+            f"{'; ' if missing else ''}unexpected {', '.join(unexpected[:3])}" if unexpected else "")  # fmt: skip
+        raise ArtifactError(f"{path} does not match the BEATs architecture of its cfg ({detail}).")
+    for k, v in expected.items():
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape:
+            got = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
+            raise ArtifactError(f"{path}: {k} has shape {got}, expected {tuple(v.shape)}.")
+    tables = [v for k, v in state.items() if k.endswith(SHARED_TABLE)]
+    if any(not torch.equal(t, tables[0]) for t in tables[1:]):
+        raise ArtifactError(f"{path}: the relative position tables of the layers differ; BEATs shares one.")
+    return dict(state)
+
+
+def load_beats(path: str | Path, with_predictor: bool = False) -> LoadedBeats:
+    """Load an official BEATs checkpoint strictly (``torch.load(weights_only=True)``).
+
+    The architecture comes from the checkpoint's ``cfg``. A fine-tuned file's ``predictor.*``
+    is dropped unless ``with_predictor``. The model is returned in eval mode, fp32, on CPU.
+    Raises ArtifactNotFound / ArtifactError for a missing, corrupt or non-BEATs file.
+    """
+    path = Path(path)
+    ckpt = _read(path)
+    try:
+        cfg = BeatsConfig.from_dict(ckpt["cfg"])
+    except ConfigError as e:
+        raise ArtifactError(f"{path} has an unusable BEATs cfg: {e}") from e
+    if with_predictor and not cfg.finetuned_model:
+        raise ArtifactError(f"{path} is a pretrained BEATs checkpoint without a predictor head.")
+    model = BEATs(cfg, with_predictor=with_predictor)
+    model.load_state_dict(_state_dict_for(model, ckpt["model"], path), strict=True)
+    model.eval()
+    return LoadedBeats(model=model, cfg=dict(ckpt["cfg"]), sha256=sha256_file(path), path=path)
+
+
+def save_official_checkpoint(path: str | Path, model: BEATs, cfg_dict: Mapping[str, Any]) -> None:
+    """Write ``{'cfg': cfg_dict, 'model': state_dict}`` atomically, like the official files.
+
+    The state_dict holds one copy of the shared relative position table per layer, as official
+    files do.
+    """
+    BeatsConfig.from_dict(cfg_dict)  # never write a cfg we could not load back
+    state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    with atomic_write(path, "wb") as f:
+        torch.save({"cfg": dict(cfg_dict), "model": state}, f)
