@@ -239,11 +239,18 @@ def fit_bank(
     return build_bank(rows.vectors, rows.domain, rows.filenames, cfg, machine=m, section=s, embedding_meta=emb.meta)
 
 
-def fit_banks(emb: Embeddings, cfg: BankConfig = BankConfig(), what: str = "the embeddings") -> dict[tuple[str, str], Bank]:
-    """One bank per (machine, section) with train clips in ``emb``, keyed by that pair."""
-    pairs = train_groups(emb)
+def fit_banks(
+    emb: Embeddings,
+    cfg: BankConfig = BankConfig(),
+    machine: str | None = None,
+    section: str | None = None,
+    what: str = "the embeddings",
+) -> dict[tuple[str, str], Bank]:
+    """One bank per (machine, section) with train clips in ``emb`` (optionally filtered), keyed
+    by that pair; no matching train clip is a DataError."""
+    pairs = [p for p in train_groups(emb) if machine in (None, p[0]) and section in (None, p[1])]
     if not pairs:
-        select_group(emb, what=what)  # raises the "no train clips" error
+        select_group(emb, machine, section, what)  # raises the "no train clips" error
     return {p: fit_bank(emb, cfg, p[0], p[1], what) for p in pairs}
 
 

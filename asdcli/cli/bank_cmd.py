@@ -1,11 +1,65 @@
-"""`asd fit-bank`: not implemented yet."""
+"""`asd fit-bank`: build KNN banks from the train clips of an embeddings file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
+from asdcli.artifacts import load_embeddings
+from asdcli.bank import Bank, BankConfig, fit_bank, fit_banks, save_bank, save_banks
+from asdcli.console import stderr_console
+from asdcli.errors import ConfigError
 
-def command() -> None:
-    """Build a KNN bank (mean/std + normalized vectors) from training embeddings."""
-    typer.echo("asd fit-bank: not implemented yet", err=True)
-    raise typer.Exit(2)
+
+def command(
+    embeddings: Path = typer.Argument(..., help="Embeddings .npz from `asd embed` (its train clips are used)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write one bank to this .npz file."),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out-dir", help="Write bank_<machine>_section_<SS>.npz for every machine/section."
+    ),
+    machine: Optional[str] = typer.Option(None, "--machine", "-m", help="Use the train clips of this machine only."),
+    section: Optional[str] = typer.Option(None, "--section", "-s", help="Use the train clips of this section only, e.g. 00."),
+    k: int = typer.Option(1, "--k", min=1, help="Score = mean of the K smallest cosine distances (1 = nearest neighbour)."),
+    domain_aware: bool = typer.Option(
+        False, "--domain-aware", help="Search source and target vectors separately; score = the smaller of the two."
+    ),
+    condense_source: Optional[int] = typer.Option(
+        None, "--condense-source", min=1, help="Replace the source vectors by N k-means centres (all target vectors kept)."
+    ),
+    density_norm: Optional[int] = typer.Option(
+        None, "--density-norm", min=1,
+        help="Divide each distance by the bank vector's mean distance to its K nearest bank neighbours.",
+    ),
+    threshold_quantile: float = typer.Option(
+        0.9, "--threshold-quantile", help="Decision threshold = this quantile of a gamma fit to leave-one-out bank scores."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the k-means condensation."),
+) -> None:
+    """Build a KNN bank (mean/std + standardized, L2-normalized train embeddings + decision threshold).
+
+    Examples: `asd fit-bank train.npz --out-dir banks/`, or `asd fit-bank train.npz --machine fan --out fan.npz`.
+    """
+    if (out is None) == (out_dir is None):
+        raise ConfigError("Give exactly one of --out BANK.npz (one machine/section) or --out-dir DIR (all of them).")
+    cfg = BankConfig(k, domain_aware, condense_source, density_norm, threshold_quantile, seed)
+    emb = load_embeddings(embeddings)
+    if out is not None:
+        bank = fit_bank(emb, cfg, machine, section, what=str(embeddings))
+        save_bank(out, bank)
+        _report(bank, out)
+        return
+    assert out_dir is not None
+    banks = fit_banks(emb, cfg, machine, section, what=str(embeddings))
+    for (key, bank), path in zip(sorted(banks.items()), save_banks(out_dir, banks)):
+        _report(bank, path)
+
+
+def _report(bank: Bank, path: Path) -> None:
+    domains = ", ".join(f"{int((bank.domain == d).sum())} {d or 'unknown'}" for d in sorted(set(bank.domain)))
+    stderr_console().print(
+        f"{bank.name}: {len(bank)} vectors ({domains}), dim {bank.dim}, "
+        f"threshold {bank.threshold:.4g} ({bank.threshold_info.get('method')}) -> {path}",
+        highlight=False,
+    )

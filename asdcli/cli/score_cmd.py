@@ -1,11 +1,107 @@
-"""`asd score`: not implemented yet."""
+"""`asd score`: anomaly scores of clips or embeddings against a bank, or a full submission folder."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, List, Optional
+
 import typer
 
+from asdcli.artifacts import Embeddings, load_embeddings
+from asdcli.bank import Bank, load_bank, load_banks
+from asdcli.console import stderr_console
+from asdcli.errors import ConfigError, DataError
+from asdcli.score import SCORE_FORMATS, decide, format_rows, score_embeddings, select_test, write_decisions, write_submission
 
-def command() -> None:
-    """Score clips against a bank: anomaly scores as challenge CSV on stdout."""
-    typer.echo("asd score: not implemented yet", err=True)
-    raise typer.Exit(2)
+
+def command(
+    clips: Optional[List[Path]] = typer.Argument(
+        None, help="Clips to embed and score: .wav files (all scored) or folders (their test clips)."
+    ),
+    bank: Optional[Path] = typer.Option(None, "--bank", "-b", help="Bank .npz from `asd fit-bank --out`."),
+    banks: Optional[Path] = typer.Option(None, "--banks", help="Folder of banks from `asd fit-bank --out-dir` (with --submission-dir)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", "-e", help="Score this embeddings .npz instead of embedding clips."),
+    all_rows: bool = typer.Option(False, "--all", help="With --embeddings: score every row, not only the bank's machine/section test clips."),
+    submission_dir: Optional[Path] = typer.Option(None, "--submission-dir", help="With --banks: write the challenge's CSV files into this folder."),
+    fmt: str = typer.Option("csv", "--format", "-f", help="stdout format: csv (filename,score) or jsonl (filename, score, decision)."),
+    header: bool = typer.Option(False, "--header", help="Start the CSV with a filename,score header line."),
+    decisions: Optional[Path] = typer.Option(None, "--decisions", help="Also write filename,0|1 decisions (1 = score above the bank's threshold)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="BEATs checkpoint for embedding clips (default: the bank's)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (embedding clips only)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch when embedding."),
+) -> None:
+    """Score clips against a bank: anomaly scores as challenge CSV (filename,score; no header) on stdout.
+
+    `asd score --bank fan.npz data/fan/test > anomaly_score_fan_section_00_test.csv`, or
+    `asd score --bank fan.npz --embeddings test.npz`, or the whole challenge folder with
+    `asd score --banks banks/ --embeddings test.npz --submission-dir submission/`.
+    """
+    _check_modes(clips, bank, banks, embeddings, submission_dir, fmt)
+    if banks is not None:
+        assert embeddings is not None and submission_dir is not None
+        paths = write_submission(load_banks(banks), load_embeddings(embeddings), submission_dir, what=str(embeddings))
+        stderr_console().print(f"Wrote {len(paths)} files to {submission_dir}", highlight=False)
+        return
+    assert bank is not None
+    the_bank = load_bank(bank)
+    if embeddings is not None:
+        rows = _rows_from_file(the_bank, embeddings, all_rows)
+    else:
+        rows = _embed(the_bank, clips or [], checkpoint, adapter, device, batch_size)
+    scores = score_embeddings(the_bank, rows, what=str(embeddings or "the clips"))
+    flags = decide(the_bank, scores)
+    typer.echo(format_rows(rows.filenames, scores, flags, fmt, header), nl=False)
+    if decisions is not None:
+        write_decisions(decisions, rows.filenames, flags)
+
+
+def _check_modes(
+    clips: Optional[List[Path]], bank: Optional[Path], banks: Optional[Path], embeddings: Optional[Path],
+    submission_dir: Optional[Path], fmt: str,
+) -> None:
+    if fmt not in SCORE_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(SCORE_FORMATS)}, got {fmt!r}.")
+    if (bank is None) == (banks is None):
+        raise ConfigError("Give exactly one of --bank BANK.npz or --banks DIR.")
+    if banks is not None and (embeddings is None or submission_dir is None or clips):
+        raise ConfigError("--banks needs --embeddings TEST.npz and --submission-dir OUT (embed the test clips first).")
+    if bank is not None and submission_dir is not None:
+        raise ConfigError("--submission-dir needs --banks DIR (one bank per machine/section).")
+    if bank is not None and bool(clips) == (embeddings is not None):
+        raise ConfigError("With --bank give either clips to embed or --embeddings EMB.npz, not both or neither.")
+
+
+def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
+    emb = load_embeddings(path)
+    if all_rows:
+        return emb
+    rows = select_test(emb, bank.machine, bank.section)
+    if len(rows) == 0:
+        raise DataError(f"{path} has no test clips of {bank.name}; pass --all to score every row.")
+    return rows
+
+
+def _embed(bank: Bank, clips: List[Path], checkpoint: Optional[Path], adapter: Optional[Path], device: str,
+           batch_size: int) -> Embeddings:
+    """Embed the clips as the bank's training clips were (checkpoint/adapter from its meta)."""
+    from asdcli.dataset import discover_clips
+    from asdcli.embed import EmbedConfig, embed_clips
+
+    files = [p for p in clips if p.is_file()]
+    folders = [p for p in clips if not p.is_file()]
+    found = (discover_clips(files) if files else []) + (discover_clips(folders, splits={"test"}) if folders else [])
+    meta: dict[str, Any] = bank.embedding_meta
+    ckpt = checkpoint or _meta_path(meta, "checkpoint")
+    if ckpt is None:
+        raise ConfigError(f"The bank of {bank.name} does not record its checkpoint; pass --checkpoint.")
+    cfg = EmbedConfig(
+        checkpoint=ckpt, adapter=adapter or _meta_path(meta, "adapter"), embedding=meta.get("embedding"),
+        batch_size=batch_size, device=device, seconds=float(meta.get("seconds", 10.0)), channel=meta.get("channel"),
+    )
+    return embed_clips(found, cfg)
+
+
+def _meta_path(meta: dict[str, Any], key: str) -> Optional[Path]:
+    value = meta.get(key) or meta.get(f"{key}_path")
+    return Path(value) if value else None
