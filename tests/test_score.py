@@ -1,0 +1,218 @@
+"""Scoring, decisions, output formats, the submission folder and `asd score`."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from asdcli import bank as B
+from asdcli import knn
+from asdcli import score as S
+from asdcli.artifacts import Embeddings, save_embeddings
+from asdcli.cli.main import app
+from asdcli.errors import ArtifactMismatch, ConfigError, DataError
+
+runner = CliRunner()
+META = {"checkpoint_sha256": "a" * 64, "adapter_id": "run-1", "embedding": "pooled"}
+
+
+def make_embeddings(groups=(("fan", "00"), ("valve", "00")), n_train=20, n_test=8, dim=10, seed=0) -> Embeddings:
+    """Normal clips near a 2-D plane through a per-machine centre; anomalies (test clips with
+    index % 3 == 0) far off that plane."""
+    rng = np.random.default_rng(seed)
+    cols: dict[str, list[str]] = {f: [] for f in Embeddings.FIELDS}
+    vecs = []
+    for g, (machine, section) in enumerate(groups):
+        centre, plane = rng.standard_normal(dim) * 3, rng.standard_normal((2, dim))
+        for split, n in (("train", n_train), ("test", n_test)):
+            for i in range(n):
+                domain = "target" if i % 4 == 3 else "source"
+                label = "anomaly" if split == "test" and i % 3 == 0 else "normal"
+                name = f"section_{section}_{domain}_{split}_{label}_{i:04d}_a_{g}.wav"
+                for f, v in zip(Embeddings.FIELDS, (name, name, machine, section, domain, split, label)):
+                    cols[f].append(v)
+                off_plane = rng.standard_normal(dim) * (2.0 if label == "anomaly" else 0.05)
+                vecs.append(centre + rng.standard_normal(2) @ plane + off_plane)
+    return Embeddings(vectors=np.array(vecs, np.float32), meta=dict(META), **{f: np.array(v, dtype=str) for f, v in cols.items()})
+
+
+@pytest.fixture
+def emb() -> Embeddings:
+    return make_embeddings()
+
+
+@pytest.fixture
+def files(tmp_path: Path, emb: Embeddings) -> dict[str, Path]:
+    """Embeddings file, a fan bank file and a bank folder."""
+    paths = {"emb": tmp_path / "emb.npz", "bank": tmp_path / "fan.npz", "banks": tmp_path / "banks"}
+    save_embeddings(paths["emb"], emb)
+    B.save_bank(paths["bank"], B.fit_bank(emb, machine="fan"))
+    B.save_banks(paths["banks"], B.fit_banks(emb))
+    return paths
+
+
+def test_scores_are_nearest_cosine_distance_in_standardized_space(emb: Embeddings) -> None:
+    bank = B.fit_bank(emb, machine="fan")
+    test = S.select_test(emb, "fan", "00")
+    scores = S.score_embeddings(bank, test)
+    z = (test.vectors - bank.mean) / bank.std
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    np.testing.assert_allclose(scores, (1 - z @ bank.vectors.T).min(axis=1), atol=1e-6)
+    anomalous = test.label == "anomaly"
+    assert scores[anomalous].min() > scores[~anomalous].max()
+    assert S.score_vectors(bank, np.zeros((0, 10), np.float32)).shape == (0,)
+
+
+def test_decisions_use_the_bank_threshold(emb: Embeddings) -> None:
+    bank = replace(B.fit_bank(emb, machine="fan"), threshold=0.5)
+    flags = S.decide(bank, np.array([0.1, 0.5, 0.50001, 2.0]))
+    assert flags.tolist() == [0, 0, 1, 1]
+
+
+def test_mismatched_embeddings_are_refused(emb: Embeddings) -> None:
+    bank = B.fit_bank(emb, machine="fan")
+    other_dim = Embeddings(vectors=np.zeros((len(emb), 4), np.float32), meta=emb.meta,
+                           **{f: getattr(emb, f) for f in Embeddings.FIELDS})
+    with pytest.raises(ArtifactMismatch, match="dimension 10 but the embeddings has 4"):
+        S.score_embeddings(bank, other_dim)
+    other_ckpt = replace(emb, meta={**META, "checkpoint_sha256": "b" * 64})
+    with pytest.raises(ArtifactMismatch, match="checkpoint sha256"):
+        S.score_embeddings(bank, other_ckpt)
+    with pytest.raises(ArtifactMismatch, match="adapter id"):
+        S.score_embeddings(bank, replace(emb, meta={**META, "adapter_id": "run-2"}))
+    with pytest.raises(ArtifactMismatch):
+        S.score_vectors(bank, np.zeros((3, 4), np.float32))
+
+
+def test_formats() -> None:
+    names, scores = ["a.wav", "b.wav"], np.array([0.1, 0.123456789], np.float32)
+    assert S.format_rows(names, scores) == "a.wav,0.100000001\nb.wav,0.123456791\n"
+    assert S.format_rows(names, scores, header=True).startswith("filename,score\na.wav,")
+    lines = S.format_rows(names, scores, np.array([0, 1]), fmt="jsonl").splitlines()
+    assert json.loads(lines[1]) == {"filename": "b.wav", "score": 0.123456791, "decision": 1}
+    assert S.format_decisions(names, np.array([1, 0])) == "a.wav,1\nb.wav,0\n"
+    # %.9g round-trips float32 exactly.
+    x = np.random.default_rng(0).random(1000).astype(np.float32)
+    assert np.array_equal(np.array([S.format_score(v) for v in x], dtype=np.float32), x)
+    with pytest.raises(ConfigError):
+        S.format_rows(names, scores, fmt="xml")
+
+
+def _read(path: Path) -> list[list[str]]:
+    return [line.split(",") for line in path.read_text().splitlines()]
+
+
+def test_write_submission_folder(tmp_path: Path, emb: Embeddings) -> None:
+    banks = B.fit_banks(emb)
+    out = tmp_path / "sub"
+    paths = S.write_submission(banks, emb, out)
+    expected = sorted(f"{kind}_{m}_section_00_test.csv" for kind in ("anomaly_score", "decision_result") for m in ("fan", "valve"))
+    assert sorted(p.name for p in out.iterdir()) == expected == [p.name for p in paths]
+    test = S.select_test(emb, "fan", "00")
+    rows = _read(out / "anomaly_score_fan_section_00_test.csv")
+    assert [r[0] for r in rows] == list(test.filenames)
+    np.testing.assert_allclose([float(r[1]) for r in rows], S.score_embeddings(banks[("fan", "00")], test), rtol=1e-7)
+    decisions = _read(out / "decision_result_fan_section_00_test.csv")
+    assert [r[0] for r in decisions] == list(test.filenames) and {r[1] for r in decisions} <= {"0", "1"}
+    assert (out / "anomaly_score_fan_section_00_test.csv").read_bytes().endswith(b"\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]  # no temp folders left
+
+
+def test_write_submission_replaces_stale_files_and_refuses_foreign_ones(tmp_path: Path, emb: Embeddings) -> None:
+    banks = B.fit_banks(emb)
+    out = tmp_path / "sub"
+    out.mkdir()
+    (out / "anomaly_score_pump_section_00_test.csv").write_text("old\n")
+    S.write_submission(banks, emb, out)
+    assert not (out / "anomaly_score_pump_section_00_test.csv").exists() and len(list(out.iterdir())) == 4
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds other files \\(notes.txt\\)"):
+        S.write_submission(banks, emb, out)
+    assert (out / "notes.txt").exists() and len(list(out.iterdir())) == 5  # untouched
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        S.write_submission(banks, emb, tmp_path / "file")
+
+
+def test_write_submission_checks_everything_first(tmp_path: Path, emb: Embeddings) -> None:
+    banks = B.fit_banks(emb)
+    out = tmp_path / "sub"
+    with pytest.raises(DataError, match="No bank for valve section 00 \\(banks: fan section 00\\)"):
+        S.write_submission([banks[("fan", "00")]], emb, out)
+    doubled = Embeddings(vectors=np.concatenate([emb.vectors, emb.vectors[-1:]]), meta=emb.meta,
+                         **{f: np.concatenate([getattr(emb, f), getattr(emb, f)[-1:]]) for f in Embeddings.FIELDS})
+    with pytest.raises(DataError, match="more than once"):
+        S.write_submission(banks, doubled, out)
+    with pytest.raises(DataError, match="no test clips"):
+        S.write_submission(banks, emb.select(emb.split == "train"), out)
+    with pytest.raises(ArtifactMismatch):
+        S.write_submission(banks, replace(emb, meta={**META, "checkpoint_sha256": "c" * 64}), out)
+    assert not out.exists()
+    # A bank without test clips is simply not part of the submission.
+    only_fan = emb.select(emb.machine == "fan")
+    assert len(S.write_submission(banks, only_fan, out)) == 2
+
+
+def test_cli_score_embeddings_to_stdout(files: dict[str, Path], emb: Embeddings, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["score", "--bank", str(files["bank"]), "--embeddings", str(files["emb"]),
+                            "--decisions", str(tmp_path / "dec.csv")])
+    assert r.exit_code == 0, r.output
+    test = S.select_test(emb, "fan", "00")
+    rows = [line.split(",") for line in r.stdout.splitlines()]
+    assert [row[0] for row in rows] == list(test.filenames) and len(rows[0]) == 2
+    bank = B.load_bank(files["bank"])
+    expected = S.score_embeddings(bank, test)
+    np.testing.assert_allclose([float(row[1]) for row in rows], expected, rtol=1e-7)
+    dec = _read(tmp_path / "dec.csv")
+    assert [int(d[1]) for d in dec] == S.decide(bank, expected).tolist()
+    r = runner.invoke(app, ["score", "-b", str(files["bank"]), "-e", str(files["emb"]), "--all", "--header"])
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "filename,score" and len(r.stdout.splitlines()) == len(emb) + 1
+    r = runner.invoke(app, ["score", "-b", str(files["bank"]), "-e", str(files["emb"]), "--format", "jsonl"])
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.exit_code == 0 and set(recs[0]) == {"filename", "score", "decision"} and len(recs) == len(test)
+
+
+def test_cli_submission(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "submission"
+    r = runner.invoke(app, ["score", "--banks", str(files["banks"]), "--embeddings", str(files["emb"]), "--submission-dir", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(list(out.iterdir())) == 4 and "Wrote 4 files" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--embeddings", "EMB"], "exactly one of --bank"),
+        (["--bank", "BANK", "--banks", "BANKS", "--embeddings", "EMB"], "exactly one of --bank"),
+        (["--banks", "BANKS", "--embeddings", "EMB"], "--banks needs"),
+        (["--bank", "BANK", "--embeddings", "EMB", "--submission-dir", "OUT"], "--submission-dir needs --banks"),
+        (["--bank", "BANK"], "either clips"),
+        (["--bank", "BANK", "--embeddings", "EMB", "--format", "xml"], "--format must be"),
+        (["--bank", "BANK", "--embeddings", "NOPE"], "does not exist"),
+        (["--bank", "BANK2", "--embeddings", "EMB"], "no test clips of pump section 00"),
+        (["--bank", "BANK3", "--embeddings", "EMB"], "different checkpoint sha256"),
+    ],
+)
+def test_cli_score_errors(files: dict[str, Path], tmp_path: Path, args: list[str], match: str) -> None:
+    pump = make_embeddings(groups=(("pump", "00"),))
+    B.save_bank(tmp_path / "pump.npz", B.fit_bank(pump))
+    B.save_bank(tmp_path / "other.npz", B.fit_bank(replace(make_embeddings(), meta={**META, "checkpoint_sha256": "f" * 64}), machine="fan"))
+    subst = {"EMB": files["emb"], "BANK": files["bank"], "BANKS": files["banks"], "OUT": tmp_path / "o",
+             "NOPE": tmp_path / "nope.npz", "BANK2": tmp_path / "pump.npz", "BANK3": tmp_path / "other.npz"}
+    r = runner.invoke(app, ["score", *[str(subst.get(a, a)) for a in args]])
+    assert r.exit_code == 1, r.output
+    assert "Error:" in r.output and match in r.output and "Traceback" not in r.output
+
+
+def test_density_and_domain_aware_bank_scores(emb: Embeddings) -> None:
+    cfg = B.BankConfig(k=2, domain_aware=True, density_norm=3, condense_source=6)
+    bank = B.fit_bank(emb, cfg, machine="fan")
+    test = S.select_test(emb, "fan", "00")
+    q = knn.prepare(test.vectors, bank.mean, bank.std)
+    src, tgt = bank.domain == "source", bank.domain == "target"
+    expected = np.minimum(knn.knn_score(q, bank.vectors[src], 2, scale=bank.radii[src]),
+                          knn.knn_score(q, bank.vectors[tgt], 2, scale=bank.radii[tgt]))
+    np.testing.assert_allclose(S.score_embeddings(bank, test), expected, atol=1e-6)
