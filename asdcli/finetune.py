@@ -1,0 +1,421 @@
+"""`asd finetune`: LoRA fine-tuning of BEATs as a machine-type classifier with AAM softmax.
+
+Backbone frozen (LoRA on q/k/v only) and run in eval mode (no dropout, no layerdrop: it computes
+what `embed` computes); LoRA dropout is active. Adam with linear warm-up then cosine decay.
+Data-parallel through Hugging Face Accelerate; only the main process writes artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import numpy as np
+import peft
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from asdcli import __version__
+from asdcli.adapter import RUN_KIND, RUN_SCHEMA, RUN_FILE, write_run_artifacts
+from asdcli.audio import AudioConfig, ClipDataset
+from asdcli.augment import NoiseMixDataset, mixup, spec_augment
+from asdcli.console import make_progress
+from asdcli.dataset import Clip
+from asdcli.errors import ConfigError, DataError
+from asdcli.features import beats_fbank
+from asdcli.head import CosineClassifier, EmbeddingHead, aam_loss, mean_pool
+from asdcli.lora import count_parameters, inject_lora, make_lora_config, set_backbone_mode, trainable_named_parameters
+from asdcli.train_state import STATE_FILE, derive_seed, load_state, restore_params, save_state, seed_everything
+
+LABEL_MODES = ("machine", "attribute")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DEFAULT_RUN_DIR = Path("runs/finetune")
+StepHook = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Options of one fine-tuning run (the CLI flags of `asd finetune`)."""
+
+    checkpoint: Path  # official-format BEATs checkpoint (resolved path)
+    epochs: int = 10
+    batch_size: int = 16  # clips per process and step
+    lr: float = 1e-4  # Adam peak learning rate (LoRA and head)
+    warmup_fraction: float = 0.05  # linear warm-up over this share of the steps, then cosine to 0
+    seed: int = 0
+    seconds: float = 10.0  # clips padded/cut to this length
+    channel: int | None = None
+    val_fraction: float = 0.1  # held out per label for the per-epoch accuracy
+    labels: str = "machine"  # "machine" or "attribute" (machine + attribute string)
+    lora_rank: int = 64
+    lora_alpha: float = 64.0  # LoRA scaling alpha/rank = 1
+    lora_dropout: float = 0.1
+    embedding_dim: int = 256
+    margin: float = 0.2  # AAM margin (radians)
+    scale: float = 30.0  # AAM scale
+    specaugment: bool = False
+    mixup: float = 0.0  # Beta(alpha, alpha) mixup on fbank; 0 = off
+    noise_mix: bool = False  # mix supplemental noise-only clips in at 5-20 dB SNR
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (fbank always fp32)
+    device: str = "auto"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}."),
+            (0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}."),
+            (self.labels in LABEL_MODES, f"--labels must be one of {', '.join(LABEL_MODES)}, got {self.labels!r}."),
+            (self.mixed_precision in MIXED_PRECISION,
+             f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}."),
+            (self.embedding_dim >= 1, f"--embedding-dim must be at least 1, got {self.embedding_dim}."),
+            (self.mixup >= 0.0, f"--mixup must be >= 0 (0 = off), got {self.mixup}."),
+            (self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def label_name(clip: Clip, mode: str) -> str:
+    """Class name of a clip: its machine, or machine|attributes (machine alone without attributes)."""
+    if mode == "attribute" and clip.attributes:
+        return clip.machine + "|" + "_".join(f"{k}_{v}" if v else k for k, v in clip.attributes)
+    return clip.machine
+
+
+def build_labels(clips: Sequence[Clip], mode: str) -> tuple[np.ndarray, list[str]]:
+    """Integer labels (N,) int64 and the sorted class names they index."""
+    names = [label_name(c, mode) for c in clips]
+    classes = sorted(set(names))
+    index = {n: i for i, n in enumerate(classes)}
+    return np.array([index[n] for n in names], dtype=np.int64), classes
+
+
+def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of indices: ``round(fraction * n)`` of each class held out, >= 1 kept."""
+    rng = np.random.default_rng(derive_seed(seed, 7919))
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = min(int(round(fraction * len(idx))), len(idx) - 1)
+        val.extend(idx[:n_val].tolist())
+        train.extend(idx[n_val:].tolist())
+    return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
+
+
+def lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
+    """Learning rate at optimizer step ``step`` of ``total``: linear warm-up, then cosine to 0."""
+    warmup = max(1, int(round(warmup_fraction * total)))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class FinetuneModel(nn.Module):
+    """LoRA-adapted backbone -> mean pool -> EmbeddingHead -> cosine classifier.
+
+    ``forward(fbank (B, T, 128))`` returns (cos (B, C) fp32, embedding (B, E), pooled (B, D)).
+    """
+
+    def __init__(self, backbone: nn.Module, head: EmbeddingHead, classifier: CosineClassifier) -> None:
+        super().__init__()
+        self.backbone, self.head, self.classifier = backbone, head, classifier
+
+    def forward(self, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pooled = mean_pool(self.backbone(fbank))
+        emb = self.head(pooled)
+        return self.classifier(emb), emb, pooled
+
+    def train(self, mode: bool = True) -> FinetuneModel:
+        super().train(mode)
+        set_backbone_mode(self.backbone, backbone_train=False)
+        return self
+
+
+def build_model(backbone: nn.Module, backbone_dim: int, n_classes: int, cfg: FinetuneConfig,
+                lora: bool = True) -> FinetuneModel:
+    """Seeded model: LoRA injected into ``backbone`` (in place) unless ``lora=False`` (then every
+    backbone weight trains: full fine-tuning, used by the benchmark)."""
+    seed_everything(cfg.seed)
+    if lora:
+        backbone = inject_lora(backbone, make_lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))
+    else:
+        backbone.requires_grad_(True)
+    head = EmbeddingHead(backbone_dim, backbone_dim, cfg.embedding_dim)
+    return FinetuneModel(backbone, head, CosineClassifier(cfg.embedding_dim, n_classes))
+
+
+def train_step(model: nn.Module, accelerator: Accelerator, optimizer: torch.optim.Optimizer, wave: torch.Tensor,
+               labels: torch.Tensor, cfg: FinetuneConfig) -> tuple[float, int]:
+    """One optimizer step on a batch of waves (B, N); returns (loss, correct predictions)."""
+    with torch.autocast(device_type=wave.device.type, enabled=False):
+        fbank = beats_fbank(wave.float())  # fp32, outside mixed precision
+    partner, lam = labels, 1.0
+    if cfg.specaugment:
+        fbank = spec_augment(fbank)
+    if cfg.mixup > 0:
+        fbank, partner, lam = mixup(fbank, labels, cfg.mixup)
+    with accelerator.autocast():
+        cos, _, _ = model(fbank)
+    loss = lam * aam_loss(cos, labels, cfg.margin, cfg.scale)
+    if lam < 1.0:
+        loss = loss + (1.0 - lam) * aam_loss(cos, partner, cfg.margin, cfg.scale)
+    accelerator.backward(loss)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach()), int((cos.detach().argmax(1) == labels).sum())
+
+
+@torch.no_grad()
+def evaluate(model: FinetuneModel, loader: DataLoader, labels: torch.Tensor, cfg: FinetuneConfig,
+             accelerator: Accelerator) -> tuple[float, int, int]:
+    """Sum of AAM losses, correct predictions and clips over ``loader`` (eval mode, no margin for acc)."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for wave, idx in loader:
+        wave, y = wave.to(accelerator.device), labels[idx].to(accelerator.device)
+        fbank = beats_fbank(wave.float())
+        with accelerator.autocast():
+            cos, _, _ = model(fbank)
+        loss_sum += float(aam_loss(cos, y, cfg.margin, cfg.scale)) * len(y)
+        correct += int((cos.argmax(1) == y).sum())
+        n += len(y)
+    return loss_sum, correct, n
+
+
+def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This process's batches of one epoch: one shuffle from (seed, epoch), shared by all processes,
+    cut into global batches of batch_size*world; incomplete global batches are dropped when world>1."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 104729))).tolist()
+    span = batch_size * world
+    batches = []
+    for start in range(0, n, span):
+        chunk = order[start:start + span]
+        if len(chunk) < span and world > 1:
+            break
+        mine = chunk[rank * batch_size:(rank + 1) * batch_size]
+        if mine:
+            batches.append(mine)
+    return batches
+
+
+def _make_accelerator(cfg: FinetuneConfig) -> Accelerator:
+    from asdcli.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    try:
+        return Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision)
+    except ValueError as e:
+        raise ConfigError(f"--mixed-precision {cfg.mixed_precision} is not available on {device} ({e}).") from e
+
+
+def _resume_key(cfg: FinetuneConfig, train_names: list[str], classes: list[str], sha256: str) -> str:
+    """Hash of everything that must not change between a run and its resumption."""
+    opts = {k: v for k, v in cfg.to_dict().items() if k not in ("checkpoint", "device", "num_workers")}
+    blob = json.dumps({"opts": opts, "train": train_names, "classes": classes, "sha256": sha256}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    return {"asdcli": __version__, "torch": torch.__version__, "peft": peft.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def _check_out_dir(out_dir: Path, resume: bool) -> None:
+    if not resume and ((out_dir / STATE_FILE).exists() or (out_dir / RUN_FILE).exists()):
+        raise ConfigError(f"{out_dir} already holds a fine-tuning run; pass --resume to continue it "
+                          "or choose another --out.")
+
+
+def _loaders(clips: Sequence[Clip], tr: np.ndarray, va: np.ndarray, noise_clips: Sequence[Clip],
+             cfg: FinetuneConfig, rank: int, world: int) -> tuple[Dataset, DataLoader]:
+    audio = AudioConfig(seconds=cfg.seconds, channel=cfg.channel)
+    train_ds: Dataset = ClipDataset([clips[i] for i in tr], audio)
+    if cfg.noise_mix:
+        if not noise_clips:
+            raise DataError("--noise-mix needs supplemental noise-only clips (names with `_noise_`) in "
+                            "<machine>/supplemental/, and none were found.")
+        train_ds = NoiseMixDataset(train_ds, ClipDataset(list(noise_clips), audio), cfg.seed)
+    mine = list(range(rank, len(va), world))
+    val_batches = [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
+    val_loader = DataLoader(ClipDataset([clips[i] for i in va], audio), batch_sampler=val_batches,
+                            num_workers=cfg.num_workers)
+    return train_ds, val_loader
+
+
+def _run_record(cfg: FinetuneConfig, loaded: Any, classes: list[str], labels: np.ndarray, tr: np.ndarray,
+                va: np.ndarray, clips: Sequence[Clip], model: FinetuneModel, n_noise: int,
+                world: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+    head = model.head
+    return {
+        "schema_version": RUN_SCHEMA, "kind": RUN_KIND,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": cfg.to_dict(),
+        "checkpoint": {"path": str(loaded.path), "sha256": loaded.sha256, "cfg": loaded.cfg},
+        "labels": {"mode": cfg.labels, "classes": classes,
+                   "train_counts": np.bincount(labels[tr], minlength=len(classes)).tolist(),
+                   "val_counts": np.bincount(labels[va], minlength=len(classes)).tolist()},
+        "data": {"n_train": len(tr), "n_val": len(va), "n_noise": n_noise,
+                 "machines": sorted({c.machine for c in clips})},
+        "model": {"backbone_dim": head.in_dim, "hidden_dim": head.hidden_dim, "embedding_dim": head.embedding_dim,
+                  "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                           "targets": ["q_proj", "k_proj", "v_proj"]},
+                  "aam": {"margin": cfg.margin, "scale": cfg.scale},
+                  "trainable_parameters": count_parameters(model, trainable_only=True),
+                  "backbone_mode": "frozen, eval mode (dropout and layerdrop off); LoRA dropout on",
+                  "default_embedding": "head"},
+        "optimizer": {"name": "Adam", "lr": cfg.lr, "schedule": "linear warm-up then cosine to 0",
+                      "warmup_fraction": cfg.warmup_fraction},
+        "seed": cfg.seed, "world_size": world, "versions": _versions(), "history": history,
+    }
+
+
+def finetune(clips: Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *, noise_clips: Sequence[Clip] = (),
+             resume: bool = False, console: Console | None = None, on_step: StepHook | None = None) -> Path:
+    """Fine-tune BEATs with LoRA + AAM softmax on ``clips`` and write the run folder ``out_dir``.
+
+    Parameters
+    ----------
+    clips : sequence of Clip
+        Training clips (normally every train clip of every machine, both domains); each needs
+        its machine (and, for ``labels="attribute"``, its attributes).
+    cfg : FinetuneConfig
+    out_dir : Path
+        Run folder; gets adapter/, head.safetensors, run.json and state/.
+    noise_clips : sequence of Clip
+        Noise-only supplemental clips for ``cfg.noise_mix``.
+    resume : bool
+        Continue from ``out_dir/state`` after its last finished epoch (or start when there is
+        none); a finished run is returned as it is. Without it an existing run is an error.
+    console : rich Console, optional
+        Where progress and per-epoch lines go (stderr); None = silent.
+    on_step : callable(epoch, step), optional
+        Called after every optimizer step (tests use it to simulate a crash).
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    from asdcli.model.beats import load_beats
+
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, resume)
+    if resume and (out_dir / RUN_FILE).exists():
+        return out_dir
+    clips = list(clips)
+    if not clips or any(not c.machine for c in clips):
+        raise DataError("asd finetune needs training clips with known machine names (DATA/<machine>/train/).")
+    labels, classes = build_labels(clips, cfg.labels)
+    if len(classes) < 2:
+        raise DataError(f"Fine-tuning needs at least two classes, found only {classes}: point at a dataset "
+                        "with several machines or use --labels attribute.")
+    tr, va = split_train_val(labels, cfg.val_fraction, cfg.seed)
+    loaded = load_beats(cfg.checkpoint)
+    accelerator = _make_accelerator(cfg)
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    key = _resume_key(cfg, [clips[i].name for i in tr], classes, loaded.sha256)
+    state = load_state(out_dir) if resume else None
+    if state is not None and state.record.get("key") != key:
+        raise ConfigError(f"{out_dir / STATE_FILE} was made with other options, training clips or checkpoint; "
+                          "re-run with the original options or choose another --out.")
+    model = build_model(loaded.model, int(loaded.cfg["encoder_embed_dim"]), len(classes), cfg)
+    if state is not None:
+        restore_params(model, state.params, out_dir / STATE_FILE)
+    ddp_model = accelerator.prepare(model)
+    optimizer = torch.optim.Adam([p for _, p in trainable_named_parameters(model)], lr=cfg.lr)
+    if state is not None:
+        optimizer.load_state_dict(state.optimizer)
+    optimizer = accelerator.prepare(optimizer)
+    if state is not None and accelerator.scaler is not None and state.record.get("scaler"):
+        accelerator.scaler.load_state_dict(state.record["scaler"])
+    train_ds, val_loader = _loaders(clips, tr, va, noise_clips, cfg, rank, world)
+    train_y, val_y = torch.from_numpy(labels[tr]), torch.from_numpy(labels[va])
+    steps = len(_epoch_batches(len(tr), cfg.batch_size, cfg.seed, 0, rank, world))
+    history: list[dict[str, Any]] = list(state.record["history"]) if state is not None else []
+    start = state.epochs_done if state is not None else 0
+    if console is not None and main:
+        console.print(f"Fine-tuning on {len(tr)} clips ({len(va)} held out), {len(classes)} classes, "
+                      f"{count_parameters(model, True):,} trainable parameters, {world} process(es) on "
+                      f"{accelerator.device}" + (f", resuming after epoch {start}" if start else "") + ".")
+    progress = make_progress(console) if console is not None and main else None
+    with progress if progress is not None else contextlib.nullcontext():
+        for epoch in range(start, cfg.epochs):
+            seed_everything(derive_seed(cfg.seed, epoch, rank))
+            if isinstance(train_ds, NoiseMixDataset):
+                train_ds.epoch = epoch
+            batches = _epoch_batches(len(tr), cfg.batch_size, cfg.seed, epoch, rank, world)
+            loader = DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.num_workers)
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), rate="") if progress else None
+            t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+            ddp_model.train()
+            for i, (wave, idx) in enumerate(loader):
+                lr = lr_at(epoch * steps + i, steps * cfg.epochs, cfg.lr, cfg.warmup_fraction)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                y = train_y[idx].to(accelerator.device)
+                loss, ok = train_step(ddp_model, accelerator, optimizer, wave.to(accelerator.device), y, cfg)
+                loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
+                if progress is not None and task is not None:
+                    rate = seen * world / max(time.perf_counter() - t0, 1e-9)
+                    progress.update(task, advance=1, rate=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%} "
+                                                          f"{rate:.1f} clips/s")
+                if on_step is not None:
+                    on_step(epoch, i)
+            entry = _epoch_summary(accelerator, model, val_loader, val_y, cfg, epoch, loss_sum, correct, seen, t0)
+            history.append(entry)
+            if console is not None and main:
+                console.print(_format_entry(entry, cfg.epochs))
+            if main:
+                scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+                save_state(out_dir, model, optimizer, {"epochs_done": epoch + 1, "key": key, "history": history,
+                                                       "seed": cfg.seed, "scaler": scaler,
+                                                       "rng": "reseeded from (seed, epoch, process) each epoch"})
+            accelerator.wait_for_everyone()
+    if main:
+        record = _run_record(cfg, loaded, classes, labels, tr, va, clips, model, len(noise_clips), world, history)
+        write_run_artifacts(out_dir, model.backbone, model.head, model.classifier.weight, record)
+    accelerator.wait_for_everyone()
+    return out_dir
+
+
+def _epoch_summary(accelerator: Accelerator, model: FinetuneModel, val_loader: DataLoader, val_y: torch.Tensor,
+                   cfg: FinetuneConfig, epoch: int, loss_sum: float, correct: int, seen: int,
+                   t0: float) -> dict[str, Any]:
+    """Train and held-out loss/accuracy of one epoch, summed over all processes."""
+    v_loss, v_correct, v_n = evaluate(model, val_loader, val_y, cfg, accelerator)
+    totals = torch.tensor([loss_sum, correct, seen, v_loss, v_correct, v_n], dtype=torch.float64,
+                          device=accelerator.device)
+    t = accelerator.reduce(totals, reduction="sum").tolist()
+    seconds = time.perf_counter() - t0
+    return {
+        "epoch": epoch + 1,
+        "train_loss": t[0] / max(t[2], 1), "train_accuracy": t[1] / max(t[2], 1),
+        "val_loss": t[3] / t[5] if t[5] else None, "val_accuracy": t[4] / t[5] if t[5] else None,
+        "seconds": round(seconds, 3), "clips_per_second": round(t[2] / max(seconds, 1e-9), 3),
+    }
+
+
+def _format_entry(e: dict[str, Any], epochs: int) -> str:
+    val = f", held-out loss {e['val_loss']:.3f} acc {e['val_accuracy']:.1%}" if e["val_loss"] is not None else ""
+    return (f"epoch {e['epoch']}/{epochs}: loss {e['train_loss']:.3f} acc {e['train_accuracy']:.1%}{val} "
+            f"({e['clips_per_second']:.1f} clips/s)")

@@ -1,0 +1,243 @@
+"""LoRA fine-tuning on a tiny random BEATs and 1 s synthetic clips: learning, artifacts, adapter
+round trip, resume equivalence, frozen backbone, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from asdcli.adapter import load_adapter_embedder, read_run, write_run_artifacts
+from asdcli.cli.main import app
+from asdcli.dataset import Clip, discover_clips
+from asdcli.errors import ArtifactMismatch, ConfigError
+from asdcli.features import beats_fbank
+from asdcli.finetune import (
+    FinetuneConfig,
+    build_labels,
+    build_model,
+    finetune,
+    lr_at,
+    split_train_val,
+    train_step,
+)
+from asdcli.model.beats import BEATs, BeatsConfig, load_beats, save_official_checkpoint, tiny_beats_config
+
+SR = 16000
+MACHINES = {"fan": (300.0, 0.03), "pump": (1200.0, 0.1), "valve": (3500.0, 0.4)}  # tone (Hz), level
+CLIPS_PER_MACHINE = 16
+
+
+def _make_checkpoint(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    cfg = tiny_beats_config()
+    save_official_checkpoint(path, BEATs(BeatsConfig.from_dict(cfg)), cfg)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=0)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 machines x 16 one-second train clips: a machine-specific tone and level (jittered) + noise."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    t = np.arange(SR) / SR
+    for machine, (f0, level) in MACHINES.items():
+        folder = root / machine / "train"
+        folder.mkdir(parents=True)
+        for i in range(CLIPS_PER_MACHINE):
+            domain = "target" if i == 0 else "source"
+            f = f0 * rng.uniform(0.9, 1.1)
+            tone = np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3))
+            wave = level * (tone + 0.2 * rng.standard_normal(SR)) * rng.uniform(0.8, 1.25)
+            name = f"section_00_{domain}_train_normal_{i:04d}_spd_{i % 2}.wav"
+            sf.write(folder / name, wave.astype(np.float32), SR, subtype="PCM_16")
+    return root
+
+
+def _cfg(ckpt: Path, **kw: object) -> FinetuneConfig:
+    base = dict(checkpoint=ckpt, epochs=3, batch_size=8, lr=3e-3, seconds=1.0, val_fraction=0.25,
+                lora_rank=4, lora_alpha=8.0, embedding_dim=16, device="cpu")
+    base.update(kw)
+    return FinetuneConfig(**base)  # type: ignore[arg-type]
+
+
+def _train_clips(root: Path) -> list[Clip]:
+    return discover_clips([root], splits={"train"})
+
+
+def _tensors(run: Path) -> dict[str, torch.Tensor]:
+    out = {f"adapter.{k}": v for k, v in load_file(str(run / "adapter" / "adapter_model.safetensors")).items()}
+    out.update({f"head.{k}": v for k, v in load_file(str(run / "head.safetensors")).items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(ckpt: Path, data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    return finetune(_train_clips(data_root), _cfg(ckpt), out)
+
+
+def test_loss_falls_and_held_out_accuracy_beats_chance(trained_run: Path) -> None:
+    run = read_run(trained_run)
+    hist = run["history"]
+    assert len(hist) == 3
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["val_accuracy"] >= 0.8  # chance is 1/3
+    assert run["data"]["n_val"] == 12 and run["data"]["n_train"] == 36
+    assert run["labels"]["classes"] == ["fan", "pump", "valve"]
+
+
+def test_artifacts_and_run_record(trained_run: Path, ckpt: Path) -> None:
+    for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "head.safetensors",
+                "run.json", "state/state.safetensors"):
+        assert (trained_run / rel).is_file(), rel
+    assert not [p for p in trained_run.rglob("*.tmp")]
+    run = read_run(trained_run)
+    assert run["checkpoint"]["sha256"] == load_beats(ckpt).sha256
+    assert run["checkpoint"]["cfg"] == tiny_beats_config()
+    assert run["config"]["lora_rank"] == 4 and run["seed"] == 0
+    assert {"torch", "peft", "accelerate", "asdcli"} <= set(run["versions"])
+    keys = load_file(str(trained_run / "adapter" / "adapter_model.safetensors"))
+    assert all(("q_proj" in k or "k_proj" in k or "v_proj" in k) and "lora_" in k for k in keys)
+    assert len(keys) == 2 * 3 * 2  # 2 layers x q/k/v x (A, B)
+
+
+def test_peft_can_load_the_adapter(trained_run: Path, ckpt: Path) -> None:
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_beats(ckpt).model, str(trained_run / "adapter"))
+    b = [v for k, v in model.named_parameters() if "lora_B" in k]
+    assert b and any(v.abs().sum() > 0 for v in b)
+
+
+def test_adapter_round_trip_gives_identical_embeddings(ckpt: Path, tmp_path: Path) -> None:
+    cfg = _cfg(ckpt)
+    loaded = load_beats(ckpt)
+    model = build_model(loaded.model, 64, 3, cfg)
+    acc = Accelerator(cpu=True)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    wave = torch.randn(4, SR) * 0.1
+    model.train()
+    for _ in range(2):
+        train_step(model, acc, opt, wave, torch.tensor([0, 1, 2, 0]), cfg)
+    record = {"schema_version": 1, "kind": "asdcli-finetune-run", "labels": {"mode": "machine"},
+              "checkpoint": {"path": str(ckpt), "sha256": loaded.sha256}}
+    write_run_artifacts(tmp_path, model.backbone, model.head, model.classifier.weight, record)
+    model.eval()
+    fbank = beats_fbank(torch.randn(3, SR) * 0.1)
+    with torch.no_grad():
+        _, emb, pooled = model(fbank)
+        for kind, want in (("head", emb), (None, emb), ("pooled", pooled)):
+            embedder, meta = load_adapter_embedder(tmp_path, load_beats(ckpt), kind)
+            assert torch.equal(embedder(fbank), want)
+            assert meta["embedding"] == (kind or "head") and meta["embedding_dim"] == want.shape[1]
+            assert meta["adapter_id"]
+
+
+def test_only_lora_and_head_parameters_change(ckpt: Path) -> None:
+    cfg = _cfg(ckpt)
+    original = {k: v.clone() for k, v in load_beats(ckpt).model.state_dict().items()}
+    model = build_model(load_beats(ckpt).model, 64, 3, cfg)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(3):
+        train_step(model, Accelerator(cpu=True), opt, torch.randn(4, SR) * 0.1, torch.tensor([0, 1, 2, 1]), cfg)
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])}
+    assert changed and all("lora_" in k or k.startswith(("head.", "classifier.")) for k in changed)
+    assert any("lora_B" in k for k in changed) and any(k.startswith("head.") for k in changed)
+    base = model.backbone.get_base_model().state_dict()
+    for k, v in original.items():
+        own = base.get(k, base.get(k.replace("_proj.", "_proj.base_layer.")))
+        assert own is not None and torch.equal(own, v), k
+
+
+def test_killed_mid_epoch_and_resumed_matches_uninterrupted(ckpt: Path, data_root: Path, tmp_path: Path) -> None:
+    clips = _train_clips(data_root)
+    cfg = _cfg(ckpt, epochs=2, specaugment=True, mixup=0.4, lora_dropout=0.2)
+    ref = finetune(clips, cfg, tmp_path / "ref")
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch: int, step: int) -> None:
+        if (epoch, step) == (1, 2):
+            raise Killed
+
+    with pytest.raises(Killed):
+        finetune(clips, cfg, tmp_path / "b", on_step=kill)
+    assert not (tmp_path / "b" / "run.json").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        finetune(clips, cfg, tmp_path / "b")
+    with pytest.raises(ConfigError, match="other options"):
+        finetune(clips, dataclasses.replace(cfg, lr=1e-3), tmp_path / "b", resume=True)
+    finetune(clips, cfg, tmp_path / "b", resume=True)
+    a, b = _tensors(ref), _tensors(tmp_path / "b")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = read_run(ref)["history"], read_run(tmp_path / "b")["history"]
+    assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+
+
+def test_adapter_for_another_checkpoint_is_a_mismatch(trained_run: Path, tmp_path: Path) -> None:
+    other = load_beats(_make_checkpoint(tmp_path / "other.pt", seed=1))
+    with pytest.raises(ArtifactMismatch, match="--checkpoint"):
+        load_adapter_embedder(trained_run, other, None)
+
+
+def test_labels_and_split() -> None:
+    def clip(machine: str, attrs: tuple[tuple[str, str], ...]) -> Clip:
+        return Clip(Path(f"{machine}.wav"), machine, "00", "source", "train", "normal", "0000", attrs, "")
+
+    clips = [clip("fan", (("spd", "1"),)), clip("fan", (("spd", "2"),)), clip("slider", ())]
+    y, classes = build_labels(clips, "machine")
+    assert classes == ["fan", "slider"] and y.tolist() == [0, 0, 1]
+    y, classes = build_labels(clips, "attribute")
+    assert classes == ["fan|spd_1", "fan|spd_2", "slider"] and y.tolist() == [0, 1, 2]
+    labels = np.repeat([0, 1, 2], [10, 20, 1])
+    tr, va = split_train_val(labels, 0.2, seed=3)
+    assert np.bincount(labels[va], minlength=3).tolist() == [2, 4, 0]
+    assert sorted(np.concatenate([tr, va]).tolist()) == list(range(31))
+    assert split_train_val(labels, 0.2, seed=3)[1].tolist() == va.tolist()
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
+    lrs = [lr_at(s, 100, 1e-3, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-5
+
+
+def test_config_rejects_bad_values(ckpt: Path) -> None:
+    with pytest.raises(ConfigError, match="--labels"):
+        _cfg(ckpt, labels="domain")
+    with pytest.raises(ConfigError, match="--mixed-precision"):
+        _cfg(ckpt, mixed_precision="fp8")
+
+
+def test_cli_finetune_writes_a_run(ckpt: Path, data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli_run"
+    args = ["finetune", str(data_root), "--checkpoint", str(ckpt), "--out", str(out), "--epochs", "1",
+            "--seconds", "1", "--batch-size", "12", "--lora-rank", "2", "--embedding-dim", "8", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert read_run(out)["config"]["embedding_dim"] == 8
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "--resume" in again.output
+    assert CliRunner().invoke(app, [*args, "--resume"]).exit_code == 0
+
+
+def test_cli_missing_checkpoint_is_one_line_error(data_root: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["finetune", str(data_root), "--checkpoint", str(tmp_path / "nope.pt")])
+    assert result.exit_code == 1 and "Error:" in result.output and "Traceback" not in result.output
