@@ -132,6 +132,7 @@ def knn_distances(
                 _mask_self(sim, self_index[q0 : q0 + q.shape[0]], b0)
             sc = None if scale is None else scale[b0 : b0 + b.shape[0]]
             cand = _chunk_candidates(sim, kk, sc)
+            del sim  # free the block before the next matmul allocates one
             best = _merge(best, cand, k)
         out[q0 : q0 + q.shape[0]] = np.sort(np.maximum(best, 0.0), axis=1)
     return out
