@@ -1,11 +1,51 @@
-"""`asd embed`: not implemented yet."""
+"""`asd embed`: clips -> EMB.npz of one BEATs (or fine-tuned) vector per clip."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import typer
 
+from asdcli.console import make_progress, rate_text, stderr_console
+from asdcli.dataset import discover_clips
+from asdcli.embed import EmbedConfig, embed_clips, local_share, write_embeddings
 
-def command() -> None:
-    """Embed clips with BEATs (optionally a fine-tuned adapter) into an .npz file."""
-    typer.echo("asd embed: not implemented yet", err=True)
-    raise typer.Exit(2)
+
+def command(
+    inputs: list[Path] = typer.Argument(..., help="Wav files, machine/split folders or dataset roots (all machines).", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Output embeddings file (.npz), written atomically.", show_default=False),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Official BEATs checkpoint (.pt). Default: $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Run folder of `asd finetune`: embed with the fine-tuned model."),
+    embedding: str | None = typer.Option(None, "--embedding", help="With --adapter: 'head' (default, the classifier's embedding) or 'pooled' (token mean of the adapted backbone)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Clips per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (cuda:N) or mps."),
+    seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds."),
+    channel: int | None = typer.Option(None, "--channel", help="Keep this 0-based channel of multi-channel files (default: mean of channels)."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes that read audio."),
+) -> None:
+    """Embed clips with BEATs (optionally a fine-tuned adapter) into an .npz file.
+
+    Without --adapter a clip's vector is the mean over tokens of BEATs' last layer (768-d for BEATs_iter3).
+
+    Run under `accelerate launch` to split the clips across processes.
+    """
+    cfg = EmbedConfig(checkpoint=checkpoint, adapter=adapter, embedding=embedding, batch_size=batch_size,
+                      device=device, seconds=seconds, channel=channel, num_workers=workers)  # fmt: skip
+    clips = discover_clips(inputs)
+    console = stderr_console()
+    start = time.perf_counter()
+    with make_progress(console) as progress:
+        share = local_share(len(clips))  # this process's clips; 0 hides the bar on non-main processes
+        task = progress.add_task("embed", total=share or 1, rate="", visible=share > 0)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+            done = progress.tasks[task].completed
+            progress.update(task, rate=rate_text(done, time.perf_counter() - start))
+
+        emb = embed_clips(clips, cfg, progress=advance)
+    if write_embeddings(out, emb):
+        took = time.perf_counter() - start
+        console.print(f"Embedded {len(emb)} clips into {emb.dim}-d vectors in {took:.1f} s "
+                      f"({rate_text(len(emb), took)}) -> {out}", highlight=False, soft_wrap=True)  # fmt: skip

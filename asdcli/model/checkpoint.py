@@ -21,6 +21,9 @@ CHECKPOINT_ENV = "ASD_CHECKPOINT"
 DEFAULT_CHECKPOINT = Path("~/.cache/asdcli/BEATs_iter3.pt")
 PREDICTOR_KEYS = ("predictor.weight", "predictor.bias")
 SHARED_TABLE = "self_attn.relative_attention_bias.weight"
+# what torch.load(weights_only=True) raises on a truncated, foreign or corrupt file
+_LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+                pickle.UnpicklingError, zipfile.BadZipFile)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,13 @@ def resolve_checkpoint(path: str | Path | None = None) -> Path:
 def _read(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise ArtifactNotFound(f"BEATs checkpoint {path} does not exist.")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch.save zip, or a legacy pickle
+        raise ArtifactError(f"{path} is not a readable BEATs checkpoint (not a torch.save file); pass the .pt file.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except _LOAD_ERRORS as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ArtifactError(f"{path} is not a readable BEATs checkpoint ({first}); re-download it.") from e
     if not isinstance(obj, Mapping) or not isinstance(obj.get("cfg"), Mapping) or not isinstance(obj.get("model"), Mapping):

@@ -1,0 +1,192 @@
+"""The embed stage: clips -> one vector per clip from BEATs (optionally a fine-tuned adapter).
+
+Runs single-process, or split across ``accelerate launch`` processes; every process ends with the
+same, complete Embeddings in the input order, and only the main process writes the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from asdcli.artifacts import Embeddings, save_embeddings
+from asdcli.audio import SAMPLE_RATE, AudioConfig, ClipDataset
+from asdcli.dataset import Clip
+from asdcli.device import resolve_device
+from asdcli.errors import AsdError, ConfigError
+from asdcli.features import beats_fbank
+from asdcli.model.beats import LoadedBeats, load_beats, resolve_checkpoint
+
+EMBEDDING_CHOICES = ("head", "pooled")
+POOLING = "mean"  # over all tokens of the last layer
+FRONTEND = "beats-kaldi-fbank128-v1"
+
+Progress = Callable[[int], None]  # called with the number of clips just finished
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Options of `asd embed`.
+
+    checkpoint: official BEATs checkpoint (None: $ASD_CHECKPOINT or the default cache path);
+    adapter: `asd finetune` run folder; embedding: "head" or "pooled" (needs adapter, default head);
+    seconds: clips are cut/zero-padded to this length (None: natural length, batch size 1);
+    channel: 0-based channel to keep (None: mean of channels); num_workers: DataLoader workers.
+    """
+
+    checkpoint: Path | None
+    adapter: Path | None = None
+    embedding: str | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    seconds: float | None = 10.0
+    channel: int | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if self.num_workers < 0:
+            raise ConfigError(f"--workers must be 0 or more, got {self.num_workers}.")
+        if self.embedding is not None and self.embedding not in EMBEDDING_CHOICES:
+            raise ConfigError(f"--embedding must be one of {', '.join(EMBEDDING_CHOICES)}, got {self.embedding!r}.")
+        if self.embedding is not None and self.adapter is None:
+            raise ConfigError("--embedding chooses a fine-tuned model's vector and needs --adapter RUN_DIR.")
+
+    @property
+    def audio(self) -> AudioConfig:
+        return AudioConfig(sample_rate=SAMPLE_RATE, seconds=self.seconds, channel=self.channel)
+
+
+class MeanPooledBackbone(nn.Module):
+    """Normalized fbank (B, T, 128) -> mean over tokens of the last layer, (B, D)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, fbank: Tensor) -> Tensor:
+        return self.backbone(fbank).mean(dim=1)
+
+
+def build_embedder(loaded: LoadedBeats, cfg: EmbedConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """The fbank -> (B, D) module and the meta fields describing it."""
+    if cfg.adapter is None:
+        module: nn.Module = MeanPooledBackbone(loaded.model)
+        return module, {"adapter_id": None, "adapter_path": None, "embedding": "backbone",
+                        "embedding_dim": loaded.model.embed_dim}  # fmt: skip
+    from asdcli.adapter import load_adapter_embedder  # fine-tune stack only when asked for
+
+    module, meta = load_adapter_embedder(Path(cfg.adapter), loaded, cfg.embedding)
+    return module, dict(meta)
+
+
+def _unwrap_worker_error(e: AsdError) -> AsdError:
+    """DataLoader workers re-raise with a traceback as message; keep only the original sentence."""
+    text = str(e)
+    if "DataLoader worker" not in text:
+        return e
+    last = text.strip().splitlines()[-1]
+    return type(e)(last.split(": ", 1)[1] if ": " in last else last)
+
+
+def _embed_indices(module: nn.Module, clips: Sequence[Clip], indices: list[int], cfg: EmbedConfig,
+                   device: torch.device, progress: Progress | None) -> list[tuple[int, np.ndarray]]:  # fmt: skip
+    """Embed ``clips[i]`` for i in ``indices``; returns (i, float32 (D,)) pairs."""
+    dataset = ClipDataset([clips[i] for i in indices], cfg.audio)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size if cfg.seconds is not None else 1,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    out: list[tuple[int, np.ndarray]] = []
+    try:
+        with torch.inference_mode():
+            for wave, local in loader:
+                vectors = module(beats_fbank(wave.to(device, non_blocking=True)))  # (B, D)
+                vectors = vectors.float().cpu().numpy()
+                out.extend((indices[int(j)], vectors[k]) for k, j in enumerate(local))
+                if progress is not None:
+                    progress(len(local))
+    except AsdError as e:
+        raise _unwrap_worker_error(e) from None
+    return out
+
+
+def embed_clips(clips: Sequence[Clip], cfg: EmbedConfig, progress: Progress | None = None) -> Embeddings:
+    """Embed clips with BEATs, or with the fine-tuned model of ``cfg.adapter``.
+
+    Parameters
+    ----------
+    clips : sequence of Clip
+        From ``dataset.discover_clips``.
+    cfg : EmbedConfig
+    progress : callable, optional
+        Called with the number of clips each batch finished (in this process).
+
+    Returns
+    -------
+    Embeddings
+        float32 (N, D) vectors in the order of ``clips`` (D = 768 for iter3 without adapter),
+        with the clips' parsed fields and a meta record.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    if not clips:
+        raise ConfigError("No clips to embed.")
+    loaded = load_beats(resolve_checkpoint(cfg.checkpoint))
+    module, meta = build_embedder(loaded, cfg)
+    state = PartialState()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and state.num_processes > 1:
+        device = state.device
+    module = module.to(device).eval()
+    with state.split_between_processes(list(range(len(clips)))) as mine:
+        pairs = _embed_indices(module, clips, list(mine), cfg, device, progress)
+    if state.num_processes > 1:
+        pairs = gather_object(pairs)
+    pairs = sorted(pairs, key=lambda p: p[0])
+    vectors = np.stack([v for _, v in pairs]).astype(np.float32)
+    meta.update(
+        checkpoint_sha256=loaded.sha256, checkpoint_path=str(loaded.path), backbone_cfg=loaded.cfg,
+        pooling=POOLING, frontend=FRONTEND, clip_seconds=cfg.seconds, sample_rate=SAMPLE_RATE,
+        channel=cfg.channel,
+    )  # fmt: skip
+    return Embeddings(
+        vectors=vectors,
+        filenames=np.asarray([c.name for c in clips], dtype=str),
+        paths=np.asarray([str(c.path) for c in clips], dtype=str),
+        machine=np.asarray([c.machine for c in clips], dtype=str),
+        section=np.asarray([c.section for c in clips], dtype=str),
+        domain=np.asarray([c.domain for c in clips], dtype=str),
+        split=np.asarray([c.split for c in clips], dtype=str),
+        label=np.asarray([c.label for c in clips], dtype=str),
+        meta=meta,
+    )
+
+
+def local_share(num_clips: int) -> int:
+    """How many of ``num_clips`` the main process embeds (all of them without a launcher); 0 elsewhere."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    return -(-num_clips // state.num_processes) if state.is_main_process else 0
+
+
+def write_embeddings(path: Path, emb: Embeddings) -> bool:
+    """Save on the main process only (atomically); others wait. Returns whether this process wrote."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        save_embeddings(path, emb)
+    state.wait_for_everyone()
+    return bool(state.is_main_process)

@@ -1,0 +1,155 @@
+"""`asd embed` and embed_clips on short synthetic DCASE-named clips with a tiny random checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from asdcli.artifacts import load_embeddings
+from asdcli.audio import AudioConfig, load_clip
+from asdcli.cli.main import app
+from asdcli.dataset import discover_clips
+from asdcli.device import resolve_device
+from asdcli.embed import EmbedConfig, embed_clips
+from asdcli.errors import ConfigError
+from asdcli.features import beats_fbank
+from asdcli.model.beats import BEATs, BeatsConfig, load_beats, save_official_checkpoint, tiny_beats_config
+
+SECONDS = 0.5
+NAMES = {
+    ("fan", "train"): ["section_00_source_train_normal_0000_m-n_W.wav", "section_00_target_train_normal_0001_m-n_X.wav"],
+    ("fan", "test"): ["section_00_source_test_anomaly_0000_m-n_W.wav"],
+    ("valve", "train"): ["section_00_source_train_normal_0000_pat_00_v1pat_01.wav"],
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dev")
+    rng = np.random.default_rng(0)
+    t = np.arange(int(SECONDS * 16000)) / 16000
+    for (machine, split), names in NAMES.items():
+        folder = root / machine / split
+        folder.mkdir(parents=True)
+        for i, name in enumerate(names):
+            wave = 0.3 * np.sin(2 * np.pi * (300 + 200 * i) * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(folder / name, wave.astype(np.float32), 16000, subtype="PCM_16")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    cfg = tiny_beats_config()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_official_checkpoint(path, BEATs(BeatsConfig.from_dict(cfg)), cfg)
+    return path
+
+
+def test_embed_clips_matches_a_manual_forward(data_dir, checkpoint):
+    clips = discover_clips([data_dir])
+    emb = embed_clips(clips, EmbedConfig(checkpoint=checkpoint, batch_size=3, device="cpu", seconds=SECONDS))
+    assert emb.vectors.shape == (4, 64) and emb.vectors.dtype == np.float32
+    assert list(emb.filenames) == [c.name for c in clips]
+    assert list(emb.machine) == ["fan", "fan", "fan", "valve"]
+    assert set(emb.split) == {"train", "test"} and "anomaly" in set(emb.label)
+    model = load_beats(checkpoint).model
+    waves = torch.stack([torch.from_numpy(load_clip(c.path, AudioConfig(seconds=SECONDS))) for c in clips])
+    with torch.no_grad():
+        manual = model(beats_fbank(waves)).mean(dim=1).numpy()
+    np.testing.assert_allclose(emb.vectors, manual, atol=1e-5)
+    single = embed_clips(clips, EmbedConfig(checkpoint=checkpoint, batch_size=1, num_workers=1, seconds=SECONDS))
+    np.testing.assert_allclose(single.vectors, emb.vectors, atol=1e-5)
+    meta = emb.meta
+    assert meta["checkpoint_sha256"] == load_beats(checkpoint).sha256 and meta["pooling"] == "mean"
+    assert meta["backbone_cfg"] == tiny_beats_config() and meta["adapter_id"] is None
+    assert meta["clip_seconds"] == SECONDS
+
+
+def test_adapter_is_loaded_lazily_through_the_finetune_api(data_dir, checkpoint, monkeypatch):
+    import asdcli.adapter
+
+    class Head(nn.Module):
+        def forward(self, fbank: torch.Tensor) -> torch.Tensor:  # (B, T, 128) -> (B, 3)
+            return fbank.mean(dim=1)[:, :3]
+
+    def fake(run_dir, loaded, embedding):
+        assert loaded.sha256 and embedding == "pooled"
+        return Head(), {"adapter_id": "run-123", "embedding": embedding, "embedding_dim": 3}
+
+    monkeypatch.setattr(asdcli.adapter, "load_adapter_embedder", fake)
+    cfg = EmbedConfig(checkpoint=checkpoint, adapter=data_dir, embedding="pooled", seconds=SECONDS)
+    emb = embed_clips(discover_clips([data_dir / "valve"]), cfg)
+    assert emb.vectors.shape == (1, 3) and emb.meta["adapter_id"] == "run-123"
+
+
+def test_cli_embed_writes_a_plain_npz(data_dir, checkpoint, tmp_path):
+    out = tmp_path / "emb.npz"
+    args = ["embed", str(data_dir / "fan"), str(data_dir / "valve" / "train"), "--checkpoint", str(checkpoint),
+            "--out", str(out), "--seconds", str(SECONDS), "--device", "cpu", "--batch-size", "2"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Embedded 4 clips into 64-d vectors" in result.stderr
+    with np.load(out, allow_pickle=False) as z:
+        assert z["embeddings"].shape == (4, 64) and z["embeddings"].dtype == np.float32
+        assert z["filenames"][0].startswith("section_00_") and set(z["domain"]) == {"source", "target"}
+        meta = json.loads(str(z["meta"]))
+    assert meta["schema_version"] == 1 and meta["tool_version"] and len(meta["checkpoint_sha256"]) == 64
+    assert load_embeddings(out).dim == 64
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--checkpoint", "missing.pt"], "does not exist"),
+        (["--checkpoint", "{data}/fan/train/section_00_source_train_normal_0000_m-n_W.wav"], "not a readable BEATs"),
+        (["--embedding", "head"], "needs --adapter"),
+        (["--device", "tpu"], "--device must be one of"),
+    ],
+)
+def test_cli_embed_errors_are_one_line(data_dir, checkpoint, tmp_path, extra, message):
+    extra = [e.format(data=data_dir) for e in extra]
+    if "--checkpoint" not in extra:
+        extra += ["--checkpoint", str(checkpoint)]
+    result = CliRunner().invoke(app, ["embed", str(data_dir), "--out", str(tmp_path / "e.npz"), *extra])
+    assert result.exit_code == 1, result.output
+    assert "Error:" in result.stderr and message in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("AUTO").type in {"cpu", "cuda", "mps"}
+    with pytest.raises(ConfigError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_writes_the_single_process_file(data_dir, checkpoint, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if launcher is None:
+        pytest.skip("accelerate launcher not installed")
+    common = [str(data_dir), "--checkpoint", str(checkpoint), "--seconds", str(SECONDS), "--batch-size", "1"]
+    single = CliRunner().invoke(app, ["embed", *common, "--out", str(tmp_path / "one.npz")])
+    assert single.exit_code == 0, single.output
+    cmd = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "asdcli", "embed", *common, "--out", str(tmp_path / "two.npz")]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "two.npz") as b:
+        assert a.files == b.files
+        for k in a.files:
+            assert np.array_equal(a[k], b[k]), k
