@@ -25,6 +25,7 @@ import peft
 import torch
 from accelerate import Accelerator
 from rich.console import Console
+from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -262,9 +263,8 @@ def _loaders(clips: Sequence[Clip], tr: np.ndarray, va: np.ndarray, noise_clips:
     return train_ds, val_loader
 
 
-def _run_record(cfg: FinetuneConfig, loaded: Any, classes: list[str], labels: np.ndarray, tr: np.ndarray,
-                va: np.ndarray, clips: Sequence[Clip], model: FinetuneModel, n_noise: int,
-                world: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+def _run_record(cfg: FinetuneConfig, run: _Run, n_noise: int) -> dict[str, Any]:
+    model, loaded, classes, labels, tr, va = run.model, run.loaded, run.classes, run.labels, run.tr, run.va
     head = model.head
     return {
         "schema_version": RUN_SCHEMA, "kind": RUN_KIND,
@@ -275,7 +275,7 @@ def _run_record(cfg: FinetuneConfig, loaded: Any, classes: list[str], labels: np
                    "train_counts": np.bincount(labels[tr], minlength=len(classes)).tolist(),
                    "val_counts": np.bincount(labels[va], minlength=len(classes)).tolist()},
         "data": {"n_train": len(tr), "n_val": len(va), "n_noise": n_noise,
-                 "machines": sorted({c.machine for c in clips})},
+                 "machines": sorted({c.machine for c in run.clips})},
         "model": {"backbone_dim": head.in_dim, "hidden_dim": head.hidden_dim, "embedding_dim": head.embedding_dim,
                   "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                            "targets": ["q_proj", "k_proj", "v_proj"]},
@@ -285,7 +285,8 @@ def _run_record(cfg: FinetuneConfig, loaded: Any, classes: list[str], labels: np
                   "default_embedding": "head"},
         "optimizer": {"name": "Adam", "lr": cfg.lr, "schedule": "linear warm-up then cosine to 0",
                       "warmup_fraction": cfg.warmup_fraction},
-        "seed": cfg.seed, "world_size": world, "versions": _versions(), "history": history,
+        "seed": cfg.seed, "world_size": run.accelerator.num_processes, "versions": _versions(),
+        "history": run.history,
     }
 
 
@@ -316,13 +317,63 @@ def finetune(clips: Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *, noise
     Path
         ``out_dir``.
     """
-    from asdcli.model.beats import load_beats
-
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, resume)
     if resume and (out_dir / RUN_FILE).exists():
         return out_dir
-    clips = list(clips)
+    run = _prepare(list(clips), cfg, out_dir, noise_clips, resume)
+    main = run.accelerator.is_main_process
+    if console is not None and main:
+        console.print(f"Fine-tuning on {len(run.tr)} clips ({len(run.va)} held out), {len(run.classes)} classes, "
+                      f"{count_parameters(run.model, True):,} trainable parameters, {run.accelerator.num_processes} "
+                      f"process(es) on {run.accelerator.device}"
+                      + (f", resuming after epoch {run.start}" if run.start else "") + ".")
+    progress = make_progress(console) if console is not None and main else None
+    with progress if progress is not None else contextlib.nullcontext():
+        for epoch in range(run.start, cfg.epochs):
+            entry = _train_epoch(run, cfg, epoch, progress, on_step)
+            run.history.append(entry)
+            if console is not None and main:
+                console.print(_format_entry(entry, cfg.epochs))
+            if main:
+                scaler = run.accelerator.scaler.state_dict() if run.accelerator.scaler is not None else None
+                save_state(out_dir, run.model, run.optimizer, {
+                    "epochs_done": epoch + 1, "key": run.key, "history": run.history, "seed": cfg.seed,
+                    "scaler": scaler, "rng": "reseeded from (seed, epoch, process) at every epoch start"})
+            run.accelerator.wait_for_everyone()
+    if main:
+        record = _run_record(cfg, run, len(noise_clips))
+        write_run_artifacts(out_dir, run.model.backbone, run.model.head, run.model.classifier.weight, record)
+    run.accelerator.wait_for_everyone()
+    return out_dir
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds between epochs."""
+
+    accelerator: Accelerator
+    model: FinetuneModel  # unwrapped
+    ddp_model: nn.Module  # what accelerate.prepare returned (DDP under `accelerate launch`)
+    optimizer: Any
+    train_ds: Dataset
+    val_loader: DataLoader
+    clips: list[Clip]
+    labels: np.ndarray
+    classes: list[str]
+    tr: np.ndarray
+    va: np.ndarray
+    loaded: Any
+    key: str
+    start: int
+    history: list[dict[str, Any]]
+
+
+def _prepare(clips: list[Clip], cfg: FinetuneConfig, out_dir: Path, noise_clips: Sequence[Clip],
+             resume: bool) -> _Run:
+    """Labels, split, checkpoint, model (+ resumed state), optimizer and data for a run."""
+    from asdcli.model.beats import load_beats
+
     if not clips or any(not c.machine for c in clips):
         raise DataError("asd finetune needs training clips with known machine names (DATA/<machine>/train/).")
     labels, classes = build_labels(clips, cfg.labels)
@@ -332,7 +383,6 @@ def finetune(clips: Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *, noise
     tr, va = split_train_val(labels, cfg.val_fraction, cfg.seed)
     loaded = load_beats(cfg.checkpoint)
     accelerator = _make_accelerator(cfg)
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     key = _resume_key(cfg, [clips[i].name for i in tr], classes, loaded.sha256)
     state = load_state(out_dir) if resume else None
     if state is not None and state.record.get("key") != key:
@@ -348,54 +398,41 @@ def finetune(clips: Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *, noise
     optimizer = accelerator.prepare(optimizer)
     if state is not None and accelerator.scaler is not None and state.record.get("scaler"):
         accelerator.scaler.load_state_dict(state.record["scaler"])
-    train_ds, val_loader = _loaders(clips, tr, va, noise_clips, cfg, rank, world)
-    train_y, val_y = torch.from_numpy(labels[tr]), torch.from_numpy(labels[va])
-    steps = len(_epoch_batches(len(tr), cfg.batch_size, cfg.seed, 0, rank, world))
-    history: list[dict[str, Any]] = list(state.record["history"]) if state is not None else []
-    start = state.epochs_done if state is not None else 0
-    if console is not None and main:
-        console.print(f"Fine-tuning on {len(tr)} clips ({len(va)} held out), {len(classes)} classes, "
-                      f"{count_parameters(model, True):,} trainable parameters, {world} process(es) on "
-                      f"{accelerator.device}" + (f", resuming after epoch {start}" if start else "") + ".")
-    progress = make_progress(console) if console is not None and main else None
-    with progress if progress is not None else contextlib.nullcontext():
-        for epoch in range(start, cfg.epochs):
-            seed_everything(derive_seed(cfg.seed, epoch, rank))
-            if isinstance(train_ds, NoiseMixDataset):
-                train_ds.epoch = epoch
-            batches = _epoch_batches(len(tr), cfg.batch_size, cfg.seed, epoch, rank, world)
-            loader = DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.num_workers)
-            task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), rate="") if progress else None
-            t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-            ddp_model.train()
-            for i, (wave, idx) in enumerate(loader):
-                lr = lr_at(epoch * steps + i, steps * cfg.epochs, cfg.lr, cfg.warmup_fraction)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                y = train_y[idx].to(accelerator.device)
-                loss, ok = train_step(ddp_model, accelerator, optimizer, wave.to(accelerator.device), y, cfg)
-                loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
-                if progress is not None and task is not None:
-                    rate = seen * world / max(time.perf_counter() - t0, 1e-9)
-                    progress.update(task, advance=1, rate=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%} "
-                                                          f"{rate:.1f} clips/s")
-                if on_step is not None:
-                    on_step(epoch, i)
-            entry = _epoch_summary(accelerator, model, val_loader, val_y, cfg, epoch, loss_sum, correct, seen, t0)
-            history.append(entry)
-            if console is not None and main:
-                console.print(_format_entry(entry, cfg.epochs))
-            if main:
-                scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-                save_state(out_dir, model, optimizer, {"epochs_done": epoch + 1, "key": key, "history": history,
-                                                       "seed": cfg.seed, "scaler": scaler,
-                                                       "rng": "reseeded from (seed, epoch, process) each epoch"})
-            accelerator.wait_for_everyone()
-    if main:
-        record = _run_record(cfg, loaded, classes, labels, tr, va, clips, model, len(noise_clips), world, history)
-        write_run_artifacts(out_dir, model.backbone, model.head, model.classifier.weight, record)
-    accelerator.wait_for_everyone()
-    return out_dir
+    train_ds, val_loader = _loaders(clips, tr, va, noise_clips, cfg, accelerator.process_index,
+                                    accelerator.num_processes)
+    return _Run(accelerator, model, ddp_model, optimizer, train_ds, val_loader, clips, labels, classes, tr, va,
+                loaded, key, state.epochs_done if state is not None else 0,
+                list(state.record["history"]) if state is not None else [])
+
+
+def _train_epoch(run: _Run, cfg: FinetuneConfig, epoch: int, progress: Progress | None,
+                 on_step: StepHook | None) -> dict[str, Any]:
+    """One pass over this process's batches, then the held-out evaluation; returns the history entry."""
+    acc, rank, world = run.accelerator, run.accelerator.process_index, run.accelerator.num_processes
+    seed_everything(derive_seed(cfg.seed, epoch, rank))
+    if isinstance(run.train_ds, NoiseMixDataset):
+        run.train_ds.epoch = epoch
+    steps = len(_epoch_batches(len(run.tr), cfg.batch_size, cfg.seed, 0, rank, world))
+    batches = _epoch_batches(len(run.tr), cfg.batch_size, cfg.seed, epoch, rank, world)
+    loader = DataLoader(run.train_ds, batch_sampler=batches, num_workers=cfg.num_workers)
+    train_y = torch.from_numpy(run.labels[run.tr])
+    task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), rate="") if progress else None
+    t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+    run.ddp_model.train()
+    for i, (wave, idx) in enumerate(loader):
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr_at(epoch * steps + i, steps * cfg.epochs, cfg.lr, cfg.warmup_fraction)
+        y = train_y[idx].to(acc.device)
+        loss, ok = train_step(run.ddp_model, acc, run.optimizer, wave.to(acc.device), y, cfg)
+        loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
+        if progress is not None and task is not None:
+            rate = seen * world / max(time.perf_counter() - t0, 1e-9)
+            progress.update(task, advance=1,
+                            rate=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%} {rate:.1f} clips/s")
+        if on_step is not None:
+            on_step(epoch, i)
+    val_y = torch.from_numpy(run.labels[run.va])
+    return _epoch_summary(acc, run.model, run.val_loader, val_y, cfg, epoch, loss_sum, correct, seen, t0)
 
 
 def _epoch_summary(accelerator: Accelerator, model: FinetuneModel, val_loader: DataLoader, val_y: torch.Tensor,

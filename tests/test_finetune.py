@@ -241,3 +241,27 @@ def test_cli_finetune_writes_a_run(ckpt: Path, data_root: Path, tmp_path: Path) 
 def test_cli_missing_checkpoint_is_one_line_error(data_root: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["finetune", str(data_root), "--checkpoint", str(tmp_path / "nope.pt")])
     assert result.exit_code == 1 and "Error:" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_matches_one_process(ckpt: Path, data_root: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (gloo): global batch 2x6 = one process with batch 12."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["finetune", str(data_root), "--checkpoint", str(ckpt), "--epochs", "2", "--seconds", "1",
+              "--lr", "3e-3", "--lora-rank", "4", "--lora-alpha", "8", "--lora-dropout", "0",
+              "--embedding-dim", "16", "--val-fraction", "0.25", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "asdcli", *common, "--batch-size", "6", "--out", str(tmp_path / "ddp")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines() == [str(tmp_path / "ddp")]
+    single = CliRunner().invoke(app, [*common, "--batch-size", "12", "--out", str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    assert read_run(tmp_path / "ddp")["world_size"] == 2
+    a, b = _tensors(tmp_path / "ddp"), _tensors(tmp_path / "one")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

@@ -47,6 +47,8 @@ def command(
     adapter/ (peft format), head.safetensors and run.json for `asd embed --adapter RUN_DIR`.
     Data-parallel on several GPUs: `accelerate launch -m asdcli finetune DATA ...`.
     """
+    from accelerate import PartialState
+
     from asdcli.dataset import discover_clips
     from asdcli.finetune import finetune
     from asdcli.model.beats import resolve_checkpoint
@@ -61,4 +63,5 @@ def command(
     train = [c for c in clips if c.split == "train"]
     noise = [c for c in clips if c.kind == "noise"]
     run_dir = finetune(train, cfg, out, noise_clips=noise, resume=resume, console=stderr_console())
-    typer.echo(str(run_dir))
+    if PartialState().is_main_process:  # one line on stdout even under `accelerate launch`
+        typer.echo(str(run_dir))
