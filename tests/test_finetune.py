@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from asdcli.adapter import load_adapter_embedder, read_run, write_run_artifacts
 from asdcli.cli.main import app
 from asdcli.dataset import Clip, discover_clips
-from asdcli.errors import ArtifactMismatch, ConfigError
+from asdcli.errors import ArtifactMismatch, ConfigError, DataError
 from asdcli.features import beats_fbank
 from asdcli.finetune import (
     FinetuneConfig,
@@ -63,6 +63,11 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
             wave = level * (tone + 0.2 * rng.standard_normal(SR)) * rng.uniform(0.8, 1.25)
             name = f"section_00_{domain}_train_normal_{i:04d}_spd_{i % 2}.wav"
             sf.write(folder / name, wave.astype(np.float32), SR, subtype="PCM_16")
+    supplemental = root / "fan" / "supplemental"
+    supplemental.mkdir()
+    for i in range(3):
+        noise = 0.2 * rng.standard_normal(SR)
+        sf.write(supplemental / f"section_00_noise_{i:04d}_.wav", noise.astype(np.float32), SR, subtype="PCM_16")
     return root
 
 
@@ -189,6 +194,16 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted(ckpt: Path, data_roo
     assert all(torch.equal(a[k], b[k]) for k in a)
     ha, hb = read_run(ref)["history"], read_run(tmp_path / "b")["history"]
     assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+
+
+def test_noise_mix_trains_with_supplemental_noise(ckpt: Path, data_root: Path, tmp_path: Path) -> None:
+    noise = [c for c in discover_clips([data_root], splits={"supplemental"}) if c.kind == "noise"]
+    assert len(noise) == 3
+    cfg = _cfg(ckpt, epochs=1, noise_mix=True)
+    run = read_run(finetune(_train_clips(data_root), cfg, tmp_path / "noisy", noise_clips=noise))
+    assert run["data"]["n_noise"] == 3 and run["config"]["noise_mix"] is True
+    with pytest.raises(DataError, match="--noise-mix"):
+        finetune(_train_clips(data_root), cfg, tmp_path / "no_noise")
 
 
 def test_adapter_for_another_checkpoint_is_a_mismatch(trained_run: Path, tmp_path: Path) -> None:
