@@ -216,3 +216,61 @@ def test_density_and_domain_aware_bank_scores(emb: Embeddings) -> None:
     expected = np.minimum(knn.knn_score(q, bank.vectors[src], 2, scale=bank.radii[src]),
                           knn.knn_score(q, bank.vectors[tgt], 2, scale=bank.radii[tgt]))
     np.testing.assert_allclose(S.score_embeddings(bank, test), expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny random BEATs checkpoint (and a second one), 0.5 s fan clips, and a bank fitted on
+    the train clips embedded with the first checkpoint."""
+    import soundfile as sf
+    import torch
+
+    pytest.importorskip("asdcli.embed")  # the front end may land after the back end
+    from asdcli.dataset import discover_clips
+    from asdcli.embed import EmbedConfig, embed_clips
+    from asdcli.model.beats import BEATs, BeatsConfig, save_official_checkpoint, tiny_beats_config
+
+    root = tmp_path_factory.mktemp("onthefly")
+    paths = {"data": root / "fan"}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        cfg = tiny_beats_config()
+        paths[f"ckpt{seed}"] = root / f"tiny{seed}.pt"
+        save_official_checkpoint(paths[f"ckpt{seed}"], BEATs(BeatsConfig.from_dict(cfg)), cfg)
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 16000
+    for split, label, n in (("train", "normal", 3), ("test", "normal", 1), ("test", "anomaly", 1)):
+        (paths["data"] / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            wave = 0.3 * np.sin(2 * np.pi * (300 + 50 * i + (400 if label == "anomaly" else 0)) * t)
+            wave += 0.05 * rng.standard_normal(t.size)
+            sf.write(paths["data"] / split / f"section_00_source_{split}_{label}_{i:04d}_a_1.wav", wave.astype(np.float32), 16000)
+    train = embed_clips(discover_clips([paths["data"]], splits={"train"}),
+                        EmbedConfig(checkpoint=paths["ckpt1"], device="cpu", seconds=0.5))
+    paths["bank"] = root / "bank.npz"
+    B.save_bank(paths["bank"], B.fit_bank(train))
+    return paths
+
+
+def test_cli_score_embeds_clips_with_the_banks_checkpoint(tiny_setup: dict[str, Path]) -> None:
+    from asdcli.dataset import discover_clips
+    from asdcli.embed import EmbedConfig, embed_clips
+
+    r = runner.invoke(app, ["score", "--bank", str(tiny_setup["bank"]), str(tiny_setup["data"]), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rows = [line.split(",") for line in r.stdout.splitlines()]
+    test = embed_clips(discover_clips([tiny_setup["data"]], splits={"test"}),
+                       EmbedConfig(checkpoint=tiny_setup["ckpt1"], device="cpu", seconds=0.5))
+    assert [row[0] for row in rows] == list(test.filenames)  # a folder contributes its test clips only
+    expected = S.score_embeddings(B.load_bank(tiny_setup["bank"]), test)
+    np.testing.assert_allclose([float(row[1]) for row in rows], expected, rtol=1e-5, atol=1e-6)
+    one = tiny_setup["data"] / "train" / "section_00_source_train_normal_0000_a_1.wav"
+    r = runner.invoke(app, ["score", "--bank", str(tiny_setup["bank"]), str(one), "--device", "cpu"])
+    assert r.exit_code == 0 and r.stdout.startswith(one.name + ",")  # explicit files are always scored
+
+
+def test_cli_score_with_another_checkpoint_is_a_mismatch(tiny_setup: dict[str, Path]) -> None:
+    r = runner.invoke(app, ["score", "--bank", str(tiny_setup["bank"]), str(tiny_setup["data"]),
+                            "--checkpoint", str(tiny_setup["ckpt2"]), "--device", "cpu"])
+    assert r.exit_code == 1 and "different checkpoint sha256" in r.output and "Traceback" not in r.output
+    assert r.stdout.count(",") == 0  # no scores were printed

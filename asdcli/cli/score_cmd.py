@@ -84,24 +84,28 @@ def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
 
 def _embed(bank: Bank, clips: List[Path], checkpoint: Optional[Path], adapter: Optional[Path], device: str,
            batch_size: int) -> Embeddings:
-    """Embed the clips as the bank's training clips were (checkpoint/adapter from its meta)."""
+    """Embed the clips as the bank's training clips were (checkpoint, adapter, embedding kind,
+    clip length and channel from its meta; --checkpoint/--adapter override, and a different
+    front end is then caught by the meta check before scoring)."""
     from asdcli.dataset import discover_clips
-    from asdcli.embed import EmbedConfig, embed_clips
+    from asdcli.embed import EMBEDDING_CHOICES, EmbedConfig, embed_clips
 
     files = [p for p in clips if p.is_file()]
     folders = [p for p in clips if not p.is_file()]
     found = (discover_clips(files) if files else []) + (discover_clips(folders, splits={"test"}) if folders else [])
     meta: dict[str, Any] = bank.embedding_meta
-    ckpt = checkpoint or _meta_path(meta, "checkpoint")
+    ckpt = checkpoint or _meta_path(meta, "checkpoint_path")
     if ckpt is None:
         raise ConfigError(f"The bank of {bank.name} does not record its checkpoint; pass --checkpoint.")
+    adapter = adapter or _meta_path(meta, "adapter_path")
+    kind = meta.get("embedding") if adapter is not None and meta.get("embedding") in EMBEDDING_CHOICES else None
     cfg = EmbedConfig(
-        checkpoint=ckpt, adapter=adapter or _meta_path(meta, "adapter"), embedding=meta.get("embedding"),
-        batch_size=batch_size, device=device, seconds=float(meta.get("seconds", 10.0)), channel=meta.get("channel"),
+        checkpoint=ckpt, adapter=adapter, embedding=kind, batch_size=batch_size, device=device,
+        seconds=meta.get("clip_seconds", 10.0), channel=meta.get("channel"),
     )
     return embed_clips(found, cfg)
 
 
 def _meta_path(meta: dict[str, Any], key: str) -> Optional[Path]:
-    value = meta.get(key) or meta.get(f"{key}_path")
+    value = meta.get(key)
     return Path(value) if value else None
