@@ -188,6 +188,7 @@ def test_cli_submission(files: dict[str, Path], tmp_path: Path) -> None:
         (["--embeddings", "EMB"], "exactly one of --bank"),
         (["--bank", "BANK", "--banks", "BANKS", "--embeddings", "EMB"], "exactly one of --bank"),
         (["--banks", "BANKS", "--embeddings", "EMB"], "--banks needs"),
+        (["--banks", "BANKS", "--embeddings", "EMB", "--submission-dir", "OUT", "--decisions", "OUT"], "--decisions is for --bank"),
         (["--bank", "BANK", "--embeddings", "EMB", "--submission-dir", "OUT"], "--submission-dir needs --banks"),
         (["--bank", "BANK"], "either clips"),
         (["--bank", "BANK", "--embeddings", "EMB", "--format", "xml"], "--format must be"),

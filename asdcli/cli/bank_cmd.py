@@ -62,4 +62,5 @@ def _report(bank: Bank, path: Path) -> None:
         f"{bank.name}: {len(bank)} vectors ({domains}), dim {bank.dim}, "
         f"threshold {bank.threshold:.4g} ({bank.threshold_info.get('method')}) -> {path}",
         highlight=False,
+        soft_wrap=True,
     )

@@ -37,11 +37,11 @@ def command(
     `asd score --bank fan.npz --embeddings test.npz`, or the whole challenge folder with
     `asd score --banks banks/ --embeddings test.npz --submission-dir submission/`.
     """
-    _check_modes(clips, bank, banks, embeddings, submission_dir, fmt)
+    _check_modes(clips, bank, banks, embeddings, submission_dir, fmt, decisions)
     if banks is not None:
         assert embeddings is not None and submission_dir is not None
         paths = write_submission(load_banks(banks), load_embeddings(embeddings), submission_dir, what=str(embeddings))
-        stderr_console().print(f"Wrote {len(paths)} files to {submission_dir}", highlight=False)
+        stderr_console().print(f"Wrote {len(paths)} files to {submission_dir}", highlight=False, soft_wrap=True)
         return
     assert bank is not None
     the_bank = load_bank(bank)
@@ -58,7 +58,7 @@ def command(
 
 def _check_modes(
     clips: Optional[List[Path]], bank: Optional[Path], banks: Optional[Path], embeddings: Optional[Path],
-    submission_dir: Optional[Path], fmt: str,
+    submission_dir: Optional[Path], fmt: str, decisions: Optional[Path],
 ) -> None:
     if fmt not in SCORE_FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(SCORE_FORMATS)}, got {fmt!r}.")
@@ -66,6 +66,8 @@ def _check_modes(
         raise ConfigError("Give exactly one of --bank BANK.npz or --banks DIR.")
     if banks is not None and (embeddings is None or submission_dir is None or clips):
         raise ConfigError("--banks needs --embeddings TEST.npz and --submission-dir OUT (embed the test clips first).")
+    if banks is not None and decisions is not None:
+        raise ConfigError("--decisions is for --bank; with --banks the decision files are in the submission folder.")
     if bank is not None and submission_dir is not None:
         raise ConfigError("--submission-dir needs --banks DIR (one bank per machine/section).")
     if bank is not None and bool(clips) == (embeddings is not None):
