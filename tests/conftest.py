@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny synthetic DCASE dataset and a seeded RNG state."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asdcli.synth import SynthConfig, make_dataset
+
+# 3 machines (bearing with noAttribute names), 1 s clips, per machine: 6 source + 2 target train,
+# 3 clips per test cell (source/target x normal/anomaly), 1 supplemental machine + 1 noise clip.
+TINY_SYNTH = SynthConfig(
+    seed=0, machines=("fan", "gearbox", "bearing"), seconds=1.0,
+    n_train_source=6, n_train_target=2, n_test_per_cell=3, n_supplemental=1,
+)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a tiny synthetic dataset (``TINY_SYNTH``): ``root/<machine>/{train,test,supplemental}``.
+
+    Session-scoped and shared: treat it as read-only (copy it if a test must change files).
+    """
+    root = tmp_path_factory.mktemp("synth") / "dev"
+    make_dataset(root, TINY_SYNTH)
+    return root
+
+
+@pytest.fixture
+def deterministic_rng() -> Iterator[None]:
+    """Seed python, numpy and torch with 0 for one test and restore their states afterwards."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
