@@ -285,3 +285,24 @@ def group_by_machine(clips: Iterable[Clip]) -> dict[str, list[Clip]]:
     for clip in clips:
         groups.setdefault(clip.machine, []).append(clip)
     return groups
+
+
+COUNT_COLUMNS = ("machine", "train source", "train target", "test source normal", "test source anomaly",
+                 "test target normal", "test target anomaly", "test unlabelled", "supplemental", "other")
+
+
+def count_clips_table(clips: Iterable[Clip]) -> list[tuple[str, ...]]:
+    """Clip counts per machine in the order of :data:`COUNT_COLUMNS` (for summaries on stderr)."""
+    table: list[tuple[str, ...]] = []
+    for machine, group in sorted(group_by_machine(clips).items()):
+        counts = dict.fromkeys(COUNT_COLUMNS[1:], 0)
+        for c in group:
+            if c.split == "train" and c.domain:
+                col = f"train {c.domain}"
+            elif c.split == "test":
+                col = f"test {c.domain} {c.label}" if c.domain and c.label else "test unlabelled"
+            else:
+                col = "supplemental" if c.split == "supplemental" else "other"
+            counts[col] += 1
+        table.append((machine or "?", *(str(v) for v in counts.values())))
+    return table

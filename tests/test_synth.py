@@ -115,3 +115,20 @@ def test_anomalies_and_target_domain_differ_on_log_spectrum(synth_root: Path) ->
         shift = np.abs(target.mean(axis=0) - mean).mean()
         spread = np.abs(train[:3].mean(axis=0) - train[3:].mean(axis=0)).mean()
         assert shift > 1.5 * spread, (machine, shift, spread)
+
+
+def test_cli_demo_make_data(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from asdcli.cli.main import app
+
+    root = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--make-data", str(root), "--seed", "3", "--seconds", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(root)
+    assert "fan,40,4,10,10,10,10,4" in result.stderr
+    assert len(discover_clips([root])) == count_clips(SynthConfig())
+    assert sf.info(str(next(root.glob("fan/test/*.wav")))).frames == 4000
+    bad = CliRunner().invoke(app, ["demo", "--make-data", str(tmp_path / "demo" / "fan" / "train")])
+    assert bad.exit_code == 1 and "not empty" in bad.stderr
+    assert CliRunner().invoke(app, ["demo"]).exit_code == 2
