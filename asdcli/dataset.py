@@ -191,7 +191,7 @@ def _machine_clips(machine_dir: Path) -> list[Clip]:
 def _find_machine_dirs(root: Path) -> list[Path]:
     """Folders below ``root`` (depth <= 4) that contain a train/test/supplemental folder."""
     found: list[Path] = []
-    for dirpath, dirnames, _ in os.walk(root):
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):  # depth-limited, so links cannot loop forever
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if _has_split_dir(here):

@@ -8,7 +8,7 @@ lower SNR). Anomalies of several kinds are mixed in at a random severity in [0.3
 - fan: imbalance (shaft-rate modulation and rumble), bearing-defect impulses, blade-rub squeal
 - gearbox: broken tooth (once-per-revolution impacts), wear (mesh sidebands + noise), bearing defect
 - bearing: outer-race and inner-race impulse trains, friction squeal (lubrication loss)
-- valve: leak hiss while closed, sticking (late, weak clicks), chatter (bouncing clicks)
+- valve: leak hiss, sticking (late, weak clicks), chatter (bouncing clicks)
 
 Everything is a pure function of ``(seed, machine, clip role, clip number)``: the same config
 writes byte-identical 16-bit PCM WAV files.
