@@ -1,11 +1,60 @@
-"""`asd report`: not implemented yet."""
+"""`asd report`: the official DCASE metrics of one or more submissions, as a table, CSV or JSON."""
 
 from __future__ import annotations
 
+import sys
+from enum import Enum
+from pathlib import Path
+
 import typer
 
+from asdcli.errors import ConfigError
 
-def command() -> None:
-    """Compute the official DCASE metrics (AUC per domain, pAUC, official score)."""
-    typer.echo("asd report: not implemented yet", err=True)
-    raise typer.Exit(2)
+
+class ReportFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def command(
+    submissions: list[str] = typer.Argument(
+        None, metavar="SUBMISSION...", show_default=False,
+        help="Submission folders (anomaly_score_<machine>_section_<SS>_test.csv [+ decision_result_...]), "
+        "single score CSVs, or - to read 'filename,score' lines from stdin (with --machine).",
+    ),
+    ground_truth: Path | None = typer.Option(
+        None, "--ground-truth", "-g", help="Official ground-truth folder (ground_truth_data/, ground_truth_domain/, "
+        "optional ground_truth_attributes/). Wins over --data.",
+    ),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Dataset root: labels and domains come from the "
+                                     "test file names (dev data)."),
+    machine: str | None = typer.Option(None, "--machine", "-m", help="Machine of scores read from stdin (-)."),
+    fmt: ReportFormat | None = typer.Option(None, "--format", "-f", help="Output format; default: table on a "
+                                            "terminal, csv when piped."),
+    plots: Path | None = typer.Option(None, "--plots", help="Write PNG plots (ROC, score histograms, summary) here."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the result to this file (.json -> json, "
+                                    ".txt -> table, else csv, unless --format)."),
+    ground_truth_out: Path | None = typer.Option(
+        None, "--ground-truth-out", help="Write the official ground-truth CSVs of the --data test clips here."),
+) -> None:
+    """Compute the official DCASE metrics: AUC (source/target/all), pAUC, precision/recall/F1 per domain, and the official score (harmonic mean of every AUC (source), AUC (target) and pAUC).
+
+    AUC (source) uses the source normals plus the anomalies of both domains (AUC (target) likewise); pAUC is the McClish-standardised partial AUC up to FPR 0.1, as scikit-learn computes it. Several submissions are compared side by side.
+
+    Examples: asd report runs/a/submission --data data/dev; asd report runA/ runB/ --ground-truth GT --format csv; asd score ... | asd report - --machine fan --data data/dev; asd report --ground-truth-out GT --data data/dev
+    """  # noqa: E501
+    from asdcli.report_output import ReportConfig, run_report
+
+    subs = tuple(submissions or ())
+    stdin_text = None
+    if "-" in subs:
+        if sys.stdin.isatty():
+            raise ConfigError("'-' reads scores from stdin, but stdin is a terminal; pipe them in, e.g. "
+                              "`asd score ... | asd report - --machine fan --data DATA`.")
+        stdin_text = sys.stdin.read()
+    cfg = ReportConfig(
+        submissions=subs, ground_truth=ground_truth, data=data, machine=machine,
+        fmt=fmt.value if fmt is not None else None, plots=plots, out=out, ground_truth_out=ground_truth_out,
+    )
+    run_report(cfg, stdin_text=stdin_text)

@@ -1,0 +1,161 @@
+"""PNG plots of `asd report` results (matplotlib, Agg canvas, no pyplot global state).
+
+Per machine/section: ROC curves per domain (each domain's normals + all anomalies, as the AUC
+uses) and over all clips with the pAUC region FPR <= 0.1 shaded, and histograms of normal vs
+anomalous scores per domain with the decision threshold when the decision file implies one.
+Per system: a bar chart of AUC (source), AUC (target) and pAUC per machine with the official
+score. For several systems: a bar chart of every system's per-machine harmonic mean.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
+
+from asdcli import metrics
+from asdcli.artifacts import write_bytes_atomic
+from asdcli.report import SectionResult, SystemReport
+
+DPI = 110
+_COLORS = {"source": "#1f77b4", "target": "#d62728", "all": "#555555"}
+_BAR_COLORS = ("#1f77b4", "#d62728", "#2ca02c")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def _pct(v: float, digits: int = 2) -> str:
+    return "n/a" if np.isnan(v) else f"{100 * v:.{digits}f}"
+
+
+def safe_name(name: str) -> str:
+    """A file-system friendly version of a system or machine name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "system"
+
+
+def _roc_axes(ax: Axes, r: SectionResult) -> None:
+    ax.axvspan(0, metrics.MAX_FPR, color="#f2d16b", alpha=0.35, label=f"pAUC region (FPR ≤ {metrics.MAX_FPR:g})")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
+    for domain in (*metrics.DOMAINS, "all"):
+        mask = np.ones(len(r.scores), bool) if domain == "all" else metrics.domain_mask(r.anomaly, r.target, domain)
+        y, s = r.anomaly[mask], r.scores[mask]
+        if 0 < y.sum() < y.size:
+            fpr, tpr, _ = roc_curve(y, s)
+            key = "AUC (all)" if domain == "all" else f"AUC ({domain})"
+            ax.plot(fpr, tpr, color=_COLORS[domain], lw=2 if domain != "all" else 1.2,
+                    ls="-" if domain != "all" else "--", label=f"{domain}: AUC {_pct(r.metrics[key])}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (normals flagged)",
+           ylabel="true positive rate (anomalies found)", title="ROC: domain normals vs all anomalies")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _hist_axes(ax: Axes, r: SectionResult, domain: str, bins: np.ndarray) -> None:
+    in_domain = r.target == (1 if domain == "target" else 0)
+    normal, anomaly = r.scores[in_domain & (r.anomaly == 0)], r.scores[in_domain & (r.anomaly == 1)]
+    for values, color, label in ((normal, "#1f77b4", "normal"), (anomaly, "#ff7f0e", "anomaly")):
+        ax.hist(values, bins=bins, histtype="stepfilled", alpha=0.45, color=color, label=f"{label} (n={values.size})")
+        ax.hist(values, bins=bins, histtype="step", color=color, lw=1.5)
+    threshold = r.threshold
+    if threshold is not None:
+        ax.axvline(threshold, color="black", ls="--", lw=1.5, label=f"decision threshold {threshold:.4g}")
+    ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="clips",
+           title=f"{domain} domain scores")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def section_figure(report: SystemReport, r: SectionResult) -> Figure:
+    """ROC curves and the two domain histograms of one machine/section, side by side."""
+    fig = Figure(figsize=(16, 4.8))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.05, 1, 1]})
+    _roc_axes(axes[0], r)
+    lo, hi = float(r.scores.min()), float(r.scores.max())
+    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 31)
+    for ax, domain in zip(axes[1:], metrics.DOMAINS):
+        _hist_axes(ax, r, domain, bins)
+    m = r.metrics
+    fig.suptitle(f"{report.name} | {r.machine} section {r.section}: AUC source {_pct(m['AUC (source)'])}, "
+                 f"AUC target {_pct(m['AUC (target)'])}, pAUC {_pct(m['pAUC'])} (%)", fontsize=13)
+    fig.tight_layout()
+    return fig
+
+
+def _bar_labels(report: SystemReport) -> list[str]:
+    return [r.machine if len(report.of_machine(r.machine)) == 1 else f"{r.machine}\nsec {r.section}"
+            for r in report.sections]
+
+
+def summary_figure(report: SystemReport) -> Figure:
+    """Grouped bars of AUC (source), AUC (target) and pAUC per machine/section, in %."""
+    n = len(report.sections)
+    fig = Figure(figsize=(max(7.0, 1.3 * n + 2), 5))
+    ax = fig.subplots()
+    x = np.arange(n)
+    width = 0.27
+    for k, (col, color) in enumerate(zip(metrics.OFFICIAL_COLUMNS, _BAR_COLORS)):
+        vals = np.array([100 * r.metrics[col] for r in report.sections])
+        bars = ax.bar(x + (k - 1) * width, np.nan_to_num(vals), width, color=color, label=col)
+        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1)
+    official = report.official_score
+    ax.axhline(50, color="grey", ls=":", lw=1, label="chance (50)")
+    if not np.isnan(official):
+        ax.axhline(100 * official, color="black", ls="--", lw=1.2, label=f"official score {_pct(official)}")
+    ax.set_xticks(x, _bar_labels(report))
+    ax.set(ylim=(0, 105), ylabel="%", title=f"{report.name}: official score {_pct(official)} "
+           f"(harmonic mean of {3 * n} values)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=5, fontsize=9, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_figure(reports: Sequence[SystemReport]) -> Figure:
+    """Per-machine harmonic mean of AUC (source), AUC (target), pAUC for every system."""
+    machines = sorted({m for r in reports for m in r.machines})
+    fig = Figure(figsize=(max(7.0, 1.2 * len(machines) * max(1, len(reports) / 2) + 2), 5))
+    ax = fig.subplots()
+    x = np.arange(len(machines))
+    width = 0.8 / len(reports)
+    for k, r in enumerate(reports):
+        vals = np.array([100 * r.machine_score(m)["harmonic mean"] if m in r.machines else np.nan for m in machines])
+        bars = ax.bar(x + (k - (len(reports) - 1) / 2) * width, np.nan_to_num(vals), width,
+                      label=f"{r.name} (official {_pct(r.official_score)})")
+        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1)
+    ax.axhline(50, color="grey", ls=":", lw=1)
+    ax.set_xticks(x, machines)
+    ax.set(ylim=(0, 105), ylabel="h-mean of AUC src, AUC tgt, pAUC (%)", title="Systems compared per machine")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(3, len(reports)), fontsize=9, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_plots(reports: Sequence[SystemReport], out_dir: Path | str) -> list[Path]:
+    """Write every PNG under ``out_dir``; returns the paths.
+
+    One system: ``<machine>_section_<SS>.png`` per machine/section and ``summary.png``.
+    Several: the same in ``<system>/`` sub-folders, plus ``comparison.png``.
+    """
+    out_dir = Path(out_dir)
+    written = []
+    for report in reports:
+        folder = out_dir if len(reports) == 1 else out_dir / safe_name(report.name)
+        for r in report.sections:
+            name = f"{safe_name(r.machine)}_section_{r.section}.png"
+            written.append(_save(section_figure(report, r), folder / name))
+        written.append(_save(summary_figure(report), folder / "summary.png"))
+    if len(reports) > 1:
+        written.append(_save(comparison_figure(reports), out_dir / "comparison.png"))
+    return written

@@ -1,0 +1,320 @@
+"""`asd report`: read submission folders, check them against the ground truth, compute the official
+metrics (``asdcli.metrics``) per machine/section, and aggregate them per machine and per system.
+
+A submission folder holds, per machine and section (DCASE 2025 Task 2 format, no header)::
+
+    anomaly_score_<machine>_section_<SS>_test.csv      filename,score   (higher = more anomalous)
+    decision_result_<machine>_section_<SS>_test.csv    filename,0|1     (optional; 1 = anomaly)
+
+Unlike the official evaluator (which sorts and aligns rows by position), every row is matched by
+file name: a missing, duplicated, extra or unknown name, a non-numeric or non-finite score, or a
+machine without ground truth is a DataError naming the file and the clips.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asdcli import metrics
+from asdcli.errors import DataError
+from asdcli.ground_truth import GroundTruth, SectionTruth, some
+
+_SCORE_NAME = re.compile(r"^anomaly_score_(?P<machine>.+?)_section_(?P<section>\d+)_test(?P<tag>.*)\.csv$")
+STDIN = "-"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of a score or decision file: its file, line number, clip name and value."""
+
+    file: str
+    line: int
+    name: str
+    value: float
+
+
+@dataclass(frozen=True)
+class SectionResult:
+    """Metrics of one machine/section, with the aligned arrays (for plots), all (N,)."""
+
+    machine: str
+    section: str
+    metrics: Mapping[str, float]
+    filenames: tuple[str, ...]
+    scores: np.ndarray
+    anomaly: np.ndarray
+    target: np.ndarray
+    decisions: np.ndarray | None = None
+
+    @property
+    def threshold(self) -> float | None:
+        """Decision threshold implied by the decision file, if any (see metrics.decision_threshold)."""
+        return None if self.decisions is None else metrics.decision_threshold(self.scores, self.decisions)
+
+    def official_values(self) -> list[float]:
+        return [self.metrics[c] for c in metrics.OFFICIAL_COLUMNS]
+
+
+@dataclass(frozen=True)
+class SystemReport:
+    """Results of one submission (a "system"), sections sorted by (machine, section)."""
+
+    name: str
+    path: str
+    sections: tuple[SectionResult, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def machines(self) -> list[str]:
+        return sorted({s.machine for s in self.sections})
+
+    @property
+    def has_decisions(self) -> bool:
+        return any(s.decisions is not None for s in self.sections)
+
+    def of_machine(self, machine: str) -> list[SectionResult]:
+        return [s for s in self.sections if s.machine == machine]
+
+    @property
+    def official_score(self) -> float:
+        """hmean of every section's AUC (source), AUC (target) and pAUC (epsilon-floored)."""
+        s = self.sections
+        return metrics.official_score([r.metrics["AUC (source)"] for r in s],
+                                      [r.metrics["AUC (target)"] for r in s], [r.metrics["pAUC"] for r in s])
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per-column arithmetic and harmonic means over every machine/section."""
+        return metrics.column_means(r.metrics for r in self.sections)
+
+    def machine_summary(self, machine: str) -> dict[str, dict[str, float]]:
+        """Per-column arithmetic and harmonic means over the sections of ``machine``."""
+        return metrics.column_means(r.metrics for r in self.of_machine(machine))
+
+    def machine_score(self, machine: str) -> dict[str, float]:
+        """Arithmetic and harmonic mean of the machine's AUC (source), AUC (target) and pAUC values."""
+        values = [v for r in self.of_machine(machine) for v in r.official_values()]
+        return {"arithmetic mean": metrics.amean(values), "harmonic mean": metrics.hmean(values)}
+
+
+# ---------------------------------------------------------------- reading score files
+
+def _is_header(row: Sequence[str]) -> bool:
+    return row[0].strip().lower() in ("filename", "file_name", "file")
+
+
+def parse_rows(text: str, where: str, decisions: bool = False) -> list[Entry]:
+    """Rows ``filename,value`` of a score (or decision) CSV; JSON lines ``{"filename", "score"}``
+    (``asd score --format jsonl``) are accepted too. A header line ``filename,...`` is skipped.
+
+    Raises DataError on a short row, a non-numeric or non-finite score, or a decision not 0/1.
+    """
+    entries: list[Entry] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        at = f"{where} line {lineno}"
+        if line.lstrip().startswith("{"):
+            name, raw = _json_row(line, at, "decision" if decisions else "score")
+        else:
+            row = next(csv.reader(io.StringIO(line)))
+            if lineno == 1 and _is_header(row):
+                continue
+            if len(row) < 2:
+                raise DataError(f"{at}: expected 'filename,{'0|1' if decisions else 'score'}', got {line.strip()!r}.")
+            name, raw = row[0].strip(), row[1].strip()
+        entries.append(Entry(where, lineno, name, _value(raw, at, decisions)))
+    return entries
+
+
+def _json_row(line: str, at: str, key: str) -> tuple[str, str]:
+    try:
+        rec = json.loads(line)
+        return str(rec["filename"]), str(rec[key])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{at}: not a JSON object with 'filename' and '{key}' ({e}).") from e
+
+
+def _value(raw: str, at: str, decisions: bool) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if decisions and value not in (0.0, 1.0):
+        raise DataError(f"{at}: a decision must be 0 or 1, got {raw!r}.")
+    if not math.isfinite(value):
+        raise DataError(f"{at}: the score {raw!r} is not a finite number; every clip needs a numeric score.")
+    return value
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"Cannot read {path}: {e}.") from e
+
+
+def align(entries: Sequence[Entry], truth: SectionTruth, what: str) -> np.ndarray:
+    """Values of ``entries`` in the order of ``truth.filenames``: (N,) float64.
+
+    Names may be the truth's names or their aliases. A duplicated, unknown or missing name is a
+    DataError that names the clips (first few) and how many there are.
+    """
+    index = {n: i for i, n in enumerate(truth.filenames)}
+    values = np.full(len(truth), np.nan)
+    seen: dict[int, int] = {}
+    dups, unknown = [], []
+    for e in entries:
+        i = index.get(truth.aliases.get(e.name, e.name))
+        if i is None:
+            unknown.append(e.name)
+        elif i in seen:
+            dups.append(f"{e.name} (lines {seen[i]} and {e.line})")
+        else:
+            seen[i] = e.line
+            values[i] = e.value
+    sec = f"{truth.machine} section {truth.section}"
+    if dups:
+        raise DataError(f"{what}: {len(dups)} clip(s) listed more than once: {some(dups)}; keep one row per clip.")
+    if unknown:
+        raise DataError(f"{what}: {len(unknown)} name(s) are not test clips of {sec}: {some(unknown)}; "
+                        "use the bare test file names (extra or misspelled rows are not allowed).")
+    missing = [truth.filenames[i] for i in range(len(truth)) if i not in seen]
+    if missing:
+        raise DataError(f"{what}: {len(missing)} of {len(truth)} test clips of {sec} have no row: {some(missing)}; "
+                        "every test clip needs exactly one row.")
+    return values
+
+
+def evaluate_section(truth: SectionTruth, scores: np.ndarray, decisions: np.ndarray | None = None) -> SectionResult:
+    """All metrics of one machine/section from aligned (N,) scores and optional 0/1 decisions."""
+    d = None if decisions is None else decisions.astype(np.int8)
+    values = metrics.section_metrics(truth.anomaly, scores, truth.target, d)
+    return SectionResult(truth.machine, truth.section, values, truth.filenames, scores, truth.anomaly, truth.target, d)
+
+
+def _undefined_warnings(results: Sequence[SectionResult], system: str) -> list[str]:
+    out = []
+    for r in results:
+        bad = [c for c in metrics.OFFICIAL_COLUMNS + ("AUC (all)",) if math.isnan(r.metrics[c])]
+        if bad:
+            out.append(f"{system}: {', '.join(bad)} of {r.machine} section {r.section} undefined "
+                       "(the clips lack normals or anomalies of a domain); the official score is n/a.")
+    return out
+
+
+def _coverage_warnings(done: set[tuple[str, str]], truth: GroundTruth, system: str) -> list[str]:
+    missing = sorted(set(truth.sections) - done)
+    if not missing:
+        return []
+    return [f"{system} has no scores for {some([f'{m} section {s}' for m, s in missing])}; "
+            f"its official score covers only the {len(done)} machine/section(s) it has."]
+
+
+def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | None = None) -> SystemReport:
+    """Evaluate a submission folder against ``truth``.
+
+    Raises DataError when the folder holds no score file, when a machine/section has no ground
+    truth, or when a score or decision file does not match the test clips exactly.
+    """
+    folder = Path(submission)
+    if not folder.is_dir():
+        raise DataError(f"Submission folder {folder} does not exist or is not a folder.")
+    found: dict[tuple[str, str], Path] = {}
+    for path in sorted(folder.iterdir()):
+        m = _SCORE_NAME.match(path.name)
+        if not m or not path.is_file():
+            continue
+        key = (m["machine"], m["section"])
+        if key in found:
+            raise DataError(f"{folder} holds two score files for {key[0]} section {key[1]}: {found[key].name}, {path.name}.")
+        found[key] = path
+    if not found:
+        raise DataError(f"{folder} holds no anomaly_score_<machine>_section_<SS>_test.csv file; "
+                        "point asd report at the folder that `asd score --out-dir` wrote.")
+    system = name or folder.name or str(folder)
+    results = []
+    for (machine, section), path in sorted(found.items()):
+        st = truth.require(machine, section, str(path))
+        scores = align(parse_rows(_read_text(path), path.name), st, str(path))
+        dpath = path.with_name(path.name.replace("anomaly_score_", "decision_result_", 1))
+        decisions = None
+        if dpath.is_file():
+            decisions = align(parse_rows(_read_text(dpath), dpath.name, decisions=True), st, str(dpath))
+        results.append(evaluate_section(st, scores, decisions))
+    warnings = _undefined_warnings(results, system) + _coverage_warnings(set(found), truth, system)
+    return SystemReport(system, str(folder), tuple(results), tuple(warnings))
+
+
+def evaluate_stream(text: str, machine: str, truth: GroundTruth, name: str = "stdin") -> SystemReport:
+    """Evaluate one scores CSV (or JSON lines) of a single machine, e.g. read from stdin.
+
+    Rows are assigned to the machine's sections by file name; a section without any row is left
+    out (with a warning), any name of no section of ``machine`` is a DataError.
+    """
+    if not machine:
+        raise DataError("Scores from stdin need the machine name: add --machine NAME.")
+    sections = truth.of_machine(machine)
+    if not sections:
+        truth.require(machine, None, f"--machine {machine}")
+    entries = parse_rows(text, name)
+    if not entries:
+        raise DataError(f"No score rows in {name}; pipe 'filename,score' lines (e.g. from `asd score`).")
+    owner = {n: st for st in sections for n in (*st.filenames, *st.aliases)}
+    unknown = [e.name for e in entries if e.name not in owner]
+    if unknown:
+        raise DataError(f"{name}: {len(unknown)} name(s) are not test clips of {machine}: {some(unknown)}.")
+    results = []
+    for st in sections:
+        rows = [e for e in entries if owner[e.name] is st]
+        if rows:
+            results.append(evaluate_section(st, align(rows, st, f"{name} ({machine} section {st.section})")))
+    done = {(r.machine, r.section) for r in results}
+    sub = GroundTruth({k: v for k, v in truth.sections.items() if k[0] == machine}, truth.origin)
+    warnings = _undefined_warnings(results, name) + _coverage_warnings(done, sub, name)
+    return SystemReport(name, STDIN, tuple(results), tuple(warnings))
+
+
+def system_names(paths: Sequence[str]) -> list[str]:
+    """Short unique display names: folder names, or the paths as given where those repeat."""
+    names = [STDIN if p == STDIN else (Path(p).name or str(p)) for p in paths]
+    return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths)]
+
+
+def evaluate_all(
+    submissions: Sequence[str], truth: GroundTruth, machine: str | None = None, stdin_text: str | None = None
+) -> list[SystemReport]:
+    """Evaluate several submissions: folders, single score files, or ``-`` (``stdin_text``,
+    one machine named by ``machine``)."""
+    if not submissions:
+        raise DataError("No submission given; pass one or more submission folders (or - for stdin).")
+    if list(submissions).count(STDIN) > 1:
+        raise DataError("stdin (-) can be given only once.")
+    reports = []
+    for sub, name in zip(submissions, system_names(submissions)):
+        if sub == STDIN:
+            reports.append(evaluate_stream(stdin_text or "", machine or "", truth, "stdin"))
+        elif Path(sub).is_file():
+            reports.append(evaluate_score_file(Path(sub), truth, machine))
+        else:
+            reports.append(evaluate_submission(sub, truth, name))
+    return reports
+
+
+def evaluate_score_file(path: Path, truth: GroundTruth, machine: str | None = None) -> SystemReport:
+    """Evaluate one scores CSV given as a file; the machine comes from an official file name
+    (``anomaly_score_<machine>_section_<SS>_test.csv``) or from ``machine``."""
+    m = _SCORE_NAME.match(path.name)
+    machine = machine or (m["machine"] if m else "")
+    if not machine:
+        raise DataError(f"Cannot tell the machine of {path} from its name; add --machine NAME.")
+    report = evaluate_stream(_read_text(path), machine, truth, path.name)
+    return SystemReport(report.name, str(path), report.sections, report.warnings)
