@@ -319,10 +319,12 @@ def finetune(clips: Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *, noise
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, resume)
-    if resume and (out_dir / RUN_FILE).exists():
-        return out_dir
     run = _prepare(list(clips), cfg, out_dir, noise_clips, resume)
     main = run.accelerator.is_main_process
+    if run.start >= cfg.epochs and (out_dir / RUN_FILE).exists():
+        if console is not None and main:
+            console.print(f"{out_dir} already holds this finished run; nothing to do.")
+        return out_dir
     if console is not None and main:
         console.print(f"Fine-tuning on {len(run.tr)} clips ({len(run.va)} held out), {len(run.classes)} classes, "
                       f"{count_parameters(run.model, True):,} trainable parameters, {run.accelerator.num_processes} "
@@ -334,7 +336,7 @@ def finetune(clips: Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *, noise
             entry = _train_epoch(run, cfg, epoch, progress, on_step)
             run.history.append(entry)
             if console is not None and main:
-                console.print(_format_entry(entry, cfg.epochs))
+                console.print(_format_entry(entry, cfg.epochs), highlight=False)
             if main:
                 scaler = run.accelerator.scaler.state_dict() if run.accelerator.scaler is not None else None
                 save_state(out_dir, run.model, run.optimizer, {

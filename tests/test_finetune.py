@@ -194,6 +194,11 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted(ckpt: Path, data_roo
     assert all(torch.equal(a[k], b[k]) for k in a)
     ha, hb = read_run(ref)["history"], read_run(tmp_path / "b")["history"]
     assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+    stamp = (tmp_path / "b" / "run.json").stat().st_mtime_ns
+    finetune(clips, cfg, tmp_path / "b", resume=True)  # finished: nothing to do
+    assert (tmp_path / "b" / "run.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="other options"):
+        finetune(clips, dataclasses.replace(cfg, epochs=3), tmp_path / "b", resume=True)
 
 
 def test_noise_mix_trains_with_supplemental_noise(ckpt: Path, data_root: Path, tmp_path: Path) -> None:
