@@ -19,7 +19,8 @@ def _default(name: str):  # type: ignore[no-untyped-def]
 def command(
     data: list[Path] = typer.Argument(..., help="Dataset root(s) (DATA/<machine>/train/...), machine or train folders."),
     checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Official BEATs checkpoint [default: $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt]."
+        None, "--checkpoint",
+        help="Official BEATs checkpoint (.pt). Default: $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt.",
     ),
     out: Path = typer.Option(DEFAULT_RUN_DIR, "--out", "-o", help="Run folder for the adapter, head, run.json and resume state."),
     epochs: int = typer.Option(_default("epochs"), help="Passes over the training clips."),
@@ -37,7 +38,7 @@ def command(
     mixup: float = typer.Option(_default("mixup"), help="Mixup Beta(alpha, alpha) on fbank; 0 = off (try 0.4)."),
     noise_mix: bool = typer.Option(False, "--noise-mix", help="Mix supplemental noise-only clips in at 5-20 dB SNR."),
     mixed_precision: str = typer.Option(_default("mixed_precision"), help="'no', 'bf16' or 'fp16' (fbank stays fp32)."),
-    device: str = typer.Option(_default("device"), help="auto, cpu, cuda or mps (ignored under accelerate launch)."),
+    device: str = typer.Option(_default("device"), help="auto, cpu, cuda or mps (under accelerate launch each process uses its own GPU)."),
     num_workers: int = typer.Option(_default("num_workers"), help="DataLoader worker processes."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out after its last finished epoch."),
 ) -> None:
