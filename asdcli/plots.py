@@ -65,8 +65,9 @@ def _hist_axes(ax: Axes, r: SectionResult, domain: str, bins: np.ndarray) -> Non
     in_domain = r.target == (1 if domain == "target" else 0)
     normal, anomaly = r.scores[in_domain & (r.anomaly == 0)], r.scores[in_domain & (r.anomaly == 1)]
     for values, color, label in ((normal, "#1f77b4", "normal"), (anomaly, "#ff7f0e", "anomaly")):
-        ax.hist(values, bins=bins, histtype="stepfilled", alpha=0.45, color=color, label=f"{label} (n={values.size})")
-        ax.hist(values, bins=bins, histtype="step", color=color, lw=1.5)
+        edges = bins.tolist()
+        ax.hist(values, bins=edges, histtype="stepfilled", alpha=0.45, color=color, label=f"{label} (n={values.size})")
+        ax.hist(values, bins=edges, histtype="step", color=color, lw=1.5)
     threshold = r.threshold
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1.5, label=f"decision threshold {threshold:.4g}")

@@ -215,8 +215,8 @@ def _coverage_warnings(done: set[tuple[str, str]], truth: GroundTruth, system: s
     missing = sorted(set(truth.sections) - done)
     if not missing:
         return []
-    return [f"{system} has no scores for {some([f'{m} section {s}' for m, s in missing])}; "
-            f"its official score covers only the {len(done)} machine/section(s) it has."]
+    return [(f"{system} has no scores for {some([f'{m} section {s}' for m, s in missing])}; "
+             f"its official score covers only the {len(done)} machine/section(s) it has.")]
 
 
 def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | None = None) -> SystemReport:

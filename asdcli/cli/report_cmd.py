@@ -43,7 +43,7 @@ def command(
     AUC (source) uses the source normals plus the anomalies of both domains (AUC (target) likewise); pAUC is the McClish-standardised partial AUC up to FPR 0.1, as scikit-learn computes it. Several submissions are compared side by side.
 
     Examples: asd report runs/a/submission --data data/dev; asd report runA/ runB/ --ground-truth GT --format csv; asd score ... | asd report - --machine fan --data data/dev; asd report --ground-truth-out GT --data data/dev
-    """  # noqa: E501
+    """
     from asdcli.report_output import ReportConfig, run_report
 
     subs = tuple(submissions or ())
