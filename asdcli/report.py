@@ -28,7 +28,9 @@ from asdcli import metrics
 from asdcli.errors import DataError
 from asdcli.ground_truth import GroundTruth, SectionTruth, some
 
-_SCORE_NAME = re.compile(r"^anomaly_score_(?P<machine>.+?)_section_(?P<section>\d+)_test(?P<tag>.*)\.csv$")
+# Also matches the baseline's own names, anomaly_score_DCASE2025T2fan_section_00_test_seed13711_id(0_).csv.
+_SCORE_NAME = re.compile(
+    r"^anomaly_score_(?:DCASE20\d\dT2)?(?P<machine>.+?)_section_(?P<section>\d+)_test(?P<tag>.*)\.csv$")
 STDIN = "-"
 
 

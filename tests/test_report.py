@@ -321,6 +321,16 @@ def test_error_empty_folder_and_no_ground_truth(setup, tmp_path: Path) -> None:
     assert "Pass one or more submission folders" in _error(["--data", str(data)])
 
 
+def test_baseline_file_names_are_recognised(setup) -> None:
+    data, sub, scores = setup
+    for p in sorted(sub.iterdir()):
+        p.rename(p.with_name(p.name.replace("_fan_", "_DCASE2025T2fan_").replace("_test.csv", "_test_seed13711_id(0_).csv")))
+    report = evaluate_submission(sub, ground_truth_from_data(data))
+    fan = report.of_machine("fan")[0]
+    assert fan.decisions is not None
+    assert fan.metrics["AUC (target)"] == pytest.approx(_expected(scores["fan"])["AUC (target)"])
+
+
 def test_error_messages_from_library(setup) -> None:
     data, sub, _ = setup
     with pytest.raises(DataError, match="does not exist"):
