@@ -344,7 +344,7 @@ def finetune(clips: Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *, noise
                     "scaler": scaler, "rng": "reseeded from (seed, epoch, process) at every epoch start"})
             run.accelerator.wait_for_everyone()
     if main:
-        record = _run_record(cfg, run, len(noise_clips))
+        record = _run_record(cfg, run, len(noise_clips) if cfg.noise_mix else 0)
         write_run_artifacts(out_dir, run.model.backbone, run.model.head, run.model.classifier.weight, record)
     run.accelerator.wait_for_everyone()
     return out_dir
