@@ -151,6 +151,21 @@ def test_adapter_round_trip_gives_identical_embeddings(ckpt: Path, tmp_path: Pat
             assert meta["adapter_id"]
 
 
+def test_embed_uses_the_run_folder(trained_run: Path, ckpt: Path, data_root: Path) -> None:
+    from asdcli.audio import AudioConfig, load_clip
+    from asdcli.embed import EmbedConfig, embed_clips
+
+    clips = _train_clips(data_root)[:5]
+    emb = embed_clips(clips, EmbedConfig(checkpoint=ckpt, adapter=trained_run, seconds=1.0, device="cpu"))
+    assert emb.vectors.shape == (5, 16)
+    assert emb.meta["adapter_id"] == read_run(trained_run)["adapter_id"]
+    embedder, _ = load_adapter_embedder(trained_run, load_beats(ckpt), None)
+    wave = torch.from_numpy(np.stack([load_clip(c.path, AudioConfig(seconds=1.0)) for c in clips]))
+    with torch.no_grad():
+        want = embedder(beats_fbank(wave)).numpy()
+    np.testing.assert_allclose(emb.vectors, want, rtol=1e-5, atol=1e-6)
+
+
 def test_only_lora_and_head_parameters_change(ckpt: Path) -> None:
     cfg = _cfg(ckpt)
     original = {k: v.clone() for k, v in load_beats(ckpt).model.state_dict().items()}
