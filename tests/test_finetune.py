@@ -173,6 +173,9 @@ def test_only_lora_and_head_parameters_change(ckpt: Path) -> None:
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
+    modes = {n: m.training for n, m in model.named_modules()}
+    assert all(t for n, t in modes.items() if n.endswith("lora_dropout.default"))  # LoRA dropout on
+    assert not any(t for n, t in modes.items() if n.startswith("backbone.") and "lora_" not in n)  # backbone eval
     for _ in range(3):
         train_step(model, Accelerator(cpu=True), opt, torch.randn(4, SR) * 0.1, torch.tensor([0, 1, 2, 1]), cfg)
     changed = {k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])}
@@ -264,10 +267,13 @@ def test_config_rejects_bad_values(ckpt: Path) -> None:
 def test_cli_finetune_writes_a_run(ckpt: Path, data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli_run"
     args = ["finetune", str(data_root), "--checkpoint", str(ckpt), "--out", str(out), "--epochs", "1",
-            "--seconds", "1", "--batch-size", "12", "--lora-rank", "2", "--embedding-dim", "8", "--device", "cpu"]
+            "--seconds", "1", "--batch-size", "12", "--lora-rank", "2", "--embedding-dim", "8", "--device", "cpu",
+            "--val-fraction", "0"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert read_run(out)["config"]["embedding_dim"] == 8
+    run = read_run(out)
+    assert run["config"]["embedding_dim"] == 8 and run["history"][0]["val_accuracy"] is None
+    assert result.stdout.strip() == str(out)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 1 and "--resume" in again.output
     assert CliRunner().invoke(app, [*args, "--resume"]).exit_code == 0
