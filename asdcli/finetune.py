@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +24,7 @@ import numpy as np
 import peft
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from rich.console import Console
 from rich.progress import Progress
 from torch import nn
@@ -39,7 +40,16 @@ from asdcli.errors import ConfigError, DataError
 from asdcli.features import beats_fbank
 from asdcli.head import CosineClassifier, EmbeddingHead, aam_loss, mean_pool
 from asdcli.lora import count_parameters, inject_lora, make_lora_config, set_backbone_mode, trainable_named_parameters
-from asdcli.train_state import STATE_FILE, derive_seed, load_state, restore_params, save_state, seed_everything
+from asdcli.train_state import (
+    STATE_FILE,
+    derive_seed,
+    epoch_batches,
+    load_state,
+    lr_at,
+    restore_params,
+    save_state,
+    seed_everything,
+)
 
 LABEL_MODES = ("machine", "attribute")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -122,15 +132,6 @@ def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
-def lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
-    """Learning rate at optimizer step ``step`` of ``total``: linear warm-up, then cosine to 0."""
-    warmup = max(1, int(round(warmup_fraction * total)))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 class FinetuneModel(nn.Module):
     """LoRA-adapted backbone -> mean pool -> EmbeddingHead -> cosine classifier.
 
@@ -203,26 +204,14 @@ def evaluate(model: FinetuneModel, loader: DataLoader, labels: torch.Tensor, cfg
     return loss_sum, correct, n
 
 
-def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
-    """This process's batches of one epoch: one shuffle from (seed, epoch), shared by all processes,
-    cut into global batches of batch_size*world; incomplete global batches are dropped when world>1."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 104729))).tolist()
-    span = batch_size * world
-    batches = []
-    for start in range(0, n, span):
-        chunk = order[start:start + span]
-        if len(chunk) < span and world > 1:
-            break
-        mine = chunk[rank * batch_size:(rank + 1) * batch_size]
-        if mine:
-            batches.append(mine)
-    return batches
-
-
 def _make_accelerator(cfg: FinetuneConfig) -> Accelerator:
     from asdcli.device import resolve_device
 
     device = resolve_device(cfg.device)
+    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # Accelerate keeps one state per process; a single process may change device or precision
+        # between runs (tests, `asd run`), which accelerate refuses unless the state is reset.
+        AcceleratorState._reset_state(reset_partial_state=True)
     try:
         return Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision)
     except ValueError as e:
@@ -414,8 +403,8 @@ def _train_epoch(run: _Run, cfg: FinetuneConfig, epoch: int, progress: Progress 
     seed_everything(derive_seed(cfg.seed, epoch, rank))
     if isinstance(run.train_ds, NoiseMixDataset):
         run.train_ds.epoch = epoch
-    steps = len(_epoch_batches(len(run.tr), cfg.batch_size, cfg.seed, 0, rank, world))
-    batches = _epoch_batches(len(run.tr), cfg.batch_size, cfg.seed, epoch, rank, world)
+    steps = len(epoch_batches(len(run.tr), cfg.batch_size, cfg.seed, 0, rank, world))
+    batches = epoch_batches(len(run.tr), cfg.batch_size, cfg.seed, epoch, rank, world)
     loader = DataLoader(run.train_ds, batch_sampler=batches, num_workers=cfg.num_workers)
     train_y = torch.from_numpy(run.labels[run.tr])
     task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), rate="") if progress else None

@@ -13,6 +13,7 @@ given by the seed and e; the record stores both, and a resumed run replays the s
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,31 @@ class TrainState:
 def derive_seed(*parts: int) -> int:
     """A 32-bit seed derived from integers (e.g. seed, epoch, process index)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
+    """Learning rate at optimizer step ``step`` of ``total``: linear warm-up, then cosine to 0."""
+    warmup = max(1, int(round(warmup_fraction * total)))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This process's batches of one epoch: one shuffle from (seed, epoch), shared by all processes,
+    cut into global batches of batch_size*world; incomplete global batches are dropped when world>1."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 104729))).tolist()
+    span = batch_size * world
+    batches = []
+    for start in range(0, n, span):
+        chunk = order[start:start + span]
+        if len(chunk) < span and world > 1:
+            break
+        mine = chunk[rank * batch_size:(rank + 1) * batch_size]
+        if mine:
+            batches.append(mine)
+    return batches
 
 
 def seed_everything(seed: int) -> None:

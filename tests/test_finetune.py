@@ -229,6 +229,12 @@ def test_noise_mix_trains_with_supplemental_noise(ckpt: Path, data_root: Path, t
         finetune(_train_clips(data_root), cfg, tmp_path / "no_noise")
 
 
+def test_bf16_mixed_precision_trains_on_cpu(ckpt: Path, data_root: Path, tmp_path: Path) -> None:
+    run = read_run(finetune(_train_clips(data_root), _cfg(ckpt, epochs=1, mixed_precision="bf16"), tmp_path / "bf16"))
+    assert np.isfinite(run["history"][0]["train_loss"]) and run["config"]["mixed_precision"] == "bf16"
+    assert load_file(str(tmp_path / "bf16" / "head.safetensors"))["fc1.weight"].dtype == torch.float32
+
+
 def test_adapter_for_another_checkpoint_is_a_mismatch(trained_run: Path, tmp_path: Path) -> None:
     other = load_beats(_make_checkpoint(tmp_path / "other.pt", seed=1))
     with pytest.raises(ArtifactMismatch, match="--checkpoint"):
