@@ -9,7 +9,6 @@ import typer
 
 from asdcli.console import make_progress, rate_text, stderr_console
 from asdcli.dataset import discover_clips
-from asdcli.embed import EmbedConfig, embed_clips, local_share, write_embeddings
 
 
 def command(
@@ -30,6 +29,8 @@ def command(
 
     Run under `accelerate launch` to split the clips across processes.
     """
+    from asdcli.embed import EmbedConfig, embed_clips, local_share, write_embeddings
+
     cfg = EmbedConfig(checkpoint=checkpoint, adapter=adapter, embedding=embedding, batch_size=batch_size,
                       device=device, seconds=seconds, channel=channel, num_workers=workers)  # fmt: skip
     clips = discover_clips(inputs)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from asdcli.console import stderr_console
-from asdcli.finetune import DEFAULT_RUN_DIR, FinetuneConfig
+from asdcli.finetune_config import DEFAULT_RUN_DIR, FinetuneConfig
 
 _D = FinetuneConfig.__dataclass_fields__
 
