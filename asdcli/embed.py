@@ -190,3 +190,24 @@ def write_embeddings(path: Path, emb: Embeddings) -> bool:
         save_embeddings(path, emb)
     state.wait_for_everyone()
     return bool(state.is_main_process)
+
+
+def embed_with_progress(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None) -> Embeddings:
+    """``embed_clips`` with a Rich progress bar (clips/s) on ``console``; no bar when it is None."""
+    import time
+
+    from asdcli.console import make_progress, rate_text
+
+    if console is None:
+        return embed_clips(clips, cfg)
+    start = time.perf_counter()
+    with make_progress(console) as progress:
+        share = local_share(len(clips))  # this process's clips; 0 hides the bar on non-main processes
+        task = progress.add_task("embed", total=share or 1, rate="", visible=share > 0)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+            done = progress.tasks[task].completed
+            progress.update(task, rate=rate_text(done, time.perf_counter() - start))
+
+        return embed_clips(clips, cfg, progress=advance)

@@ -44,3 +44,11 @@ def deterministic_rng() -> Iterator[None]:
         random.setstate(py_state)
         np.random.set_state(np_state)
         torch.set_rng_state(torch_state)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An official-format checkpoint of a randomly initialised tiny BEATs (seed 0), read-only."""
+    from asdcli.model.checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "beats_tiny.pt", seed=0)

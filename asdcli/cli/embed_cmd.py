@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from asdcli.console import make_progress, rate_text, stderr_console
+from asdcli.console import rate_text, stderr_console
 from asdcli.dataset import discover_clips
 
 
@@ -29,23 +29,14 @@ def command(
 
     Run under `accelerate launch` to split the clips across processes.
     """
-    from asdcli.embed import EmbedConfig, embed_clips, local_share, write_embeddings
+    from asdcli.embed import EmbedConfig, embed_with_progress, write_embeddings
 
     cfg = EmbedConfig(checkpoint=checkpoint, adapter=adapter, embedding=embedding, batch_size=batch_size,
                       device=device, seconds=seconds, channel=channel, num_workers=workers)  # fmt: skip
     clips = discover_clips(inputs)
     console = stderr_console()
     start = time.perf_counter()
-    with make_progress(console) as progress:
-        share = local_share(len(clips))  # this process's clips; 0 hides the bar on non-main processes
-        task = progress.add_task("embed", total=share or 1, rate="", visible=share > 0)
-
-        def advance(n: int) -> None:
-            progress.advance(task, n)
-            done = progress.tasks[task].completed
-            progress.update(task, rate=rate_text(done, time.perf_counter() - start))
-
-        emb = embed_clips(clips, cfg, progress=advance)
+    emb = embed_with_progress(clips, cfg, console)
     if write_embeddings(out, emb):
         took = time.perf_counter() - start
         console.print(f"Embedded {len(emb)} clips into {emb.dim}-d vectors in {took:.1f} s "

@@ -61,7 +61,7 @@ def _root(
 
 
 def _register() -> None:
-    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, report_cmd, score_cmd
+    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, report_cmd, run_cmd, score_cmd
 
     for name, module in (
         ("finetune", finetune_cmd),
@@ -69,12 +69,10 @@ def _register() -> None:
         ("fit-bank", bank_cmd),
         ("score", score_cmd),
         ("report", report_cmd),
+        ("run", run_cmd),
         ("demo", demo_cmd),
     ):
         app.command(name)(handle_errors(module.command))
-    run = getattr(demo_cmd, "run_command", None)
-    if run is not None:
-        app.command("run")(handle_errors(run))
 
 
 _register()

@@ -15,7 +15,7 @@ import torch
 from asdcli.artifacts import atomic_write, sha256_file
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
 from asdcli.model.backbone import BEATs
-from asdcli.model.config import BeatsConfig
+from asdcli.model.config import BeatsConfig, tiny_beats_config
 
 CHECKPOINT_ENV = "ASD_CHECKPOINT"
 DEFAULT_CHECKPOINT = Path("~/.cache/asdcli/BEATs_iter3.pt")
@@ -123,3 +123,16 @@ def save_official_checkpoint(path: str | Path, model: BEATs, cfg_dict: Mapping[s
     state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
     with atomic_write(path, "wb") as f:
         torch.save({"cfg": dict(cfg_dict), "model": state}, f)
+
+
+def make_tiny_checkpoint(path: str | Path, seed: int = 0) -> Path:
+    """Write a randomly initialised tiny BEATs (``tiny_beats_config``) in the official format.
+
+    For the demo and tests: same seed, same weights; the global torch RNG is left as it was.
+    """
+    cfg = tiny_beats_config()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BEATs(BeatsConfig.from_dict(cfg))
+    save_official_checkpoint(path, model, cfg)
+    return Path(path)
