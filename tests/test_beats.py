@@ -24,8 +24,9 @@ from asdcli.model.beats import (
     tiny_beats_config,
 )
 
-# The official-output fixtures are 1.3 MB of incompressible random weights each: read them in place.
-FIXTURES = Path(os.environ.get("ASD_FIXTURES", "/work/shared/fixtures"))
+# The official-output fixtures are 1.3 MB of incompressible random weights each: read them in place,
+# from $ASD_FIXTURES or the shared/ folder beside the repository (where CI puts it).
+FIXTURES = Path(os.environ.get("ASD_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 needs_fixtures = pytest.mark.skipif(not (FIXTURES / "beats_tiny.pt").is_file(), reason="BEATs fixtures not found")
 
 

@@ -22,7 +22,7 @@ SR = 16000
 FRAME_STRIDE = 16
 OUT = Path(__file__).with_name("fbank_golden.npz")
 # A trimmed copy of the shared fixture (fbank frames are local, so a slice of the wave suffices).
-FIXTURE = Path("/work/shared/fixtures/beats_tiny.npz")
+FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "beats_tiny.npz"  # ../shared beside the repo
 FIXTURE_OUT = Path(__file__).with_name("beats_tiny_fbank_trim.npz")
 FIRST_FRAME, N_FRAMES = 400, 50
 
