@@ -32,6 +32,9 @@ def command(
     batch_size: int = typer.Option(_F["batch_size"].default, help="Clips per fine-tuning step (and per embedding batch)."),
     seed: int = typer.Option(_F["seed"].default, help="Seed of fine-tuning (initialisation, split, order)."),
     lora_rank: int = typer.Option(_F["lora_rank"].default, help="LoRA rank on q_proj/k_proj/v_proj."),
+    specaugment: bool = typer.Option(False, "--specaugment", help="Fine-tuning: mask 2 time and 2 mel bands per clip."),
+    mixup: float = typer.Option(_F["mixup"].default, help="Fine-tuning: mixup Beta(alpha, alpha) on fbank; 0 = off."),
+    noise_mix: bool = typer.Option(False, "--noise-mix", help="Fine-tuning: mix supplemental noise-only clips in at 5-20 dB SNR."),
     embedding: str | None = typer.Option(None, "--embedding", help="Fine-tuned vector: 'head' (default) or 'pooled'."),
     seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds."),
     k: int = typer.Option(1, "--k", min=1, help="Bank score = mean of the K smallest cosine distances."),
@@ -58,6 +61,7 @@ def command(
     finetune = None if no_finetune else FinetuneConfig(
         checkpoint=ckpt, epochs=epochs, labels=labels, lr=lr, batch_size=batch_size, seed=seed,
         lora_rank=lora_rank, seconds=seconds, device=device, mixed_precision=mixed_precision,
+        specaugment=specaugment, mixup=mixup, noise_mix=noise_mix,
     )
     cfg = RunConfig(data_root=data, run_dir=out, checkpoint=ckpt, finetune=finetune,
                     bank=BankConfig(k=k, domain_aware=domain_aware), embedding=embedding, seconds=seconds,
