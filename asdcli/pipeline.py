@@ -77,7 +77,6 @@ class RunResult:
     skipped: tuple[str, ...]
 
 
-
 class _Stages:
     """Runs stages in order, skipping fresh ones, and remembers what happened."""
 
@@ -90,9 +89,12 @@ class _Stages:
         if self.console is not None:
             self.console.print(text, highlight=False, soft_wrap=True)
 
+    @staticmethod
+    def header(name: str) -> str:
+        return f"[bold][{STAGE_NAMES.index(name) + 1}/{len(STAGE_NAMES)}] {name}[/]"
+
     def run(self, stage: Stage, what: str, work: Callable[[], dict[str, Any] | None]) -> None:
-        number = STAGE_NAMES.index(stage.name) + 1
-        head = f"[bold][{number}/{len(STAGE_NAMES)}] {stage.name}[/]"
+        head = self.header(stage.name)
         if stage.is_fresh():
             self.say(f"{head}: up to date, skipped ({what})")
             self.skipped.append(stage.name)
@@ -112,7 +114,8 @@ def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
     test = [c for c in clips if c.split == "test"]
     noise = [c for c in clips if c.kind == "noise"]
     if not train:
-        raise DataError(f"{data_root} holds no train clips (DATA/<machine>/train/*.wav); point asd run at a dataset root.")
+        raise DataError(f"{data_root} holds no train clips (DATA/<machine>/train/*.wav); "
+                        "point asd run at a dataset root.")
     unnamed = [c for c in train if not c.machine or not c.section]
     if unnamed:
         raise DataError(f"Train clip {unnamed[0].path} has no machine or section; use the DCASE layout "
@@ -226,8 +229,7 @@ def _report_stage(cfg: RunConfig, submission: Path, stages: _Stages) -> Any:
     from asdcli.report_output import render_text
 
     out = cfg.run_dir / "report.csv"
-    number = STAGE_NAMES.index("report") + 1
-    stages.say(f"[bold][{number}/{len(STAGE_NAMES)}] report[/]: official metrics -> {out}")
+    stages.say(f"{stages.header('report')}: official metrics -> {out}")
     report = evaluate_submission(submission, load_ground_truth(None, cfg.data_root), name=cfg.run_dir.name)
     for warning in report.warnings:
         stages.say(f"[yellow]Warning:[/] {warning}")
@@ -263,7 +265,7 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
     if cfg.finetune is not None:
         adapter = _finetune_stage(cfg, train, noise, ckpt_sha, stages)
     else:
-        stages.say(f"[bold][1/{len(STAGE_NAMES)}] finetune[/]: off (--no-finetune), frozen BEATs")
+        stages.say(f"{stages.header('finetune')}: off (--no-finetune), frozen BEATs")
     train_path, test_path, embed_key = _embed_stage(cfg, [*train, *test], adapter, ckpt_sha, stages)
     banks, bank_key = _bank_stage(cfg, train_path, embed_key, stages)
     submission = report = None
