@@ -21,7 +21,8 @@ app = typer.Typer(
         "First-shot unsupervised anomalous sound detection for machine condition monitoring "
         "(DCASE 2025 Task 2).\n\n"
         "Pipeline: finetune (BEATs + LoRA) -> embed -> fit-bank -> score -> report. "
-        "Each stage reads and writes files, so it can run alone. Try `asd demo` first."
+        "Each stage reads and writes files, so it can run alone; `asd run DATA` runs them all in one "
+        "resumable run folder. Try `asd demo` first (no downloads)."
     ),
     no_args_is_help=True,
     add_completion=False,
