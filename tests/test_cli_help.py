@@ -1,4 +1,6 @@
-"""Every command explains itself (`--help`) through Typer's CliRunner."""
+"""Every command explains itself (`--help`) through Typer's CliRunner and is in the README."""
+
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -7,7 +9,8 @@ from asdcli import __version__
 from asdcli.cli.main import app
 
 runner = CliRunner()
-COMMANDS = ["finetune", "embed", "fit-bank", "score", "report", "demo"]
+COMMANDS = ["finetune", "embed", "fit-bank", "score", "report", "run", "demo"]
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_root_help_lists_the_stages() -> None:
@@ -29,3 +32,8 @@ def test_each_command_has_help(name: str) -> None:
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
     assert len(result.output.strip().splitlines()) > 3
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_command_is_in_the_readme(name: str) -> None:
+    assert f"asd {name}" in README.read_text(encoding="utf-8")
