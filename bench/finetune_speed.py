@@ -2,6 +2,7 @@
 
     python bench/finetune_speed.py                          # 2 s clips, batch 2, 3 timed steps, cpu/cuda
     python bench/finetune_speed.py --seconds 10 --batch-size 8 --device cuda --mixed-precision bf16
+    python bench/finetune_speed.py --json finetune.json    # also write the results as JSON ('-': stdout)
 
 Random iter3-size weights (12 layers, 768 wide, pretrained cfg); the training step is asdcli's own
 (``finetune.train_step``: fp32 fbank, forward under autocast, AAM loss, backward, Adam step).
@@ -10,7 +11,8 @@ LoRA: rank ``--rank`` on q/k/v, backbone frozen. Full: every backbone weight tra
 Each mode runs in its own child process so the memory figures do not mix. Peak memory is above the
 child's baseline before the model is built, so it counts weights, gradients, Adam state and
 activations: on CUDA ``torch.cuda.max_memory_allocated``, on CPU the peak resident set size
-(VmHWM, reset through /proc/self/clear_refs). Prints a Markdown table on stdout.
+(VmHWM, reset through /proc/self/clear_refs). Prints a Markdown table on stdout; with ``--json PATH``
+the table goes to stderr and the results to PATH as JSON (``-``: stdout).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue as queue_mod
 import sys
 import time
 from pathlib import Path
@@ -85,6 +88,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     results = []
@@ -92,20 +96,48 @@ def main() -> None:
         queue = ctx.Queue()
         proc = ctx.Process(target=run_mode, args=(mode, args, queue))
         proc.start()
-        results.append(queue.get())
+        results.append(_result_of(proc, queue, mode))
         proc.join()
     b = args.batch_size
+    out = sys.stderr if args.json else sys.stdout
     print(f"BEATs iter3 size, random weights, {args.seconds:g} s clips, batch {b}, {results[0]['device']}, "
-          f"mixed precision {args.mixed_precision}, best of {args.steps} steps\n")
-    print("| mode | trainable params | step (s) | s / clip | peak MiB | peak MiB / clip |")
-    print("|---|---|---|---|---|---|")
+          f"mixed precision {args.mixed_precision}, best of {args.steps} steps\n", file=out)
+    print("| mode | trainable params | step (s) | s / clip | peak MiB | peak MiB / clip |", file=out)
+    print("|---|---|---|---|---|---|", file=out)
     for r in results:
         print(f"| {r['mode']} | {r['trainable']:,} | {r['step_s']:.3f} | {r['step_s'] / b:.3f} | "
-              f"{r['peak_mib']:.0f} | {r['peak_mib'] / b:.0f} |")
+              f"{r['peak_mib']:.0f} | {r['peak_mib'] / b:.0f} |", file=out)
     lora, full = results
     print(f"\nLoRA / full: peak memory {lora['peak_mib'] / full['peak_mib']:.2f}x (target <= 0.6x), "
-          f"step time {lora['step_s'] / full['step_s']:.2f}x")
-    print(json.dumps(results), file=sys.stderr)
+          f"step time {lora['step_s'] / full['step_s']:.2f}x", file=out)
+    if not args.json:
+        print(json.dumps(results), file=sys.stderr)
+        return
+    result = {
+        "benchmark": "finetune", "seconds": args.seconds, "batch_size": b, "steps": args.steps,
+        "rank": args.rank, "mixed_precision": args.mixed_precision, "device": lora["device"],
+        "modes": {r["mode"]: r for r in results},
+        "step_ratio": lora["step_s"] / full["step_s"], "memory_ratio": lora["peak_mib"] / full["peak_mib"],
+    }
+    text = json.dumps(result, indent=2) + "\n"
+    if args.json == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.json).write_text(text)
+
+
+def _result_of(proc: mp.process.BaseProcess, queue: mp.Queue, mode: str) -> dict:
+    """The child's result, or SystemExit if it dies first (killed for memory, crashed) instead of waiting forever."""
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                try:  # it may have put its result just before exiting
+                    return queue.get(timeout=1.0)
+                except queue_mod.Empty:
+                    raise SystemExit(f"finetune_speed: the {mode} child exited with code {proc.exitcode} "
+                                     "before reporting") from None
 
 
 if __name__ == "__main__":

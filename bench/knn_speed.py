@@ -2,18 +2,23 @@
 
     python bench/knn_speed.py                       # banks 1e3, 1e5, 1e6 x 768, 1e3 queries
     python bench/knn_speed.py --sizes 1000 100000   # smaller run
+    python bench/knn_speed.py --json knn.json       # also write the results as JSON ('-': stdout)
 
 For each bank size M: random float32 data; ours = L2-normalize the queries and
 ``knn.knn_distances`` against the (already normalized) bank, as ``asd score`` does;
 scikit-learn = ``NearestNeighbors(metric="cosine", algorithm="brute").fit(bank).kneighbors(q)``
 on the raw vectors. Peak memory is tracemalloc's peak of new allocations during the call
 (numpy and scikit-learn allocate through it), so the bank itself is not counted. Prints a Markdown
-table on stdout and checks that both give the same distances.
+table on stdout and checks that both give the same distances. With ``--json PATH`` the table goes to
+stderr and the results to PATH as JSON, rewritten after every bank size (so a run killed at 1e6
+keeps the smaller sizes); ``--json -`` writes the JSON to stdout at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 import tracemalloc
@@ -62,6 +67,29 @@ def run(m: int, n_q: int, dim: int, k: int, sklearn_max: int) -> dict[str, float
     return row
 
 
+def write_json(obj: object, path: str) -> None:
+    """``obj`` as indented JSON to ``path`` (replaced atomically), or to stdout when ``path`` is ``-``."""
+    text = json.dumps(obj, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def json_row(r: dict[str, float]) -> dict[str, float | int | None]:
+    """One bank size's results with explicit names and units (``None`` where scikit-learn was skipped)."""
+    sk_qps = r.get("sk_qps")
+    return {
+        "bank": int(r["m"]), "ours_qps": r["ours_qps"], "ours_peak_mib": r["ours_mem"],
+        "sklearn_qps": sk_qps, "sklearn_peak_mib": r.get("sk_mem"),
+        "speedup": r["ours_qps"] / sk_qps if sk_qps else None, "max_abs_diff": r.get("max_diff"),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000, 1_000_000])
@@ -69,17 +97,25 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--k", type=int, default=1)
     ap.add_argument("--sklearn-max", type=int, default=10**7, help="Skip scikit-learn above this bank size.")
+    ap.add_argument("--json", metavar="PATH", help="Also write the results as JSON to PATH ('-': stdout).")
     args = ap.parse_args()
-    print(f"| bank M x {args.dim} | ours queries/s | sklearn queries/s | speed-up | ours peak MiB | sklearn peak MiB | max abs diff |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    out = sys.stderr if args.json else sys.stdout
+    result = {"benchmark": "knn", "queries": args.queries, "dim": args.dim, "k": args.k,
+              "sizes": args.sizes, "rows": []}
+    print(f"| bank M x {args.dim} | ours queries/s | sklearn queries/s | speed-up | ours peak MiB | sklearn peak MiB | max abs diff |", file=out)  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |", file=out)
     for m in args.sizes:
         print(f"bank {m} ...", file=sys.stderr, flush=True)
         r = run(m, args.queries, args.dim, args.k, args.sklearn_max)
         sk = (f"{r['sk_qps']:.0f} | {r['ours_qps'] / r['sk_qps']:.2f}x" if "sk_qps" in r else "skipped | -")
         sk_mem = f"{r['sk_mem']:.0f}" if "sk_mem" in r else "-"
         diff = f"{r['max_diff']:.1e}" if "max_diff" in r else "-"
-        print(f"| {m:.0e} | {r['ours_qps']:.0f} | {sk} | {r['ours_mem']:.0f} | {sk_mem} | {diff} |", flush=True)
-
+        print(f"| {m:.0e} | {r['ours_qps']:.0f} | {sk} | {r['ours_mem']:.0f} | {sk_mem} | {diff} |", file=out, flush=True)
+        result["rows"].append(json_row(r))
+        if args.json and args.json != "-":
+            write_json(result, args.json)
+    if args.json == "-":
+        write_json(result, "-")
 
 if __name__ == "__main__":
     main()
