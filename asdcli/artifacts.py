@@ -4,11 +4,12 @@ errors, checkpoint hashing, and the embeddings file that every stage after `embe
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,22 @@ from asdcli import __version__
 from asdcli.errors import ArtifactError, ArtifactMismatch, ArtifactNotFound, AsdError
 
 EMBEDDINGS_SCHEMA = 1
+
+
+def _create_temp(parent: Path, name: str) -> tuple[int, Path]:
+    """Create ``parent/.name.<random>.tmp`` exclusively with mode 0o666 less the umask.
+
+    Not ``tempfile.mkstemp``: its files are 0o600, and the rename would hand that mode to the
+    artifact. Letting the kernel apply the umask gives the mode ``open(path, "w")`` would.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = parent / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"No free temp file name for {name}")
 
 
 @contextlib.contextmanager
@@ -38,16 +55,18 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
         except OSError as e:
             raise AsdError(f"Cannot create folder {parent}: {e.strerror}. Choose a writable output path.") from e
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = _create_temp(parent, path.name)
     except OSError as e:
         raise AsdError(f"Cannot write in {parent}: {e.strerror}. Choose a writable output path.") from e
-    tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode) as f:
             yield f  # type: ignore[misc]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, --out is a folder, ...
+        tmp.unlink(missing_ok=True)
+        raise AsdError(f"Cannot write {path}: {e.strerror or e}. Choose another output path.") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
