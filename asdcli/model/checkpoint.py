@@ -21,6 +21,7 @@ CHECKPOINT_ENV = "ASD_CHECKPOINT"
 DEFAULT_CHECKPOINT = Path("~/.cache/asdcli/BEATs_iter3.pt")
 PREDICTOR_KEYS = ("predictor.weight", "predictor.bias")
 SHARED_TABLE = "self_attn.relative_attention_bias.weight"
+_OFFICIAL = "pass an official BEATs checkpoint such as BEATs_iter3.pt from the microsoft/unilm BEATs page"
 # what torch.load(weights_only=True) raises on a truncated, foreign or corrupt file
 _LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
                 pickle.UnpicklingError, zipfile.BadZipFile)  # fmt: skip
@@ -61,14 +62,15 @@ def _read(path: Path) -> Mapping[str, Any]:
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch.save zip, or a legacy pickle
-        raise ArtifactError(f"{path} is not a readable BEATs checkpoint (not a torch.save file); pass the .pt file.")
+        raise ArtifactError(f"{path} is not a readable BEATs checkpoint (not a torch.save file); {_OFFICIAL}.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except _LOAD_ERRORS as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{path} is not a readable BEATs checkpoint ({first}); re-download it.") from e
+        first = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{path} is not a readable BEATs checkpoint ({first}); it may be truncated: "
+                            "re-download it.") from e
     if not isinstance(obj, Mapping) or not isinstance(obj.get("cfg"), Mapping) or not isinstance(obj.get("model"), Mapping):
-        raise ArtifactError(f"{path} is not a BEATs checkpoint: expected a dict with 'cfg' and 'model'.")
+        raise ArtifactError(f"{path} is not a BEATs checkpoint (no 'cfg' and 'model' entries); {_OFFICIAL}.")
     return obj
 
 
