@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
 from typing import IO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -52,3 +56,24 @@ def make_progress(console: Console | None = None, unit: str = "clips") -> Progre
 
 def rate_text(done: float, seconds: float, unit: str = "clips") -> str:
     return f"{done / seconds:.1f} {unit}/s" if seconds > 0 else ""
+
+
+@contextlib.contextmanager
+def show_warnings(console: Console, category: type[Warning] = UserWarning) -> Iterator[None]:
+    """Inside, show each warning of ``category`` as one ``Warning: ...`` line on ``console``.
+
+    Other warnings and the warning filters are left as they were (``-W error::...`` still
+    raises); everything is restored on exit.
+    """
+    with warnings.catch_warnings():
+        original = warnings.showwarning
+
+        def show(message: Warning | str, cat: type[Warning], filename: str, lineno: int,
+                 file: IO[str] | None = None, line: str | None = None) -> None:  # fmt: skip
+            if issubclass(cat, category):
+                console.print(f"[yellow]Warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+            else:
+                original(message, cat, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield

@@ -193,15 +193,19 @@ def write_embeddings(path: Path, emb: Embeddings) -> bool:
 
 
 def embed_with_progress(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None) -> Embeddings:
-    """``embed_clips`` with a Rich progress bar (clips/s) on ``console``; no bar when it is None."""
+    """``embed_clips`` with a Rich progress bar (clips/s) on ``console``; no bar when it is None.
+
+    Audio warnings (e.g. an all-zero clip) are shown on ``console`` as ``Warning: ...`` lines.
+    """
     import time
 
-    from asdcli.console import make_progress, rate_text
+    from asdcli.audio import AudioWarning
+    from asdcli.console import make_progress, rate_text, show_warnings
 
     if console is None:
         return embed_clips(clips, cfg)
     start = time.perf_counter()
-    with make_progress(console) as progress:
+    with show_warnings(console, AudioWarning), make_progress(console) as progress:
         share = local_share(len(clips))  # this process's clips; 0 hides the bar on non-main processes
         task = progress.add_task("embed", total=share or 1, rate="", visible=share > 0)
 

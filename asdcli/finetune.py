@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from asdcli import __version__
 from asdcli.adapter import RUN_KIND, RUN_SCHEMA, RUN_FILE, write_run_artifacts
-from asdcli.audio import AudioConfig, ClipDataset
+from asdcli.audio import AudioConfig, AudioWarning, ClipDataset
 from asdcli.augment import NoiseMixDataset, mixup, spec_augment
-from asdcli.console import make_progress
+from asdcli.console import make_progress, show_warnings
 from asdcli.dataset import Clip
 from asdcli.errors import ConfigError, DataError
 from asdcli.features import beats_fbank
@@ -267,7 +267,8 @@ def finetune(clips: Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *, noise
                       f"process(es) on {run.accelerator.device}"
                       + (f", resuming after epoch {run.start}" if run.start else "") + ".")
     progress = make_progress(console) if console is not None and main else None
-    with progress if progress is not None else contextlib.nullcontext():
+    shown = show_warnings(console, AudioWarning) if console is not None and main else contextlib.nullcontext()
+    with shown, progress if progress is not None else contextlib.nullcontext():
         for epoch in range(run.start, cfg.epochs):
             entry = _train_epoch(run, cfg, epoch, progress, on_step)
             run.history.append(entry)
