@@ -268,15 +268,19 @@ def require_field(clips: Iterable[Clip], field: str, stage: str, *, show: int = 
     """
     if field not in Clip.__dataclass_fields__:
         raise ValueError(f"Clip has no field {field!r}")
-    missing = [c for c in clips if not getattr(c, field)]
-    if not missing:
-        return
-    names = ", ".join(str(c.path) for c in missing[:show])
-    more = f" and {len(missing) - show} more" if len(missing) > show else ""
+    missing = [str(c.path) for c in clips if not getattr(c, field)]
+    if missing:
+        raise missing_field_error(field, stage, missing, show=show)
+
+
+def missing_field_error(field: str, stage: str, files: Sequence[str], *, show: int = 5) -> DataError:
+    """The DataError saying that ``files`` (paths or names) lack ``field``, which ``stage`` needs."""
+    names = ", ".join(files[:show])
+    more = f" and {len(files) - show} more" if len(files) > show else ""
     hint = ("put the clips in DATA/<machine>/{train,test}/" if field == "machine"
             else "use official DCASE names such as section_00_source_test_normal_0000_<attributes>.wav")
-    raise DataError(f"{stage} needs the {field} of every clip, but {len(missing)} clip(s) have none: "
-                    f"{names}{more}; {hint}.")
+    return DataError(f"{stage} needs the {field} of every clip, but {len(files)} clip(s) have none: "
+                     f"{names}{more}; {hint}.")
 
 
 def group_by_machine(clips: Iterable[Clip]) -> dict[str, list[Clip]]:

@@ -34,7 +34,7 @@ from asdcli.adapter import RUN_KIND, RUN_SCHEMA, RUN_FILE, write_run_artifacts
 from asdcli.audio import AudioConfig, AudioWarning, ClipDataset
 from asdcli.augment import NoiseMixDataset, mixup, spec_augment
 from asdcli.console import make_progress, show_warnings
-from asdcli.dataset import Clip
+from asdcli.dataset import Clip, require_field
 from asdcli.errors import ConfigError, DataError
 from asdcli.features import beats_fbank
 from asdcli.finetune_config import DEFAULT_RUN_DIR, LABEL_MODES, MIXED_PRECISION, FinetuneConfig, StepHook  # noqa: F401 (re-exported)
@@ -313,8 +313,9 @@ def _prepare(clips: list[Clip], cfg: FinetuneConfig, out_dir: Path, noise_clips:
     """Labels, split, checkpoint, model (+ resumed state), optimizer and data for a run."""
     from asdcli.model.beats import load_beats
 
-    if not clips or any(not c.machine for c in clips):
-        raise DataError("asd finetune needs training clips with known machine names (DATA/<machine>/train/).")
+    if not clips:
+        raise DataError("asd finetune got no train clips; put them in DATA/<machine>/train/.")
+    require_field(clips, "machine", "asd finetune")
     labels, classes = build_labels(clips, cfg.labels)
     if len(classes) < 2:
         raise DataError(f"Fine-tuning needs at least two classes, found only {classes}: point at a dataset "

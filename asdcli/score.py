@@ -19,6 +19,7 @@ import numpy as np
 from asdcli import knn
 from asdcli.artifacts import Embeddings, check_same_frontend, write_text_atomic
 from asdcli.bank import Bank
+from asdcli.dataset import missing_field_error
 from asdcli.errors import ArtifactMismatch, AsdError, ConfigError, DataError
 
 SCORE_FORMATS = ("csv", "jsonl")
@@ -46,7 +47,7 @@ def score_vectors(bank: Bank, vectors: np.ndarray) -> np.ndarray:
 
 def score_embeddings(bank: Bank, emb: Embeddings, what: str = "the embeddings") -> np.ndarray:
     """Scores (N,) float32 of every row of ``emb`` after checking it matches the bank's front end."""
-    check_compatible(bank, emb, f"the bank of {bank.name}", what)
+    check_compatible(bank, emb, f"The bank of {bank.name}", what)
     return score_vectors(bank, emb.vectors)
 
 
@@ -132,8 +133,11 @@ def submission_files(
     test = test_emb.split == "test"
     if not test.any():
         raise DataError(f"{what} has no test clips; embed the test folders.")
-    if (test_emb.machine[test] == "").any() or (test_emb.section[test] == "").any():
-        raise DataError(f"Some test clips in {what} have no machine or section; embed them from a DCASE folder layout.")
+    for field in ("machine", "section"):
+        lacking = test & (getattr(test_emb, field) == "")
+        if lacking.any():
+            files = [p or f for p, f in zip(test_emb.paths[lacking], test_emb.filenames[lacking])]
+            raise missing_field_error(field, f"A submission from {what}", files)
     files: dict[str, str] = {}
     for m, s in test_groups(test_emb):
         bank = bank_map.get((m, s))

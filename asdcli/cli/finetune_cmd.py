@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import typer
 
 from asdcli.console import stderr_console
+from asdcli.errors import DataError
 from asdcli.finetune_config import DEFAULT_RUN_DIR, FinetuneConfig
 
 _D = FinetuneConfig.__dataclass_fields__
@@ -60,8 +62,12 @@ def command(
         lora_dropout=lora_dropout, embedding_dim=embedding_dim, specaugment=specaugment, mixup=mixup,
         noise_mix=noise_mix, mixed_precision=mixed_precision, device=device, num_workers=num_workers,
     )
-    clips = discover_clips(data, splits={"train", "supplemental"})
+    clips = discover_clips(data)
     train = [c for c in clips if c.split == "train"]
+    if not train:
+        found = ", ".join(f"{n} {split}" for split, n in sorted(Counter(c.split or "unsplit" for c in clips).items()))
+        raise DataError(f"{', '.join(map(str, data))} holds no train clips (only {found}); "
+                        "asd finetune trains on DATA/<machine>/train/*.wav.")
     noise = [c for c in clips if c.kind == "noise"]
     run_dir = finetune(train, cfg, out, noise_clips=noise, resume=resume, console=stderr_console())
     if PartialState().is_main_process:  # one line on stdout even under `accelerate launch`
