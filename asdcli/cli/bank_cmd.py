@@ -61,6 +61,7 @@ def _report(bank: Bank, path: Path) -> None:
     stderr_console().print(
         f"{bank.name}: {len(bank)} vectors ({domains}), dim {bank.dim}, "
         f"threshold {bank.threshold:.4g} ({bank.threshold_info.get('method')}) -> {path}",
+        markup=False,  # paths may hold [brackets]
         highlight=False,
         soft_wrap=True,
     )

@@ -40,4 +40,4 @@ def command(
     if write_embeddings(out, emb):
         took = time.perf_counter() - start
         console.print(f"Embedded {len(emb)} clips into {emb.dim}-d vectors in {took:.1f} s "
-                      f"({rate_text(len(emb), took)}) -> {out}", highlight=False, soft_wrap=True)  # fmt: skip
+                      f"({rate_text(len(emb), took)}) -> {out}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip

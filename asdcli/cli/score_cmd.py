@@ -41,7 +41,7 @@ def command(
     if banks is not None:
         assert embeddings is not None and submission_dir is not None
         paths = write_submission(load_banks(banks), load_embeddings(embeddings), submission_dir, what=str(embeddings))
-        stderr_console().print(f"Wrote {len(paths)} files to {submission_dir}", highlight=False, soft_wrap=True)
+        stderr_console().print(f"Wrote {len(paths)} files to {submission_dir}", markup=False, highlight=False, soft_wrap=True)
         return
     assert bank is not None
     the_bank = load_bank(bank)
