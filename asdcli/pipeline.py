@@ -29,7 +29,7 @@ from rich.console import Console
 
 from asdcli.artifacts import read_json, sha256_file
 from asdcli.bank import BankConfig
-from asdcli.dataset import Clip, discover_clips
+from asdcli.dataset import Clip, discover_clips, require_field
 from asdcli.errors import ConfigError, DataError
 from asdcli.finetune_config import FinetuneConfig
 from asdcli.stages import Stage, files_fingerprint, make_stage
@@ -116,10 +116,8 @@ def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
     if not train:
         raise DataError(f"{data_root} holds no train clips (DATA/<machine>/train/*.wav); "
                         "point asd run at a dataset root.")
-    unnamed = [c for c in train if not c.machine or not c.section]
-    if unnamed:
-        raise DataError(f"Train clip {unnamed[0].path} has no machine or section; use the DCASE layout "
-                        "DATA/<machine>/train/section_SS_... .wav.")
+    for field in ("machine", "section"):
+        require_field(train, field, "asd run")
     machines_with_train = {c.machine for c in train}
     orphans = sorted({c.machine for c in test} - machines_with_train)
     if orphans:

@@ -455,3 +455,12 @@ def test_an_embeddings_file_of_other_width_is_caught_before_scoring(fan_bank: Pa
     other = tmp_path / "other.npz"
     save_embeddings(other, Embeddings(vectors=np.ones((n, 32), np.float32), meta={}, **fields))
     _assert_error(_asd("score", "--bank", fan_bank, "--embeddings", other), "has dimension 64", f"{other} has 32")
+
+
+def test_error_messages_show_brackets_in_paths_verbatim(tmp_path: Path) -> None:
+    """Rich markup in a path ('[old]', '[/x]') is printed as it is, never parsed or crashing."""
+    data = tmp_path / "data [old] [/x]"
+    data.mkdir(parents=True)
+    result = runner.invoke(app, ["embed", str(data), "--out", str(tmp_path / "e.npz")])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "data [old] [/x]" in result.output

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from asdcli import __version__
 from asdcli.console import stderr_console
@@ -39,7 +40,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except AsdError as e:
-            stderr_console().print(f"[bold red]Error:[/] {e}", highlight=False, soft_wrap=True)
+            stderr_console().print(f"[bold red]Error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             stderr_console().print("[yellow]Interrupted.[/] Finished artifacts are kept; re-run to continue.")
