@@ -20,7 +20,8 @@ from asdcli.device import resolve_device
 from asdcli.embed import EmbedConfig, embed_clips
 from asdcli.errors import ConfigError
 from asdcli.features import beats_fbank
-from asdcli.model.beats import BEATs, BeatsConfig, load_beats, save_official_checkpoint, tiny_beats_config
+from asdcli.model.beats import load_beats, tiny_beats_config
+from asdcli.model.checkpoint import make_tiny_checkpoint
 
 SECONDS = 0.5
 NAMES = {
@@ -46,11 +47,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(1)
-    cfg = tiny_beats_config()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_official_checkpoint(path, BEATs(BeatsConfig.from_dict(cfg)), cfg)
-    return path
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=1)
 
 
 def test_embed_clips_matches_a_manual_forward(data_dir, checkpoint):

@@ -28,23 +28,17 @@ from asdcli.finetune import (
     split_train_val,
     train_step,
 )
-from asdcli.model.beats import BEATs, BeatsConfig, load_beats, save_official_checkpoint, tiny_beats_config
+from asdcli.model.beats import load_beats, tiny_beats_config
+from asdcli.model.checkpoint import make_tiny_checkpoint
 
 SR = 16000
 MACHINES = {"fan": (300.0, 0.03), "pump": (1200.0, 0.1), "valve": (3500.0, 0.4)}  # tone (Hz), level
 CLIPS_PER_MACHINE = 16
 
 
-def _make_checkpoint(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    cfg = tiny_beats_config()
-    save_official_checkpoint(path, BEATs(BeatsConfig.from_dict(cfg)), cfg)
-    return path
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=0)
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +230,7 @@ def test_bf16_mixed_precision_trains_on_cpu(ckpt: Path, data_root: Path, tmp_pat
 
 
 def test_adapter_for_another_checkpoint_is_a_mismatch(trained_run: Path, tmp_path: Path) -> None:
-    other = load_beats(_make_checkpoint(tmp_path / "other.pt", seed=1))
+    other = load_beats(make_tiny_checkpoint(tmp_path / "other.pt", seed=1))
     with pytest.raises(ArtifactMismatch, match="--checkpoint"):
         load_adapter_embedder(trained_run, other, None)
 

@@ -224,20 +224,16 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny random BEATs checkpoint (and a second one), 0.5 s fan clips, and a bank fitted on
     the train clips embedded with the first checkpoint."""
     import soundfile as sf
-    import torch
 
     pytest.importorskip("asdcli.embed")  # the front end may land after the back end
     from asdcli.dataset import discover_clips
     from asdcli.embed import EmbedConfig, embed_clips
-    from asdcli.model.beats import BEATs, BeatsConfig, save_official_checkpoint, tiny_beats_config
+    from asdcli.model.checkpoint import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("onthefly")
     paths = {"data": root / "fan"}
     for seed in (1, 2):
-        torch.manual_seed(seed)
-        cfg = tiny_beats_config()
-        paths[f"ckpt{seed}"] = root / f"tiny{seed}.pt"
-        save_official_checkpoint(paths[f"ckpt{seed}"], BEATs(BeatsConfig.from_dict(cfg)), cfg)
+        paths[f"ckpt{seed}"] = make_tiny_checkpoint(root / f"tiny{seed}.pt", seed)
     rng = np.random.default_rng(0)
     t = np.arange(8000) / 16000
     for split, label, n in (("train", "normal", 3), ("test", "normal", 1), ("test", "anomaly", 1)):
