@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from asdcli.artifacts import read_json, sha256_file
 from asdcli.bank import BankConfig
@@ -85,9 +86,10 @@ class _Stages:
         self.ran: list[str] = []
         self.skipped: list[str] = []
 
-    def say(self, text: str) -> None:
+    def say(self, text: str, head: str = "") -> None:
+        """Print ``head`` (Rich markup) followed by ``text`` (shown verbatim: paths may hold brackets)."""
         if self.console is not None:
-            self.console.print(text, highlight=False, soft_wrap=True)
+            self.console.print(head + escape(text), highlight=False, soft_wrap=True)
 
     @staticmethod
     def header(name: str) -> str:
@@ -96,15 +98,15 @@ class _Stages:
     def run(self, stage: Stage, what: str, work: Callable[[], dict[str, Any] | None]) -> None:
         head = self.header(stage.name)
         if stage.is_fresh():
-            self.say(f"{head}: up to date, skipped ({what})")
+            self.say(f": up to date, skipped ({what})", head)
             self.skipped.append(stage.name)
             return
-        self.say(f"{head}: {what}")
+        self.say(f": {what}", head)
         start = time.perf_counter()
         details = work()
         stage.mark_done({"seconds": round(time.perf_counter() - start, 3), **(details or {})})
         self.ran.append(stage.name)
-        self.say(f"{head}: done in {time.perf_counter() - start:.1f} s")
+        self.say(f": done in {time.perf_counter() - start:.1f} s", head)
 
 
 def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
@@ -227,10 +229,10 @@ def _report_stage(cfg: RunConfig, submission: Path, stages: _Stages) -> Any:
     from asdcli.report_output import render_text
 
     out = cfg.run_dir / "report.csv"
-    stages.say(f"{stages.header('report')}: official metrics -> {out}")
+    stages.say(f": official metrics -> {out}", stages.header("report"))
     report = evaluate_submission(submission, load_ground_truth(None, cfg.data_root), name=cfg.run_dir.name)
     for warning in report.warnings:
-        stages.say(f"[yellow]Warning:[/] {warning}")
+        stages.say(warning, "[yellow]Warning:[/] ")
     write_text_atomic(out, render_text([report], "csv"))
     if cfg.plots:
         from asdcli.plots import write_plots  # matplotlib is slow to import; only when asked
@@ -263,7 +265,7 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
     if cfg.finetune is not None:
         adapter = _finetune_stage(cfg, train, noise, ckpt_sha, stages)
     else:
-        stages.say(f"{stages.header('finetune')}: off (--no-finetune), frozen BEATs")
+        stages.say(": off (--no-finetune), frozen BEATs", stages.header("finetune"))
     train_path, test_path, embed_key = _embed_stage(cfg, [*train, *test], adapter, ckpt_sha, stages)
     banks, bank_key = _bank_stage(cfg, train_path, embed_key, stages)
     submission = report = None

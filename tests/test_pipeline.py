@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -81,12 +82,14 @@ def test_changed_bank_option_redoes_only_bank_and_score(finished_run: Path, synt
 
 
 def test_no_finetune_uses_frozen_backbone(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    result = _run(synth_root, tiny_checkpoint, tmp_path / "frozen", "--no-finetune")
+    run = tmp_path / "frozen [v1]"  # brackets are shown verbatim, not read as Rich markup
+    result = _run(synth_root, tiny_checkpoint, run, "--no-finetune")
     assert result.exit_code == 0, result.output
-    assert not (tmp_path / "frozen" / "finetune").exists()
-    meta = json.loads(dict(__import__("numpy").load(tmp_path / "frozen" / "embeddings" / "train.npz"))["meta"].item())
+    assert not (run / "finetune").exists()
+    meta = json.loads(str(np.load(run / "embeddings" / "train.npz")["meta"]))
     assert meta["embedding"] == "backbone" and meta["adapter_id"] is None
-    assert (tmp_path / "frozen" / "report.csv").is_file()
+    assert (run / "report.csv").is_file()
+    assert f"Run folder {run}:" in result.output and f"Artifacts in {run}:" in result.output
 
 
 def test_ctrl_c_during_finetune_resumes_after_last_epoch(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path,

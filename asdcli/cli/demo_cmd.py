@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from asdcli.console import make_progress, stderr_console
@@ -56,7 +57,7 @@ def command(
     if not checkpoint.is_file():
         make_tiny_checkpoint(checkpoint, seed)
         console.print(f"Wrote a randomly initialised tiny BEATs (2 layers, 64-d) in the official format: {checkpoint}",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
     finetune = FinetuneConfig(checkpoint=checkpoint, epochs=epochs, lr=DEMO_LR, seed=seed, seconds=seconds,
                               device="cpu")  # fmt: skip
     cfg = RunConfig(data_root=data, run_dir=out / "run", checkpoint=checkpoint, finetune=finetune,
@@ -66,7 +67,7 @@ def command(
     console.print(
         f"\nDemo finished in {time.perf_counter() - start:.0f} s. These numbers come from a [bold]randomly initialised "
         "tiny BEATs on synthetic sounds[/]: they show the pipeline works, not how well it detects anomalies.\n"
-        f"Plots: {out / 'run' / 'plots'}. On the real task, with BEATs_iter3.pt from the microsoft/unilm BEATs page "
+        f"Plots: {escape(str(out / 'run' / 'plots'))}. On the real task, with BEATs_iter3.pt from the microsoft/unilm BEATs page "
         f"and the DCASE 2025 Task 2 development data:\n  {REAL_COMMAND}",
         highlight=False, soft_wrap=True,
     )
@@ -82,7 +83,7 @@ def _synthesize(root: Path, seed: int, seconds: float, console: Console, reuse: 
     cfg = SynthConfig(seed=seed, seconds=seconds)
     marker = root / MARKER
     if reuse and marker.is_file() and read_json(marker) == {"generator": "asdcli.synth", **_jsonable(asdict(cfg))}:
-        console.print(f"Synthetic dataset in {root} is up to date.", highlight=False)
+        console.print(f"Synthetic dataset in {root} is up to date.", highlight=False, markup=False)
         return
     with make_progress(console) as progress:
         task = progress.add_task("Synthesizing", total=count_clips(cfg), rate="")

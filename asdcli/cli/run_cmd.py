@@ -80,6 +80,6 @@ def show_result(result: RunResult, console: Console) -> None:
         console.print(f"[bold]Official score: {100 * result.report.official_score:.2f}[/] "
                       "(harmonic mean of AUC source, AUC target and pAUC over machines, in %)", highlight=False, soft_wrap=True)
     console.print(f"Artifacts in {result.run_dir}: finetune/ embeddings/ banks/ submission/ report.csv stages/",
-                  highlight=False, soft_wrap=True)
+                  highlight=False, soft_wrap=True, markup=False)
     if result.submission_dir is not None:
         typer.echo(str(result.submission_dir))
