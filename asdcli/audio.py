@@ -68,8 +68,7 @@ class AudioConfig:
         return None if self.seconds is None else round(self.seconds * self.sample_rate)
 
 
-def _read(path: Path) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 and the rate, or AudioError for anything unreadable."""
+def _check_size(path: Path) -> None:
     try:
         size = path.stat().st_size
     except FileNotFoundError as e:
@@ -78,13 +77,63 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
         raise AudioError(f"Cannot access {path}: {e.strerror}.") from e
     if size == 0:
         raise AudioError(f"{path} is empty (0 bytes); re-copy or delete it.")
+
+
+def _unreadable(path: Path, e: Exception) -> AudioError:
+    return AudioError(f"Cannot read {path} as audio ({e}); re-copy it or remove it from the data folder.")
+
+
+def _header_only(path: Path) -> AudioError:
+    return AudioError(f"{path} has no samples (header only); re-copy or delete it.")
+
+
+def _too_short(path: Path, seconds: float) -> AudioError:
+    return AudioError(f"{path} is {seconds:.3f} s long, shorter than the {MIN_SECONDS} s BEATs needs; "
+                      "remove it from the data folder.")
+
+
+def _no_channel(path: Path, channels: int, channel: int) -> AudioError:
+    return AudioError(f"{path} has {channels} channel(s), so --channel {channel} does not exist; "
+                      f"use 0..{channels - 1} or leave it unset to average the channels.")
+
+
+def _read(path: Path) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 and the rate, or AudioError for anything unreadable."""
+    _check_size(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
-        raise AudioError(f"Cannot read {path} as audio ({e}); re-copy it or remove it from the data folder.") from e
+        raise _unreadable(path, e) from e
     if data.shape[0] == 0:
-        raise AudioError(f"{path} has no samples (header only); re-copy or delete it.")
+        raise _header_only(path)
     return data, int(rate)
+
+
+def probe_clip(path: Path | str, channel: int | None = None) -> None:
+    """Check what the file header tells (exists, not empty, audio, has samples, long enough,
+    has ``channel``) without reading the samples; raises the AudioError ``load_clip`` would.
+
+    Cheap (well under a millisecond per file), so a stage can check every clip before hours of
+    work; NaN/Inf samples are only found when the clip is loaded.
+    """
+    path = Path(path)
+    _check_size(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
+        raise _unreadable(path, e) from e
+    if info.frames == 0:
+        raise _header_only(path)
+    if info.frames / info.samplerate < MIN_SECONDS:
+        raise _too_short(path, info.frames / info.samplerate)
+    if channel is not None and channel >= info.channels:
+        raise _no_channel(path, info.channels, channel)
+
+
+def probe_clips(clips: Sequence[Clip | Path | str], channel: int | None = None) -> None:
+    """:func:`probe_clip` for every clip, in order; the first bad one raises."""
+    for clip in clips:
+        probe_clip(clip.path if isinstance(clip, Clip) else clip, channel)
 
 
 def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
@@ -117,8 +166,7 @@ def _to_mono(data: np.ndarray, path: Path, channel: int | None) -> np.ndarray:
     if channel is None:
         return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if channel >= data.shape[1]:
-        raise AudioError(f"{path} has {data.shape[1]} channel(s), so --channel {channel} does not exist; "
-                         f"use 0..{data.shape[1] - 1} or leave it unset to average the channels.")
+        raise _no_channel(path, data.shape[1], channel)
     return data[:, channel]
 
 
@@ -149,8 +197,7 @@ def load_clip(path: Path | str, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
     wave = resample(_to_mono(data, path, cfg.channel), rate, cfg.sample_rate)
     min_samples = math.ceil(MIN_SECONDS * cfg.sample_rate)
     if len(wave) < min_samples:
-        raise AudioError(f"{path} is {data.shape[0] / rate:.3f} s long, shorter than the {MIN_SECONDS} s "
-                         "BEATs needs; remove it from the data folder.")
+        raise _too_short(path, data.shape[0] / rate)
     if not wave.any():
         warnings.warn(f"{path} is all zeros (silence); its embedding carries no information.",
                       AudioWarning, stacklevel=2)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.artifacts import Embeddings, save_embeddings
-from asdcli.audio import SAMPLE_RATE, AudioConfig, ClipDataset
+from asdcli.audio import SAMPLE_RATE, AudioConfig, ClipDataset, probe_clips
 from asdcli.dataset import Clip
 from asdcli.device import resolve_device
 from asdcli.errors import AsdError, ConfigError
@@ -142,6 +142,7 @@ def embed_clips(clips: Sequence[Clip], cfg: EmbedConfig, progress: Progress | No
 
     if not clips:
         raise ConfigError("No clips to embed.")
+    probe_clips(clips, cfg.channel)  # a bad clip fails now, not after most of the work
     loaded = load_beats(resolve_checkpoint(cfg.checkpoint))
     module, meta = build_embedder(loaded, cfg)
     state = PartialState()

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from asdcli import __version__
 from asdcli.adapter import RUN_KIND, RUN_SCHEMA, RUN_FILE, write_run_artifacts
-from asdcli.audio import AudioConfig, AudioWarning, ClipDataset
+from asdcli.audio import AudioConfig, AudioWarning, ClipDataset, probe_clips
 from asdcli.augment import NoiseMixDataset, mixup, spec_augment
 from asdcli.console import make_progress, show_warnings
 from asdcli.dataset import Clip, require_field
@@ -321,6 +321,7 @@ def _prepare(clips: list[Clip], cfg: FinetuneConfig, out_dir: Path, noise_clips:
         raise DataError(f"Fine-tuning needs at least two classes, found only {classes}: point at a dataset "
                         "with several machines or use --labels attribute.")
     tr, va = split_train_val(labels, cfg.val_fraction, cfg.seed)
+    probe_clips([*clips, *(noise_clips if cfg.noise_mix else ())], cfg.channel)  # fail before training
     loaded = load_beats(cfg.checkpoint)
     accelerator = _make_accelerator(cfg)
     key = _resume_key(cfg, [clips[i].name for i in tr], classes, loaded.sha256)

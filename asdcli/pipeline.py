@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from asdcli.artifacts import read_json, sha256_file
+from asdcli.audio import probe_clips
 from asdcli.bank import BankConfig
 from asdcli.dataset import Clip, discover_clips, require_field
 from asdcli.errors import ConfigError, DataError
@@ -255,6 +256,7 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
         raise ConfigError("asd run is single-process; under accelerate launch run `asd finetune` and `asd embed` "
                           "instead, then fit-bank/score on one process.")
     train, test, noise = _clips(cfg.data_root)
+    probe_clips([*train, *test], cfg.channel)  # a bad test clip fails now, not after fine-tuning
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     stages = _Stages(console)
     ckpt_sha = sha256_file(cfg.checkpoint)

@@ -146,3 +146,26 @@ def test_clip_dataset_with_workers(tmp_path: Path) -> None:
     assert [tuple(b[0].shape) for b in batches] == [(2, 8000), (2, 8000)]
     assert torch.cat([b[1] for b in batches]).tolist() == [0, 1, 2, 3]
     torch.testing.assert_close(batches[1][0][0], wave)
+
+
+def test_probe_clip_checks_the_header_like_load_clip(tmp_path: Path) -> None:
+    from asdcli.audio import probe_clip, probe_clips
+
+    good = _write(tmp_path / "good.wav", np.zeros((8000, 2)), 16000)
+    probe_clip(good)
+    probe_clip(good, channel=1)
+    cases = {
+        "short": (_write(tmp_path / "short.wav", np.zeros(1600), 16000), None, "shorter than the 0.175 s"),
+        "channel": (good, 2, "--channel 2 does not exist"),
+    }
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("not audio")
+    cases["empty"] = (tmp_path / "empty.wav", None, "is empty (0 bytes)")
+    cases["text"] = (tmp_path / "text.wav", None, "as audio")
+    for path, channel, message in cases.values():
+        with pytest.raises(AudioError, match=message):
+            probe_clip(path, channel)
+        with pytest.raises(AudioError, match=message):  # the same sentence as loading it
+            load_clip(path, AudioConfig(channel=channel))
+    with pytest.raises(AudioError, match="short.wav"):
+        probe_clips([good, tmp_path / "short.wav"])

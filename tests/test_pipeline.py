@@ -201,3 +201,15 @@ def test_make_tiny_checkpoint_is_deterministic(tmp_path: Path) -> None:
 
 def test_pipeline_module_has_stage_names() -> None:
     assert asdcli.pipeline.STAGE_NAMES == ("finetune", "embed", "fit-bank", "score", "report")
+
+
+def test_bad_test_clip_fails_before_fine_tuning(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    bad = data / "gearbox" / "test" / "section_00_target_test_anomaly_9999_noAttribute.wav"
+    bad.write_text("not audio")
+    result = _run(data, tiny_checkpoint, tmp_path / "run")
+    assert result.exit_code == 1
+    assert f"Cannot read {bad} as audio" in result.output
+    assert "finetune" not in result.output  # nothing started
+    assert not (tmp_path / "run" / "finetune").exists()
