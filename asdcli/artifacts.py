@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -166,6 +166,12 @@ class Embeddings:
         """The subset of rows where the boolean ``mask`` (N,) is True."""
         fields = {f: getattr(self, f)[mask] for f in self.FIELDS}
         return Embeddings(vectors=self.vectors[mask], meta=self.meta, **fields)
+
+    @staticmethod
+    def concat(parts: Sequence[Embeddings]) -> Embeddings:
+        """The rows of ``parts`` in order (the meta of the first; parts of one embedding job)."""
+        fields = {f: np.concatenate([getattr(p, f) for p in parts]) for f in Embeddings.FIELDS}
+        return Embeddings(vectors=np.concatenate([p.vectors for p in parts]), meta=parts[0].meta, **fields)
 
 
 def save_embeddings(path: str | Path, emb: Embeddings) -> None:

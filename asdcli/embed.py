@@ -25,6 +25,7 @@ from asdcli.model.beats import LoadedBeats, load_beats, resolve_checkpoint
 
 EMBEDDING_CHOICES = ("head", "pooled")
 POOLING = "mean"  # over all tokens of the last layer
+EMBED_CHUNK = 256  # clips per saved part of a resumable embedding job
 FRONTEND = "beats-kaldi-fbank128-v1"
 
 Progress = Callable[[int], None]  # called with the number of clips just finished
@@ -216,3 +217,46 @@ def embed_with_progress(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | 
             progress.update(task, rate=rate_text(done, time.perf_counter() - start))
 
         return embed_clips(clips, cfg, progress=advance)
+
+
+def embed_in_parts(clips: Sequence[Clip], cfg: EmbedConfig, parts_dir: Path, console: Any | None = None,
+                   chunk: int | None = None) -> Embeddings:
+    """``embed_clips`` in parts of ``chunk`` (default EMBED_CHUNK) clips, each saved atomically to
+    ``parts_dir/NNNNN.npz``.
+
+    A part already there (same clips) is loaded instead of recomputed, so a job interrupted by
+    Ctrl-C continues where it stopped. ``parts_dir`` must be specific to the inputs and options
+    (the caller names it from them) and is the caller's to delete once the result is saved.
+    Single-process only. Shows one progress bar over all clips on ``console`` (None: silent).
+    """
+    import contextlib
+    import time
+
+    from asdcli.artifacts import load_embeddings
+    from asdcli.console import make_progress, rate_text
+
+    chunk = chunk or EMBED_CHUNK
+    probe_clips(clips, cfg.channel)
+    parts: list[Embeddings] = []
+    start, resumed = time.perf_counter(), 0
+    progress = make_progress(console) if console is not None else None
+    with progress if progress is not None else contextlib.nullcontext():
+        task = progress.add_task("embed", total=len(clips), rate="") if progress is not None else None
+
+        def advance(n: int) -> None:
+            if progress is not None and task is not None:
+                progress.advance(task, n)
+                done = progress.tasks[task].completed - resumed
+                progress.update(task, rate=rate_text(done, time.perf_counter() - start))
+
+        for i, first in enumerate(range(0, len(clips), chunk)):
+            piece, path = clips[first:first + chunk], parts_dir / f"{i:05d}.npz"
+            emb = load_embeddings(path) if path.is_file() else None
+            if emb is not None and list(emb.paths) == [str(c.path) for c in piece]:
+                resumed += len(piece)
+                advance(len(piece))
+            else:
+                emb = embed_clips(piece, cfg, progress=advance)
+                save_embeddings(path, emb)
+            parts.append(emb)
+    return Embeddings.concat(parts)

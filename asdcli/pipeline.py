@@ -11,7 +11,8 @@ RUN_DIR/
 A stage is skipped when its record matches the key of its inputs and options and its outputs
 exist; otherwise it runs again. Every artifact is written atomically and a stage's record only
 after its outputs, so an interrupted run never looks finished and the next run continues
-(fine-tuning resumes after its last finished epoch).
+(fine-tuning resumes after its last finished epoch, embedding after its last saved part of
+EMBED_CHUNK clips).
 """
 
 from __future__ import annotations
@@ -165,15 +166,21 @@ def _embed_stage(cfg: RunConfig, clips: list[Clip], adapter: Path | None, ckpt_s
               "channel": cfg.channel, "clips": files_fingerprint([c.path for c in clips])}
     stage = make_stage(cfg.run_dir, "embed", inputs, [train_path, test_path])
 
+    parts = out / f".parts-{stage.key[:16]}"  # finished parts of an interrupted run of this stage
+
     def work() -> dict[str, Any]:
         from asdcli.artifacts import save_embeddings
-        from asdcli.embed import EmbedConfig, embed_with_progress
+        from asdcli.embed import EmbedConfig, embed_in_parts
 
+        for stale in out.glob(".parts-*"):  # parts made from other inputs
+            if stale != parts:
+                shutil.rmtree(stale)
         ecfg = EmbedConfig(checkpoint=cfg.checkpoint, adapter=adapter, embedding=cfg.embedding,
                            batch_size=cfg.batch_size, device=cfg.device, seconds=cfg.seconds, channel=cfg.channel)
-        emb = embed_with_progress(clips, ecfg, stages.console)
+        emb = embed_in_parts(clips, ecfg, parts, stages.console)
         save_embeddings(train_path, emb.select(emb.split == "train"))
         save_embeddings(test_path, emb.select(emb.split == "test"))
+        shutil.rmtree(parts)
         return {"clips": len(emb), "dim": emb.dim}
 
     what = "fine-tuned embeddings" if adapter else "frozen BEATs embeddings (mean-pooled)"

@@ -213,3 +213,35 @@ def test_bad_test_clip_fails_before_fine_tuning(synth_root: Path, tiny_checkpoin
     assert f"Cannot read {bad} as audio" in result.output
     assert "finetune" not in result.output  # nothing started
     assert not (tmp_path / "run" / "finetune").exists()
+
+
+def test_ctrl_c_during_embed_resumes_after_the_last_saved_part(finished_run: Path, synth_root: Path,
+                                                               tiny_checkpoint: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import asdcli.embed
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "stages" / "embed.json").unlink()
+    monkeypatch.setattr(asdcli.embed, "EMBED_CHUNK", 20)  # 60 clips -> 3 parts of 20
+    real_embed_clips = asdcli.embed.embed_clips
+    calls: list[int] = []
+
+    def interrupt_third_part(clips, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(clips))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_embed_clips(clips, *args, **kwargs)
+
+    monkeypatch.setattr(asdcli.embed, "embed_clips", interrupt_third_part)
+    assert _run(synth_root, tiny_checkpoint, run).exit_code == 130
+    assert len(list((run / "embeddings").glob(".parts-*/*.npz"))) == 2
+    calls.clear()
+    result = _run(synth_root, tiny_checkpoint, run)
+    assert result.exit_code == 0, result.output
+    assert calls == [20]  # only the part not saved before
+    assert not list((run / "embeddings").glob(".parts-*"))
+    for name in ("train.npz", "test.npz"):  # same result as the uninterrupted run
+        a, b = np.load(run / "embeddings" / name), np.load(finished_run / "embeddings" / name)
+        np.testing.assert_allclose(a["embeddings"], b["embeddings"], atol=1e-6)
+        assert list(a["filenames"]) == list(b["filenames"])
