@@ -23,8 +23,9 @@ from rich.progress import (
 
 
 def stderr_console() -> Console:
-    """A Rich console on stderr (progress, tables, logs)."""
-    return Console(stderr=True)
+    """A Rich console on stderr (progress, tables, logs). Log lines are not wrapped, so a piped
+    log keeps one line per message."""
+    return Console(stderr=True, soft_wrap=True)
 
 
 def is_terminal(stream: IO[str] | None = None) -> bool:
