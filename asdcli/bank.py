@@ -23,6 +23,9 @@ from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError, DataErro
 
 BANK_SCHEMA = 1
 BANK_KIND = "asdcli-knn-bank"
+# The threshold is fitted on at most this many leave-one-out scores (a seeded sample of the bank's
+# rows): scoring all M rows against the bank costs O(M^2), which a 10^6-vector bank cannot afford.
+THRESHOLD_SAMPLE = 10_000
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ class Bank:
     ``mean``/``std`` (D,) float32 are the raw training embeddings' statistics (std floored, see
     :func:`asdcli.knn.standardization_stats`); ``domain``/``filenames`` (M,) describe each vector
     (k-means centres are named ``kmeans_centre_NNNN``); ``radii`` (M,) float32 divide distances
-    (all 1 without density normalization); ``loo_scores`` (M,) are the leave-one-out scores the
-    ``threshold`` was fitted on; ``embedding_meta`` is the meta of the source embeddings.
+    (all 1 without density normalization); ``loo_scores`` (min(M, THRESHOLD_SAMPLE),) are the
+    leave-one-out scores the ``threshold`` was fitted on (of a seeded sample of rows in big banks); ``embedding_meta`` is the meta of the source embeddings.
     """
 
     mean: np.ndarray
@@ -145,7 +148,10 @@ def build_bank(
         radii = knn.density_radii(prepared, cfg.density_norm)
     bank = Bank(mean, std, prepared, domain, filenames, radii, np.zeros(m, np.float32), math.nan, cfg,
                 machine, section, dict(embedding_meta or {}))
-    loo = bank.score_prepared(prepared, self_index=np.arange(m))
+    rows = np.arange(m)
+    if m > THRESHOLD_SAMPLE:
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(m, THRESHOLD_SAMPLE, replace=False))
+    loo = bank.score_prepared(prepared[rows], self_index=rows)
     threshold, info = fit_threshold(loo, cfg.threshold_quantile)
     return Bank(mean, std, prepared, domain, filenames, radii, loo.astype(np.float32), threshold, cfg,
                 machine, section, dict(embedding_meta or {}), info)
@@ -308,7 +314,9 @@ def load_bank(path: str | Path) -> Bank:
     if vectors.ndim != 2:
         raise ArtifactError(f"{path}: vectors must be 2-D, got shape {vectors.shape}; re-run `asd fit-bank`.")
     m, d = vectors.shape
-    for key, shape in (("mean", (d,)), ("std", (d,)), ("domain", (m,)), ("filenames", (m,)), ("radii", (m,)), ("loo_scores", (m,))):
+    n_loo = arrays["loo_scores"].shape[0] if arrays["loo_scores"].ndim == 1 else 0
+    for key, shape in (("mean", (d,)), ("std", (d,)), ("domain", (m,)), ("filenames", (m,)), ("radii", (m,)),
+                       ("loo_scores", (n_loo,) if 1 <= n_loo <= m else (m,))):  # a sample of rows in big banks
         if arrays[key].shape != shape:
             raise ArtifactError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape}; re-run `asd fit-bank`.")
     thr = meta.get("threshold", {})

@@ -258,3 +258,19 @@ def test_cli_fit_bank_errors(tmp_path: Path, args: list[str], match: str) -> Non
 def test_cli_fit_bank_missing_input(tmp_path: Path) -> None:
     r = runner.invoke(app, ["fit-bank", str(tmp_path / "none.npz"), "--out", str(tmp_path / "b.npz")])
     assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_threshold_of_a_big_bank_is_fitted_on_a_seeded_sample(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 16)).astype(np.float32)
+    domain, names = np.full(200, "source"), np.array([f"c{i}.wav" for i in range(200)])
+    full = B.build_bank(x, domain, names)
+    monkeypatch.setattr(B, "THRESHOLD_SAMPLE", 50)
+    sampled = B.build_bank(x, domain, names)
+    assert sampled.loo_scores.shape == (50,)
+    assert set(np.round(sampled.loo_scores, 6)) <= set(np.round(full.loo_scores, 6))  # the same LOO scores, fewer rows
+    assert sampled.threshold_info["n_scores"] == 50
+    again = B.build_bank(x, domain, names)
+    np.testing.assert_array_equal(again.loo_scores, sampled.loo_scores)  # seeded
+    B.save_bank(tmp_path / "b.npz", sampled)
+    np.testing.assert_array_equal(B.load_bank(tmp_path / "b.npz").loo_scores, sampled.loo_scores)
