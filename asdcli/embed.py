@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.artifacts import Embeddings, save_embeddings
-from asdcli.audio import SAMPLE_RATE, AudioConfig, ClipDataset, probe_clips
+from asdcli.audio import SAMPLE_RATE, AudioConfig, AudioWarning, ClipDataset, probe_clips
 from asdcli.dataset import Clip
 from asdcli.device import resolve_device
 from asdcli.errors import AsdError, ConfigError
@@ -201,7 +201,6 @@ def embed_with_progress(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | 
     """
     import time
 
-    from asdcli.audio import AudioWarning
     from asdcli.console import make_progress, rate_text, show_warnings
 
     if console is None:
@@ -233,14 +232,15 @@ def embed_in_parts(clips: Sequence[Clip], cfg: EmbedConfig, parts_dir: Path, con
     import time
 
     from asdcli.artifacts import load_embeddings
-    from asdcli.console import make_progress, rate_text
+    from asdcli.console import make_progress, rate_text, show_warnings
 
     chunk = chunk or EMBED_CHUNK
     probe_clips(clips, cfg.channel)
     parts: list[Embeddings] = []
     start, resumed = time.perf_counter(), 0
     progress = make_progress(console) if console is not None else None
-    with progress if progress is not None else contextlib.nullcontext():
+    shown = show_warnings(console, AudioWarning) if console is not None else contextlib.nullcontext()
+    with shown, progress if progress is not None else contextlib.nullcontext():
         task = progress.add_task("embed", total=len(clips), rate="") if progress is not None else None
 
         def advance(n: int) -> None:
@@ -260,3 +260,32 @@ def embed_in_parts(clips: Sequence[Clip], cfg: EmbedConfig, parts_dir: Path, con
                 save_embeddings(path, emb)
             parts.append(emb)
     return Embeddings.concat(parts)
+
+
+def embed_inputs(clips: Sequence[Clip], cfg: EmbedConfig, checkpoint_sha256: str) -> dict[str, Any]:
+    """What an embedding job's vectors depend on: hashed into the key that names its saved parts
+    (and the `asd run` embed stage)."""
+    from asdcli.artifacts import read_json
+    from asdcli.stages import files_fingerprint
+
+    adapter = read_json(Path(cfg.adapter) / "run.json", what="run record")["adapter_id"] if cfg.adapter else None
+    return {"checkpoint": checkpoint_sha256, "adapter": adapter, "embedding": cfg.embedding, "seconds": cfg.seconds,
+            "channel": cfg.channel, "clips": files_fingerprint([c.path for c in clips])}
+
+
+def embed_resumable(clips: Sequence[Clip], cfg: EmbedConfig, work_dir: Path, prefix: str, key: str,
+                    console: Any | None = None) -> tuple[Embeddings, Path]:
+    """``embed_in_parts`` into ``work_dir/<prefix><key>`` after removing the folders of other keys
+    with the same ``prefix`` (parts made from other inputs or options).
+
+    Returns the embeddings and the parts folder, which the caller deletes once it saved the result.
+    """
+    import shutil
+
+    work_dir = Path(work_dir)
+    parts = work_dir / f"{prefix}{key[:16]}"
+    if work_dir.is_dir():
+        for stale in work_dir.iterdir():
+            if stale.name.startswith(prefix) and stale != parts and stale.is_dir():
+                shutil.rmtree(stale)
+    return embed_in_parts(clips, cfg, parts, console), parts

@@ -29,10 +29,11 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from asdcli.artifacts import read_json, sha256_file
+from asdcli.artifacts import sha256_file
 from asdcli.audio import probe_clips
 from asdcli.bank import BankConfig
 from asdcli.dataset import Clip, discover_clips, require_field
+from asdcli.embed import EmbedConfig, embed_inputs, embed_resumable
 from asdcli.errors import ConfigError, DataError
 from asdcli.finetune_config import FinetuneConfig
 from asdcli.stages import Stage, files_fingerprint, make_stage
@@ -161,23 +162,14 @@ def _embed_stage(cfg: RunConfig, clips: list[Clip], adapter: Path | None, ckpt_s
     """Embed train and test clips into RUN_DIR/embeddings/{train,test}.npz; returns them and the stage key."""
     out = cfg.run_dir / "embeddings"
     train_path, test_path = out / "train.npz", out / "test.npz"
-    adapter_key = read_json(adapter / "run.json", what="run record")["adapter_id"] if adapter else None
-    inputs = {"checkpoint": ckpt_sha, "adapter": adapter_key, "embedding": cfg.embedding, "seconds": cfg.seconds,
-              "channel": cfg.channel, "clips": files_fingerprint([c.path for c in clips])}
-    stage = make_stage(cfg.run_dir, "embed", inputs, [train_path, test_path])
-
-    parts = out / f".parts-{stage.key[:16]}"  # finished parts of an interrupted run of this stage
+    ecfg = EmbedConfig(checkpoint=cfg.checkpoint, adapter=adapter, embedding=cfg.embedding,
+                       batch_size=cfg.batch_size, device=cfg.device, seconds=cfg.seconds, channel=cfg.channel)
+    stage = make_stage(cfg.run_dir, "embed", embed_inputs(clips, ecfg, ckpt_sha), [train_path, test_path])
 
     def work() -> dict[str, Any]:
         from asdcli.artifacts import save_embeddings
-        from asdcli.embed import EmbedConfig, embed_in_parts
 
-        for stale in out.glob(".parts-*"):  # parts made from other inputs
-            if stale != parts:
-                shutil.rmtree(stale)
-        ecfg = EmbedConfig(checkpoint=cfg.checkpoint, adapter=adapter, embedding=cfg.embedding,
-                           batch_size=cfg.batch_size, device=cfg.device, seconds=cfg.seconds, channel=cfg.channel)
-        emb = embed_in_parts(clips, ecfg, parts, stages.console)
+        emb, parts = embed_resumable(clips, ecfg, out, ".parts-", stage.key, stages.console)
         save_embeddings(train_path, emb.select(emb.split == "train"))
         save_embeddings(test_path, emb.select(emb.split == "test"))
         shutil.rmtree(parts)

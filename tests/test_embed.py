@@ -150,3 +150,32 @@ def test_accelerate_launch_two_processes_writes_the_single_process_file(data_dir
         assert a.files == b.files
         for k in a.files:
             assert np.array_equal(a[k], b[k]), k
+
+
+def test_cli_embed_interrupted_continues_from_its_saved_parts(data_dir, checkpoint, tmp_path, monkeypatch):
+    import asdcli.embed
+
+    out = tmp_path / "emb.npz"
+    args = ["embed", str(data_dir), "--checkpoint", str(checkpoint), "--out", str(out), "--seconds", str(SECONDS),
+            "--device", "cpu"]  # fmt: skip
+    assert CliRunner().invoke(app, [*args[:5], str(tmp_path / "whole.npz"), *args[6:]]).exit_code == 0
+    monkeypatch.setattr(asdcli.embed, "EMBED_CHUNK", 2)  # 4 clips -> 2 parts
+    real_embed_clips = asdcli.embed.embed_clips
+    calls: list[int] = []
+
+    def interrupt_second_part(clips, *a, **kw):
+        calls.append(len(clips))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_embed_clips(clips, *a, **kw)
+
+    monkeypatch.setattr(asdcli.embed, "embed_clips", interrupt_second_part)
+    assert CliRunner().invoke(app, args).exit_code == 130
+    assert not out.exists()
+    assert [p.name for p in tmp_path.glob(".emb.npz.parts-*/*.npz")] == ["00000.npz"]
+    calls.clear()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert calls == [2]  # only the part that was not saved
+    assert not list(tmp_path.glob(".emb.npz.parts-*"))
+    np.testing.assert_allclose(load_embeddings(out).vectors, load_embeddings(tmp_path / "whole.npz").vectors, atol=1e-6)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from asdcli.console import rate_text, stderr_console
 from asdcli.dataset import discover_clips
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from asdcli.artifacts import Embeddings
+    from asdcli.dataset import Clip
+    from asdcli.embed import EmbedConfig
 
 
 def command(
@@ -36,8 +44,35 @@ def command(
     clips = discover_clips(inputs)
     console = stderr_console()
     start = time.perf_counter()
-    emb = embed_with_progress(clips, cfg, console)
-    if write_embeddings(out, emb):
+    if _single_process():  # resumable: Ctrl-C keeps the finished parts
+        emb, wrote = _embed_resumable(clips, cfg, out, console), True
+    else:  # under accelerate launch: split across processes, the main one writes
+        emb = embed_with_progress(clips, cfg, console)
+        wrote = write_embeddings(out, emb)
+    if wrote:
         took = time.perf_counter() - start
         console.print(f"Embedded {len(emb)} clips into {emb.dim}-d vectors in {took:.1f} s "
                       f"({rate_text(len(emb), took)}) -> {out}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+
+
+def _single_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().num_processes == 1
+
+
+def _embed_resumable(clips: list[Clip], cfg: EmbedConfig, out: Path, console: Console) -> Embeddings:
+    """Embed in saved parts beside ``out`` (``.<name>.parts-<key>/``) and write ``out``: Ctrl-C
+    loses at most one part and the same command continues; the parts go once ``out`` is written."""
+    import shutil
+
+    from asdcli.artifacts import save_embeddings, sha256_file
+    from asdcli.embed import embed_inputs, embed_resumable
+    from asdcli.model.beats import resolve_checkpoint
+    from asdcli.stages import stage_key
+
+    key = stage_key(embed_inputs(clips, cfg, sha256_file(resolve_checkpoint(cfg.checkpoint))))
+    emb, parts = embed_resumable(clips, cfg, out.parent, f".{out.name}.parts-", key, console)
+    save_embeddings(out, emb)
+    shutil.rmtree(parts)
+    return emb
