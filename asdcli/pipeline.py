@@ -60,6 +60,7 @@ class RunConfig:
     device: str = "auto"
     channel: int | None = None
     batch_size: int = 8  # clips per forward pass when embedding
+    num_workers: int = 0  # DataLoader processes reading audio while embedding
     plots: bool = False
 
     def __post_init__(self) -> None:
@@ -163,7 +164,8 @@ def _embed_stage(cfg: RunConfig, clips: list[Clip], adapter: Path | None, ckpt_s
     out = cfg.run_dir / "embeddings"
     train_path, test_path = out / "train.npz", out / "test.npz"
     ecfg = EmbedConfig(checkpoint=cfg.checkpoint, adapter=adapter, embedding=cfg.embedding,
-                       batch_size=cfg.batch_size, device=cfg.device, seconds=cfg.seconds, channel=cfg.channel)
+                       batch_size=cfg.batch_size, device=cfg.device, seconds=cfg.seconds, channel=cfg.channel,
+                       num_workers=cfg.num_workers)
     stage = make_stage(cfg.run_dir, "embed", embed_inputs(clips, ecfg, ckpt_sha), [train_path, test_path])
 
     def work() -> dict[str, Any]:

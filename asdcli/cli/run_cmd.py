@@ -40,6 +40,7 @@ def command(
     k: int = typer.Option(1, "--k", min=1, help="Bank score = mean of the K smallest cosine distances."),
     domain_aware: bool = typer.Option(False, "--domain-aware", help="Search source and target bank vectors separately."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (cuda:N) or mps."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes that read audio (fine-tuning and embedding)."),
     mixed_precision: str = typer.Option(_F["mixed_precision"].default, help="Fine-tuning precision: 'no', 'bf16' or 'fp16'."),
     plots: bool = typer.Option(False, "--plots", help="Also write ROC/histogram PNGs to RUN_DIR/plots/."),
 ) -> None:
@@ -61,11 +62,11 @@ def command(
     finetune = None if no_finetune else FinetuneConfig(
         checkpoint=ckpt, epochs=epochs, labels=labels, lr=lr, batch_size=batch_size, seed=seed,
         lora_rank=lora_rank, seconds=seconds, device=device, mixed_precision=mixed_precision,
-        specaugment=specaugment, mixup=mixup, noise_mix=noise_mix,
+        specaugment=specaugment, mixup=mixup, noise_mix=noise_mix, num_workers=workers,
     )
     cfg = RunConfig(data_root=data, run_dir=out, checkpoint=ckpt, finetune=finetune,
                     bank=BankConfig(k=k, domain_aware=domain_aware), embedding=embedding, seconds=seconds,
-                    device=device, batch_size=batch_size, plots=plots)  # fmt: skip
+                    device=device, batch_size=batch_size, num_workers=workers, plots=plots)  # fmt: skip
     result = run_pipeline(cfg, console)
     show_result(result, console)
 
