@@ -46,8 +46,7 @@ class RunConfig:
     """One `asd run`: where the data and the run folder are, and each stage's options.
 
     ``finetune`` None means --no-finetune: embeddings are the frozen backbone's mean-pooled
-    tokens. ``seconds``, ``device`` and ``channel`` of the finetune config are the embed stage's
-    too, so both stages see the same clips.
+    tokens. ``seconds`` must equal the finetune config's, so both stages see the same clips.
     """
 
     data_root: Path
@@ -138,7 +137,9 @@ def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_s
     out = cfg.run_dir / "finetune"
     ft = cfg.finetune
     used_noise = noise if ft.noise_mix else []
-    inputs = {"checkpoint": ckpt_sha, "options": {k: v for k, v in ft.to_dict().items() if k != "checkpoint"},
+    # where and how fast it runs does not change the result: another --device or --workers is no reason to retrain
+    options = {k: v for k, v in ft.to_dict().items() if k not in ("checkpoint", "device", "num_workers")}
+    inputs = {"checkpoint": ckpt_sha, "options": options,
               "clips": files_fingerprint([c.path for c in [*train, *used_noise]])}
     stage = make_stage(cfg.run_dir, "finetune", inputs, [out / "run.json", out / "head.safetensors"])
     started = stage.record_path.with_suffix(".started")

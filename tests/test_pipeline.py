@@ -67,6 +67,15 @@ def test_rerun_skips_fresh_stages_and_prints_submission(finished_run: Path, synt
     assert _mtimes(run / "submission") | _mtimes(run / "embeddings") == before
 
 
+def test_other_device_or_workers_skips_every_stage(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
+                                                  tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    result = _run(synth_root, tiny_checkpoint, run, "--workers", "1", "--device", "auto")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("up to date, skipped") == 4
+
+
 def test_changed_bank_option_redoes_only_bank_and_score(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
                                                         tmp_path: Path) -> None:
     run = tmp_path / "run"
