@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -37,6 +36,9 @@ from asdcli.embed import EmbedConfig, embed_inputs, embed_resumable
 from asdcli.errors import ConfigError, DataError
 from asdcli.finetune_config import FinetuneConfig
 from asdcli.stages import Stage, files_fingerprint, make_stage
+
+if TYPE_CHECKING:
+    from asdcli.report import SystemReport
 
 STAGE_NAMES = ("finetune", "embed", "fit-bank", "score", "report")
 
@@ -76,7 +78,7 @@ class RunResult:
 
     run_dir: Path
     submission_dir: Path | None
-    report: Any  # report.SystemReport or None
+    report: SystemReport | None
     ran: tuple[str, ...]
     skipped: tuple[str, ...]
 
@@ -223,7 +225,7 @@ def _labelled(test: list[Clip]) -> bool:
     return bool(test) and all(c.label and c.domain for c in test)
 
 
-def _report_stage(cfg: RunConfig, submission: Path, stages: _Stages) -> Any:
+def _report_stage(cfg: RunConfig, submission: Path, stages: _Stages) -> SystemReport:
     """Evaluate the submission against the test names' labels into report.csv (always redone:
     it takes milliseconds)."""
     from asdcli.artifacts import write_text_atomic
@@ -278,17 +280,14 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
         if _labelled(test):
             report = _report_stage(cfg, submission, stages)
         else:
-            stages.say("No labels in the test file names (eval data): no report; submit the folder above.")
+            stages.say(f"No labels in the test file names (eval data), so no report: submit {submission}.")
     else:
         stages.say(f"No test clips under {cfg.data_root}: banks are in {banks}; score later with `asd score --banks`.")
     return RunResult(cfg.run_dir, submission, report, tuple(stages.ran), tuple(stages.skipped))
 
 
-def show_report(report: Any, console: Console) -> None:
+def show_report(report: SystemReport, console: Console) -> None:
     """The report table on a terminal, the report CSV otherwise (both on ``console``, stderr)."""
     from asdcli.report_output import render
 
-    if console.is_terminal:
-        render([report], "table", console.file)
-    else:
-        render([report], "csv", sys.stderr)
+    render([report], "table" if console.is_terminal else "csv", console.file)
