@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from rich import box
 from rich.console import Console
@@ -193,7 +193,7 @@ def tables(reports: Sequence[SystemReport]) -> list[Table]:
 
 # ---------------------------------------------------------------- output
 
-def render(reports: Sequence[SystemReport], fmt: str, stream: TextIO, width: int | None = None) -> None:
+def render(reports: Sequence[SystemReport], fmt: str, stream: IO[str], width: int | None = None) -> None:
     """Write the reports to ``stream`` as ``table``, ``csv`` or ``json``."""
     if fmt == "csv":
         stream.write(to_csv(reports))
