@@ -186,7 +186,8 @@ class Encoder(nn.Module):
             self.bucket_index = relative_position_buckets(
                 length, self.cfg.num_buckets, self.cfg.max_distance, table.weight.device
             )
-        return table(self.bucket_index).permute(2, 0, 1)
+        # contiguous once here: every layer multiplies it by its gate, ~10x slower on the permuted view
+        return table(self.bucket_index).permute(2, 0, 1).contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, L, D) -> (B, L, D)."""
