@@ -65,7 +65,8 @@ class Bank:
     :func:`asdcli.knn.standardization_stats`); ``domain``/``filenames`` (M,) describe each vector
     (k-means centres are named ``kmeans_centre_NNNN``); ``radii`` (M,) float32 divide distances
     (all 1 without density normalization); ``loo_scores`` (min(M, THRESHOLD_SAMPLE),) are the
-    leave-one-out scores the ``threshold`` was fitted on (of a seeded sample of rows in big banks); ``embedding_meta`` is the meta of the source embeddings.
+    leave-one-out scores the ``threshold`` was fitted on (of a seeded sample of rows in big banks);
+    ``embedding_meta`` is the meta of the source embeddings.
     """
 
     mean: np.ndarray
@@ -314,11 +315,13 @@ def load_bank(path: str | Path) -> Bank:
     if vectors.ndim != 2:
         raise ArtifactError(f"{path}: vectors must be 2-D, got shape {vectors.shape}; re-run `asd fit-bank`.")
     m, d = vectors.shape
-    n_loo = arrays["loo_scores"].shape[0] if arrays["loo_scores"].ndim == 1 else 0
-    for key, shape in (("mean", (d,)), ("std", (d,)), ("domain", (m,)), ("filenames", (m,)), ("radii", (m,)),
-                       ("loo_scores", (n_loo,) if 1 <= n_loo <= m else (m,))):  # a sample of rows in big banks
+    for key, shape in (("mean", (d,)), ("std", (d,)), ("domain", (m,)), ("filenames", (m,)), ("radii", (m,))):
         if arrays[key].shape != shape:
             raise ArtifactError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape}; re-run `asd fit-bank`.")
+    loo_shape = arrays["loo_scores"].shape  # (M,), or a sample of the rows in big banks
+    if len(loo_shape) != 1 or not 1 <= loo_shape[0] <= m:
+        raise ArtifactError(f"{path}: loo_scores has shape {loo_shape}, expected (n,) with 1 <= n <= {m}; "
+                            "re-run `asd fit-bank`.")
     thr = meta.get("threshold", {})
     return Bank(
         mean=arrays["mean"].astype(np.float32), std=arrays["std"].astype(np.float32), vectors=vectors,

@@ -6,7 +6,9 @@ same, complete Embeddings in the input order, and only the main process writes t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,27 +196,36 @@ def write_embeddings(path: Path, emb: Embeddings) -> bool:
     return bool(state.is_main_process)
 
 
+@contextlib.contextmanager
+def _progress_bar(console: Any | None, total: int, visible: bool = True) -> Iterator[Callable[..., None]]:
+    """A bar over ``total`` clips with clips/s on ``console`` (audio warnings shown there as
+    ``Warning: ...`` lines); yields ``advance(n, computed=True)``. ``computed=False`` moves the
+    bar for clips loaded from saved parts without counting them in the rate. Silent without console."""
+    if console is None:
+        yield lambda n, computed=True: None
+        return
+    from asdcli.console import make_progress, rate_text, show_warnings
+
+    start, done = time.perf_counter(), 0
+    with show_warnings(console, AudioWarning), make_progress(console) as progress:
+        task = progress.add_task("embed", total=total or 1, rate="", visible=visible)
+
+        def advance(n: int, computed: bool = True) -> None:
+            nonlocal done
+            progress.advance(task, n)
+            done += n if computed else 0
+            progress.update(task, rate=rate_text(done, time.perf_counter() - start))
+
+        yield advance
+
+
 def embed_with_progress(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None) -> Embeddings:
-    """``embed_clips`` with a Rich progress bar (clips/s) on ``console``; no bar when it is None.
+    """``embed_clips`` with a progress bar (clips/s) on ``console``; no bar when it is None.
 
     Audio warnings (e.g. an all-zero clip) are shown on ``console`` as ``Warning: ...`` lines.
     """
-    import time
-
-    from asdcli.console import make_progress, rate_text, show_warnings
-
-    if console is None:
-        return embed_clips(clips, cfg)
-    start = time.perf_counter()
-    with show_warnings(console, AudioWarning), make_progress(console) as progress:
-        share = local_share(len(clips))  # this process's clips; 0 hides the bar on non-main processes
-        task = progress.add_task("embed", total=share or 1, rate="", visible=share > 0)
-
-        def advance(n: int) -> None:
-            progress.advance(task, n)
-            done = progress.tasks[task].completed
-            progress.update(task, rate=rate_text(done, time.perf_counter() - start))
-
+    share = local_share(len(clips))  # this process's clips; 0 hides the bar on non-main processes
+    with _progress_bar(console, share, visible=share > 0) as advance:
         return embed_clips(clips, cfg, progress=advance)
 
 
@@ -228,33 +239,17 @@ def embed_in_parts(clips: Sequence[Clip], cfg: EmbedConfig, parts_dir: Path, con
     (the caller names it from them) and is the caller's to delete once the result is saved.
     Single-process only. Shows one progress bar over all clips on ``console`` (None: silent).
     """
-    import contextlib
-    import time
-
     from asdcli.artifacts import load_embeddings
-    from asdcli.console import make_progress, rate_text, show_warnings
 
     chunk = chunk or EMBED_CHUNK
     probe_clips(clips, cfg.channel)
     parts: list[Embeddings] = []
-    start, resumed = time.perf_counter(), 0
-    progress = make_progress(console) if console is not None else None
-    shown = show_warnings(console, AudioWarning) if console is not None else contextlib.nullcontext()
-    with shown, progress if progress is not None else contextlib.nullcontext():
-        task = progress.add_task("embed", total=len(clips), rate="") if progress is not None else None
-
-        def advance(n: int) -> None:
-            if progress is not None and task is not None:
-                progress.advance(task, n)
-                done = progress.tasks[task].completed - resumed
-                progress.update(task, rate=rate_text(done, time.perf_counter() - start))
-
+    with _progress_bar(console, len(clips)) as advance:
         for i, first in enumerate(range(0, len(clips), chunk)):
             piece, path = clips[first:first + chunk], parts_dir / f"{i:05d}.npz"
             emb = load_embeddings(path) if path.is_file() else None
             if emb is not None and list(emb.paths) == [str(c.path) for c in piece]:
-                resumed += len(piece)
-                advance(len(piece))
+                advance(len(piece), computed=False)
             else:
                 emb = embed_clips(piece, cfg, progress=advance)
                 save_embeddings(path, emb)
