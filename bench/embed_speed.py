@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from asdcli.embed import MeanPooledBackbone
-from asdcli.features import beats_fbank
-from asdcli.model.beats import BEATs, BeatsConfig
+from asdcli.frontend.embed import MeanPooledBackbone
+from asdcli.frontend.features import beats_fbank
+from asdcli.frontend.beats import BEATs, BeatsConfig
 
 GFLOP_PER_CLIP = 98.7  # iter3 forward of one 10 s clip (496 tokens), 2 FLOPs per multiply-add
 SAMPLES = 160_000  # 10 s at 16 kHz

@@ -46,8 +46,8 @@ def run_mode(mode: str, args: argparse.Namespace, queue: mp.Queue) -> None:
     import torch
     from accelerate import Accelerator
 
-    from asdcli.finetune import FinetuneConfig, build_model, train_step
-    from asdcli.model.beats import BEATs, BeatsConfig
+    from asdcli.finetune.loop import FinetuneConfig, build_model, train_step
+    from asdcli.frontend.beats import BEATs, BeatsConfig
 
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     acc = Accelerator(cpu=not cuda, mixed_precision=args.mixed_precision)

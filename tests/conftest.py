@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from asdcli.synth import SynthConfig, make_dataset
+from asdcli.synth.sounds import SynthConfig, make_dataset
 
 # 3 machines (bearing with noAttribute names), 1 s clips, per machine: 6 source + 2 target train,
 # 3 clips per test cell (source/target x normal/anomaly), 1 supplemental machine + 1 noise clip.
@@ -49,6 +49,6 @@ def deterministic_rng() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An official-format checkpoint of a randomly initialised tiny BEATs (seed 0), read-only."""
-    from asdcli.model.checkpoint import make_tiny_checkpoint
+    from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "beats_tiny.pt", seed=0)

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asdcli.audio import MIN_SECONDS, AudioConfig, AudioWarning, ClipDataset, load_clip, resample
+from asdcli.data.audio import MIN_SECONDS, AudioConfig, AudioWarning, ClipDataset, load_clip, resample
 from asdcli.errors import AudioError, ConfigError
 
 
@@ -150,7 +150,7 @@ def test_clip_dataset_with_workers(tmp_path: Path) -> None:
 
 
 def test_probe_clip_checks_the_header_like_load_clip(tmp_path: Path) -> None:
-    from asdcli.audio import probe_clip, probe_clips
+    from asdcli.data.audio import probe_clip, probe_clips
 
     good = _write(tmp_path / "good.wav", np.zeros((8000, 2)), 16000)
     probe_clip(good)

@@ -25,7 +25,7 @@ from typer.testing import CliRunner, Result
 
 from asdcli.artifacts import Embeddings, load_embeddings, save_embeddings
 from asdcli.cli.main import app
-from asdcli.model.checkpoint import make_tiny_checkpoint
+from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
 
 SR = 16000
 DIM = 64  # embedding width of tiny_beats_config

@@ -8,8 +8,8 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from asdcli import bank as B
-from asdcli import knn
+from asdcli.backend import bank as B
+from asdcli.backend import knn
 from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.cli.main import app
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError, DataError

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
-from asdcli.features import beats_fbank
-from asdcli.model.beats import (
+from asdcli.frontend.features import beats_fbank
+from asdcli.frontend.beats import (
     BEATs,
     BeatsConfig,
     load_beats,

@@ -13,15 +13,15 @@ from torch import nn
 from typer.testing import CliRunner
 
 from asdcli.artifacts import load_embeddings
-from asdcli.audio import AudioConfig, load_clip
+from asdcli.data.audio import AudioConfig, load_clip
 from asdcli.cli.main import app
-from asdcli.dataset import discover_clips
+from asdcli.data.dataset import discover_clips
 from asdcli.device import resolve_device
-from asdcli.embed import EmbedConfig, embed_clips
+from asdcli.frontend.embed import EmbedConfig, embed_clips
 from asdcli.errors import ConfigError
-from asdcli.features import beats_fbank
-from asdcli.model.beats import load_beats, tiny_beats_config
-from asdcli.model.checkpoint import make_tiny_checkpoint
+from asdcli.frontend.features import beats_fbank
+from asdcli.frontend.beats import load_beats, tiny_beats_config
+from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
 
 SECONDS = 0.5
 NAMES = {
@@ -71,7 +71,7 @@ def test_embed_clips_matches_a_manual_forward(data_dir, checkpoint):
 
 
 def test_adapter_is_loaded_lazily_through_the_finetune_api(data_dir, checkpoint, monkeypatch):
-    import asdcli.adapter
+    import asdcli.finetune.run_dir
 
     class Head(nn.Module):
         def forward(self, fbank: torch.Tensor) -> torch.Tensor:  # (B, T, 128) -> (B, 3)
@@ -81,7 +81,7 @@ def test_adapter_is_loaded_lazily_through_the_finetune_api(data_dir, checkpoint,
         assert loaded.sha256 and embedding == "pooled"
         return Head(), {"adapter_id": "run-123", "embedding": embedding, "embedding_dim": 3}
 
-    monkeypatch.setattr(asdcli.adapter, "load_adapter_embedder", fake)
+    monkeypatch.setattr(asdcli.finetune.run_dir, "load_adapter_embedder", fake)
     cfg = EmbedConfig(checkpoint=checkpoint, adapter=data_dir, embedding="pooled", seconds=SECONDS)
     emb = embed_clips(discover_clips([data_dir / "valve"]), cfg)
     assert emb.vectors.shape == (1, 3) and emb.meta["adapter_id"] == "run-123"
@@ -153,14 +153,14 @@ def test_accelerate_launch_two_processes_writes_the_single_process_file(data_dir
 
 
 def test_cli_embed_interrupted_continues_from_its_saved_parts(data_dir, checkpoint, tmp_path, monkeypatch):
-    import asdcli.embed
+    import asdcli.frontend.embed
 
     out = tmp_path / "emb.npz"
     args = ["embed", str(data_dir), "--checkpoint", str(checkpoint), "--out", str(out), "--seconds", str(SECONDS),
             "--device", "cpu"]  # fmt: skip
     assert CliRunner().invoke(app, [*args[:5], str(tmp_path / "whole.npz"), *args[6:]]).exit_code == 0
-    monkeypatch.setattr(asdcli.embed, "EMBED_CHUNK", 2)  # 4 clips -> 2 parts
-    real_embed_clips = asdcli.embed.embed_clips
+    monkeypatch.setattr(asdcli.frontend.embed, "EMBED_CHUNK", 2)  # 4 clips -> 2 parts
+    real_embed_clips = asdcli.frontend.embed.embed_clips
     calls: list[int] = []
 
     def interrupt_second_part(clips, *a, **kw):
@@ -169,7 +169,7 @@ def test_cli_embed_interrupted_continues_from_its_saved_parts(data_dir, checkpoi
             raise KeyboardInterrupt
         return real_embed_clips(clips, *a, **kw)
 
-    monkeypatch.setattr(asdcli.embed, "embed_clips", interrupt_second_part)
+    monkeypatch.setattr(asdcli.frontend.embed, "embed_clips", interrupt_second_part)
     assert CliRunner().invoke(app, args).exit_code == 130
     assert not out.exists()
     assert [p.name for p in tmp_path.glob(".emb.npz.parts-*/*.npz")] == ["00000.npz"]

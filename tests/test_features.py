@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from asdcli.features import FBANK_MEAN, FBANK_STD, beats_fbank, kaldi_fbank, num_frames
+from asdcli.frontend.features import FBANK_MEAN, FBANK_STD, beats_fbank, kaldi_fbank, num_frames
 
 DATA = Path(__file__).parent / "data"
 FLOOR = float(np.log(np.float32(np.finfo(np.float32).eps)))  # -15.9424

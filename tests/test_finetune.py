@@ -14,12 +14,12 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from asdcli.adapter import load_adapter_embedder, read_run, write_run_artifacts
+from asdcli.finetune.run_dir import load_adapter_embedder, read_run, write_run_artifacts
 from asdcli.cli.main import app
-from asdcli.dataset import Clip, discover_clips
+from asdcli.data.dataset import Clip, discover_clips
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError
-from asdcli.features import beats_fbank
-from asdcli.finetune import (
+from asdcli.frontend.features import beats_fbank
+from asdcli.finetune.loop import (
     FinetuneConfig,
     build_labels,
     build_model,
@@ -28,8 +28,8 @@ from asdcli.finetune import (
     split_train_val,
     train_step,
 )
-from asdcli.model.beats import load_beats, tiny_beats_config
-from asdcli.model.checkpoint import make_tiny_checkpoint
+from asdcli.frontend.beats import load_beats, tiny_beats_config
+from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
 
 SR = 16000
 MACHINES = {"fan": (300.0, 0.03), "pump": (1200.0, 0.1), "valve": (3500.0, 0.4)}  # tone (Hz), level
@@ -146,8 +146,8 @@ def test_adapter_round_trip_gives_identical_embeddings(ckpt: Path, tmp_path: Pat
 
 
 def test_embed_uses_the_run_folder(trained_run: Path, ckpt: Path, data_root: Path) -> None:
-    from asdcli.audio import AudioConfig, load_clip
-    from asdcli.embed import EmbedConfig, embed_clips
+    from asdcli.data.audio import AudioConfig, load_clip
+    from asdcli.frontend.embed import EmbedConfig, embed_clips
 
     clips = _train_clips(data_root)[:5]
     emb = embed_clips(clips, EmbedConfig(checkpoint=ckpt, adapter=trained_run, seconds=1.0, device="cpu"))

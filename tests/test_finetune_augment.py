@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from asdcli.augment import NoiseMixDataset, mix_at_snr, mixup, spec_augment
+from asdcli.finetune.augment import NoiseMixDataset, mix_at_snr, mixup, spec_augment
 
 
 def test_spec_augment_masks_bands_with_the_clip_mean() -> None:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from asdcli.adapter import read_run
-from asdcli.dataset import discover_clips
-from asdcli.embed import EmbedConfig, embed_clips
-from asdcli.finetune import finetune
-from asdcli.finetune_config import FinetuneConfig
+from asdcli.finetune.run_dir import read_run
+from asdcli.data.dataset import discover_clips
+from asdcli.frontend.embed import EmbedConfig, embed_clips
+from asdcli.finetune.loop import finetune
+from asdcli.finetune.config import FinetuneConfig
 
 pytestmark = [
     pytest.mark.gpu,

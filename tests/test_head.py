@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asdcli.head import CosineClassifier, EmbeddingHead, aam_logits, aam_loss, mean_pool
+from asdcli.finetune.head import CosineClassifier, EmbeddingHead, aam_logits, aam_loss, mean_pool
 
 
 def test_aam_logits_match_hand_computation() -> None:

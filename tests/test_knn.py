@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from asdcli import knn
+from asdcli.backend import knn
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""asdcli.metrics against hand-computed cases, sklearn, the McClish formula and the published table."""
+"""asdcli.evaluate.metrics against hand-computed cases, sklearn, the McClish formula and the published table."""
 
 import itertools
 import math
@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from asdcli import metrics
+from asdcli.evaluate import metrics
 
 # Two source normals, two target normals, one anomaly in each domain.
 #                  sN   sN   tN   tN   sA   tA

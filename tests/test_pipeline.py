@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import asdcli.finetune
-import asdcli.pipeline
+import asdcli.finetune.loop
+import asdcli.pipeline.run
 from asdcli.cli.main import app
-from asdcli.model.checkpoint import make_tiny_checkpoint
-from asdcli.stages import files_fingerprint, stage_key
+from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
+from asdcli.pipeline.stages import files_fingerprint, stage_key
 
 runner = CliRunner()
 MACHINES = ("bearing", "fan", "gearbox")
@@ -103,19 +103,19 @@ def test_no_finetune_uses_frozen_backbone(synth_root: Path, tiny_checkpoint: Pat
 
 def test_ctrl_c_during_finetune_resumes_after_last_epoch(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    real_save_state = asdcli.finetune.save_state
+    real_save_state = asdcli.finetune.loop.save_state
 
     def save_then_interrupt(*args, **kwargs):  # type: ignore[no-untyped-def]
         real_save_state(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(asdcli.finetune, "save_state", save_then_interrupt)
+    monkeypatch.setattr(asdcli.finetune.loop, "save_state", save_then_interrupt)
     run = tmp_path / "run"
     result = _run(synth_root, tiny_checkpoint, run, "--epochs", "2")
     assert result.exit_code == 130
     assert "Interrupted" in result.output
     assert not (run / "stages" / "finetune.json").exists() and not (run / "finetune" / "run.json").exists()
-    monkeypatch.setattr(asdcli.finetune, "save_state", real_save_state)
+    monkeypatch.setattr(asdcli.finetune.loop, "save_state", real_save_state)
     result = _run(synth_root, tiny_checkpoint, run, "--epochs", "2")
     assert result.exit_code == 0, result.output
     assert "resuming after epoch 1" in result.output
@@ -132,9 +132,9 @@ def test_ctrl_c_during_embed_leaves_no_partial_artifact(finished_run: Path, synt
     def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
-    import asdcli.embed
+    import asdcli.frontend.embed
 
-    monkeypatch.setattr(asdcli.embed, "embed_clips", interrupted)
+    monkeypatch.setattr(asdcli.frontend.embed, "embed_clips", interrupted)
     result = _run(synth_root, tiny_checkpoint, run)
     assert result.exit_code == 130
     assert (run / "embeddings" / "train.npz").read_bytes() == before
@@ -202,14 +202,14 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 def test_make_tiny_checkpoint_is_deterministic(tmp_path: Path) -> None:
     a = make_tiny_checkpoint(tmp_path / "a.pt", seed=3).read_bytes()
     b = make_tiny_checkpoint(tmp_path / "b.pt", seed=3).read_bytes()
-    from asdcli.model.checkpoint import load_beats
+    from asdcli.frontend.beats.checkpoint import load_beats
 
     wa, wb = load_beats(tmp_path / "a.pt").model.state_dict(), load_beats(tmp_path / "b.pt").model.state_dict()
     assert all((wa[k] == wb[k]).all() for k in wa) and len(a) > 0 and len(b) > 0
 
 
 def test_pipeline_module_has_stage_names() -> None:
-    assert asdcli.pipeline.STAGE_NAMES == ("finetune", "embed", "fit-bank", "score", "report")
+    assert asdcli.pipeline.run.STAGE_NAMES == ("finetune", "embed", "fit-bank", "score", "report")
 
 
 def test_bad_test_clip_fails_before_fine_tuning(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -227,13 +227,13 @@ def test_bad_test_clip_fails_before_fine_tuning(synth_root: Path, tiny_checkpoin
 def test_ctrl_c_during_embed_resumes_after_the_last_saved_part(finished_run: Path, synth_root: Path,
                                                                tiny_checkpoint: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import asdcli.embed
+    import asdcli.frontend.embed
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "stages" / "embed.json").unlink()
-    monkeypatch.setattr(asdcli.embed, "EMBED_CHUNK", 20)  # 60 clips -> 3 parts of 20
-    real_embed_clips = asdcli.embed.embed_clips
+    monkeypatch.setattr(asdcli.frontend.embed, "EMBED_CHUNK", 20)  # 60 clips -> 3 parts of 20
+    real_embed_clips = asdcli.frontend.embed.embed_clips
     calls: list[int] = []
 
     def interrupt_third_part(clips, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -242,7 +242,7 @@ def test_ctrl_c_during_embed_resumes_after_the_last_saved_part(finished_run: Pat
             raise KeyboardInterrupt
         return real_embed_clips(clips, *args, **kwargs)
 
-    monkeypatch.setattr(asdcli.embed, "embed_clips", interrupt_third_part)
+    monkeypatch.setattr(asdcli.frontend.embed, "embed_clips", interrupt_third_part)
     assert _run(synth_root, tiny_checkpoint, run).exit_code == 130
     assert len(list((run / "embeddings").glob(".parts-*/*.npz"))) == 2
     calls.clear()

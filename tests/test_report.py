@@ -9,12 +9,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from asdcli import metrics
+from asdcli.evaluate import metrics
 from asdcli.cli.main import app
 from asdcli.errors import DataError
-from asdcli.ground_truth import ground_truth_from_data, read_ground_truth, write_ground_truth
-from asdcli.report import evaluate_submission, parse_rows
-from asdcli.report_output import ReportConfig, report_submission, run_report, to_json
+from asdcli.evaluate.ground_truth import ground_truth_from_data, read_ground_truth, write_ground_truth
+from asdcli.evaluate.report import evaluate_submission, parse_rows
+from asdcli.evaluate.render import ReportConfig, report_submission, run_report, to_json
 
 runner = CliRunner()
 N = 5  # clips per (domain, label) group

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from asdcli import bank as B
-from asdcli import knn
-from asdcli import score as S
+from asdcli.backend import bank as B
+from asdcli.backend import knn
+from asdcli.backend import score as S
 from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.cli.main import app
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError
@@ -225,10 +225,10 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     the train clips embedded with the first checkpoint."""
     import soundfile as sf
 
-    pytest.importorskip("asdcli.embed")  # the front end may land after the back end
-    from asdcli.dataset import discover_clips
-    from asdcli.embed import EmbedConfig, embed_clips
-    from asdcli.model.checkpoint import make_tiny_checkpoint
+    pytest.importorskip("asdcli.frontend.embed")  # the front end may land after the back end
+    from asdcli.data.dataset import discover_clips
+    from asdcli.frontend.embed import EmbedConfig, embed_clips
+    from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("onthefly")
     paths = {"data": root / "fan"}
@@ -250,8 +250,8 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_cli_score_embeds_clips_with_the_banks_checkpoint(tiny_setup: dict[str, Path]) -> None:
-    from asdcli.dataset import discover_clips
-    from asdcli.embed import EmbedConfig, embed_clips
+    from asdcli.data.dataset import discover_clips
+    from asdcli.frontend.embed import EmbedConfig, embed_clips
 
     r = runner.invoke(app, ["score", "--bank", str(tiny_setup["bank"]), str(tiny_setup["data"]), "--device", "cpu"])
     assert r.exit_code == 0, r.output

@@ -12,10 +12,10 @@ import soundfile as sf
 from conftest import TINY_SYNTH
 from scipy.signal import welch
 
-from asdcli.audio import AudioConfig, load_clip
-from asdcli.dataset import Clip, discover_clips, parse_filename
+from asdcli.data.audio import AudioConfig, load_clip
+from asdcli.data.dataset import Clip, discover_clips, parse_filename
 from asdcli.errors import ConfigError, DataError
-from asdcli.synth import MACHINES, SynthConfig, count_clips, make_dataset
+from asdcli.synth.sounds import MACHINES, SynthConfig, count_clips, make_dataset
 
 SMALL = SynthConfig(machines=("valve", "fan"), seconds=0.5, n_train_source=3, n_train_target=1,
                     n_test_per_cell=1, n_supplemental=1, hidden_attributes=("valve",))

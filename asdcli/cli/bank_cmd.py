@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from asdcli.artifacts import load_embeddings
-from asdcli.bank import Bank, BankConfig, fit_bank, fit_banks, save_bank, save_banks
+from asdcli.backend.bank import Bank, BankConfig, fit_bank, fit_banks, save_bank, save_banks
 from asdcli.console import stderr_console
 from asdcli.errors import ConfigError
 

@@ -44,11 +44,11 @@ def command(
         _synthesize(make_data, seed, seconds, console)
         typer.echo(str(make_data))
         return
-    from asdcli.bank import BankConfig
+    from asdcli.backend.bank import BankConfig
     from asdcli.cli.run_cmd import show_result
-    from asdcli.finetune_config import FinetuneConfig
-    from asdcli.model.checkpoint import make_tiny_checkpoint
-    from asdcli.pipeline import RunConfig, run_pipeline
+    from asdcli.finetune.config import FinetuneConfig
+    from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
+    from asdcli.pipeline.run import RunConfig, run_pipeline
 
     start = time.perf_counter()
     data = out / "data"
@@ -77,12 +77,12 @@ def _synthesize(root: Path, seed: int, seconds: float, console: Console, reuse: 
     """Write the synthetic dataset, or with ``reuse`` keep one made before with the same config
     (rewriting it would change every clip's timestamp and redo all stages)."""
     from asdcli.artifacts import read_json
-    from asdcli.dataset import count_clips_table, discover_clips
-    from asdcli.synth import MARKER, SynthConfig, count_clips, make_dataset
+    from asdcli.data.dataset import count_clips_table, discover_clips
+    from asdcli.synth.sounds import MARKER, SynthConfig, count_clips, make_dataset
 
     cfg = SynthConfig(seed=seed, seconds=seconds)
     marker = root / MARKER
-    if reuse and marker.is_file() and read_json(marker) == {"generator": "asdcli.synth", **_jsonable(asdict(cfg))}:
+    if reuse and marker.is_file() and read_json(marker) == {"generator": "asdcli.synth.sounds", **_jsonable(asdict(cfg))}:
         console.print(f"Synthetic dataset in {root} is up to date.", highlight=False, markup=False)
         return
     with make_progress(console) as progress:
@@ -96,7 +96,7 @@ def _jsonable(d: dict) -> dict:  # type: ignore[type-arg]
 
 
 def _print_summary(rows: list[tuple[str, ...]], console: Console) -> None:
-    from asdcli.dataset import COUNT_COLUMNS
+    from asdcli.data.dataset import COUNT_COLUMNS
 
     if not console.is_terminal:  # plain CSV when stderr is piped or captured
         columns = [i for i, name in enumerate(COUNT_COLUMNS) if i == 0 or any(r[i] != "0" for r in rows)]

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 import typer
 
 from asdcli.console import rate_text, stderr_console
-from asdcli.dataset import discover_clips
+from asdcli.data.dataset import discover_clips
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from asdcli.artifacts import Embeddings
-    from asdcli.dataset import Clip
-    from asdcli.embed import EmbedConfig
+    from asdcli.data.dataset import Clip
+    from asdcli.frontend.embed import EmbedConfig
 
 
 def command(
@@ -37,7 +37,7 @@ def command(
 
     Run under `accelerate launch` to split the clips across processes.
     """
-    from asdcli.embed import EmbedConfig, embed_with_progress, write_embeddings
+    from asdcli.frontend.embed import EmbedConfig, embed_with_progress, write_embeddings
 
     cfg = EmbedConfig(checkpoint=checkpoint, adapter=adapter, embedding=embedding, batch_size=batch_size,
                       device=device, seconds=seconds, channel=channel, num_workers=workers)  # fmt: skip
@@ -67,9 +67,9 @@ def _embed_resumable(clips: list[Clip], cfg: EmbedConfig, out: Path, console: Co
     import shutil
 
     from asdcli.artifacts import save_embeddings, sha256_file
-    from asdcli.embed import embed_inputs, embed_resumable
-    from asdcli.model.beats import resolve_checkpoint
-    from asdcli.stages import stage_key
+    from asdcli.frontend.embed import embed_inputs, embed_resumable
+    from asdcli.frontend.beats import resolve_checkpoint
+    from asdcli.pipeline.stages import stage_key
 
     key = stage_key(embed_inputs(clips, cfg, sha256_file(resolve_checkpoint(cfg.checkpoint))))
     emb, parts = embed_resumable(clips, cfg, out.parent, f".{out.name}.parts-", key, console)

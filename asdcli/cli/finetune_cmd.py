@@ -9,7 +9,7 @@ import typer
 
 from asdcli.console import stderr_console
 from asdcli.errors import DataError
-from asdcli.finetune_config import DEFAULT_RUN_DIR, FinetuneConfig
+from asdcli.finetune.config import DEFAULT_RUN_DIR, FinetuneConfig
 
 _D = FinetuneConfig.__dataclass_fields__
 
@@ -52,9 +52,9 @@ def command(
     """
     from accelerate import PartialState
 
-    from asdcli.dataset import discover_clips
-    from asdcli.finetune import finetune
-    from asdcli.model.beats import resolve_checkpoint
+    from asdcli.data.dataset import discover_clips
+    from asdcli.finetune.loop import finetune
+    from asdcli.frontend.beats import resolve_checkpoint
 
     cfg = FinetuneConfig(
         checkpoint=resolve_checkpoint(checkpoint), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,

@@ -44,7 +44,7 @@ def command(
 
     Examples: asd report runs/a/submission --data data/dev; asd report runA/ runB/ --ground-truth GT --format csv; asd score ... | asd report - --machine fan --data data/dev; asd report --ground-truth-out GT --data data/dev
     """
-    from asdcli.report_output import ReportConfig, run_report
+    from asdcli.evaluate.render import ReportConfig, run_report
 
     subs = tuple(submissions or ())
     stdin_text = None

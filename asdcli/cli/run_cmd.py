@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 import typer
 
 from asdcli.console import stderr_console
-from asdcli.finetune_config import FinetuneConfig
+from asdcli.finetune.config import FinetuneConfig
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from asdcli.pipeline import RunResult
+    from asdcli.pipeline.run import RunResult
 
 _F = FinetuneConfig.__dataclass_fields__
 
@@ -53,9 +53,9 @@ def command(
 
     Example: asd run data/dev --checkpoint BEATs_iter3.pt --out runs/dev
     """
-    from asdcli.bank import BankConfig
-    from asdcli.model.beats import resolve_checkpoint
-    from asdcli.pipeline import RunConfig, run_pipeline
+    from asdcli.backend.bank import BankConfig
+    from asdcli.frontend.beats import resolve_checkpoint
+    from asdcli.pipeline.run import RunConfig, run_pipeline
 
     console = stderr_console()
     ckpt = resolve_checkpoint(checkpoint)
@@ -74,7 +74,7 @@ def command(
 def show_result(result: RunResult, console: Console) -> None:
     """The report table (or CSV when stderr is not a terminal), the official score, the artifacts;
     the submission folder on stdout."""
-    from asdcli.pipeline import show_report
+    from asdcli.pipeline.run import show_report
 
     if result.report is not None:
         show_report(result.report, console)

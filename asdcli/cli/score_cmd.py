@@ -8,10 +8,10 @@ from typing import Any, List, Optional
 import typer
 
 from asdcli.artifacts import Embeddings, load_embeddings
-from asdcli.bank import Bank, load_bank, load_banks
+from asdcli.backend.bank import Bank, load_bank, load_banks
 from asdcli.console import stderr_console
 from asdcli.errors import ConfigError, DataError
-from asdcli.score import SCORE_FORMATS, decide, format_rows, score_embeddings, select_test, write_decisions, write_submission
+from asdcli.backend.score import SCORE_FORMATS, decide, format_rows, score_embeddings, select_test, write_decisions, write_submission
 
 
 def command(
@@ -89,8 +89,8 @@ def _embed(bank: Bank, clips: List[Path], checkpoint: Optional[Path], adapter: O
     """Embed the clips as the bank's training clips were (checkpoint, adapter, embedding kind,
     clip length and channel from its meta; --checkpoint/--adapter override, and a different
     front end is then caught by the meta check before scoring)."""
-    from asdcli.dataset import discover_clips
-    from asdcli.embed import EMBEDDING_CHOICES, EmbedConfig, embed_clips
+    from asdcli.data.dataset import discover_clips
+    from asdcli.frontend.embed import EMBEDDING_CHOICES, EmbedConfig, embed_clips
 
     files = [p for p in clips if p.is_file()]
     folders = [p for p in clips if not p.is_file()]

@@ -23,8 +23,8 @@ from torch import nn
 
 from asdcli.artifacts import read_json, write_bytes_atomic, write_json_atomic
 from asdcli.errors import ArtifactError, ArtifactMismatch, ArtifactNotFound, ConfigError
-from asdcli.head import EmbeddingHead, mean_pool
-from asdcli.lora import ADAPTER_WEIGHTS, load_adapter, save_adapter
+from asdcli.finetune.head import EmbeddingHead, mean_pool
+from asdcli.finetune.lora import ADAPTER_WEIGHTS, load_adapter, save_adapter
 
 RUN_SCHEMA = 1
 RUN_KIND = "asdcli-finetune-run"

@@ -1,6 +1,6 @@
 """Our BEATs: config, modules and official-checkpoint I/O (spec/beats.md). Import from here."""
 
-from asdcli.model.backbone import (
+from asdcli.frontend.beats.backbone import (
     BEATs,
     Encoder,
     EncoderLayer,
@@ -8,7 +8,7 @@ from asdcli.model.backbone import (
     WeightNormConv1d,
     relative_position_buckets,
 )
-from asdcli.model.checkpoint import (
+from asdcli.frontend.beats.checkpoint import (
     CHECKPOINT_ENV,
     DEFAULT_CHECKPOINT,
     LoadedBeats,
@@ -16,7 +16,7 @@ from asdcli.model.checkpoint import (
     resolve_checkpoint,
     save_official_checkpoint,
 )
-from asdcli.model.config import BeatsConfig, tiny_beats_config
+from asdcli.frontend.beats.config import BeatsConfig, tiny_beats_config
 
 __all__ = [
     "BEATs",

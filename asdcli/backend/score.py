@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from asdcli import knn
+from asdcli.backend import knn
 from asdcli.artifacts import Embeddings, check_same_frontend, write_text_atomic
-from asdcli.bank import Bank
-from asdcli.dataset import missing_field_error
+from asdcli.backend.bank import Bank
+from asdcli.data.dataset import missing_field_error
 from asdcli.errors import ArtifactMismatch, AsdError, ConfigError, DataError
 
 SCORE_FORMATS = ("csv", "jsonl")

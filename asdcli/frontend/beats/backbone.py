@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asdcli.features import beats_fbank
-from asdcli.model.config import BeatsConfig
+from asdcli.frontend.features import beats_fbank
+from asdcli.frontend.beats.config import BeatsConfig
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device: torch.device) -> Tensor:

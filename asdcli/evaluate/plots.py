@@ -19,9 +19,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from asdcli import metrics
+from asdcli.evaluate import metrics
 from asdcli.artifacts import write_bytes_atomic
-from asdcli.report import SectionResult, SystemReport
+from asdcli.evaluate.report import SectionResult, SystemReport
 
 DPI = 110
 _COLORS = {"source": "#1f77b4", "target": "#d62728", "all": "#555555"}

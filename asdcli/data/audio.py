@@ -30,7 +30,7 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from asdcli.dataset import Clip
+from asdcli.data.dataset import Clip
 from asdcli.errors import AudioError, ConfigError
 
 SAMPLE_RATE = 16000  # Hz, what BEATs was trained on and what DCASE ships

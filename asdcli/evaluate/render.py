@@ -23,12 +23,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from asdcli import metrics
+from asdcli.evaluate import metrics
 from asdcli.artifacts import write_text_atomic
 from asdcli.console import is_terminal, stderr_console
 from asdcli.errors import ConfigError
-from asdcli.ground_truth import load_ground_truth, write_ground_truth
-from asdcli.report import STDIN, SystemReport, evaluate_all
+from asdcli.evaluate.ground_truth import load_ground_truth, write_ground_truth
+from asdcli.evaluate.report import STDIN, SystemReport, evaluate_all
 
 FORMATS = ("table", "csv", "json")
 # The baseline's result-file columns, then AUC (all) (which the baseline does not write).
@@ -269,7 +269,7 @@ def run_report(
     for warning in (w for r in reports for w in r.warnings):
         console.print(f"[yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True)
     if cfg.plots is not None:
-        from asdcli.plots import write_plots  # matplotlib is slow to import; only when asked
+        from asdcli.evaluate.plots import write_plots  # matplotlib is slow to import; only when asked
 
         paths = write_plots(reports, cfg.plots)
         console.print(f"Wrote {len(paths)} plots to {cfg.plots}", highlight=False)

@@ -14,8 +14,8 @@ import torch
 
 from asdcli.artifacts import atomic_write, sha256_file
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
-from asdcli.model.backbone import BEATs
-from asdcli.model.config import BeatsConfig, tiny_beats_config
+from asdcli.frontend.beats.backbone import BEATs
+from asdcli.frontend.beats.config import BeatsConfig, tiny_beats_config
 
 CHECKPOINT_ENV = "ASD_CHECKPOINT"
 DEFAULT_CHECKPOINT = Path("~/.cache/asdcli/BEATs_iter3.pt")

@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.artifacts import Embeddings, save_embeddings
-from asdcli.audio import SAMPLE_RATE, AudioConfig, AudioWarning, ClipDataset, probe_clips
-from asdcli.dataset import Clip
+from asdcli.data.audio import SAMPLE_RATE, AudioConfig, AudioWarning, ClipDataset, probe_clips
+from asdcli.data.dataset import Clip
 from asdcli.device import resolve_device
 from asdcli.errors import AsdError, ConfigError
-from asdcli.features import beats_fbank
-from asdcli.model.beats import LoadedBeats, load_beats, resolve_checkpoint
+from asdcli.frontend.features import beats_fbank
+from asdcli.frontend.beats import LoadedBeats, load_beats, resolve_checkpoint
 
 EMBEDDING_CHOICES = ("head", "pooled")
 POOLING = "mean"  # over all tokens of the last layer
@@ -84,7 +84,7 @@ def build_embedder(loaded: LoadedBeats, cfg: EmbedConfig) -> tuple[nn.Module, di
         module: nn.Module = MeanPooledBackbone(loaded.model)
         return module, {"adapter_id": None, "adapter_path": None, "embedding": "backbone",
                         "embedding_dim": loaded.model.embed_dim}  # fmt: skip
-    from asdcli.adapter import load_adapter_embedder  # fine-tune stack only when asked for
+    from asdcli.finetune.run_dir import load_adapter_embedder  # fine-tune stack only when asked for
 
     module, meta = load_adapter_embedder(Path(cfg.adapter), loaded, cfg.embedding)
     return module, dict(meta)
@@ -261,7 +261,7 @@ def embed_inputs(clips: Sequence[Clip], cfg: EmbedConfig, checkpoint_sha256: str
     """What an embedding job's vectors depend on: hashed into the key that names its saved parts
     (and the `asd run` embed stage)."""
     from asdcli.artifacts import read_json
-    from asdcli.stages import files_fingerprint
+    from asdcli.pipeline.stages import files_fingerprint
 
     adapter = read_json(Path(cfg.adapter) / "run.json", what="run record")["adapter_id"] if cfg.adapter else None
     return {"checkpoint": checkpoint_sha256, "adapter": adapter, "embedding": cfg.embedding, "seconds": cfg.seconds,

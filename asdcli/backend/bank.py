@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from asdcli import __version__, knn
+from asdcli import __version__
+
+from asdcli.backend import knn
 from asdcli.artifacts import Embeddings, json_meta, load_npz, save_npz_atomic
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError, DataError
 
@@ -62,7 +64,7 @@ class Bank:
     """A fitted bank. ``vectors`` (M, D) float32 are standardized then L2-normalized.
 
     ``mean``/``std`` (D,) float32 are the raw training embeddings' statistics (std floored, see
-    :func:`asdcli.knn.standardization_stats`); ``domain``/``filenames`` (M,) describe each vector
+    :func:`asdcli.backend.knn.standardization_stats`); ``domain``/``filenames`` (M,) describe each vector
     (k-means centres are named ``kmeans_centre_NNNN``); ``radii`` (M,) float32 divide distances
     (all 1 without density normalization); ``loo_scores`` (min(M, THRESHOLD_SAMPLE),) are the
     leave-one-out scores the ``threshold`` was fitted on (of a seeded sample of rows in big banks);

@@ -391,7 +391,7 @@ def make_dataset(root: Path | str, cfg: SynthConfig = SynthConfig(), progress: C
     for stale in sorted(root.glob("*/*/*.wav")):
         if stale not in keep:
             stale.unlink()
-    write_json_atomic(root / MARKER, {"generator": "asdcli.synth", **asdict(cfg)})
+    write_json_atomic(root / MARKER, {"generator": "asdcli.synth.sounds", **asdict(cfg)})
     return sorted(written)
 
 

@@ -27,7 +27,7 @@ from asdcli.artifacts import write_text_atomic
 from asdcli.errors import DataError
 
 if TYPE_CHECKING:
-    from asdcli.dataset import Clip
+    from asdcli.data.dataset import Clip
 
 GT_DIRS = ("ground_truth_data", "ground_truth_domain", "ground_truth_attributes")
 _GT_NAME = re.compile(r"^ground_truth_(?P<machine>.+?)_section_(?P<section>\d+)_test\.csv$")
@@ -114,7 +114,7 @@ def _stem(name: str) -> str:
 
 
 def ground_truth_from_clips(clips: Iterable[Clip], origin: str) -> GroundTruth:
-    """Truth from labelled test clips (``asdcli.dataset.Clip``); names give label and domain.
+    """Truth from labelled test clips (``asdcli.data.dataset.Clip``); names give label and domain.
 
     A machine whose test clips are all unlabelled (anonymised evaluation names) is listed in
     ``unlabelled``; a machine with some labelled and some unlabelled clips is a DataError.
@@ -148,8 +148,8 @@ def ground_truth_from_clips(clips: Iterable[Clip], origin: str) -> GroundTruth:
 
 def ground_truth_from_data(data_root: Path | str) -> GroundTruth:
     """Truth from the labelled test file names under a dev dataset root (any layout that
-    ``asdcli.dataset.discover_clips`` accepts)."""
-    from asdcli.dataset import discover_clips
+    ``asdcli.data.dataset.discover_clips`` accepts)."""
+    from asdcli.data.dataset import discover_clips
 
     clips = discover_clips([Path(data_root)], splits={"test"})
     return ground_truth_from_clips(clips, origin=f"the test file names under {data_root}")

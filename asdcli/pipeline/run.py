@@ -29,16 +29,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from asdcli.artifacts import sha256_file
-from asdcli.audio import probe_clips
-from asdcli.bank import BankConfig
-from asdcli.dataset import Clip, discover_clips, require_field
-from asdcli.embed import EmbedConfig, embed_inputs, embed_resumable
+from asdcli.data.audio import probe_clips
+from asdcli.backend.bank import BankConfig
+from asdcli.data.dataset import Clip, discover_clips, require_field
+from asdcli.frontend.embed import EmbedConfig, embed_inputs, embed_resumable
 from asdcli.errors import ConfigError, DataError
-from asdcli.finetune_config import FinetuneConfig
-from asdcli.stages import Stage, files_fingerprint, make_stage
+from asdcli.finetune.config import FinetuneConfig
+from asdcli.pipeline.stages import Stage, files_fingerprint, make_stage
 
 if TYPE_CHECKING:
-    from asdcli.report import SystemReport
+    from asdcli.evaluate.report import SystemReport
 
 STAGE_NAMES = ("finetune", "embed", "fit-bank", "score", "report")
 
@@ -148,7 +148,7 @@ def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_s
 
     def work() -> dict[str, Any]:
         from asdcli.artifacts import write_text_atomic
-        from asdcli.finetune import finetune
+        from asdcli.finetune.loop import finetune
 
         same_run = started.is_file() and started.read_text(encoding="utf-8").strip() == stage.key
         if out.exists() and not same_run:  # made with other options or clips: start over
@@ -192,7 +192,7 @@ def _bank_stage(cfg: RunConfig, train_path: Path, embed_key: str, stages: _Stage
 
     def work() -> dict[str, Any]:
         from asdcli.artifacts import load_embeddings
-        from asdcli.bank import fit_banks, save_banks
+        from asdcli.backend.bank import fit_banks, save_banks
 
         banks = fit_banks(load_embeddings(train_path), cfg.bank, what=str(train_path))
         written = set(save_banks(out, banks))
@@ -211,8 +211,8 @@ def _score_stage(cfg: RunConfig, test_path: Path, keys: Sequence[str], stages: _
 
     def work() -> dict[str, Any]:
         from asdcli.artifacts import load_embeddings
-        from asdcli.bank import load_banks
-        from asdcli.score import write_submission
+        from asdcli.backend.bank import load_banks
+        from asdcli.backend.score import write_submission
 
         paths = write_submission(load_banks(cfg.run_dir / "banks"), load_embeddings(test_path), out, str(test_path))
         return {"files": len(paths)}
@@ -229,9 +229,9 @@ def _report_stage(cfg: RunConfig, submission: Path, stages: _Stages) -> SystemRe
     """Evaluate the submission against the test names' labels into report.csv (always redone:
     it takes milliseconds)."""
     from asdcli.artifacts import write_text_atomic
-    from asdcli.ground_truth import load_ground_truth
-    from asdcli.report import evaluate_submission
-    from asdcli.report_output import render_text
+    from asdcli.evaluate.ground_truth import load_ground_truth
+    from asdcli.evaluate.report import evaluate_submission
+    from asdcli.evaluate.render import render_text
 
     out = cfg.run_dir / "report.csv"
     stages.say(f": official metrics -> {out}", stages.header("report"))
@@ -240,7 +240,7 @@ def _report_stage(cfg: RunConfig, submission: Path, stages: _Stages) -> SystemRe
         stages.say(warning, "[yellow]Warning:[/] ")
     write_text_atomic(out, render_text([report], "csv"))
     if cfg.plots:
-        from asdcli.plots import write_plots  # matplotlib is slow to import; only when asked
+        from asdcli.evaluate.plots import write_plots  # matplotlib is slow to import; only when asked
 
         paths = write_plots([report], cfg.run_dir / "plots")
         stages.say(f"Wrote {len(paths)} plots to {cfg.run_dir / 'plots'}")
@@ -288,6 +288,6 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
 
 def show_report(report: SystemReport, console: Console) -> None:
     """The report table on a terminal, the report CSV otherwise (both on ``console``, stderr)."""
-    from asdcli.report_output import render
+    from asdcli.evaluate.render import render
 
     render([report], "table" if console.is_terminal else "csv", console.file)

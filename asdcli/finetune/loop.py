@@ -30,17 +30,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from asdcli import __version__
-from asdcli.adapter import RUN_KIND, RUN_SCHEMA, RUN_FILE, write_run_artifacts
-from asdcli.audio import AudioConfig, AudioWarning, ClipDataset, probe_clips
-from asdcli.augment import NoiseMixDataset, mixup, spec_augment
+from asdcli.finetune.run_dir import RUN_KIND, RUN_SCHEMA, RUN_FILE, write_run_artifacts
+from asdcli.data.audio import AudioConfig, AudioWarning, ClipDataset, probe_clips
+from asdcli.finetune.augment import NoiseMixDataset, mixup, spec_augment
 from asdcli.console import make_progress, show_warnings
-from asdcli.dataset import Clip, require_field
+from asdcli.data.dataset import Clip, require_field
 from asdcli.errors import ConfigError, DataError
-from asdcli.features import beats_fbank
-from asdcli.finetune_config import DEFAULT_RUN_DIR, LABEL_MODES, MIXED_PRECISION, FinetuneConfig, StepHook  # noqa: F401 (re-exported)
-from asdcli.head import CosineClassifier, EmbeddingHead, aam_loss, mean_pool
-from asdcli.lora import count_parameters, inject_lora, make_lora_config, set_backbone_mode, trainable_named_parameters
-from asdcli.train_state import (
+from asdcli.frontend.features import beats_fbank
+from asdcli.finetune.config import DEFAULT_RUN_DIR, LABEL_MODES, MIXED_PRECISION, FinetuneConfig, StepHook  # noqa: F401 (re-exported)
+from asdcli.finetune.head import CosineClassifier, EmbeddingHead, aam_loss, mean_pool
+from asdcli.finetune.lora import count_parameters, inject_lora, make_lora_config, set_backbone_mode, trainable_named_parameters
+from asdcli.finetune.state import (
     STATE_FILE,
     derive_seed,
     epoch_batches,
@@ -311,7 +311,7 @@ class _Run:
 def _prepare(clips: list[Clip], cfg: FinetuneConfig, out_dir: Path, noise_clips: Sequence[Clip],
              resume: bool) -> _Run:
     """Labels, split, checkpoint, model (+ resumed state), optimizer and data for a run."""
-    from asdcli.model.beats import load_beats
+    from asdcli.frontend.beats import load_beats
 
     if not clips:
         raise DataError("asd finetune got no train clips; put them in DATA/<machine>/train/.")

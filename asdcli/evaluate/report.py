@@ -1,5 +1,5 @@
 """`asd report`: read submission folders, check them against the ground truth, compute the official
-metrics (``asdcli.metrics``) per machine/section, and aggregate them per machine and per system.
+metrics (``asdcli.evaluate.metrics``) per machine/section, and aggregate them per machine and per system.
 
 A submission folder holds, per machine and section (DCASE 2025 Task 2 format, no header)::
 
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from asdcli import metrics
+from asdcli.evaluate import metrics
 from asdcli.errors import DataError
-from asdcli.ground_truth import GroundTruth, SectionTruth, some
+from asdcli.evaluate.ground_truth import GroundTruth, SectionTruth, some
 
 # Also matches the baseline's own names, anomaly_score_DCASE2025T2fan_section_00_test_seed13711_id(0_).csv.
 _SCORE_NAME = re.compile(

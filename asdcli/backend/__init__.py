@@ -1,0 +1,1 @@
+"""Embeddings -> KNN banks -> anomaly scores and decisions."""

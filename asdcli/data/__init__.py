@@ -1,0 +1,1 @@
+"""Clips in: DCASE names and layouts, audio loading."""

@@ -1,0 +1,1 @@
+"""Scores -> the official metrics, tables and plots."""

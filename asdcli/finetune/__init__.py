@@ -1,0 +1,1 @@
+"""LoRA fine-tuning of BEATs as a machine-type classifier (AAM softmax)."""

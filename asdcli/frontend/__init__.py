@@ -1,0 +1,1 @@
+"""Clip -> fbank -> BEATs -> embedding."""

@@ -1,1 +1,0 @@
-"""BEATs model package: see ``asdcli.model.beats``."""

@@ -1,0 +1,1 @@
+"""asd run: the stages chained in one resumable run folder."""

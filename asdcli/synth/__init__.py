@@ -1,0 +1,1 @@
+"""Synthetic DCASE-layout machine sounds for the demo and the tests."""
