@@ -1,14 +1,10 @@
-"""Shared fixtures: a tiny synthetic DCASE dataset and a seeded RNG state."""
+"""Shared fixtures: a tiny synthetic DCASE dataset and a tiny random official-format checkpoint."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from asdcli.synth.sounds import SynthConfig, make_dataset
 
@@ -29,21 +25,6 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "dev"
     make_dataset(root, TINY_SYNTH)
     return root
-
-
-@pytest.fixture
-def deterministic_rng() -> Iterator[None]:
-    """Seed python, numpy and torch with 0 for one test and restore their states afterwards."""
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(0)
-    np.random.seed(0)
-    torch.manual_seed(0)
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
 
 
 @pytest.fixture(scope="session")
