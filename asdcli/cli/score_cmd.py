@@ -57,7 +57,8 @@ def command(
     scores = score_embeddings(the_bank, rows, what=what)
     check_unique_names(rows, what)
     flags = decide(the_bank, scores)
-    typer.echo(format_rows(rows.filenames, scores, flags, fmt, header), nl=False)
+    # bytes: a file name that is not UTF-8 (surrogate-escaped) is written back as the bytes it had
+    typer.echo(format_rows(rows.filenames, scores, flags, fmt, header).encode("utf-8", "surrogateescape"), nl=False)
     if decisions is not None:
         write_decisions(decisions, rows.filenames, flags)
 
@@ -103,11 +104,11 @@ def _bank_clips(bank: Bank, found: list[Clip], skip_other_sections: bool) -> lis
                         f"({first.machine or '?'} section {first.section or '?'}); pass the clips of that "
                         "machine/section, or --skip-other-sections to skip them.")
     kept = [c for c in found if not other(c)]
+    if not kept:
+        raise DataError(f"None of the {len(found)} clip(s) is of the bank's {bank.name}; nothing to score.")
     if others:
         stderr_console().print(f"Skipped {len(others)} clip(s) of other machines/sections than {bank.name}.",
                                markup=False, highlight=False, soft_wrap=True)
-    if not kept:
-        raise DataError(f"None of the clips is of the bank's {bank.name}; nothing to score.")
     return kept
 
 

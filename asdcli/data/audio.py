@@ -20,6 +20,7 @@ AudioWarning)`` to make it fatal.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,11 +97,16 @@ def _no_channel(path: Path, channels: int, channel: int) -> AudioError:
                       f"use 0..{channels - 1} or leave it unset to average the channels.")
 
 
+def _sf_name(path: Path) -> str | bytes:
+    """The name soundfile opens: bytes on POSIX, so a file name that is not UTF-8 opens too."""
+    return os.fsencode(path) if os.name == "posix" else str(path)
+
+
 def _read(path: Path) -> tuple[np.ndarray, int]:
     """(frames, channels) float32 and the rate, or AudioError for anything unreadable."""
     _check_size(path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(_sf_name(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
         raise _unreadable(path, e) from e
     if data.shape[0] == 0:
@@ -119,7 +125,7 @@ def probe_clip(path: Path | str, channel: int | None = None) -> float:
     path = Path(path)
     _check_size(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(_sf_name(path))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
         raise _unreadable(path, e) from e
     if info.frames == 0:
