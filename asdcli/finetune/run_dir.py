@@ -164,7 +164,7 @@ def load_adapter_embedder(run_dir: Path, loaded: Any, embedding: str | None = No
     if kind not in EMBEDDING_KINDS:
         raise ConfigError(f"--embedding must be one of {', '.join(EMBEDDING_KINDS)}, got {kind!r}.")
     run = read_run(run_dir)
-    recorded = run.get("checkpoint") if isinstance(run.get("checkpoint"), dict) else {}
+    recorded: dict[str, Any] = run["checkpoint"] if isinstance(run.get("checkpoint"), dict) else {}
     want = recorded.get("sha256")
     if want != loaded.sha256:
         raise ArtifactMismatch(

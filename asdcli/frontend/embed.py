@@ -23,7 +23,7 @@ from asdcli.data.audio import SAMPLE_RATE, AudioConfig, AudioWarning, ClipDatase
 from asdcli.data.dataset import Clip
 from asdcli.device import resolve_device
 from asdcli.errors import ArtifactError, AsdError, ConfigError
-from asdcli.frontend.beats import LoadedBeats, load_beats, resolve_checkpoint
+from asdcli.frontend.beats import BEATs, LoadedBeats, load_beats, resolve_checkpoint
 from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.spec import FEATURES, SPEC_KEY, FrontendSpec, cfg_sha256, frontend_differences
 
@@ -87,7 +87,7 @@ class MeanPooledLayers(nn.Module):
     """Normalized fbank (B, T, 128) -> token means of the 1-based ``layers``, concatenated in the
     order given, (B, D * len(layers)); one pass that stops after the deepest listed layer."""
 
-    def __init__(self, backbone: nn.Module, layers: Sequence[int]) -> None:
+    def __init__(self, backbone: BEATs, layers: Sequence[int]) -> None:
         super().__init__()
         self.backbone, self.layers = backbone, tuple(layers)
 

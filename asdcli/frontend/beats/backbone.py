@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.beats.config import BeatsConfig
+from asdcli.frontend.features import beats_fbank
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device: torch.device) -> Tensor:
@@ -210,9 +210,10 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, L, D) -> (B, L, D)."""
-        for x in self._stack(x, len(self.layers)):
+        out = x
+        for out in self._stack(x, len(self.layers)):
             pass
-        return self.layer_norm(x) if self.cfg.layer_norm_first else x
+        return self.layer_norm(out) if self.cfg.layer_norm_first else out
 
     def layer_outputs(self, x: Tensor, layers: Sequence[int]) -> list[Tensor]:
         """The outputs (B, L, D) of the 1-based ``layers`` in the order given, from one pass that
