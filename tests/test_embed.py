@@ -181,3 +181,39 @@ def test_cli_embed_interrupted_continues_from_its_saved_parts(data_dir, checkpoi
     assert calls == [2]  # only the part that was not saved
     assert not list(tmp_path.glob(".emb.npz.parts-*"))
     np.testing.assert_allclose(load_embeddings(out).vectors, load_embeddings(tmp_path / "whole.npz").vectors, atol=1e-6)
+
+
+def test_a_non_finite_embedding_is_an_error_naming_the_clip(data_dir, checkpoint):
+    from dataclasses import replace
+
+    from asdcli.errors import ArtifactError
+    from asdcli.frontend.embed import build_embedder, embed
+
+    class NanForSecond(nn.Module):
+        def forward(self, fbank: torch.Tensor) -> torch.Tensor:  # (B, T, 128) -> (B, 2), NaN in row 1
+            out = fbank.mean(dim=1)[:, :2].clone()
+            out[1:2] = float("nan")
+            return out
+
+    clips = discover_clips([data_dir / "fan" / "train"])
+    embedder = replace(build_embedder(EmbedConfig(checkpoint=checkpoint, device="cpu", seconds=SECONDS)),
+                       module=NanForSecond())  # fmt: skip
+    with pytest.raises(ArtifactError, match=f"The embedding of {clips[1].path} is NaN or Inf \\(1 clips\\)"):
+        embed(embedder, clips)
+
+
+def test_long_clip_notice_counts_clips_and_ignored_seconds():
+    from asdcli.frontend.embed import long_clip_notice
+
+    assert long_clip_notice([10.0, 9.5, 10.0 + 1e-9], 10.0) is None and long_clip_notice([60.0], None) is None
+    assert long_clip_notice([32.0, 10.0, 12.5], 10.0) == (
+        "Notice: 2 clip(s) are longer than --seconds 10; only their first 10 s are used, "
+        "24.5 s of audio in all is ignored."
+    )
+
+
+def test_embed_stage_of_asd_run_says_when_clips_are_cut(data_dir, checkpoint, tmp_path):
+    """asd run shares the embedding job: its notice names how much audio the clips lose."""
+    result = CliRunner().invoke(app, ["run", str(data_dir), "--out", str(tmp_path / "run"), "--checkpoint",
+                                      str(checkpoint), "--no-finetune", "--seconds", "0.25", "--device", "cpu"])  # fmt: skip
+    assert "Notice: 4 clip(s) are longer than --seconds 0.25; only their first 0.25 s are used, 1.0 s" in result.output
