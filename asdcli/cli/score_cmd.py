@@ -88,6 +88,9 @@ def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
     rows = select_test(emb, bank.machine, bank.section)
     if len(rows) == 0:
         raise DataError(f"{path} has no test clips of {bank.name}; pass --all to score every row.")
+    if len(rows) < len(emb):
+        stderr_console().print(f"Scored the {len(rows)} test clips of {bank.name} in {path}; skipped {len(emb) - len(rows)} "
+                               "other rows (--all scores every row).", markup=False, highlight=False, soft_wrap=True)
     return rows
 
 
