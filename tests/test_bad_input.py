@@ -678,3 +678,32 @@ def test_a_file_name_that_is_not_utf8(fan_bank: Path, synth_root: Path, tiny_che
     (banks / "bank_fan_section_00.npz").write_bytes(fan_bank.read_bytes())
     _assert_ok(_asd("score", "--banks", banks, "--embeddings", tmp_path / "test.npz", "--submission-dir", tmp_path / "sub"))
     assert (tmp_path / "sub" / "anomaly_score_fan_section_00_test.csv").read_bytes().startswith(raw + b",")
+
+
+LAYERS_ROWS = [  # the tiny checkpoint has 2 transformer layers
+    pytest.param(("--layers", "0"), ("--layers must be 'last' or distinct layer numbers from 1", "'0'"), id="layer-0"),
+    pytest.param(("--layers", "1,1"), ("--layers must be", "'1,1'"), id="layer-twice"),
+    pytest.param(("--layers", "2,x"), ("--layers must be", "'2,x'"), id="layer-not-a-number"),
+    pytest.param(("--layers", "3"), ("--layers 3:", "has 2 transformer layers (1..2)"), id="layer-too-deep"),
+    pytest.param(("--layers", "1", "--adapter", "ADAPTER"), ("--layers is for the frozen BEATs",), id="layers-with-adapter"),
+]
+
+
+@pytest.mark.parametrize(("args", "needles"), LAYERS_ROWS)
+def test_layers_row(args: tuple[str, ...], needles: tuple[str, ...], synth_root: Path, tiny_checkpoint: Path,
+                    tmp_path: Path) -> None:  # fmt: skip
+    args = tuple(str(tmp_path) if a == "ADAPTER" else a for a in args)  # refused before the folder is read
+    out = _guard(tmp_path / "out" / "emb.npz")
+    _assert_error(_embed([synth_root / "fan" / "test"], out, tiny_checkpoint, *args), *needles)
+    _assert_kept(out)
+
+
+def test_layers_concatenate_in_the_given_order(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    clips = [synth_root / "fan" / "test"]
+    for name, layers in (("l1", "1"), ("l2", "2"), ("l21", "2,1"), ("last", "last")):
+        _assert_ok(_embed(clips, tmp_path / f"{name}.npz", tiny_checkpoint, "--layers", layers))
+    l1, l2, l21, last = (load_embeddings(tmp_path / f"{n}.npz") for n in ("l1", "l2", "l21", "last"))
+    assert l21.dim == 2 * DIM and l21.meta["frontend"]["layers"] == "2,1"
+    np.testing.assert_allclose(l21.vectors, np.concatenate([l2.vectors, l1.vectors], axis=1), rtol=0, atol=1e-6)
+    assert l2.meta["frontend"]["layers"] == "last"  # the last layer, spelled out, is the default
+    np.testing.assert_allclose(l2.vectors, last.vectors, rtol=0, atol=1e-6)  # same operations

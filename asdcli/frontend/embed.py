@@ -164,7 +164,8 @@ def build_embedder(cfg: EmbedConfig) -> Embedder:
         adapter_sha256=meta["adapter_id"], embedding=str(meta["embedding"]), layers=layers, pooling=POOLING,
         clip_seconds=cfg.seconds, channel=cfg.channel, sample_rate=SAMPLE_RATE,
     )  # fmt: skip
-    meta.update({SPEC_KEY: spec.to_dict(), "checkpoint_path": str(loaded.path), "backbone_cfg": loaded.cfg})
+    meta.update({SPEC_KEY: spec.to_dict(), "checkpoint_path": os.fsdecode(loaded.path.resolve()),
+                 "backbone_cfg": loaded.cfg})
     state = PartialState()
     device = resolve_device(cfg.device)
     if device.type == "cuda" and state.num_processes > 1:
