@@ -60,6 +60,7 @@ def test_an_artifact_without_a_spec_cannot_be_checked() -> None:
         check_same_frontend(_meta(), {"checkpoint_sha256": "a" * 64}, "A", "B")
     with pytest.raises(ArtifactError, match="malformed front-end record"):
         spec_of({"frontend": [1, 2]}, "B")
+    assert spec_of({"frontend": "beats-kaldi-fbank128-v1"}, "a bank of asdcli 0.1") is None  # before the contract
 
 
 def test_the_spec_is_frozen() -> None:

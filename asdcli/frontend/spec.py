@@ -67,7 +67,7 @@ def cfg_sha256(cfg: Mapping[str, Any]) -> str:
 def spec_of(meta: Mapping[str, Any], what: str) -> dict[str, Any] | None:
     """The stored spec of an artifact's meta (None when absent); not an object is ArtifactError."""
     spec = meta.get(SPEC_KEY)
-    if spec is None:
+    if spec is None or isinstance(spec, str):  # a string: the fbank name of embeddings schema 1, no record
         return None
     if not isinstance(spec, Mapping):
         raise ArtifactError(f"{what} has a malformed front-end record ({SPEC_KEY!r} is not an object); re-create it.")
