@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -82,15 +82,18 @@ def _short(value: Any) -> str:
 _MISSING = object()
 
 
-def frontend_differences(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> list[str]:
-    """Names of the spec fields that differ (a field missing on either side differs)."""
+def frontend_differences(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
+                         ignore: Collection[str] = ()) -> list[str]:  # fmt: skip
+    """Names of the spec fields that differ (a field missing on either side differs), except ``ignore``."""
     a, b = dict(a or {}), dict(b or {})
-    return [f for f in SPEC_FIELDS if f not in a or f not in b or a[f] != b[f]]
+    return [f for f in SPEC_FIELDS if f not in ignore and (f not in a or f not in b or a[f] != b[f])]
 
 
-def check_same_frontend(meta_a: Mapping[str, Any], meta_b: Mapping[str, Any], what_a: str, what_b: str) -> None:
+def check_same_frontend(meta_a: Mapping[str, Any], meta_b: Mapping[str, Any], what_a: str, what_b: str,
+                        ignore: Collection[str] = ()) -> None:  # fmt: skip
     """Raise ArtifactMismatch, naming the differing fields on one line, unless the front-end
-    specs of two artifacts' meta records are equal field by field."""
+    specs of two artifacts' meta records are equal field by field. ``ignore``: fields shown
+    (by measurement) not to change what the vectors mean, e.g. a precision."""
     a, b = spec_of(meta_a, what_a), spec_of(meta_b, what_b)
     if a is None or b is None:
         lacking = what_a if a is None else what_b
@@ -98,7 +101,7 @@ def check_same_frontend(meta_a: Mapping[str, Any], meta_b: Mapping[str, Any], wh
             f"{lacking} does not record its front end (made by an older asdcli or another tool), so it cannot be "
             f"checked against {what_b if a is None else what_a}; re-create it with this asdcli."
         )
-    diff = frontend_differences(a, b)
+    diff = frontend_differences(a, b, ignore)
     if diff:
         shown = ", ".join(f"{f} {_short(a.get(f, _MISSING))} vs {_short(b.get(f, _MISSING))}" for f in diff[:4])
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
