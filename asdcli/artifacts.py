@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,9 +19,10 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from asdcli import __version__
-from asdcli.errors import ArtifactError, ArtifactMismatch, ArtifactNotFound, AsdError
+from asdcli.errors import ArtifactError, ArtifactNotFound, AsdError, ConfigError
 
-EMBEDDINGS_SCHEMA = 1
+EMBEDDINGS_SCHEMA = 2  # 2: meta["frontend"] holds the front-end spec (frontend/spec.py)
+CACHE_ENV = "ASD_CACHE_DIR"
 
 
 def _create_temp(parent: Path, name: str) -> tuple[int, Path]:
@@ -78,7 +79,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+    """UTF-8; file names that are not UTF-8 (decoded with surrogateescape) keep their bytes."""
+    write_bytes_atomic(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -126,12 +128,63 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def cache_dir() -> Path:
+    """asdcli's user cache: ``$ASD_CACHE_DIR``, else ``$XDG_CACHE_HOME/asdcli``, else ~/.cache/asdcli."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser()
+    return Path(base) / "asdcli"
+
+
+def _stat_key(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": os.fsdecode(os.path.realpath(path)), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "inode": st.st_ino, "device": st.st_dev}  # fmt: skip
+
+
+def cached_sha256(path: str | Path) -> str:
+    """:func:`sha256_file`, remembered in the user cache under (path, size, mtime_ns, inode).
+
+    Any change of the file changes the key, so a stale hash is never used; the hash is stored
+    only when the file did not change while it was read. A cache that cannot be read or written
+    is ignored (the file is hashed).
+    """
+    path = Path(path)
+    key = _stat_key(path)
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    entry = cache_dir() / "sha256" / f"{name}.json"
+    with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+        stored = json.loads(entry.read_text(encoding="utf-8"))
+        if isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("sha256"), str):
+            return str(stored["sha256"])
+    digest = sha256_file(path)
+    if _stat_key(path) == key:
+        with contextlib.suppress(OSError, AsdError):
+            write_json_atomic(entry, {"key": key, "sha256": digest})
+    return digest
+
+
+def check_not_input(out: str | Path | None, inputs: Iterable[str | Path], option: str) -> None:
+    """ConfigError when the output ``out`` is one of ``inputs`` (writing it would destroy an input)."""
+    if out is None:
+        return
+    out = Path(out)
+    for raw in inputs:
+        inp = Path(raw)
+        same = os.path.samefile(out, inp) if out.exists() and inp.exists() else out.resolve() == inp.resolve()
+        if same:
+            raise ConfigError(f"{option} {out} is one of the inputs; choose another output path.")
+
+
 def json_meta(arrays: Mapping[str, np.ndarray], path: str | Path) -> dict[str, Any]:
-    """Decode the ``meta`` JSON string stored in an npz artifact."""
+    """Decode the ``meta`` JSON object stored in an npz artifact."""
     try:
-        return dict(json.loads(str(arrays["meta"])))
+        meta = json.loads(str(arrays["meta"]))
     except (KeyError, ValueError) as e:
         raise ArtifactError(f"{path} has no valid meta record. Re-create it.") from e
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path} has a malformed meta record (a JSON {type(meta).__name__}, not an object); re-create it.")
+    return meta
 
 
 @dataclass(frozen=True)
@@ -184,11 +237,17 @@ def save_embeddings(path: str | Path, emb: Embeddings) -> None:
 
 
 def load_embeddings(path: str | Path) -> Embeddings:
+    """Read an embeddings file; wrong schema, non-numeric, 0-column or non-finite vectors are ArtifactError."""
     arrays = load_npz(path, ("embeddings", "filenames", "meta"), what="embeddings file")
     meta = json_meta(arrays, path)
-    vectors = np.asarray(arrays["embeddings"], dtype=np.float32)
-    if vectors.ndim != 2:
-        raise ArtifactError(f"{path}: embeddings must be a 2-D array, got shape {vectors.shape}.")
+    if meta.get("schema_version") != EMBEDDINGS_SCHEMA:
+        raise ArtifactError(f"{path} has embeddings schema {meta.get('schema_version')!r}, this asdcli reads "
+                            f"{EMBEDDINGS_SCHEMA}; re-create it with `asd embed`.")
+    raw = arrays["embeddings"]
+    if raw.dtype.kind not in "fiu" or raw.ndim != 2 or raw.shape[1] == 0:
+        raise ArtifactError(f"{path}: embeddings must be a numeric 2-D array with at least one column, "
+                            f"got {raw.dtype} of shape {raw.shape}; re-create it with `asd embed`.")
+    vectors = np.asarray(raw, dtype=np.float32)
     n = vectors.shape[0]
     fields = {}
     for f in Embeddings.FIELDS:
@@ -196,14 +255,9 @@ def load_embeddings(path: str | Path) -> Embeddings:
         if col.shape != (n,):
             raise ArtifactError(f"{path}: field {f} has shape {col.shape}, expected ({n},).")
         fields[f] = col.astype(str)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        first = fields["paths"][bad][0] or fields["filenames"][bad][0]
+        raise ArtifactError(f"{path} holds NaN or Inf embeddings ({int(bad.sum())} rows, first {first}); "
+                            "re-create it with `asd embed`.")
     return Embeddings(vectors=vectors, meta=meta, **fields)
-
-
-def check_same_frontend(a: Mapping[str, Any], b: Mapping[str, Any], what_a: str, what_b: str) -> None:
-    """Raise ArtifactMismatch when two meta records come from different front ends."""
-    for key in ("checkpoint_sha256", "adapter_id", "embedding", "pooling"):
-        if key in a and key in b and a[key] != b[key]:
-            raise ArtifactMismatch(
-                f"{what_a} and {what_b} were made with different {key.replace('_', ' ')} "
-                f"({a[key]!s:.16} vs {b[key]!s:.16}). Embed both with the same checkpoint and adapter."
-            )

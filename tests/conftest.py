@@ -16,6 +16,15 @@ TINY_SYNTH = SynthConfig(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """asdcli's user cache (checkpoint hashes) in a temp folder: tests never write to the real home."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("asd-cache")
+        mp.setenv("ASD_CACHE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of a tiny synthetic dataset (``TINY_SYNTH``): ``root/<machine>/{train,test,supplemental}``.

@@ -464,3 +464,246 @@ def test_error_messages_show_brackets_in_paths_verbatim(tmp_path: Path) -> None:
     result = runner.invoke(app, ["embed", str(data), "--out", str(tmp_path / "e.npz")])
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "data [old] [/x]" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# the artifact contract: embeddings made another way than the bank's are refused, field named
+# (fan_bank: frozen tiny_checkpoint, --seconds 1, mean of channels, last layer)
+
+
+FRONTEND_ROWS = [
+    pytest.param(("--seconds", 2), "clip_seconds 1.0 vs 2.0", id="other-seconds"),
+    pytest.param(("--channel", 0), "channel null vs 0", id="other-channel"),
+    pytest.param(("--layers", "1"), 'layers "last" vs "1"', id="other-layers"),
+    pytest.param(("--checkpoint", "OTHER"), "checkpoint_sha256", id="other-checkpoint"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), FRONTEND_ROWS)
+def test_frontend_row(args: tuple[object, ...], needle: str, fan_bank: Path, synth_root: Path, tiny_checkpoint: Path,
+                      other_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
+    args = tuple(other_checkpoint if a == "OTHER" else a for a in args)
+    test = tmp_path / "test.npz"
+    ckpt = None if "--checkpoint" in args else tiny_checkpoint
+    _assert_ok(_embed([synth_root / "fan" / "test"], test, ckpt, *args))
+    decisions = _guard(tmp_path / "out" / "decisions.csv")
+    _assert_error(_asd("score", "--bank", fan_bank, "--embeddings", test, "--decisions", decisions),
+                  "different front ends", needle, str(test))  # fmt: skip
+    _assert_kept(decisions)
+
+
+def _edit_npz(src: Path, dst: Path, change: Callable[[dict[str, np.ndarray], dict[str, object]], None]) -> None:
+    """Copy an npz artifact with ``change(arrays, meta)`` applied (meta written back unless replaced)."""
+    import json
+
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    change(arrays, meta)
+    if isinstance(arrays["meta"], np.ndarray) and arrays["meta"].ndim == 0 and str(arrays["meta"]).startswith("{"):
+        arrays["meta"] = np.asarray(json.dumps(meta))
+    np.savez(dst, **arrays)
+
+
+def _set(key: str, value: object) -> Callable[[dict[str, np.ndarray], dict[str, object]], None]:
+    return lambda arrays, meta: arrays.__setitem__(key, np.asarray(value))
+
+
+def _nan_row(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> None:
+    arrays["embeddings"] = arrays["embeddings"].copy()
+    arrays["embeddings"][1, 3] = np.nan
+
+
+def _drop_spec_field(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> None:
+    del meta["frontend"]["checkpoint_sha256"]  # type: ignore[attr-defined]
+
+
+EMBEDDINGS_FILE_ROWS = [
+    pytest.param(_nan_row, ("holds NaN or Inf embeddings (1 rows, first", ".wav"), id="nan-vector"),
+    pytest.param(_set("embeddings", [["x"] * DIM] * 18), ("must be a numeric 2-D array", "<U1"), id="string-vectors"),
+    pytest.param(_set("embeddings", np.zeros((18, 0), np.float32)), ("at least one column", "(18, 0)"), id="0-columns"),
+    pytest.param(_set("meta", "[1, 2]"), ("malformed meta record (a JSON list, not an object)",), id="meta-a-list"),
+    pytest.param(_set("meta", "42"), ("malformed meta record (a JSON int",), id="meta-a-number"),
+    pytest.param(lambda a, m: m.update(schema_version=1), ("embeddings schema 1", "re-create it"), id="old-schema"),
+    pytest.param(lambda a, m: m.pop("frontend"), ("does not record its front end",), id="no-front-end-record"),
+    pytest.param(_drop_spec_field, ("checkpoint_sha256", "vs missing"), id="front-end-field-missing"),
+]
+
+
+@pytest.mark.parametrize(("change", "needles"), EMBEDDINGS_FILE_ROWS)
+def test_embeddings_file_row(change: Callable[[dict[str, np.ndarray], dict[str, object]], None],
+                             needles: tuple[str, ...], fan_bank: Path, synth_root: Path, tiny_checkpoint: Path,
+                             tmp_path: Path) -> None:  # fmt: skip
+    good = fan_bank.parent / "test.npz"
+    if not good.is_file():
+        _assert_ok(_embed([synth_root / "fan" / "test"], good, tiny_checkpoint))
+    bad = tmp_path / "bad.npz"
+    _edit_npz(good, bad, change)
+    decisions = _guard(tmp_path / "out" / "decisions.csv")
+    _assert_error(_asd("score", "--bank", fan_bank, "--embeddings", bad, "--decisions", decisions), *needles)
+    _assert_kept(decisions)
+
+
+def test_an_edited_or_replaced_adapter_is_another_front_end(adapter_run: Path, synth_root: Path, tmp_path: Path) -> None:
+    """The adapter's identity is the bytes of its config, weights and head, not what run.json says."""
+    import json
+    import shutil
+
+    _assert_ok(_embed([synth_root / "fan" / "train"], tmp_path / "train.npz", None, "--adapter", adapter_run))
+    _assert_ok(_asd("fit-bank", tmp_path / "train.npz", "--out", tmp_path / "bank.npz"))
+    edited = tmp_path / "edited"
+    shutil.copytree(adapter_run, edited)
+    config = edited / "adapter" / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "lora_alpha": 3}))
+    _assert_ok(_embed([synth_root / "fan" / "test"], tmp_path / "test.npz", None, "--adapter", edited))
+    _assert_error(_asd("score", "--bank", tmp_path / "bank.npz", "--embeddings", tmp_path / "test.npz"),
+                  "different front ends (adapter_sha256")  # fmt: skip
+
+
+def test_adapter_without_checkpoint_uses_the_recorded_one_sha_checked(adapter_run: Path, tiny_checkpoint: Path,
+                                                                       other_checkpoint: Path, synth_root: Path,
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    import json
+    import shutil
+
+    clips = [synth_root / "fan" / "test"]
+    _assert_ok(_embed(clips, tmp_path / "a.npz", None, "--adapter", adapter_run))
+    _assert_ok(_embed(clips, tmp_path / "b.npz", tiny_checkpoint, "--adapter", adapter_run))
+    np.testing.assert_array_equal(load_embeddings(tmp_path / "a.npz").vectors, load_embeddings(tmp_path / "b.npz").vectors)
+    run = tmp_path / "run"
+    shutil.copytree(adapter_run, run)
+    record = json.loads((run / "run.json").read_text())
+    out = _guard(tmp_path / "out" / "emb.npz")
+    for path, needles in ((tmp_path / "moved.pt", ("moved.pt, which does not exist any more", "pass --checkpoint")),
+                          (other_checkpoint, (f"was fine-tuned from checkpoint {other_checkpoint}", "SHA-256"))):
+        (run / "run.json").write_text(json.dumps({**record, "checkpoint": {**record["checkpoint"], "path": str(path)}}))
+        _assert_error(_embed(clips, out, None, "--adapter", run), str(run), *needles)
+        _assert_kept(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the clips scored are the ones meant
+
+
+def test_clips_of_another_machine_or_section_than_the_bank(fan_bank: Path, synth_root: Path) -> None:
+    _assert_error(_asd("score", "--bank", fan_bank, synth_root / "gearbox" / "test", "--device", "cpu"),
+                  "clip(s) are not of the bank's fan section 00", str(synth_root / "gearbox" / "test"),
+                  "--skip-other-sections")  # fmt: skip
+    result = _asd("score", "--bank", fan_bank, synth_root, "--device", "cpu", "--skip-other-sections")
+    _assert_ok(result)
+    n_fan = len(list((synth_root / "fan" / "test").glob("*.wav")))
+    assert len(result.stdout.splitlines()) == n_fan
+    assert f"Skipped {len(list(synth_root.glob('*/test/*.wav'))) - n_fan} clip(s) of other machines" in result.stderr
+    _assert_error(_asd("score", "--bank", fan_bank, synth_root / "gearbox", "--device", "cpu", "--skip-other-sections"),
+                  "None of the 12 clip(s) is of the bank's fan section 00")  # fmt: skip
+
+
+def test_clips_longer_than_seconds_are_cut_with_a_notice(fan_bank: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "fan" / "test"
+    folder.mkdir(parents=True)
+    for i, seconds in enumerate((3.0, 1.0, 2.5)):
+        _wav(_tone(seconds))(folder / f"section_00_source_test_normal_{i:04d}_a_1.wav")
+    notice = "Notice: 2 clip(s) are longer than --seconds 1; only their first 1 s are used, 3.5 s of audio in all is ignored."
+    result = _embed([folder], tmp_path / "emb.npz", tiny_checkpoint)
+    _assert_ok(result)
+    assert notice in result.stderr
+    result = _asd("score", "--bank", fan_bank, folder, "--device", "cpu")
+    _assert_ok(result)
+    assert notice in result.stderr and len(result.stdout.splitlines()) == 3
+
+
+def test_an_output_that_is_one_of_the_inputs(fan_bank: Path, synth_root: Path, tiny_checkpoint: Path,
+                                             tmp_path: Path) -> None:  # fmt: skip
+    clip = tmp_path / "fan" / "test" / "section_00_source_test_normal_0000_a_1.wav"
+    clip.parent.mkdir(parents=True)
+    _wav(_tone())(clip)
+    before = clip.read_bytes()
+    _assert_error(_embed([clip], clip, tiny_checkpoint), f"--out {clip} is one of the inputs")
+    emb = fan_bank.parent / "train.npz"
+    emb_bytes, bank_bytes = emb.read_bytes(), fan_bank.read_bytes()
+    _assert_error(_asd("fit-bank", emb, "--out", emb), f"--out {emb} is one of the inputs")
+    _assert_error(_asd("score", "--bank", fan_bank, "--embeddings", emb, "--all", "--decisions", fan_bank),
+                  f"--decisions {fan_bank} is one of the inputs")  # fmt: skip
+    _assert_error(_asd("score", "--bank", fan_bank, clip, "--decisions", clip), f"--decisions {clip} is one of")
+    assert clip.read_bytes() == before and emb.read_bytes() == emb_bytes and fan_bank.read_bytes() == bank_bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs stay parseable and unambiguous
+
+
+def test_names_with_commas_quotes_and_newlines_round_trip_through_the_csv(fan_bank: Path, synth_root: Path,
+                                                                          tmp_path: Path) -> None:  # fmt: skip
+    import csv
+    import io
+
+    folder = tmp_path / "fan" / "test"
+    folder.mkdir(parents=True)
+    names = ['odd, "quoted".wav', "two\nlines.wav", "plain.wav"]
+    src = sorted((synth_root / "fan" / "test").iterdir())[0]
+    for name in names:
+        (folder / name).write_bytes(src.read_bytes())
+    decisions = tmp_path / "decisions.csv"
+    result = _asd("score", "--bank", fan_bank, folder, "--device", "cpu", "--decisions", decisions)
+    _assert_ok(result)
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert sorted(r[0] for r in rows) == sorted(names) and len({r[1] for r in rows}) == 1  # same audio, same score
+    assert sorted(r[0] for r in csv.reader(decisions.open(newline=""))) == sorted(names)
+
+
+def test_two_clips_with_one_name_from_different_folders(fan_bank: Path, synth_root: Path, tmp_path: Path) -> None:
+    src = sorted((synth_root / "fan" / "test").iterdir())[0]
+    a, b = tmp_path / "a" / "fan" / "test" / src.name, tmp_path / "b" / "fan" / "test" / src.name
+    for p in (a, b):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(src.read_bytes())
+    _assert_error(_asd("score", "--bank", fan_bank, a.parent, b.parent, "--device", "cpu"),
+                  f"two clips named {src.name}", str(a), str(b))  # fmt: skip
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file names as bytes are POSIX")
+def test_a_file_name_that_is_not_utf8(fan_bank: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    src = sorted((synth_root / "fan" / "test").iterdir())[0]
+    folder = tmp_path / "fan" / "test"
+    folder.mkdir(parents=True)
+    raw = b"section_00_source_test_normal_0099_\xff\xfe.wav"
+    with open(os.path.join(os.fsencode(folder), raw), "wb") as f:
+        f.write(src.read_bytes())
+    result = _asd("score", "--bank", fan_bank, folder, "--device", "cpu")
+    _assert_ok(result)
+    assert result.stdout_bytes.startswith(raw + b",")
+    _assert_ok(_embed([folder], tmp_path / "test.npz", tiny_checkpoint))
+    banks = tmp_path / "banks"
+    banks.mkdir()
+    (banks / "bank_fan_section_00.npz").write_bytes(fan_bank.read_bytes())
+    _assert_ok(_asd("score", "--banks", banks, "--embeddings", tmp_path / "test.npz", "--submission-dir", tmp_path / "sub"))
+    assert (tmp_path / "sub" / "anomaly_score_fan_section_00_test.csv").read_bytes().startswith(raw + b",")
+
+
+LAYERS_ROWS = [  # the tiny checkpoint has 2 transformer layers
+    pytest.param(("--layers", "0"), ("--layers must be 'last' or distinct layer numbers from 1", "'0'"), id="layer-0"),
+    pytest.param(("--layers", "1,1"), ("--layers must be", "'1,1'"), id="layer-twice"),
+    pytest.param(("--layers", "2,x"), ("--layers must be", "'2,x'"), id="layer-not-a-number"),
+    pytest.param(("--layers", "3"), ("--layers 3:", "has 2 transformer layers (1..2)"), id="layer-too-deep"),
+    pytest.param(("--layers", "1", "--adapter", "ADAPTER"), ("--layers is for the frozen BEATs",), id="layers-with-adapter"),
+]
+
+
+@pytest.mark.parametrize(("args", "needles"), LAYERS_ROWS)
+def test_layers_row(args: tuple[str, ...], needles: tuple[str, ...], synth_root: Path, tiny_checkpoint: Path,
+                    tmp_path: Path) -> None:  # fmt: skip
+    args = tuple(str(tmp_path) if a == "ADAPTER" else a for a in args)  # refused before the folder is read
+    out = _guard(tmp_path / "out" / "emb.npz")
+    _assert_error(_embed([synth_root / "fan" / "test"], out, tiny_checkpoint, *args), *needles)
+    _assert_kept(out)
+
+
+def test_layers_concatenate_in_the_given_order(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    clips = [synth_root / "fan" / "test"]
+    for name, layers in (("l1", "1"), ("l2", "2"), ("l21", "2,1"), ("last", "last")):
+        _assert_ok(_embed(clips, tmp_path / f"{name}.npz", tiny_checkpoint, "--layers", layers))
+    l1, l2, l21, last = (load_embeddings(tmp_path / f"{n}.npz") for n in ("l1", "l2", "l21", "last"))
+    assert l21.dim == 2 * DIM and l21.meta["frontend"]["layers"] == "2,1"
+    np.testing.assert_allclose(l21.vectors, np.concatenate([l2.vectors, l1.vectors], axis=1), rtol=0, atol=1e-6)
+    assert l2.meta["frontend"]["layers"] == "last"  # the last layer, spelled out, is the default
+    np.testing.assert_allclose(l2.vectors, last.vectors, rtol=0, atol=1e-6)  # same operations

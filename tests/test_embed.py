@@ -22,6 +22,7 @@ from asdcli.errors import ConfigError
 from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.beats import load_beats, tiny_beats_config
 from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
+from asdcli.frontend.spec import cfg_sha256
 
 SECONDS = 0.5
 NAMES = {
@@ -64,10 +65,11 @@ def test_embed_clips_matches_a_manual_forward(data_dir, checkpoint):
     np.testing.assert_allclose(emb.vectors, manual, atol=1e-5)
     single = embed_clips(clips, EmbedConfig(checkpoint=checkpoint, batch_size=1, num_workers=1, seconds=SECONDS))
     np.testing.assert_allclose(single.vectors, emb.vectors, atol=1e-5)
-    meta = emb.meta
-    assert meta["checkpoint_sha256"] == load_beats(checkpoint).sha256 and meta["pooling"] == "mean"
-    assert meta["backbone_cfg"] == tiny_beats_config() and meta["adapter_id"] is None
-    assert meta["clip_seconds"] == SECONDS
+    spec = emb.meta["frontend"]
+    assert spec["checkpoint_sha256"] == load_beats(checkpoint).sha256 and spec["pooling"] == "mean"
+    assert spec["backbone_cfg_sha256"] == cfg_sha256(tiny_beats_config()) and spec["adapter_sha256"] is None
+    assert spec["clip_seconds"] == SECONDS and spec["layers"] == "last" and spec["embedding"] == "backbone"
+    assert emb.meta["backbone_cfg"] == tiny_beats_config()
 
 
 def test_adapter_is_loaded_lazily_through_the_finetune_api(data_dir, checkpoint, monkeypatch):
@@ -98,7 +100,7 @@ def test_cli_embed_writes_a_plain_npz(data_dir, checkpoint, tmp_path):
         assert z["embeddings"].shape == (4, 64) and z["embeddings"].dtype == np.float32
         assert z["filenames"][0].startswith("section_00_") and set(z["domain"]) == {"source", "target"}
         meta = json.loads(str(z["meta"]))
-    assert meta["schema_version"] == 1 and meta["tool_version"] and len(meta["checkpoint_sha256"]) == 64
+    assert meta["schema_version"] == 2 and meta["tool_version"] and len(meta["frontend"]["checkpoint_sha256"]) == 64
     assert load_embeddings(out).dim == 64
 
 
@@ -160,16 +162,16 @@ def test_cli_embed_interrupted_continues_from_its_saved_parts(data_dir, checkpoi
             "--device", "cpu"]  # fmt: skip
     assert CliRunner().invoke(app, [*args[:5], str(tmp_path / "whole.npz"), *args[6:]]).exit_code == 0
     monkeypatch.setattr(asdcli.frontend.embed, "EMBED_CHUNK", 2)  # 4 clips -> 2 parts
-    real_embed_clips = asdcli.frontend.embed.embed_clips
+    real_embed = asdcli.frontend.embed.embed
     calls: list[int] = []
 
-    def interrupt_second_part(clips, *a, **kw):
+    def interrupt_second_part(embedder, clips, *a, **kw):
         calls.append(len(clips))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_embed_clips(clips, *a, **kw)
+        return real_embed(embedder, clips, *a, **kw)
 
-    monkeypatch.setattr(asdcli.frontend.embed, "embed_clips", interrupt_second_part)
+    monkeypatch.setattr(asdcli.frontend.embed, "embed", interrupt_second_part)
     assert CliRunner().invoke(app, args).exit_code == 130
     assert not out.exists()
     assert [p.name for p in tmp_path.glob(".emb.npz.parts-*/*.npz")] == ["00000.npz"]
@@ -179,3 +181,39 @@ def test_cli_embed_interrupted_continues_from_its_saved_parts(data_dir, checkpoi
     assert calls == [2]  # only the part that was not saved
     assert not list(tmp_path.glob(".emb.npz.parts-*"))
     np.testing.assert_allclose(load_embeddings(out).vectors, load_embeddings(tmp_path / "whole.npz").vectors, atol=1e-6)
+
+
+def test_a_non_finite_embedding_is_an_error_naming_the_clip(data_dir, checkpoint):
+    from dataclasses import replace
+
+    from asdcli.errors import ArtifactError
+    from asdcli.frontend.embed import build_embedder, embed
+
+    class NanForSecond(nn.Module):
+        def forward(self, fbank: torch.Tensor) -> torch.Tensor:  # (B, T, 128) -> (B, 2), NaN in row 1
+            out = fbank.mean(dim=1)[:, :2].clone()
+            out[1:2] = float("nan")
+            return out
+
+    clips = discover_clips([data_dir / "fan" / "train"])
+    embedder = replace(build_embedder(EmbedConfig(checkpoint=checkpoint, device="cpu", seconds=SECONDS)),
+                       module=NanForSecond())  # fmt: skip
+    with pytest.raises(ArtifactError, match=f"The embedding of {clips[1].path} is NaN or Inf \\(1 clips\\)"):
+        embed(embedder, clips)
+
+
+def test_long_clip_notice_counts_clips_and_ignored_seconds():
+    from asdcli.frontend.embed import long_clip_notice
+
+    assert long_clip_notice([10.0, 9.5, 10.0 + 1e-9], 10.0) is None and long_clip_notice([60.0], None) is None
+    assert long_clip_notice([32.0, 10.0, 12.5], 10.0) == (
+        "Notice: 2 clip(s) are longer than --seconds 10; only their first 10 s are used, "
+        "24.5 s of audio in all is ignored."
+    )
+
+
+def test_embed_stage_of_asd_run_says_when_clips_are_cut(data_dir, checkpoint, tmp_path):
+    """asd run shares the embedding job: its notice names how much audio the clips lose."""
+    result = CliRunner().invoke(app, ["run", str(data_dir), "--out", str(tmp_path / "run"), "--checkpoint",
+                                      str(checkpoint), "--no-finetune", "--seconds", "0.25", "--device", "cpu"])  # fmt: skip
+    assert "Notice: 4 clip(s) are longer than --seconds 0.25; only their first 0.25 s are used, 1.0 s" in result.output

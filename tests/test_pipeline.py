@@ -134,7 +134,7 @@ def test_ctrl_c_during_embed_leaves_no_partial_artifact(finished_run: Path, synt
 
     import asdcli.frontend.embed
 
-    monkeypatch.setattr(asdcli.frontend.embed, "embed_clips", interrupted)
+    monkeypatch.setattr(asdcli.frontend.embed, "embed", interrupted)
     result = _run(synth_root, tiny_checkpoint, run)
     assert result.exit_code == 130
     assert (run / "embeddings" / "train.npz").read_bytes() == before
@@ -233,16 +233,16 @@ def test_ctrl_c_during_embed_resumes_after_the_last_saved_part(finished_run: Pat
     shutil.copytree(finished_run, run)
     (run / "stages" / "embed.json").unlink()
     monkeypatch.setattr(asdcli.frontend.embed, "EMBED_CHUNK", 20)  # 60 clips -> 3 parts of 20
-    real_embed_clips = asdcli.frontend.embed.embed_clips
+    real_embed = asdcli.frontend.embed.embed
     calls: list[int] = []
 
-    def interrupt_third_part(clips, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def interrupt_third_part(embedder, clips, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(len(clips))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_embed_clips(clips, *args, **kwargs)
+        return real_embed(embedder, clips, *args, **kwargs)
 
-    monkeypatch.setattr(asdcli.frontend.embed, "embed_clips", interrupt_third_part)
+    monkeypatch.setattr(asdcli.frontend.embed, "embed", interrupt_third_part)
     assert _run(synth_root, tiny_checkpoint, run).exit_code == 130
     assert len(list((run / "embeddings").glob(".parts-*/*.npz"))) == 2
     calls.clear()

@@ -14,9 +14,18 @@ from asdcli.backend import score as S
 from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.cli.main import app
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError
+from asdcli.frontend.spec import FrontendSpec
 
 runner = CliRunner()
-META = {"checkpoint_sha256": "a" * 64, "adapter_id": "run-1", "embedding": "pooled"}
+SPEC = FrontendSpec(checkpoint_sha256="a" * 64, backbone_cfg_sha256="c" * 64, adapter_sha256="d" * 64,
+                    embedding="pooled", layers="last", pooling="mean", clip_seconds=10.0, channel=None,
+                    sample_rate=16000)
+META = {"frontend": SPEC.to_dict()}
+
+
+def meta_with(**changes: object) -> dict[str, object]:
+    """META with some spec fields changed."""
+    return {"frontend": {**SPEC.to_dict(), **changes}}
 
 
 def make_embeddings(groups=(("fan", "00"), ("valve", "00")), n_train=20, n_test=8, dim=10, seed=0) -> Embeddings:
@@ -78,11 +87,11 @@ def test_mismatched_embeddings_are_refused(emb: Embeddings) -> None:
                            **{f: getattr(emb, f) for f in Embeddings.FIELDS})
     with pytest.raises(ArtifactMismatch, match="dimension 10 but the embeddings has 4"):
         S.score_embeddings(bank, other_dim)
-    other_ckpt = replace(emb, meta={**META, "checkpoint_sha256": "b" * 64})
-    with pytest.raises(ArtifactMismatch, match="checkpoint sha256"):
+    other_ckpt = replace(emb, meta=meta_with(checkpoint_sha256="b" * 64))
+    with pytest.raises(ArtifactMismatch, match="checkpoint_sha256"):
         S.score_embeddings(bank, other_ckpt)
-    with pytest.raises(ArtifactMismatch, match="adapter id"):
-        S.score_embeddings(bank, replace(emb, meta={**META, "adapter_id": "run-2"}))
+    with pytest.raises(ArtifactMismatch, match="adapter_sha256"):
+        S.score_embeddings(bank, replace(emb, meta=meta_with(adapter_sha256="e" * 64)))
     with pytest.raises(ArtifactMismatch):
         S.score_vectors(bank, np.zeros((3, 4), np.float32))
 
@@ -144,12 +153,12 @@ def test_write_submission_checks_everything_first(tmp_path: Path, emb: Embedding
         S.write_submission([banks[("fan", "00")]], emb, out)
     doubled = Embeddings(vectors=np.concatenate([emb.vectors, emb.vectors[-1:]]), meta=emb.meta,
                          **{f: np.concatenate([getattr(emb, f), getattr(emb, f)[-1:]]) for f in Embeddings.FIELDS})
-    with pytest.raises(DataError, match="more than once"):
+    with pytest.raises(DataError, match="the same clip twice named"):
         S.write_submission(banks, doubled, out)
     with pytest.raises(DataError, match="no test clips"):
         S.write_submission(banks, emb.select(emb.split == "train"), out)
     with pytest.raises(ArtifactMismatch):
-        S.write_submission(banks, replace(emb, meta={**META, "checkpoint_sha256": "c" * 64}), out)
+        S.write_submission(banks, replace(emb, meta=meta_with(checkpoint_sha256="c" * 64)), out)
     assert not out.exists()
     # A bank without test clips is simply not part of the submission.
     only_fan = emb.select(emb.machine == "fan")
@@ -194,13 +203,13 @@ def test_cli_submission(files: dict[str, Path], tmp_path: Path) -> None:
         (["--bank", "BANK", "--embeddings", "EMB", "--format", "xml"], "--format must be"),
         (["--bank", "BANK", "--embeddings", "NOPE"], "does not exist"),
         (["--bank", "BANK2", "--embeddings", "EMB"], "no test clips of pump section 00"),
-        (["--bank", "BANK3", "--embeddings", "EMB"], "different checkpoint sha256"),
+        (["--bank", "BANK3", "--embeddings", "EMB"], "different front ends (checkpoint_sha256"),
     ],
 )
 def test_cli_score_errors(files: dict[str, Path], tmp_path: Path, args: list[str], match: str) -> None:
     pump = make_embeddings(groups=(("pump", "00"),))
     B.save_bank(tmp_path / "pump.npz", B.fit_bank(pump))
-    B.save_bank(tmp_path / "other.npz", B.fit_bank(replace(make_embeddings(), meta={**META, "checkpoint_sha256": "f" * 64}), machine="fan"))
+    B.save_bank(tmp_path / "other.npz", B.fit_bank(replace(make_embeddings(), meta=meta_with(checkpoint_sha256="f" * 64)), machine="fan"))
     subst = {"EMB": files["emb"], "BANK": files["bank"], "BANKS": files["banks"], "OUT": tmp_path / "o",
              "NOPE": tmp_path / "nope.npz", "BANK2": tmp_path / "pump.npz", "BANK3": tmp_path / "other.npz"}
     r = runner.invoke(app, ["score", *[str(subst.get(a, a)) for a in args]])
@@ -269,5 +278,5 @@ def test_cli_score_embeds_clips_with_the_banks_checkpoint(tiny_setup: dict[str, 
 def test_cli_score_with_another_checkpoint_is_a_mismatch(tiny_setup: dict[str, Path]) -> None:
     r = runner.invoke(app, ["score", "--bank", str(tiny_setup["bank"]), str(tiny_setup["data"]),
                             "--checkpoint", str(tiny_setup["ckpt2"]), "--device", "cpu"])
-    assert r.exit_code == 1 and "different checkpoint sha256" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and "different front ends (checkpoint_sha256" in r.output and "Traceback" not in r.output
     assert r.stdout.count(",") == 0  # no scores were printed

@@ -2,11 +2,14 @@
 
 Score files (DCASE 2025 Task 2 format): ``filename,score`` per line, no header, ``\\n`` line ends,
 higher = more anomalous; decision files: ``filename,0|1`` (1 = anomaly, score > bank threshold).
-Scores are written with ``%.9g`` (round-trips float32 exactly).
+Written with the ``csv`` module (a name holding a comma, quote or newline is quoted); scores
+with ``%.9g`` (round-trips float32 exactly).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -16,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from asdcli.artifacts import Embeddings, write_text_atomic
 from asdcli.backend import knn
-from asdcli.artifacts import Embeddings, check_same_frontend, write_text_atomic
 from asdcli.backend.bank import Bank
 from asdcli.data.dataset import missing_field_error
 from asdcli.errors import ArtifactMismatch, AsdError, ConfigError, DataError
+from asdcli.frontend.spec import check_same_frontend
 
 SCORE_FORMATS = ("csv", "jsonl")
 
@@ -71,6 +75,13 @@ def format_score(x: float) -> str:
     return "%.9g" % float(x)
 
 
+def _csv_text(rows: Iterable[Iterable[object]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def format_rows(
     filenames: Iterable[str],
     scores: np.ndarray,
@@ -84,21 +95,33 @@ def format_rows(
         raise ConfigError(f"--format must be one of {', '.join(SCORE_FORMATS)}, got {fmt!r}.")
     names = [str(f) for f in filenames]
     if fmt == "csv":
-        lines = ["filename,score"] if header else []
-        lines += [f"{n},{format_score(s)}" for n, s in zip(names, scores)]
-    else:
-        lines = []
-        for i, (n, s) in enumerate(zip(names, scores)):
-            rec: dict[str, object] = {"filename": n, "score": float(format_score(s))}
-            if decisions is not None:
-                rec["decision"] = int(decisions[i])
-            lines.append(json.dumps(rec))
+        rows: list[tuple[str, str]] = [("filename", "score")] if header else []
+        return _csv_text(rows + [(n, format_score(s)) for n, s in zip(names, scores)])
+    lines = []
+    for i, (n, s) in enumerate(zip(names, scores)):
+        rec: dict[str, object] = {"filename": n, "score": float(format_score(s))}
+        if decisions is not None:
+            rec["decision"] = int(decisions[i])
+        lines.append(json.dumps(rec))
     return "".join(line + "\n" for line in lines)
 
 
 def format_decisions(filenames: Iterable[str], decisions: np.ndarray) -> str:
     """``filename,0|1`` lines, no header."""
-    return "".join(f"{n},{int(d)}\n" for n, d in zip(filenames, decisions))
+    return _csv_text((str(n), int(d)) for n, d in zip(filenames, decisions))
+
+
+def check_unique_names(emb: Embeddings, what: str) -> None:
+    """DataError naming both clips when two rows share a file name: an output that names clips by
+    file name could not tell them apart."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(emb.filenames):
+        j = first.setdefault(str(name), i)
+        if j != i:
+            a, b = emb.paths[j] or name, emb.paths[i] or name
+            same = "the same clip twice" if a == b else "two clips"
+            raise DataError(f"{what} holds {same} named {name} ({a} and {b}); outputs name clips by file name, "
+                            "so embed each clip once and score folders with equal names separately.")
 
 
 def write_decisions(path: str | Path, filenames: Iterable[str], decisions: np.ndarray) -> None:
@@ -145,9 +168,7 @@ def submission_files(
             have = ", ".join(f"{bm} section {bs}" for bm, bs in sorted(bank_map)) or "none"
             raise DataError(f"No bank for {m} section {s} (banks: {have}); fit it with `asd fit-bank --out-dir`.")
         rows = select_test(test_emb, m, s)
-        names, counts = np.unique(rows.filenames, return_counts=True)
-        if (counts > 1).any():
-            raise DataError(f"{what} holds {names[counts > 1][0]} of {m} section {s} more than once; embed each test clip once.")
+        check_unique_names(rows, f"{what} ({m} section {s})")
         scores = score_embeddings(bank, rows, what)
         score_name, decision_name = submission_names(m, s)
         files[score_name] = format_rows(rows.filenames, scores)

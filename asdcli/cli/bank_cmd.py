@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from asdcli.artifacts import load_embeddings
+from asdcli.artifacts import check_not_input, load_embeddings
 from asdcli.backend.bank import Bank, BankConfig, fit_bank, fit_banks, save_bank, save_banks
 from asdcli.console import stderr_console
 from asdcli.errors import ConfigError
@@ -43,6 +43,7 @@ def command(
     """
     if (out is None) == (out_dir is None):
         raise ConfigError("Give exactly one of --out BANK.npz (one machine/section) or --out-dir DIR (all of them).")
+    check_not_input(out, [embeddings], "--out")
     cfg = BankConfig(k, domain_aware, condense_source, density_norm, threshold_quantile, seed)
     emb = load_embeddings(embeddings)
     if out is not None:

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from asdcli.console import rate_text, stderr_console
 from asdcli.data.dataset import discover_clips
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from asdcli.artifacts import Embeddings
-    from asdcli.data.dataset import Clip
-    from asdcli.frontend.embed import EmbedConfig
-
 
 def command(
     inputs: list[Path] = typer.Argument(..., help="Wav files, machine/split folders or dataset roots (all machines).", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Output embeddings file (.npz), written atomically.", show_default=False),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Official BEATs checkpoint (.pt). Default: $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Official BEATs checkpoint (.pt). Default: with --adapter the one its run recorded, else $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt."),
     adapter: Path | None = typer.Option(None, "--adapter", help="Run folder of `asd finetune`: embed with the fine-tuned model."),
     embedding: str | None = typer.Option(None, "--embedding", help="With --adapter: 'head' (default, the classifier's embedding) or 'pooled' (token mean of the adapted backbone)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Clips per forward pass."),
@@ -30,49 +22,30 @@ def command(
     seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds."),
     channel: int | None = typer.Option(None, "--channel", help="Keep this 0-based channel of multi-channel files (default: mean of channels)."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes that read audio."),
+    layers: str = typer.Option("last", "--layers", help="Frozen BEATs: 'last', or 1-based transformer layers (e.g. 7,10) whose token means are concatenated in that order."),
 ) -> None:
     """Embed clips with BEATs (optionally a fine-tuned adapter) into an .npz file.
 
     Without --adapter a clip's vector is the mean over tokens of BEATs' last layer (768-d for BEATs_iter3).
+    With --adapter and no --checkpoint, the checkpoint recorded in the run (SHA-256 checked).
 
     Run under `accelerate launch` to split the clips across processes.
     """
-    from asdcli.frontend.embed import EmbedConfig, embed_with_progress, write_embeddings
+    from accelerate import PartialState
+
+    from asdcli.artifacts import check_not_input
+    from asdcli.frontend.embed import EmbedConfig, embed_to_file
 
     cfg = EmbedConfig(checkpoint=checkpoint, adapter=adapter, embedding=embedding, batch_size=batch_size,
-                      device=device, seconds=seconds, channel=channel, num_workers=workers)  # fmt: skip
+                      device=device, seconds=seconds, channel=channel, num_workers=workers, layers=layers)  # fmt: skip
     clips = discover_clips(inputs)
+    check_not_input(out, [*inputs, *(c.path for c in clips)], "--out")
     console = stderr_console()
     start = time.perf_counter()
-    if _single_process():  # resumable: Ctrl-C keeps the finished parts
-        emb, wrote = _embed_resumable(clips, cfg, out, console), True
-    else:  # under accelerate launch: split across processes, the main one writes
-        emb = embed_with_progress(clips, cfg, console)
-        wrote = write_embeddings(out, emb)
-    if wrote:
+    # single process: resumable parts beside the output (Ctrl-C keeps the finished ones);
+    # under accelerate launch: split across processes, the main one writes
+    emb = embed_to_file(clips, cfg, {out: None}, console, parts_in=(out.parent, f".{out.name}.parts-"))
+    if PartialState().is_main_process:
         took = time.perf_counter() - start
         console.print(f"Embedded {len(emb)} clips into {emb.dim}-d vectors in {took:.1f} s "
                       f"({rate_text(len(emb), took)}) -> {out}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
-
-
-def _single_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().num_processes == 1
-
-
-def _embed_resumable(clips: list[Clip], cfg: EmbedConfig, out: Path, console: Console) -> Embeddings:
-    """Embed in saved parts beside ``out`` (``.<name>.parts-<key>/``) and write ``out``: Ctrl-C
-    loses at most one part and the same command continues; the parts go once ``out`` is written."""
-    import shutil
-
-    from asdcli.artifacts import save_embeddings, sha256_file
-    from asdcli.frontend.embed import embed_inputs, embed_resumable
-    from asdcli.frontend.beats import resolve_checkpoint
-    from asdcli.pipeline.stages import stage_key
-
-    key = stage_key(embed_inputs(clips, cfg, sha256_file(resolve_checkpoint(cfg.checkpoint))))
-    emb, parts = embed_resumable(clips, cfg, out.parent, f".{out.name}.parts-", key, console)
-    save_embeddings(out, emb)
-    shutil.rmtree(parts)
-    return emb

@@ -7,11 +7,13 @@ from typing import Any, List, Optional
 
 import typer
 
-from asdcli.artifacts import Embeddings, load_embeddings
+from asdcli.artifacts import Embeddings, check_not_input, load_embeddings
 from asdcli.backend.bank import Bank, load_bank, load_banks
+from asdcli.backend.score import (SCORE_FORMATS, check_unique_names, decide, format_rows, score_embeddings,
+                                  select_test, write_decisions, write_submission)  # fmt: skip
 from asdcli.console import stderr_console
+from asdcli.data.dataset import Clip
 from asdcli.errors import ConfigError, DataError
-from asdcli.backend.score import SCORE_FORMATS, decide, format_rows, score_embeddings, select_test, write_decisions, write_submission
 
 
 def command(
@@ -30,6 +32,7 @@ def command(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (embedding clips only)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch when embedding."),
+    skip_other_sections: bool = typer.Option(False, "--skip-other-sections", help="Skip clips of another machine/section than the bank's (counted on stderr) instead of failing."),
 ) -> None:
     """Score clips against a bank: anomaly scores as challenge CSV (filename,score; no header) on stdout.
 
@@ -38,6 +41,7 @@ def command(
     `asd score --banks banks/ --embeddings test.npz --submission-dir submission/`.
     """
     _check_modes(clips, bank, banks, embeddings, submission_dir, fmt, decisions)
+    check_not_input(decisions, [p for p in (bank, embeddings, *(clips or [])) if p is not None], "--decisions")
     if banks is not None:
         assert embeddings is not None and submission_dir is not None
         paths = write_submission(load_banks(banks), load_embeddings(embeddings), submission_dir, what=str(embeddings))
@@ -48,10 +52,13 @@ def command(
     if embeddings is not None:
         rows = _rows_from_file(the_bank, embeddings, all_rows)
     else:
-        rows = _embed(the_bank, clips or [], checkpoint, adapter, device, batch_size)
-    scores = score_embeddings(the_bank, rows, what=str(embeddings or "the clips"))
+        rows = _embed(the_bank, clips or [], checkpoint, adapter, device, batch_size, skip_other_sections)
+    what = str(embeddings or "the clips")
+    scores = score_embeddings(the_bank, rows, what=what)
+    check_unique_names(rows, what)
     flags = decide(the_bank, scores)
-    typer.echo(format_rows(rows.filenames, scores, flags, fmt, header), nl=False)
+    # bytes: a file name that is not UTF-8 (surrogate-escaped) is written back as the bytes it had
+    typer.echo(format_rows(rows.filenames, scores, flags, fmt, header).encode("utf-8", "surrogateescape"), nl=False)
     if decisions is not None:
         write_decisions(decisions, rows.filenames, flags)
 
@@ -81,31 +88,62 @@ def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
     rows = select_test(emb, bank.machine, bank.section)
     if len(rows) == 0:
         raise DataError(f"{path} has no test clips of {bank.name}; pass --all to score every row.")
+    if len(rows) < len(emb):
+        stderr_console().print(f"Scored the {len(rows)} test clips of {bank.name} in {path}; skipped {len(emb) - len(rows)} "
+                               "other rows (--all scores every row).", markup=False, highlight=False, soft_wrap=True)
     return rows
 
 
+def _bank_clips(bank: Bank, found: list[Clip], skip_other_sections: bool) -> list[Clip]:
+    """The clips of the bank's machine/section; a clip whose known machine or section differs is
+    an error (or skipped, counted on stderr, with ``skip_other_sections``)."""
+    def other(c: Clip) -> bool:
+        return bool(c.machine and c.machine != bank.machine) or bool(c.section and c.section != bank.section)
+
+    others = [c for c in found if other(c)]
+    if others and not skip_other_sections:
+        first = others[0]
+        raise DataError(f"{len(others)} clip(s) are not of the bank's {bank.name}, e.g. {first.path} "
+                        f"({first.machine or '?'} section {first.section or '?'}); pass the clips of that "
+                        "machine/section, or --skip-other-sections to skip them.")
+    kept = [c for c in found if not other(c)]
+    if not kept:
+        raise DataError(f"None of the {len(found)} clip(s) is of the bank's {bank.name}; nothing to score.")
+    if others:
+        stderr_console().print(f"Skipped {len(others)} clip(s) of other machines/sections than {bank.name}.",
+                               markup=False, highlight=False, soft_wrap=True)
+    return kept
+
+
 def _embed(bank: Bank, clips: List[Path], checkpoint: Optional[Path], adapter: Optional[Path], device: str,
-           batch_size: int) -> Embeddings:
+           batch_size: int, skip_other_sections: bool) -> Embeddings:
     """Embed the clips as the bank's training clips were (checkpoint, adapter, embedding kind,
-    clip length and channel from its meta; --checkpoint/--adapter override, and a different
-    front end is then caught by the meta check before scoring)."""
+    layers, clip length and channel from its meta; --checkpoint/--adapter override, and a
+    different front end is then caught by the contract check before scoring)."""
     from asdcli.data.dataset import discover_clips
-    from asdcli.frontend.embed import EMBEDDING_CHOICES, EmbedConfig, embed_clips
+    from asdcli.frontend.embed import EMBEDDING_CHOICES, EmbedConfig, embed_job
+    from asdcli.frontend.spec import spec_of
 
     files = [p for p in clips if p.is_file()]
     folders = [p for p in clips if not p.is_file()]
     found = (discover_clips(files) if files else []) + (discover_clips(folders, splits={"test"}) if folders else [])
+    found = _bank_clips(bank, found, skip_other_sections)
     meta: dict[str, Any] = bank.embedding_meta
+    spec = spec_of(meta, f"The bank of {bank.name}")
+    if spec is None:
+        raise ConfigError(f"The bank of {bank.name} does not record its front end (made by an older asdcli); "
+                          "re-fit it from embeddings made with this asdcli.")
     ckpt = checkpoint or _meta_path(meta, "checkpoint_path")
     if ckpt is None:
         raise ConfigError(f"The bank of {bank.name} does not record its checkpoint; pass --checkpoint.")
     adapter = adapter or _meta_path(meta, "adapter_path")
-    kind = meta.get("embedding") if adapter is not None and meta.get("embedding") in EMBEDDING_CHOICES else None
+    kind = spec.get("embedding") if adapter is not None and spec.get("embedding") in EMBEDDING_CHOICES else None
     cfg = EmbedConfig(
         checkpoint=ckpt, adapter=adapter, embedding=kind, batch_size=batch_size, device=device,
-        seconds=meta.get("clip_seconds", 10.0), channel=meta.get("channel"),
+        seconds=spec.get("clip_seconds", 10.0), channel=spec.get("channel"),
+        layers=str(spec.get("layers", "last")) if adapter is None else "last",
     )
-    return embed_clips(found, cfg)
+    return embed_job(found, cfg, stderr_console())[0]
 
 
 def _meta_path(meta: dict[str, Any], key: str) -> Optional[Path]:

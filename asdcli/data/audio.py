@@ -20,6 +20,7 @@ AudioWarning)`` to make it fatal.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 
 from asdcli.data.dataset import Clip
 from asdcli.errors import AudioError, ConfigError
@@ -97,11 +97,16 @@ def _no_channel(path: Path, channels: int, channel: int) -> AudioError:
                       f"use 0..{channels - 1} or leave it unset to average the channels.")
 
 
+def _sf_name(path: Path) -> str | bytes:
+    """The name soundfile opens: bytes on POSIX, so a file name that is not UTF-8 opens too."""
+    return os.fsencode(path) if os.name == "posix" else str(path)
+
+
 def _read(path: Path) -> tuple[np.ndarray, int]:
     """(frames, channels) float32 and the rate, or AudioError for anything unreadable."""
     _check_size(path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(_sf_name(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
         raise _unreadable(path, e) from e
     if data.shape[0] == 0:
@@ -109,9 +114,10 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
-def probe_clip(path: Path | str, channel: int | None = None) -> None:
+def probe_clip(path: Path | str, channel: int | None = None) -> float:
     """Check what the file header tells (exists, not empty, audio, has samples, long enough,
     has ``channel``) without reading the samples; raises the AudioError ``load_clip`` would.
+    Returns the clip's duration in seconds.
 
     Cheap (well under a millisecond per file), so a stage can check every clip before hours of
     work; NaN/Inf samples are only found when the clip is loaded.
@@ -119,7 +125,7 @@ def probe_clip(path: Path | str, channel: int | None = None) -> None:
     path = Path(path)
     _check_size(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(_sf_name(path))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
         raise _unreadable(path, e) from e
     if info.frames == 0:
@@ -128,12 +134,12 @@ def probe_clip(path: Path | str, channel: int | None = None) -> None:
         raise _too_short(path, info.frames / info.samplerate)
     if channel is not None and channel >= info.channels:
         raise _no_channel(path, info.channels, channel)
+    return float(info.frames / info.samplerate)
 
 
-def probe_clips(clips: Sequence[Clip | Path | str], channel: int | None = None) -> None:
-    """:func:`probe_clip` for every clip, in order; the first bad one raises."""
-    for clip in clips:
-        probe_clip(clip.path if isinstance(clip, Clip) else clip, channel)
+def probe_clips(clips: Sequence[Clip | Path | str], channel: int | None = None) -> list[float]:
+    """:func:`probe_clip` for every clip, in order (the first bad one raises); their durations in seconds."""
+    return [probe_clip(clip.path if isinstance(clip, Clip) else clip, channel) for clip in clips]
 
 
 def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
@@ -148,6 +154,8 @@ def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     """
     if orig_rate == new_rate:
         return wave.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly  # 0.8 s to import: only when a clip needs resampling
+
     g = math.gcd(orig_rate, new_rate)
     out = resample_poly(wave.astype(np.float64), new_rate // g, orig_rate // g)
     return out.astype(np.float32)

@@ -24,7 +24,7 @@ from torch import nn
 from asdcli.artifacts import read_json, write_bytes_atomic, write_json_atomic
 from asdcli.errors import ArtifactError, ArtifactMismatch, ArtifactNotFound, ConfigError
 from asdcli.finetune.head import EmbeddingHead, mean_pool
-from asdcli.finetune.lora import ADAPTER_WEIGHTS, load_adapter, save_adapter
+from asdcli.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
 
 RUN_SCHEMA = 1
 RUN_KIND = "asdcli-finetune-run"
@@ -68,11 +68,34 @@ def write_run_artifacts(run_dir: Path, backbone: nn.Module, head: EmbeddingHead,
 
 
 def adapter_id(run_dir: Path) -> str:
-    """SHA-256 over the adapter and head weight files: names the fine-tuned front end."""
+    """SHA-256 over the bytes of the files that define the fine-tuned model (adapter config,
+    adapter weights, head): names the fine-tuned front end. Computed from the files, never read
+    from run.json, so an edited or replaced file is another adapter."""
     h = hashlib.sha256()
-    for f in (Path(run_dir) / ADAPTER_DIR / ADAPTER_WEIGHTS, Path(run_dir) / HEAD_FILE):
-        h.update(f.read_bytes())
+    for f in (Path(run_dir) / ADAPTER_DIR / ADAPTER_CONFIG, Path(run_dir) / ADAPTER_DIR / ADAPTER_WEIGHTS,
+              Path(run_dir) / HEAD_FILE):  # fmt: skip
+        try:
+            data = f.read_bytes()
+        except FileNotFoundError as e:
+            raise ArtifactNotFound(f"Adapter file {f} does not exist. Re-run `asd finetune` for this run folder.") from e
+        except OSError as e:
+            raise ArtifactError(f"Cannot read adapter file {f}: {e.strerror}.") from e
+        h.update(f"{f.name}\0{len(data)}\0".encode())
+        h.update(data)
     return h.hexdigest()
+
+
+def recorded_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint file run.json says the run was fine-tuned from (it must still be there)."""
+    run = read_run(run_dir)
+    ckpt = run.get("checkpoint")
+    path = ckpt.get("path") if isinstance(ckpt, dict) else None
+    if not isinstance(path, str) or not path:
+        raise ArtifactError(f"{Path(run_dir) / RUN_FILE} does not record its checkpoint; pass --checkpoint.")
+    if not Path(path).is_file():
+        raise ArtifactNotFound(f"Adapter {run_dir} was fine-tuned from checkpoint {path}, which does not exist any "
+                               "more; pass --checkpoint with that file (its SHA-256 is checked).")
+    return Path(path)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -128,7 +151,7 @@ def load_adapter_embedder(run_dir: Path, loaded: Any, embedding: str | None = No
     (module, meta)
         ``module`` (eval mode, frozen, on CPU) maps normalised fbank (B, T, 128) float32 to
         (B, E) embeddings exactly as the fine-tuned model computed them. ``meta`` holds
-        ``adapter_id``, ``adapter_path``, ``embedding``, ``embedding_dim``, ``labels`` and
+        ``adapter_id`` (:func:`adapter_id` of the files), ``adapter_path``, ``embedding``, ``embedding_dim``, ``labels`` and
         ``checkpoint_sha256``.
 
     Raises
@@ -141,13 +164,15 @@ def load_adapter_embedder(run_dir: Path, loaded: Any, embedding: str | None = No
     if kind not in EMBEDDING_KINDS:
         raise ConfigError(f"--embedding must be one of {', '.join(EMBEDDING_KINDS)}, got {kind!r}.")
     run = read_run(run_dir)
-    want = run.get("checkpoint", {}).get("sha256")
+    recorded: dict[str, Any] = run["checkpoint"] if isinstance(run.get("checkpoint"), dict) else {}
+    want = recorded.get("sha256")
     if want != loaded.sha256:
         raise ArtifactMismatch(
-            f"Adapter {run_dir} was fine-tuned from checkpoint {run.get('checkpoint', {}).get('path')} "
+            f"Adapter {run_dir} was fine-tuned from checkpoint {recorded.get('path')} "
             f"(SHA-256 {str(want):.12}...), not {loaded.path} ({loaded.sha256:.12}...). "
             "Pass the same --checkpoint that `asd finetune` used."
         )
+    identity = adapter_id(run_dir)  # of the bytes about to be loaded
     head, _ = load_head(run_dir)
     backbone = load_adapter(copy.deepcopy(loaded.model), run_dir / ADAPTER_DIR)
     module = AdapterEmbedder(backbone, head, kind).eval()
@@ -155,11 +180,11 @@ def load_adapter_embedder(run_dir: Path, loaded: Any, embedding: str | None = No
         p.requires_grad_(False)
     dim = head.embedding_dim if kind == "head" else head.in_dim
     meta = {
-        "adapter_id": run.get("adapter_id") or adapter_id(run_dir),
+        "adapter_id": identity,
         "adapter_path": str(run_dir),
         "embedding": kind,
         "embedding_dim": dim,
-        "labels": run.get("labels", {}).get("mode"),
+        "labels": run.get("labels", {}).get("mode") if isinstance(run.get("labels"), dict) else None,
         "checkpoint_sha256": loaded.sha256,
     }
     return module, meta

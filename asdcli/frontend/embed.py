@@ -7,8 +7,9 @@ same, complete Embeddings in the input order, and only the main process writes t
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,14 @@ from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.data.audio import SAMPLE_RATE, AudioConfig, AudioWarning, ClipDataset, probe_clips
 from asdcli.data.dataset import Clip
 from asdcli.device import resolve_device
-from asdcli.errors import AsdError, ConfigError
+from asdcli.errors import ArtifactError, AsdError, ConfigError
+from asdcli.frontend.beats import BEATs, LoadedBeats, load_beats, resolve_checkpoint
 from asdcli.frontend.features import beats_fbank
-from asdcli.frontend.beats import LoadedBeats, load_beats, resolve_checkpoint
+from asdcli.frontend.spec import FEATURES, SPEC_KEY, FrontendSpec, cfg_sha256, frontend_differences
 
 EMBEDDING_CHOICES = ("head", "pooled")
-POOLING = "mean"  # over all tokens of the last layer
+POOLING = "mean"  # over all tokens of each pooled layer
 EMBED_CHUNK = 256  # clips per saved part of a resumable embedding job
-FRONTEND = "beats-kaldi-fbank128-v1"
 
 Progress = Callable[[int], None]  # called with the number of clips just finished
 
@@ -40,7 +41,8 @@ class EmbedConfig:
     checkpoint: official BEATs checkpoint (None: $ASD_CHECKPOINT or the default cache path);
     adapter: `asd finetune` run folder; embedding: "head" or "pooled" (needs adapter, default head);
     seconds: clips are cut/zero-padded to this length (None: natural length, batch size 1);
-    channel: 0-based channel to keep (None: mean of channels); num_workers: DataLoader workers.
+    channel: 0-based channel to keep (None: mean of channels); num_workers: DataLoader workers;
+    layers: "last" or 1-based transformer layers whose token means are concatenated ("7,10").
     """
 
     checkpoint: Path | None
@@ -51,6 +53,7 @@ class EmbedConfig:
     seconds: float | None = 10.0
     channel: int | None = None
     num_workers: int = 0
+    layers: str = "last"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -61,6 +64,8 @@ class EmbedConfig:
             raise ConfigError(f"--embedding must be one of {', '.join(EMBEDDING_CHOICES)}, got {self.embedding!r}.")
         if self.embedding is not None and self.adapter is None:
             raise ConfigError("--embedding chooses a fine-tuned model's vector and needs --adapter RUN_DIR.")
+        if parse_layers(self.layers) is not None and self.adapter is not None:
+            raise ConfigError("--layers is for the frozen BEATs; a fine-tuned adapter's vector uses the last layer.")
 
     @property
     def audio(self) -> AudioConfig:
@@ -78,16 +83,94 @@ class MeanPooledBackbone(nn.Module):
         return self.backbone(fbank).mean(dim=1)
 
 
-def build_embedder(loaded: LoadedBeats, cfg: EmbedConfig) -> tuple[nn.Module, dict[str, Any]]:
-    """The fbank -> (B, D) module and the meta fields describing it."""
-    if cfg.adapter is None:
-        module: nn.Module = MeanPooledBackbone(loaded.model)
-        return module, {"adapter_id": None, "adapter_path": None, "embedding": "backbone",
-                        "embedding_dim": loaded.model.embed_dim}  # fmt: skip
-    from asdcli.finetune.run_dir import load_adapter_embedder  # fine-tune stack only when asked for
+class MeanPooledLayers(nn.Module):
+    """Normalized fbank (B, T, 128) -> token means of the 1-based ``layers``, concatenated in the
+    order given, (B, D * len(layers)); one pass that stops after the deepest listed layer."""
 
-    module, meta = load_adapter_embedder(Path(cfg.adapter), loaded, cfg.embedding)
-    return module, dict(meta)
+    def __init__(self, backbone: BEATs, layers: Sequence[int]) -> None:
+        super().__init__()
+        self.backbone, self.layers = backbone, tuple(layers)
+
+    def forward(self, fbank: Tensor) -> Tensor:
+        return torch.cat([x.mean(dim=1) for x in self.backbone.layer_features(fbank, self.layers)], dim=1)
+
+
+def parse_layers(text: str) -> tuple[int, ...] | None:
+    """``"last"`` -> None; ``"7,10"`` -> (7, 10); anything else is a ConfigError."""
+    if text.strip().lower() == "last":
+        return None
+    try:
+        layers = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        layers = ()
+    if not layers or min(layers) < 1 or len(set(layers)) != len(layers):
+        raise ConfigError(f"--layers must be 'last' or distinct layer numbers from 1 such as 7,10; got {text!r}.")
+    return layers
+
+
+@dataclass(frozen=True)
+class Embedder:
+    """A front end built once for a job: the fbank -> (B, D) module on its device, what it is
+    (``spec``), and the descriptive meta written with every embedding it makes."""
+
+    module: nn.Module
+    device: torch.device
+    spec: FrontendSpec
+    meta: dict[str, Any]
+    audio: AudioConfig
+    batch_size: int = 8
+    num_workers: int = 0
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["embedding_dim"])
+
+
+def _frozen_module(loaded: LoadedBeats, layers_text: str) -> tuple[nn.Module, str, int]:
+    """The frozen module, the canonical layers text and the dimension."""
+    layers = parse_layers(layers_text)
+    n = len(loaded.model.encoder.layers)
+    if layers is not None and max(layers) > n:
+        raise ConfigError(f"--layers {layers_text}: {loaded.path} has {n} transformer layers (1..{n}).")
+    if layers is None or (layers == (n,) and not loaded.model.cfg.layer_norm_first):
+        return MeanPooledBackbone(loaded.model), "last", loaded.model.embed_dim
+    return MeanPooledLayers(loaded.model, layers), ",".join(map(str, layers)), loaded.model.embed_dim * len(layers)
+
+
+def checkpoint_for(cfg: EmbedConfig) -> Path:
+    """--checkpoint; with only --adapter, the checkpoint its run.json records; else the default."""
+    if cfg.checkpoint is None and cfg.adapter is not None:
+        from asdcli.finetune.run_dir import recorded_checkpoint
+
+        return recorded_checkpoint(Path(cfg.adapter))
+    return resolve_checkpoint(cfg.checkpoint)
+
+
+def build_embedder(cfg: EmbedConfig) -> Embedder:
+    """Load the checkpoint (hashed once), the adapter if any, and place the module on its device."""
+    from accelerate import PartialState
+
+    loaded = load_beats(checkpoint_for(cfg))
+    if cfg.adapter is None:
+        module, layers, dim = _frozen_module(loaded, cfg.layers)
+        meta: dict[str, Any] = {"adapter_id": None, "adapter_path": None, "embedding": "backbone", "embedding_dim": dim}
+    else:
+        from asdcli.finetune.run_dir import load_adapter_embedder  # fine-tune stack only when asked for
+
+        module, adapter_meta = load_adapter_embedder(Path(cfg.adapter), loaded, cfg.embedding)
+        meta, layers = dict(adapter_meta), "last"
+    spec = FrontendSpec(
+        checkpoint_sha256=loaded.sha256, backbone_cfg_sha256=cfg_sha256(loaded.cfg),
+        adapter_sha256=meta["adapter_id"], embedding=str(meta["embedding"]), layers=layers, pooling=POOLING,
+        clip_seconds=cfg.seconds, channel=cfg.channel, sample_rate=SAMPLE_RATE,
+    )  # fmt: skip
+    meta.update({SPEC_KEY: spec.to_dict(), "checkpoint_path": os.fsdecode(loaded.path.resolve()),
+                 "backbone_cfg": loaded.cfg})
+    state = PartialState()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and state.num_processes > 1:
+        device = state.device
+    return Embedder(module.to(device).eval(), device, spec, meta, cfg.audio, cfg.batch_size, cfg.num_workers)
 
 
 def _unwrap_worker_error(e: AsdError) -> AsdError:
@@ -99,21 +182,21 @@ def _unwrap_worker_error(e: AsdError) -> AsdError:
     return type(e)(last.split(": ", 1)[1] if ": " in last else last)
 
 
-def _embed_indices(module: nn.Module, clips: Sequence[Clip], indices: list[int], cfg: EmbedConfig,
-                   device: torch.device, progress: Progress | None) -> list[tuple[int, np.ndarray]]:  # fmt: skip
+def _embed_indices(embedder: Embedder, clips: Sequence[Clip], indices: list[int],
+                   progress: Progress | None) -> list[tuple[int, np.ndarray]]:  # fmt: skip
     """Embed ``clips[i]`` for i in ``indices``; returns (i, float32 (D,)) pairs."""
-    dataset = ClipDataset([clips[i] for i in indices], cfg.audio)
+    dataset = ClipDataset([clips[i] for i in indices], embedder.audio)
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=cfg.batch_size if cfg.seconds is not None else 1,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
+        batch_size=embedder.batch_size if embedder.audio.seconds is not None else 1,
+        num_workers=embedder.num_workers,
+        pin_memory=embedder.device.type == "cuda",
     )
     out: list[tuple[int, np.ndarray]] = []
     try:
         with torch.inference_mode():
             for wave, local in loader:
-                vectors = module(beats_fbank(wave.to(device, non_blocking=True)))  # (B, D)
+                vectors = embedder.module(beats_fbank(wave.to(embedder.device, non_blocking=True)))  # (B, D)
                 vectors = vectors.float().cpu().numpy()
                 out.extend((indices[int(j)], vectors[k]) for k, j in enumerate(local))
                 if progress is not None:
@@ -123,58 +206,47 @@ def _embed_indices(module: nn.Module, clips: Sequence[Clip], indices: list[int],
     return out
 
 
-def embed_clips(clips: Sequence[Clip], cfg: EmbedConfig, progress: Progress | None = None) -> Embeddings:
-    """Embed clips with BEATs, or with the fine-tuned model of ``cfg.adapter``.
+def embed(embedder: Embedder, clips: Sequence[Clip], progress: Progress | None = None) -> Embeddings:
+    """Embed ``clips`` with a built :class:`Embedder`.
 
-    Parameters
-    ----------
-    clips : sequence of Clip
-        From ``dataset.discover_clips``.
-    cfg : EmbedConfig
-    progress : callable, optional
-        Called with the number of clips each batch finished (in this process).
-
-    Returns
-    -------
-    Embeddings
-        float32 (N, D) vectors in the order of ``clips`` (D = 768 for iter3 without adapter),
-        with the clips' parsed fields and a meta record.
+    Under ``accelerate launch`` each process embeds its share and every process returns all rows.
+    ``progress`` is called with the number of clips each batch finished (in this process).
+    Returns float32 (N, D) vectors in the order of ``clips``, with the clips' parsed fields and
+    the embedder's meta. A non-finite vector is an ArtifactError naming the clip.
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
     if not clips:
         raise ConfigError("No clips to embed.")
-    probe_clips(clips, cfg.channel)  # a bad clip fails now, not after most of the work
-    loaded = load_beats(resolve_checkpoint(cfg.checkpoint))
-    module, meta = build_embedder(loaded, cfg)
     state = PartialState()
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and state.num_processes > 1:
-        device = state.device
-    module = module.to(device).eval()
     with state.split_between_processes(list(range(len(clips)))) as mine:
-        pairs = _embed_indices(module, clips, list(mine), cfg, device, progress)
+        pairs = _embed_indices(embedder, clips, list(mine), progress)
     if state.num_processes > 1:
         pairs = gather_object(pairs)
     pairs = sorted(pairs, key=lambda p: p[0])
     vectors = np.stack([v for _, v in pairs]).astype(np.float32)
-    meta.update(
-        checkpoint_sha256=loaded.sha256, checkpoint_path=str(loaded.path), backbone_cfg=loaded.cfg,
-        pooling=POOLING, frontend=FRONTEND, clip_seconds=cfg.seconds, sample_rate=SAMPLE_RATE,
-        channel=cfg.channel,
-    )  # fmt: skip
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        first = clips[int(np.flatnonzero(bad)[0])].path
+        raise ArtifactError(f"The embedding of {first} is NaN or Inf ({int(bad.sum())} clips): checkpoint "
+                            f"{embedder.meta['checkpoint_path']} or the adapter computes non-finite values; check them.")
     return Embeddings(
         vectors=vectors,
         filenames=np.asarray([c.name for c in clips], dtype=str),
-        paths=np.asarray([str(c.path) for c in clips], dtype=str),
+        paths=np.asarray([os.fsdecode(c.path) for c in clips], dtype=str),
         machine=np.asarray([c.machine for c in clips], dtype=str),
         section=np.asarray([c.section for c in clips], dtype=str),
         domain=np.asarray([c.domain for c in clips], dtype=str),
         split=np.asarray([c.split for c in clips], dtype=str),
         label=np.asarray([c.label for c in clips], dtype=str),
-        meta=meta,
+        meta=dict(embedder.meta),
     )
+
+
+def embed_clips(clips: Sequence[Clip], cfg: EmbedConfig, progress: Progress | None = None) -> Embeddings:
+    """``embed(build_embedder(cfg), clips)``: for one-off calls; a job builds its embedder once."""
+    return embed(build_embedder(cfg), clips, progress)
 
 
 def local_share(num_clips: int) -> int:
@@ -183,17 +255,6 @@ def local_share(num_clips: int) -> int:
 
     state = PartialState()
     return -(-num_clips // state.num_processes) if state.is_main_process else 0
-
-
-def write_embeddings(path: Path, emb: Embeddings) -> bool:
-    """Save on the main process only (atomically); others wait. Returns whether this process wrote."""
-    from accelerate import PartialState
-
-    state = PartialState()
-    if state.is_main_process:
-        save_embeddings(path, emb)
-    state.wait_for_everyone()
-    return bool(state.is_main_process)
 
 
 @contextlib.contextmanager
@@ -219,68 +280,124 @@ def _progress_bar(console: Any | None, total: int, visible: bool = True) -> Iter
         yield advance
 
 
-def embed_with_progress(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None) -> Embeddings:
-    """``embed_clips`` with a progress bar (clips/s) on ``console``; no bar when it is None.
-
-    Audio warnings (e.g. an all-zero clip) are shown on ``console`` as ``Warning: ...`` lines.
-    """
+def embed_with_progress(embedder: Embedder, clips: Sequence[Clip], console: Any | None) -> Embeddings:
+    """:func:`embed` with a progress bar (clips/s) on ``console``; no bar when it is None."""
     share = local_share(len(clips))  # this process's clips; 0 hides the bar on non-main processes
     with _progress_bar(console, share, visible=share > 0) as advance:
-        return embed_clips(clips, cfg, progress=advance)
+        return embed(embedder, clips, progress=advance)
 
 
-def embed_in_parts(clips: Sequence[Clip], cfg: EmbedConfig, parts_dir: Path, console: Any | None = None,
+def embed_in_parts(embedder: Embedder, clips: Sequence[Clip], parts_dir: Path, console: Any | None = None,
                    chunk: int | None = None) -> Embeddings:
-    """``embed_clips`` in parts of ``chunk`` (default EMBED_CHUNK) clips, each saved atomically to
+    """:func:`embed` in parts of ``chunk`` (default EMBED_CHUNK) clips, each saved atomically to
     ``parts_dir/NNNNN.npz``.
 
-    A part already there (same clips) is loaded instead of recomputed, so a job interrupted by
-    Ctrl-C continues where it stopped. ``parts_dir`` must be specific to the inputs and options
-    (the caller names it from them) and is the caller's to delete once the result is saved.
-    Single-process only. Shows one progress bar over all clips on ``console`` (None: silent).
+    A part already there (same clips, same front end) is loaded instead of recomputed, so a job
+    interrupted by Ctrl-C continues where it stopped. ``parts_dir`` must be specific to the inputs
+    and options (the caller names it from them) and is the caller's to delete once the result is
+    saved. Single-process only. One progress bar over all clips on ``console`` (None: silent).
     """
     from asdcli.artifacts import load_embeddings
 
     chunk = chunk or EMBED_CHUNK
-    probe_clips(clips, cfg.channel)
     parts: list[Embeddings] = []
     with _progress_bar(console, len(clips)) as advance:
         for i, first in enumerate(range(0, len(clips), chunk)):
             piece, path = clips[first:first + chunk], parts_dir / f"{i:05d}.npz"
             emb = load_embeddings(path) if path.is_file() else None
-            if emb is not None and list(emb.paths) == [str(c.path) for c in piece]:
+            if (emb is not None and list(emb.paths) == [os.fsdecode(c.path) for c in piece]
+                    and not frontend_differences(emb.meta.get(SPEC_KEY), embedder.spec.to_dict())):
                 advance(len(piece), computed=False)
             else:
-                emb = embed_clips(piece, cfg, progress=advance)
+                emb = embed(embedder, piece, progress=advance)
                 save_embeddings(path, emb)
             parts.append(emb)
     return Embeddings.concat(parts)
 
 
 def embed_inputs(clips: Sequence[Clip], cfg: EmbedConfig, checkpoint_sha256: str) -> dict[str, Any]:
-    """What an embedding job's vectors depend on: hashed into the key that names its saved parts
-    (and the `asd run` embed stage)."""
-    from asdcli.artifacts import read_json
+    """What an embedding job's vectors depend on, without loading a model: hashed into the key
+    that names its saved parts (and the `asd run` embed stage)."""
     from asdcli.pipeline.stages import files_fingerprint
 
-    adapter = read_json(Path(cfg.adapter) / "run.json", what="run record")["adapter_id"] if cfg.adapter else None
+    adapter = None
+    if cfg.adapter is not None:
+        from asdcli.finetune.run_dir import adapter_id
+
+        adapter = adapter_id(Path(cfg.adapter))
     return {"checkpoint": checkpoint_sha256, "adapter": adapter, "embedding": cfg.embedding, "seconds": cfg.seconds,
-            "channel": cfg.channel, "clips": files_fingerprint([c.path for c in clips])}
+            "channel": cfg.channel, "layers": cfg.layers, "features": FEATURES,
+            "clips": files_fingerprint([c.path for c in clips])}
 
 
-def embed_resumable(clips: Sequence[Clip], cfg: EmbedConfig, work_dir: Path, prefix: str, key: str,
-                    console: Any | None = None) -> tuple[Embeddings, Path]:
-    """``embed_in_parts`` into ``work_dir/<prefix><key>`` after removing the folders of other keys
-    with the same ``prefix`` (parts made from other inputs or options).
+def long_clip_notice(durations: Sequence[float], seconds: float | None) -> str | None:
+    """The stderr notice for clips longer than ``seconds`` (their ends are not embedded), or None."""
+    if seconds is None:
+        return None
+    extra = [d - seconds for d in durations if d > seconds + 1.0 / SAMPLE_RATE]
+    if not extra:
+        return None
+    return (f"Notice: {len(extra)} clip(s) are longer than --seconds {seconds:g}; only their first {seconds:g} s "
+            f"are used, {sum(extra):.1f} s of audio in all is ignored.")
 
-    Returns the embeddings and the parts folder, which the caller deletes once it saved the result.
+
+def prepare_job(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = None,
+                durations: Sequence[float] | None = None) -> Embedder:
+    """Start an embedding job: read every clip's header once (a bad clip fails now, not after most
+    of the work; ``durations`` from an earlier probe of the same clips skip it), say on
+    ``console`` how much audio longer clips lose, and build the embedder."""
+    if not clips:
+        raise ConfigError("No clips to embed.")
+    durations = probe_clips(clips, cfg.channel) if durations is None else durations
+    notice = long_clip_notice(durations, cfg.seconds)
+    if notice is not None and console is not None:
+        console.print(notice, markup=False, highlight=False, soft_wrap=True)
+    return build_embedder(cfg)
+
+
+def embed_job(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = None,
+              parts_in: tuple[Path, str] | None = None,
+              durations: Sequence[float] | None = None) -> tuple[Embeddings, Path | None]:
+    """One embedding job: :func:`prepare_job`, then :func:`embed` with a progress bar.
+
+    ``parts_in`` = (folder, prefix): single-process jobs save resumable parts in
+    ``folder/<prefix><key>`` (after removing that prefix's folders of other keys) and return it
+    for the caller to delete once the result is saved; under ``accelerate launch`` (or without
+    ``parts_in``) nothing is saved and the second item is None.
     """
     import shutil
 
-    work_dir = Path(work_dir)
-    parts = work_dir / f"{prefix}{key[:16]}"
+    from accelerate import PartialState
+
+    embedder = prepare_job(clips, cfg, console, durations)
+    if parts_in is None or PartialState().num_processes > 1:
+        return embed_with_progress(embedder, clips, console), None
+    from asdcli.pipeline.stages import stage_key
+
+    work_dir, prefix = Path(parts_in[0]), parts_in[1]
+    parts = work_dir / f"{prefix}{stage_key(embed_inputs(clips, cfg, embedder.spec.checkpoint_sha256))[:16]}"
     if work_dir.is_dir():
         for stale in work_dir.iterdir():
             if stale.name.startswith(prefix) and stale != parts and stale.is_dir():
                 shutil.rmtree(stale)
-    return embed_in_parts(clips, cfg, parts, console), parts
+    return embed_in_parts(embedder, clips, parts, console), parts
+
+
+def embed_to_file(clips: Sequence[Clip], cfg: EmbedConfig, outputs: Mapping[Path, str | None],
+                  console: Any | None = None, parts_in: tuple[Path, str] | None = None,
+                  durations: Sequence[float] | None = None) -> Embeddings:
+    """:func:`embed_job`, then write each ``outputs`` path (atomically, main process only) with
+    the rows of its split (None: all rows) and remove the saved parts. Returns all rows."""
+    import shutil
+
+    from accelerate import PartialState
+
+    emb, parts = embed_job(clips, cfg, console, parts_in, durations)
+    state = PartialState()
+    if state.is_main_process:
+        for path, split in outputs.items():
+            save_embeddings(path, emb if split is None else emb.select(emb.split == split))
+        if parts is not None:
+            shutil.rmtree(parts)
+    state.wait_for_everyone()
+    return emb

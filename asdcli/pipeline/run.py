@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape
 
-from asdcli.artifacts import sha256_file
+from asdcli.artifacts import cached_sha256
 from asdcli.data.audio import probe_clips
 from asdcli.backend.bank import BankConfig
 from asdcli.data.dataset import Clip, discover_clips, require_field
-from asdcli.frontend.embed import EmbedConfig, embed_inputs, embed_resumable
+from asdcli.frontend.embed import EmbedConfig, embed_inputs, embed_to_file
 from asdcli.errors import ConfigError, DataError
 from asdcli.finetune.config import FinetuneConfig
 from asdcli.pipeline.stages import Stage, files_fingerprint, make_stage
@@ -161,8 +161,8 @@ def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_s
     return out
 
 
-def _embed_stage(cfg: RunConfig, clips: list[Clip], adapter: Path | None, ckpt_sha: str, stages: _Stages,
-                 ) -> tuple[Path, Path, str]:
+def _embed_stage(cfg: RunConfig, clips: list[Clip], durations: list[float], adapter: Path | None, ckpt_sha: str,
+                 stages: _Stages) -> tuple[Path, Path, str]:  # fmt: skip
     """Embed train and test clips into RUN_DIR/embeddings/{train,test}.npz; returns them and the stage key."""
     out = cfg.run_dir / "embeddings"
     train_path, test_path = out / "train.npz", out / "test.npz"
@@ -172,12 +172,8 @@ def _embed_stage(cfg: RunConfig, clips: list[Clip], adapter: Path | None, ckpt_s
     stage = make_stage(cfg.run_dir, "embed", embed_inputs(clips, ecfg, ckpt_sha), [train_path, test_path])
 
     def work() -> dict[str, Any]:
-        from asdcli.artifacts import save_embeddings
-
-        emb, parts = embed_resumable(clips, ecfg, out, ".parts-", stage.key, stages.console)
-        save_embeddings(train_path, emb.select(emb.split == "train"))
-        save_embeddings(test_path, emb.select(emb.split == "test"))
-        shutil.rmtree(parts)
+        emb = embed_to_file(clips, ecfg, {train_path: "train", test_path: "test"}, stages.console,
+                            parts_in=(out, ".parts-"), durations=durations)
         return {"clips": len(emb), "dim": emb.dim}
 
     what = "fine-tuned embeddings" if adapter else "frozen BEATs embeddings (mean-pooled)"
@@ -260,10 +256,10 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
         raise ConfigError("asd run is single-process; under accelerate launch run `asd finetune` and `asd embed` "
                           "instead, then fit-bank/score on one process.")
     train, test, noise = _clips(cfg.data_root)
-    probe_clips([*train, *test], cfg.channel)  # a bad test clip fails now, not after fine-tuning
+    durations = probe_clips([*train, *test], cfg.channel)  # a bad test clip fails now, not after fine-tuning
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     stages = _Stages(console)
-    ckpt_sha = sha256_file(cfg.checkpoint)
+    ckpt_sha = cached_sha256(cfg.checkpoint)
     n_machines = len({c.machine for c in train})
     stages.say(f"Run folder {cfg.run_dir}: {len(train)} train and {len(test)} test clips of {n_machines} machine(s) "
                f"under {cfg.data_root}.")
@@ -272,7 +268,7 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
         adapter = _finetune_stage(cfg, train, noise, ckpt_sha, stages)
     else:
         stages.say(": off (--no-finetune), frozen BEATs", stages.header("finetune"))
-    train_path, test_path, embed_key = _embed_stage(cfg, [*train, *test], adapter, ckpt_sha, stages)
+    train_path, test_path, embed_key = _embed_stage(cfg, [*train, *test], durations, adapter, ckpt_sha, stages)
     banks, bank_key = _bank_stage(cfg, train_path, embed_key, stages)
     submission = report = None
     if test:

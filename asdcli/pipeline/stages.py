@@ -30,7 +30,7 @@ def files_fingerprint(paths: Iterable[Path]) -> str:
     h = hashlib.sha256()
     for p in sorted(Path(p) for p in paths):
         st = p.stat()
-        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 

@@ -8,13 +8,14 @@ Shapes: B clips, T fbank frames, L tokens (8 per 16-frame time patch), D = encod
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.beats.config import BeatsConfig
+from asdcli.frontend.features import beats_fbank
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device: torch.device) -> Tensor:
@@ -189,8 +190,8 @@ class Encoder(nn.Module):
         # contiguous once here: every layer multiplies it by its gate, ~10x slower on the permuted view
         return table(self.bucket_index).permute(2, 0, 1).contiguous()
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, L, D) -> (B, L, D)."""
+    def _stack(self, x: Tensor, last: int) -> Iterator[Tensor]:
+        """Positional conv, then the outputs of layers 1..``last`` in turn (x (B, L, D))."""
         conv = self.pos_conv[0](x.transpose(1, 2))
         if self.cfg.conv_pos % 2 == 0:
             conv = conv[..., :-1]  # "SamePad" for an even kernel drops the last step
@@ -200,13 +201,27 @@ class Encoder(nn.Module):
         x = self.dropout(x)
         bias = self.position_bias(x.shape[1])
         ratio = self.cfg.layer_wise_gradient_decay_ratio
-        for layer in self.layers:
+        for layer in self.layers[:last]:
             if ratio != 1.0 and torch.is_grad_enabled():
                 x = GradMultiply.apply(x, ratio)
-            if self.training and self.cfg.encoder_layerdrop > 0 and torch.rand(()) < self.cfg.encoder_layerdrop:
-                continue
-            x = layer(x, bias)
-        return self.layer_norm(x) if self.cfg.layer_norm_first else x
+            if not (self.training and self.cfg.encoder_layerdrop > 0 and torch.rand(()) < self.cfg.encoder_layerdrop):
+                x = layer(x, bias)
+            yield x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, L, D) -> (B, L, D)."""
+        out = x
+        for out in self._stack(x, len(self.layers)):
+            pass
+        return self.layer_norm(out) if self.cfg.layer_norm_first else out
+
+    def layer_outputs(self, x: Tensor, layers: Sequence[int]) -> list[Tensor]:
+        """The outputs (B, L, D) of the 1-based ``layers`` in the order given, from one pass that
+        stops after the deepest one (what forward hooks on the official ``encoder.layers`` see)."""
+        if not layers or min(layers) < 1 or max(layers) > len(self.layers):
+            raise ValueError(f"layers must be in 1..{len(self.layers)}, got {list(layers)}")
+        outputs = dict(enumerate(self._stack(x, max(layers)), start=1))
+        return [outputs[i] for i in layers]
 
 
 class BEATs(nn.Module):
@@ -246,11 +261,19 @@ class BEATs(nn.Module):
         Tensor
             (B, L, D) last-layer token features, L = 8 * (T // 16) (496 for 10 s).
         """
+        return self.encoder(self._tokens(fbank))
+
+    def _tokens(self, fbank: Tensor) -> Tensor:
+        """Patch embedding: (B, T, 128) -> (B, L, D) encoder input."""
         x = self.patch_embedding(fbank.unsqueeze(1))  # (B, C, T // 16, 8)
         x = self.layer_norm(x.flatten(2).transpose(1, 2))  # (B, L, C), token = t * 8 + f
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
-        return self.encoder(self.dropout_input(x))
+        return self.dropout_input(x)
+
+    def layer_features(self, fbank: Tensor, layers: Sequence[int]) -> list[Tensor]:
+        """Token features (B, L, D) of the 1-based transformer ``layers`` of normalized fbank (B, T, 128)."""
+        return self.encoder.layer_outputs(self._tokens(fbank), layers)
 
     def extract_features(self, wave: Tensor) -> Tensor:
         """(B, N) 16 kHz waveforms in [-1, 1] -> (B, L, D) token features (never probabilities)."""

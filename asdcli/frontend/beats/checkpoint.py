@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from asdcli.artifacts import atomic_write, sha256_file
+from asdcli.artifacts import atomic_write, cached_sha256
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
 from asdcli.frontend.beats.backbone import BEATs
 from asdcli.frontend.beats.config import BeatsConfig, tiny_beats_config
@@ -112,7 +112,7 @@ def load_beats(path: str | Path, with_predictor: bool = False) -> LoadedBeats:
     model = BEATs(cfg, with_predictor=with_predictor)
     model.load_state_dict(_state_dict_for(model, ckpt["model"], path), strict=True)
     model.eval()
-    return LoadedBeats(model=model, cfg=dict(ckpt["cfg"]), sha256=sha256_file(path), path=path)
+    return LoadedBeats(model=model, cfg=dict(ckpt["cfg"]), sha256=cached_sha256(path), path=path)
 
 
 def save_official_checkpoint(path: str | Path, model: BEATs, cfg_dict: Mapping[str, Any]) -> None:
