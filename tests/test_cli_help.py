@@ -1,5 +1,6 @@
 """Every command explains itself (`--help`) through Typer's CliRunner and is in the README."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,76 @@ def test_each_command_has_help(name: str) -> None:
 @pytest.mark.parametrize("name", COMMANDS)
 def test_each_command_is_in_the_readme(name: str) -> None:
     assert f"asd {name}" in README.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- usage errors: one line, exit 2
+
+@pytest.mark.parametrize(("args", "error", "command"), [
+    (["frobnicate"], "Error: No such command 'frobnicate'.", "asd"),
+    (["report", "--bnak"], "Error: No such option: --bnak.", "asd report"),
+    (["report", "-f", "xml", "x"], "Error: Invalid value for '--format' / '-f': 'xml' is not one of 'table', "
+     "'csv', 'json', 'official'.", "asd report"),
+    (["score", "-f", "xml"], "Error: Invalid value for '--format' / '-f': 'xml' is not one of 'csv', 'jsonl'.",
+     "asd score"),
+    (["finetune", "--labels", "colour", "data"], "Error: Invalid value for '--labels': 'colour' is not one of "
+     "'machine', 'attribute'.", "asd finetune"),
+    (["run"], "Error: Missing argument 'DATA'.", "asd run"),
+    (["embed", "x", "-o", "y.npz", "--batch-size", "many"], "Error: Invalid value for '--batch-size': expected a "
+     "valid integer, unable to parse string as an integer.", "asd embed"),
+])
+def test_usage_error_is_one_line_and_a_hint(args: list[str], error: str, command: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [error, f"Try '{command} --help' for help."]
+
+
+def test_no_arguments_shows_the_help() -> None:
+    result = runner.invoke(app, [])
+    assert result.exit_code == 0 and result.output.startswith("Usage: asd [OPTIONS] COMMAND [ARGS]...")
+
+
+# ---------------------------------------------------------------- help: one placeholder style, plain text
+
+def _help(name: str) -> str:
+    result = runner.invoke(app, [name, "--help"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_is_plain_text_with_one_placeholder_style(name: str) -> None:
+    text = _help(name)
+    assert not any(mark in text for mark in ("╭", "│", "…", "<bool>", "<path>", "<str>", "<int", "list[", "{"[:0] + "<list"))
+    assert all(len(line) <= 80 for line in text.splitlines())
+    usage = text.splitlines()[0]
+    assert re.fullmatch(r"Usage: asd [a-z-]+ \[OPTIONS\]( \[?[A-Z_]+\]?(\.\.\.)?)*", usage), usage
+    for line in text.splitlines():
+        m = re.match(r"\s+(-\w, )?(--[a-z-]+)( (\S+))?\s{2,}", line)
+        if m and m.group(4):  # a placeholder: upper-case words or [a|b] choices
+            assert re.fullmatch(r"[A-Z_]+|\[[a-z0-9|]+\]", m.group(4)), line
+
+
+def test_flags_are_shown_as_flags() -> None:
+    text = _help("score")
+    assert re.search(r"^  --all {2,}With --embeddings", text, re.M)
+    assert re.search(r"^  --header {2,}Start the CSV", text, re.M)
+    assert re.search(r"^  CLIPS\.\.\. {2,}Clips to embed", text, re.M)
+
+
+def test_choice_lists_match_the_library() -> None:
+    from asdcli.backend.score import SCORE_FORMATS
+    from asdcli.cli.usage import TEXT_CHOICES
+    from asdcli.finetune.config import LABEL_MODES, MIXED_PRECISION
+    from asdcli.frontend.embed import EMBEDDING_CHOICES
+
+    assert TEXT_CHOICES == {"--labels": LABEL_MODES, "--mixed-precision": MIXED_PRECISION,
+                            "--embedding": EMBEDDING_CHOICES, "score --format": SCORE_FORMATS}
+
+
+def test_demo_help_names_the_checkpoint_it_writes() -> None:
+    from asdcli.cli import demo_cmd
+
+    text = " ".join(_help("demo").split())
+    assert "beats_tiny_random_seed<SEED>.pt" in text and "beats_tiny_random.pt" not in text
+    assert 'f"beats_tiny_random_seed{seed}.pt"' in Path(demo_cmd.__file__).read_text(encoding="utf-8")
