@@ -230,12 +230,13 @@ def _report_stage(cfg: RunConfig, submission: Path, stages: _Stages) -> SystemRe
     it takes milliseconds)."""
     from asdcli.artifacts import write_text_atomic
     from asdcli.evaluate.ground_truth import load_ground_truth
-    from asdcli.evaluate.report import evaluate_submission
     from asdcli.evaluate.render import render_text
+    from asdcli.evaluate.report import bank_thresholds, evaluate_submission
 
     out = cfg.run_dir / "report.csv"
     stages.say(f": official metrics -> {out}", stages.header("report"))
-    report = evaluate_submission(submission, load_ground_truth(None, cfg.data_root), name=cfg.run_dir.name)
+    report = evaluate_submission(submission, load_ground_truth(None, cfg.data_root), name=cfg.run_dir.name,
+                                 thresholds=bank_thresholds(cfg.run_dir / "banks"))
     for warning in report.warnings:
         stages.say(warning, "[yellow]Warning:[/] ")
     write_text_atomic(out, render_text([report], "csv"))
@@ -287,7 +288,8 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
 
 
 def show_report(report: SystemReport, console: Console) -> None:
-    """The report table on a terminal, the report CSV otherwise (both on ``console``, stderr)."""
-    from asdcli.evaluate.render import render
+    """The compact summary on ``console`` (stderr), terminal or not; the full table is report.csv."""
+    from asdcli.evaluate.render import run_summary
 
-    render([report], "table" if console.is_terminal else "csv", console.file)
+    for line in run_summary(report):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
