@@ -1,6 +1,10 @@
 """asd report: ground truth, submission validation, aggregation, CSV/JSON/table output, plots."""
 
 import csv
+import html
+import re
+import shutil
+import subprocess
 import io
 import json
 import sys
@@ -443,3 +447,70 @@ def test_json_has_no_nan(setup) -> None:
     doc = to_json([evaluate_submission(sub, ground_truth_from_data(data))])
     json.dumps(doc, allow_nan=False)  # raises on NaN
     assert {"system": "runA", "machine": "fan", "section": "00", "metric": "precision (source)", "value": None} in doc
+
+
+# ---------------------------------------------------------------- HTML, rendered by a real browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Appended to a test copy of the page only: the page itself has no script. Lists what the browser
+# decoded, so the test checks what a reader sees, not only the file.
+_PROBE = """<script>
+const imgs = [...document.images];
+document.body.setAttribute("data-probe", JSON.stringify({
+  images: imgs.length, decoded: imgs.filter(i => i.complete && i.naturalWidth > 300).length,
+  tables: document.tables ? document.tables.length : document.querySelectorAll("table").length,
+  text: document.body.innerText}));
+</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (Debian package `chromium`)")
+def test_html_page_renders_in_a_headless_browser(tmp_path: Path) -> None:
+    data = _make_data(tmp_path / "data")
+    thresholds = []
+    for name, shift in (("frozen", 1.0), ("lora", 3.0)):
+        _write_sub(tmp_path / name / "submission", shift=shift)
+        (tmp_path / name / "banks").mkdir()
+        thresholds += [_bank(tmp_path / name / "banks", m, i) for i, m in enumerate(("fan", "valve"))]
+    page = tmp_path / "report.html"
+    res = runner.invoke(app, ["report", str(tmp_path / "frozen/submission"), str(tmp_path / "lora/submission"),
+                              "--data", str(data), "--html", str(page), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    text = page.read_text(encoding="utf-8")
+    assert "<script" not in text and "http" not in text.split("<body>")[1]  # self-contained, nothing fetched
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    seen = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
+    assert seen["images"] == 7 and seen["decoded"] == 7  # 2 systems x (2 sections + summary) + comparison
+    assert seen["tables"] == 4  # side by side, every value, one per system
+    records = json.loads(res.stdout)
+    score = {r["system"]: r["value"] for r in records if (r["machine"], r["metric"]) == ("all", "official score")}
+    shown = seen["text"]
+    for system, value in score.items():
+        assert f"{system}: official score {100 * value:.2f} %" in shown
+    assert "What the numbers mean" in shown and "frozen\tlora" in shown  # systems side by side
+    assert all(f"{t:.4g}" in shown for t in thresholds)
+
+
+def test_histograms_adapt_bins_show_integer_counts_and_a_threshold_beyond_every_score(setup) -> None:
+    from asdcli.evaluate.plots import histogram_edges, section_figure
+
+    assert len(histogram_edges(np.arange(8.0), None, 8)) - 1 == 4  # few clips: few bins
+    assert len(histogram_edges(np.arange(200.0), None, 100)) - 1 == 10  # ~sqrt(clips)
+    assert len(histogram_edges(np.arange(10_000.0), None, 5000)) - 1 == 30
+    data, sub, _ = setup
+    report = evaluate_submission(sub, ground_truth_from_data(data), thresholds={("fan", "00"): 99.0})
+    fan = report.of_machine("fan")[0]
+    assert fan.scores.max() < 99.0  # every clip judged normal: the case the line must explain
+    fig = section_figure(report, fan)
+    fig.canvas.draw()
+    for ax in fig.axes[1:]:
+        assert any(list(line.get_xdata()) == [99.0, 99.0] for line in ax.lines)
+        assert ax.get_xlim()[1] >= 99.0
+        ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+        assert all(float(t).is_integer() for t in ticks)
+        legend = ax.get_legend()
+        assert legend is not None and "0 of 10 flagged" in " ".join(t.get_text() for t in legend.get_texts())
+        box, area = legend.get_window_extent(), ax.get_window_extent()
+        assert box.y1 <= area.y0  # the legend sits below the axes, not over the bars

@@ -65,6 +65,23 @@ def comparison_table(reports: Sequence[SystemReport]) -> str:
             f"pAUC; best in bold green)</caption><tr><th>machine</th>{head}</tr>{''.join(rows)}</table>")
 
 
+def metric_table(reports: Sequence[SystemReport]) -> str:
+    """Every machine/section's AUC (source), AUC (target) and pAUC, one column per system."""
+    keys = sorted({(s.machine, s.section) for r in reports for s in r.sections})
+    by_system = [{(s.machine, s.section): s for s in r.sections} for r in reports]
+    nan = float("nan")
+    rows = []
+    for machine, section in keys:
+        for col in metrics.OFFICIAL_COLUMNS:
+            values = [nan if (machine, section) not in found else found[(machine, section)].metrics[col]
+                      for found in by_system]
+            rows.append(f'<tr><td class="label">{_e(machine)} section {_e(section)}</td><td class="label">{_e(col)}'
+                        f"</td>{_cells(values, True)}</tr>")
+    head = "".join(f"<th>{_e(r.name)}</th>" for r in reports)
+    return (f'<table id="metrics"><caption>Every value of the official score, in %</caption>'
+            f"<tr><th>machine / section</th><th>metric</th>{head}</tr>{''.join(rows)}</table>")
+
+
 def system_table(report: SystemReport) -> str:
     """One system: a row per machine/section with every AUC/pAUC and, with decisions, F1."""
     cols = list(metrics.OFFICIAL_COLUMNS) + ["AUC (all)"] + (
@@ -94,7 +111,7 @@ def html_page(reports: Sequence[SystemReport]) -> str:
              "<h2>Systems side by side</h2>", comparison_table(reports)]
     if "comparison.png" in plots:
         parts.append(_image("comparison.png", plots.pop("comparison.png")))
-    parts += ["<h2>What the numbers mean</h2>", f"<dl>{meanings}</dl>"]
+    parts += [metric_table(reports), "<h2>What the numbers mean</h2>", f"<dl>{meanings}</dl>"]
     for report in reports:
         parts += [f"<h2>{_e(report.name)}: official score {pct(report.official_score)} %</h2>", system_table(report)]
         parts += [f"<p>Warning: {_e(w)}</p>" for w in report.warnings]

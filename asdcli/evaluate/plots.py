@@ -127,7 +127,8 @@ def summary_figure(report: SystemReport) -> Figure:
     for k, (col, color) in enumerate(zip(metrics.OFFICIAL_COLUMNS, _BAR_COLORS)):
         vals = np.array([100 * r.metrics[col] for r in report.sections])
         bars = ax.bar(x + (k - 1) * width, np.nan_to_num(vals), width, color=color, label=col)
-        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1)
+        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1,
+                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8})
     official = report.official_score
     ax.axhline(50, color="grey", ls=":", lw=1, label="chance (50)")
     if not np.isnan(official):
@@ -152,7 +153,8 @@ def comparison_figure(reports: Sequence[SystemReport]) -> Figure:
         vals = np.array([100 * r.machine_score(m)["harmonic mean"] if m in r.machines else np.nan for m in machines])
         bars = ax.bar(x + (k - (len(reports) - 1) / 2) * width, np.nan_to_num(vals), width,
                       label=f"{r.name} (official {_pct(r.official_score)})")
-        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1)
+        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1,
+                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8})
     ax.axhline(50, color="grey", ls=":", lw=1)
     ax.set_xticks(x, machines)
     ax.set(ylim=(0, 105), ylabel="machine score (%)\n(harmonic mean of AUC source, AUC target, pAUC)",

@@ -129,7 +129,7 @@ def run_report(
         console.print(f"[yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True, markup=False)
     _write_files(cfg, reports, console)
     terminal = is_terminal(stdout)
-    if (cfg.out is None and cfg.html is None) or terminal:
+    if cfg.out is None or terminal:
         fmt = cfg.fmt if cfg.out is None and cfg.fmt else ("table" if terminal else "csv")
         render(reports, fmt, stdout)
         if fmt == "table":
