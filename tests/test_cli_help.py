@@ -10,7 +10,7 @@ from asdcli import __version__
 from asdcli.cli.main import app
 
 runner = CliRunner()
-COMMANDS = ["finetune", "embed", "fit-bank", "score", "report", "run", "demo"]
+COMMANDS = ["finetune", "embed", "fit-bank", "score", "report", "run", "demo", "package"]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -47,6 +47,8 @@ def test_each_command_is_in_the_readme(name: str) -> None:
     (["report", "--bnak"], "Error: No such option: --bnak.", "asd report"),
     (["report", "-f", "xml", "x"], "Error: Invalid value for '--format' / '-f': 'xml' is not one of 'table', "
      "'csv', 'json', 'official'.", "asd report"),
+    (["package", "run", "--team", "Doe ACME", "-o", "pkg"], "Error: Invalid value for '--team': must be "
+     "<Surname>_<INSTITUTE> (letters, digits, '-'), e.g. Doe_ACME; got 'Doe ACME'.", "asd package"),
     (["score", "-f", "xml"], "Error: Invalid value for '--format' / '-f': 'xml' is not one of 'csv', 'jsonl'.",
      "asd score"),
     (["finetune", "--labels", "colour", "data"], "Error: Invalid value for '--labels': 'colour' is not one of "

@@ -65,7 +65,7 @@ def _root(
 
 
 def _register() -> None:
-    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, report_cmd, run_cmd, score_cmd
+    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, package_cmd, report_cmd, run_cmd, score_cmd
 
     for name, module in (
         ("finetune", finetune_cmd),
@@ -75,6 +75,7 @@ def _register() -> None:
         ("report", report_cmd),
         ("run", run_cmd),
         ("demo", demo_cmd),
+        ("package", package_cmd),
     ):
         app.command(name, cls=AsdCommand)(handle_errors(module.command))
 
