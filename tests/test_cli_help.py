@@ -44,7 +44,7 @@ def test_each_command_is_in_the_readme(name: str) -> None:
 
 @pytest.mark.parametrize(("args", "error", "command"), [
     (["frobnicate"], "Error: No such command 'frobnicate'.", "asd"),
-    (["report", "--bnak"], "Error: No such option: --bnak.", "asd report"),
+    (["report", "--bnak"], "Error: No such option: --bnak (Possible options: --banks, --name).", "asd report"),
     (["report", "-f", "xml", "x"], "Error: Invalid value for '--format' / '-f': 'xml' is not one of 'table', "
      "'csv', 'json', 'official'.", "asd report"),
     (["package", "run", "--team", "Doe ACME", "-o", "pkg"], "Error: Invalid value for '--team': must be "
