@@ -15,7 +15,9 @@ file per system and the technical report; a system's label is
 
 Before anything is written the submission is checked against the dataset's test clips: every
 machine/section has both files, every test clip exactly one row in each, every score finite,
-every decision 0 or 1. A problem is a DataError naming the file and the clips.
+every decision 0 or 1. A problem is a DataError naming the file and the clips. Files of machines
+the dataset does not have (the dev machines of a run over dev and eval data) are left out, and
+said so.
 """
 
 from __future__ import annotations
@@ -113,8 +115,10 @@ def _check_file(path: Path, names: set[str], decisions: bool) -> None:
             raise DataError(f"{path}: {len(bad)} {what}: {first_few(bad)}; every test clip needs exactly one row.")
 
 
-def check_submission(submission: Path, expected: Mapping[tuple[str, str], set[str]]) -> list[Path]:
-    """The submission's files, after checking them against ``expected`` (see the module docstring)."""
+def check_submission(submission: Path, expected: Mapping[tuple[str, str], set[str]]) -> tuple[list[Path], list[str]]:
+    """The submission's files for the machines/sections of ``expected``, after checking them (see
+    the module docstring), and the names of the other files it holds (left out of the package:
+    the dev machines of a run over dev and eval data)."""
     files = []
     for (machine, section), names in sorted(expected.items()):
         for pattern, decisions in ((_SCORE, False), (_DECISION, True)):
@@ -122,11 +126,8 @@ def check_submission(submission: Path, expected: Mapping[tuple[str, str], set[st
             _check_file(path, names, decisions)
             files.append(path)
     wanted = {p.name for p in files}
-    stray = sorted(p.name for p in submission.glob("*_test.csv") if p.name not in wanted)
-    if stray:
-        raise DataError(f"{submission} holds files for machines/sections the dataset does not have: "
-                        f"{first_few(stray)}; remove them or pass the right --data.")
-    return files
+    others = sorted(p.name for p in submission.glob("*_test.csv") if p.name not in wanted)
+    return files, others
 
 
 def _yaml(value: Any) -> str:
@@ -231,15 +232,15 @@ def system_meta(cfg: PackageConfig, run: Path | None) -> str:
                 "acoustic_features": "log-mel filterbank (128 bins, 25 ms window, 10 ms hop), BEATs patches",
                 "data_augmentation": _augmentation(ft),
                 "machine_learning_method": recipe,
-                "pretrained_model": "BEATs (iter3, AudioSet)" if backbone else FILL,
+                "pretrained_model": _checkpoint(emb),
                 "decision_making": "score above a gamma-fit quantile of the bank's leave-one-out scores",
                 "external_data_usage": "pre-trained model" if backbone else FILL,
                 "development_data_usage": FILL,
                 "ensemble_method_subsystem_count": 1,
             },
             "complexity": {
-                "total_parameters": params if params is not None else FILL,
-                "trainable_parameters": FILL if ft is not None else 0,
+                "total_parameters": _total(params, _trainable(ft)),
+                "trainable_parameters": _trainable(ft),
                 "MACS": transformer_macs(backbone, seconds) if backbone else FILL,
             },
             "source_code": "asdcli " + __version__,
@@ -251,10 +252,31 @@ def system_meta(cfg: PackageConfig, run: Path | None) -> str:
     return head + "\n".join(_yaml_lines(meta)) + "\n"
 
 
+def _checkpoint(emb: Mapping[str, Any]) -> str:
+    path, sha = emb.get("checkpoint_path"), emb.get("checkpoint_sha256")
+    if not path:
+        return FILL
+    return f"BEATs, checkpoint {Path(str(path)).name}" + (f" (SHA-256 {str(sha)[:16]})" if sha else "")
+
+
+def _total(backbone: int | None, trainable: int | str) -> int | str:
+    """Backbone plus the fine-tuned LoRA and head parameters."""
+    if backbone is None or not isinstance(trainable, int):
+        return FILL
+    return backbone + trainable
+
+
+def _trainable(ft: Mapping[str, Any] | None) -> int | str:
+    if ft is None:
+        return 0
+    value = ft.get("model", {}).get("trainable_parameters")
+    return int(value) if isinstance(value, int) else FILL
+
+
 def _augmentation(ft: Mapping[str, Any] | None) -> str:
     if ft is None:
         return "none"
-    options = ft.get("options", ft)
+    options = ft.get("config", {})
     used = [name for name, on in (("SpecAugment", options.get("specaugment")), ("mixup", options.get("mixup")),
                                   ("noise mixing", options.get("noise_mix"))) if on]
     return ", ".join(used) or "none"
@@ -268,10 +290,11 @@ def _zip_bytes(root: Path, files: Sequence[Path]) -> bytes:
     return buf.getvalue()
 
 
-def write_package(cfg: PackageConfig) -> Path:
-    """Check the submission, write OUT/task2/<label>/ and OUT/<label>.zip; returns the zip."""
+def write_package(cfg: PackageConfig) -> tuple[Path, list[str]]:
+    """Check the submission, write OUT/task2/<label>/ and OUT/<label>.zip; returns the zip and the
+    submission's files left out (machines the dataset does not have)."""
     submission, run = locate(cfg.source)
-    files = check_submission(submission, expected_clips(cfg.data, run))
+    files, left_out = check_submission(submission, expected_clips(cfg.data, run))
     folder = cfg.out / TASK / cfg.label
     written = []
     for path in files:
@@ -282,4 +305,4 @@ def write_package(cfg: PackageConfig) -> Path:
     written.append(meta)
     archive = cfg.out / f"{cfg.label}.zip"
     write_bytes_atomic(archive, _zip_bytes(cfg.out, written))
-    return archive
+    return archive, left_out

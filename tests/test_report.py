@@ -200,7 +200,7 @@ def test_thresholds_come_from_the_banks_of_the_run(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     table = _tidy(res.stdout)
     for m, thr in thresholds.items():
-        assert float(table[("my-run", m, "00", "decision threshold")]) == pytest.approx(thr, rel=1e-12)
+        assert float(table[("my-run (frozen BEATs)", m, "00", "decision threshold")]) == pytest.approx(thr, rel=1e-12)
     named = runner.invoke(app, ["report", str(run / "submission"), "--data", str(data), "-f", "json",
                                 "--name", "frozen BEATs", "--banks", str(run / "banks")])
     records = json.loads(named.stdout)
@@ -514,3 +514,23 @@ def test_histograms_adapt_bins_show_integer_counts_and_a_threshold_beyond_every_
         assert legend is not None and "0 of 10 flagged" in " ".join(t.get_text() for t in legend.get_texts())
         box, area = legend.get_window_extent(), ax.get_window_extent()
         assert box.y1 <= area.y0  # the legend sits below the axes, not over the bars
+
+
+def test_dev_and_eval_under_one_root_report_the_dev_machines_only(tmp_path: Path) -> None:
+    data = _make_data(tmp_path / "root" / "dev_data" / "raw", machines=("fan",))
+    eval_test = tmp_path / "root" / "eval_data" / "raw" / "ToyPet" / "test"
+    eval_test.mkdir(parents=True)
+    for i in range(4):
+        (eval_test / f"section_00_{i:04d}.wav").touch()
+    sub = tmp_path / "run" / "submission"
+    scores = _write_sub(sub, machines=("fan",))
+    (sub / "anomaly_score_ToyPet_section_00_test.csv").write_text("".join(f"section_00_{i:04d}.wav,{i}\n" for i in range(4)))
+    truth = ground_truth_from_data(tmp_path / "root")
+    assert truth.machines == ["fan"] and truth.unlabelled == ("ToyPet",)
+    with pytest.raises(DataError, match="no labels"):
+        evaluate_submission(sub, truth)  # asd report on the mixed folder: names the cause
+    report = evaluate_submission(sub, truth, skip_unlabelled=True)
+    assert report.machines == ["fan"]
+    assert report.sections[0].metrics["AUC (source)"] == pytest.approx(_expected(scores["fan"])["AUC (source)"])
+    assert any("ToyPet not evaluated" in w and "challenge submission" in w for w in report.warnings)
+    assert data.is_dir()

@@ -40,8 +40,12 @@ def command(
     from asdcli.package import PackageConfig, write_package
 
     cfg = PackageConfig(source=source, team=team, system=system, out=out, data=data)
-    archive = write_package(cfg)
+    archive, left_out = write_package(cfg)
     console = stderr_console()
+    if left_out:
+        console.print(f"Left out {len(left_out)} file(s) of machines that {data or 'the run'} has no test clips of: "
+                      f"{', '.join(left_out[:4])}{' ...' if len(left_out) > 4 else ''}", highlight=False, markup=False,
+                      soft_wrap=True)
     console.print(f"Wrote {out / 'task2' / cfg.label}/ and {archive}; fill in the FILL IN fields of "
                   f"{cfg.label}.meta.yaml and add the technical report before uploading.",
                   highlight=False, markup=False, soft_wrap=True)

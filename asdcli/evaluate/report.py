@@ -250,9 +250,12 @@ def _coverage_warnings(done: set[tuple[str, str]], truth: GroundTruth, system: s
 
 
 def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | None = None,
-                        thresholds: Mapping[tuple[str, str], float] | None = None) -> SystemReport:
+                        thresholds: Mapping[tuple[str, str], float] | None = None,
+                        skip_unlabelled: bool = False) -> SystemReport:
     """Evaluate a submission folder against ``truth``; ``thresholds`` (from :func:`bank_thresholds`)
-    are recorded with each machine/section's result.
+    are recorded with each machine/section's result. With ``skip_unlabelled`` the score files of
+    machines whose test names carry no labels (evaluation data next to dev data) are left out,
+    with a warning naming them.
 
     Raises DataError when the folder holds no score file, when a machine/section has no ground
     truth, or when a score or decision file does not match the test clips exactly.
@@ -271,8 +274,10 @@ def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | 
         found[key] = path
     if not found:
         raise DataError(f"{folder} holds no anomaly_score_<machine>_section_<SS>_test.csv file; "
-                        "point asd report at the folder that `asd score --out-dir` wrote.")
+                        "point asd report at the folder that `asd score --submission-dir` (or `asd run`) wrote.")
     system = name or folder.name or str(folder)
+    skipped = sorted({m for m, _ in found if m in truth.unlabelled}) if skip_unlabelled else []
+    found = {k: v for k, v in found.items() if k[0] not in skipped}
     results = []
     for (machine, section), path in sorted(found.items()):
         st = truth.require(machine, section, str(path))
@@ -283,6 +288,9 @@ def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | 
             decisions = align(parse_rows(read_text(dpath), dpath.name, decisions=True), st, str(dpath))
         results.append(evaluate_section(st, scores, decisions, (thresholds or {}).get((machine, section))))
     warnings = _undefined_warnings(results, system) + _coverage_warnings(set(found), truth, system)
+    if skipped:
+        warnings.append(f"{system}: {', '.join(skipped)} not evaluated: their test file names carry no labels "
+                        "(evaluation data); their score files are the challenge submission.")
     return SystemReport(system, str(folder), tuple(results), tuple(warnings))
 
 

@@ -4,6 +4,7 @@ and render the result on stdout."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,10 +57,23 @@ def run_folder(submission: str) -> Path | None:
     return path.resolve().parent
 
 
+def run_recipe(run: Path) -> str:
+    """How a run's embeddings were made, in a few words: ``LoRA, machine labels`` or ``frozen BEATs``."""
+    record = run / "finetune" / "run.json"
+    if not record.is_file():
+        return "frozen BEATs"
+    try:
+        labels = json.loads(record.read_text(encoding="utf-8"))["config"]["labels"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "LoRA"
+    return f"LoRA, {labels} labels"
+
+
 def default_name(submission: str) -> str | None:
-    """A run's submission is named after its run folder (``runs/frozen/submission`` -> ``frozen``)."""
+    """A run's submission is named after its run folder and recipe
+    (``runs/dev/submission`` -> ``dev (LoRA, machine labels)``)."""
     run = run_folder(submission)
-    return None if run is None else run.name
+    return None if run is None else f"{run.name} ({run_recipe(run)})"
 
 
 def _input_files(cfg: ReportConfig) -> list[Path]:
