@@ -92,9 +92,9 @@ def test_help_is_plain_text_with_one_placeholder_style(name: str) -> None:
 
 def test_flags_are_shown_as_flags() -> None:
     text = _help("score")
-    assert re.search(r"^  --all {2,}With --embeddings", text, re.M)
-    assert re.search(r"^  --header {2,}Start the CSV", text, re.M)
-    assert re.search(r"^  CLIPS\.\.\. {2,}Clips to embed", text, re.M)
+    assert re.search(r"^  --all {2,}With --embeddings", text, re.MULTILINE)
+    assert re.search(r"^  --header {2,}Start the CSV", text, re.MULTILINE)
+    assert re.search(r"^  CLIPS\.\.\. {2,}Clips to embed", text, re.MULTILINE)
 
 
 def test_choice_lists_match_the_library() -> None:

@@ -119,7 +119,7 @@ def test_meta_is_filled_from_the_run_folder(setup, tmp_path: Path) -> None:
     from asdcli.frontend.beats.config import tiny_beats_config
     from asdcli.package import PackageConfig, backbone_parameters, system_meta
 
-    data, sub = setup
+    _, sub = setup
     run = sub.parent
     (run / "banks").mkdir()
     (run / "finetune").mkdir()

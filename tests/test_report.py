@@ -2,11 +2,11 @@
 
 import csv
 import html
+import io
+import json
 import re
 import shutil
 import subprocess
-import io
-import json
 import sys
 import zlib
 from pathlib import Path
@@ -17,12 +17,12 @@ import scipy.stats
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from asdcli.evaluate import metrics
 from asdcli.cli.main import app
 from asdcli.errors import DataError
+from asdcli.evaluate import metrics
 from asdcli.evaluate.ground_truth import ground_truth_from_data, read_ground_truth, write_ground_truth
-from asdcli.evaluate.report import evaluate_submission, parse_rows
 from asdcli.evaluate.render import to_json
+from asdcli.evaluate.report import evaluate_submission, parse_rows
 from asdcli.evaluate.report_command import ReportConfig, report_submission, run_report
 
 runner = CliRunner()

@@ -124,7 +124,7 @@ class AsdCommand(TyperCommand):
             for opt in param.opts:
                 choices = TEXT_CHOICES.get(f"{self.name} {opt}", TEXT_CHOICES.get(opt))
                 if choices and _annotation(param) in (str, None):
-                    param.asd_choices = choices
+                    setattr(param, "asd_choices", choices)  # noqa: B010 (click's Parameter has no slot for it)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         rest = super().parse_args(ctx, args)
@@ -164,23 +164,25 @@ def show_usage_error(error: Any) -> None:
 
 
 def _click_exceptions() -> Any:
+    import importlib
+
     try:
-        from typer._click import exceptions  # typer >= 0.20 ships its own click
+        return importlib.import_module("typer._click.exceptions")  # typer >= 0.20 ships its own click
     except ImportError:
-        from click import exceptions
-    return exceptions
+        return importlib.import_module("click.exceptions")
 
 
 class AsdGroup(TyperGroup):
     """The `asd` group: renders every usage error with :func:`show_usage_error`, exit 2."""
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
-             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+             complete_var: str | None = None, standalone_mode: bool = True, windows_expand_args: bool = True,
+             **extra: Any) -> Any:
         click_exceptions = _click_exceptions()
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            rv = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except click_exceptions.NoArgsIsHelpError as e:
             typer.echo(e.ctx.get_help())
             sys.exit(0)

@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
-from asdcli.evaluate import metrics
 from asdcli.artifacts import write_bytes_atomic
+from asdcli.evaluate import metrics
 from asdcli.evaluate.report import SectionResult, SystemReport
 
 DPI = 110

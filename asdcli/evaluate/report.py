@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asdcli.evaluate import metrics
 from asdcli.errors import DataError
+from asdcli.evaluate import metrics
 from asdcli.evaluate.ground_truth import GroundTruth, SectionTruth, first_few
 
 # Also matches the baseline's own names, anomaly_score_DCASE2025T2fan_section_00_test_seed13711_id(0_).csv.
