@@ -113,3 +113,25 @@ def test_demo_help_names_the_checkpoint_it_writes() -> None:
     text = " ".join(_help("demo").split())
     assert "beats_tiny_random_seed<SEED>.pt" in text and "beats_tiny_random.pt" not in text
     assert 'f"beats_tiny_random_seed{seed}.pt"' in Path(demo_cmd.__file__).read_text(encoding="utf-8")
+
+
+def test_report_help_golden_usage_and_examples() -> None:
+    text = _help("report")
+    assert text.splitlines()[0] == "Usage: asd report [OPTIONS] [SUBMISSION]..."
+    examples = text[text.index("  Examples:"):text.index("Arguments:")].rstrip("\n").splitlines()
+    assert examples == [
+        "  Examples:",
+        "    asd report runs/a/submission --data data/dev",
+        "    asd report runs/*/submission --data data/dev --html report.html",
+        "    asd report runA/ runB/ --ground-truth GT --format csv > results.csv",
+        "    asd score ... | asd report - --machine fan --data data/dev",
+        "    asd report --ground-truth-out GT --data data/dev",
+    ]
+    assert "  -f, --format [table|csv|json|official]\n" in text
+    assert "  --banks DIR " in text and "  --html FILE " in text and "  -n, --name TEXT " in text
+
+
+def test_help_survives_a_narrow_pipe() -> None:
+    result = runner.invoke(app, ["report", "--help"], terminal_width=60)
+    assert "".join(result.output.split()).count("(anomaly_score_<machine>_section_<SS>_test.csv") == 1
+    assert "…" not in result.output  # wrapped, never cut
