@@ -534,3 +534,25 @@ def test_dev_and_eval_under_one_root_report_the_dev_machines_only(tmp_path: Path
     assert report.sections[0].metrics["AUC (source)"] == pytest.approx(_expected(scores["fan"])["AUC (source)"])
     assert any("ToyPet not evaluated" in w and "challenge submission" in w for w in report.warnings)
     assert data.is_dir()
+
+
+def test_html_page_without_a_browser(setup, tmp_path: Path) -> None:
+    data, sub, _ = setup
+    _write_sub(tmp_path / "b<&>", shift=3.0)
+    page = tmp_path / "r.html"
+    res = runner.invoke(app, ["report", str(sub), str(tmp_path / "b<&>"), "--data", str(data), "--html", str(page),
+                              "-o", str(tmp_path / "r.csv")])
+    assert res.exit_code == 0, res.output
+    text = page.read_text(encoding="utf-8")
+    assert text.count('src="data:image/png;base64,') == 7 and "<script" not in text
+    assert "b&lt;&amp;&gt;" in text and "b<&>" not in text  # names escaped
+
+
+def test_run_summary_is_one_compact_line(setup) -> None:
+    from asdcli.evaluate.render import run_summary
+
+    data, sub, scores = setup
+    report = evaluate_submission(sub, ground_truth_from_data(data))
+    fan, valve = (100 * metrics.hmean([_expected(scores[m])[c] for c in metrics.OFFICIAL_COLUMNS]) for m in ("fan", "valve"))
+    assert run_summary(report) == [
+        f"Per machine (harmonic mean of AUC source, AUC target, pAUC, %): fan {fan:.2f}, valve {valve:.2f}"]
