@@ -489,7 +489,7 @@ def test_html_page_renders_in_a_headless_browser(tmp_path: Path) -> None:
     shown = seen["text"]
     for system, value in score.items():
         assert f"{system}: official score {100 * value:.2f} %" in shown
-    assert "What the numbers mean" in shown and "frozen\tlora" in shown  # systems side by side
+    assert "What the numbers mean" in shown and "frozen (frozen BEATs)\tlora (frozen BEATs)" in shown  # side by side
     assert all(f"{t:.4g}" in shown for t in thresholds)
 
 
