@@ -70,10 +70,13 @@ def run_recipe(run: Path) -> str:
 
 
 def default_name(submission: str) -> str | None:
-    """A run's submission is named after its run folder and recipe
-    (``runs/dev/submission`` -> ``dev (LoRA, machine labels)``)."""
+    """A run's submission is named after its run folder and recipe (``runs/dev/submission`` ->
+    ``dev (LoRA, machine labels)``), another ``X/submission`` after ``X``; None: use the folder's name."""
     run = run_folder(submission)
-    return None if run is None else f"{run.name} ({run_recipe(run)})"
+    if run is not None:
+        return f"{run.name} ({run_recipe(run)})"
+    path = Path(submission).resolve()
+    return path.parent.name if submission != STDIN and path.name == "submission" else None
 
 
 def _input_files(cfg: ReportConfig) -> list[Path]:
