@@ -161,13 +161,6 @@ def test_column_means() -> None:
     assert means["harmonic mean"] == pytest.approx({"a": 2 / 3, "b": 1.0})
 
 
-def test_decision_threshold() -> None:
-    s = np.array([0.1, 0.2, 0.6, 0.9])
-    assert metrics.decision_threshold(s, np.array([0, 0, 1, 1])) == pytest.approx(0.4)
-    assert metrics.decision_threshold(s, np.array([0, 1, 0, 1])) is None  # no single threshold
-    assert metrics.decision_threshold(s, np.zeros(4, int)) is None
-
-
 def test_mismatched_lengths_raise() -> None:
     with pytest.raises(ValueError):
         metrics.auc([0, 1], [0.1])

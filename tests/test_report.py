@@ -1,20 +1,29 @@
 """asd report: ground truth, submission validation, aggregation, CSV/JSON/table output, plots."""
 
+import csv
+import html
 import io
 import json
+import re
+import shutil
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from asdcli.evaluate import metrics
 from asdcli.cli.main import app
 from asdcli.errors import DataError
+from asdcli.evaluate import metrics
 from asdcli.evaluate.ground_truth import ground_truth_from_data, read_ground_truth, write_ground_truth
+from asdcli.evaluate.render import to_json
 from asdcli.evaluate.report import evaluate_submission, parse_rows
-from asdcli.evaluate.render import ReportConfig, report_submission, run_report, to_json
+from asdcli.evaluate.report_command import ReportConfig, report_submission, run_report
 
 runner = CliRunner()
 N = 5  # clips per (domain, label) group
@@ -41,7 +50,7 @@ def _make_data(root: Path, machines: tuple[str, ...] = ("fan", "valve")) -> Path
 
 
 def _scores(machine: str, shift: float = 1.0) -> dict[str, float]:
-    rng = np.random.default_rng(abs(hash(machine)) % 1000)
+    rng = np.random.default_rng(zlib.crc32(machine.encode()))  # stable across runs (hash() is salted)
     return {n: float(rng.normal() + shift * a - 0.3 * t) for n, a, t in _names()}
 
 
@@ -110,8 +119,7 @@ def test_ground_truth_out_cli_then_report_with_it(setup, tmp_path: Path) -> None
     a = runner.invoke(app, ["report", str(sub), "--ground-truth", str(tmp_path / "gt"), "-f", "json"])
     b = runner.invoke(app, ["report", str(sub), "--data", str(data), "-f", "json"])
     assert a.exit_code == b.exit_code == 0
-    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
-    assert ja["systems"][0]["machines"] == jb["systems"][0]["machines"]
+    assert json.loads(a.stdout) == json.loads(b.stdout)
 
 
 def test_anonymised_ground_truth_accepts_labelled_names_via_attributes(tmp_path: Path) -> None:
@@ -137,44 +145,88 @@ def test_anonymised_ground_truth_accepts_labelled_names_via_attributes(tmp_path:
 
 # ---------------------------------------------------------------- CLI output
 
-def test_cli_csv_is_default_when_piped(setup) -> None:
+def _tidy(text: str) -> dict[tuple[str, str, str, str], str]:
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["system", "machine", "section", "metric", "value"]
+    assert all(len(r) == 5 for r in rows)
+    return {tuple(r[:4]): r[4] for r in rows[1:]}  # type: ignore[misc]
+
+
+def test_cli_csv_is_one_tidy_table_by_default_when_piped(setup) -> None:
     data, sub, scores = setup
     res = runner.invoke(app, ["report", str(sub), "--data", str(data)])
     assert res.exit_code == 0, res.output
-    lines = res.stdout.splitlines()
-    assert lines[0] == "fan"
-    assert lines[1].startswith("section,AUC (source),AUC (target),pAUC,pAUC (source),pAUC (target),precision (source)")
-    row = dict(zip(lines[1].split(","), lines[2].split(",")))
+    table = _tidy(res.stdout)
     exp = _expected(scores["fan"])
     for col in ("AUC (source)", "AUC (target)", "pAUC", "AUC (all)"):
-        assert float(row[col]) == pytest.approx(exp[col], abs=1e-9)
-    assert lines[3].startswith("arithmetic mean,") and lines[4].startswith("harmonic mean,")
+        assert float(table[("runA", "fan", "00", col)]) == pytest.approx(exp[col], abs=1e-12)
+    assert table[("runA", "fan", "00", "clips")] == str(4 * N)
+    assert table[("runA", "fan", "00", "anomalies")] == str(2 * N)
     official = metrics.hmean([_expected(scores[m])[c] for c in metrics.OFFICIAL_COLUMNS for m in ("fan", "valve")])
-    assert lines[-1].startswith("official score,")
-    assert float(lines[-1].split(",")[1]) == pytest.approx(official, abs=1e-9)
+    assert float(table[("runA", "all", "all", "official score")]) == pytest.approx(official, abs=1e-12)
+    fan = metrics.hmean([exp[c] for c in metrics.OFFICIAL_COLUMNS])
+    assert float(table[("runA", "fan", "all", "official score")]) == pytest.approx(fan, abs=1e-12)
+    assert ("runA", "fan", "00", "decision threshold") not in table  # no banks given: no guessed threshold
 
 
-def test_cli_json(setup) -> None:
-    data, sub, scores = setup
+def test_cli_json_has_the_csv_fields_in_the_csv_order(setup) -> None:
+    data, sub, _ = setup
+    as_csv = runner.invoke(app, ["report", str(sub), "--data", str(data), "-f", "csv"]).stdout
     res = runner.invoke(app, ["report", str(sub), "--data", str(data), "--format", "json"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
-    system = doc["systems"][0]
-    assert system["name"] == "runA" and system["n_official_values"] == 6
-    sec = system["machines"]["valve"]["sections"]["00"]
-    assert sec["AUC (target)"] == pytest.approx(_expected(scores["valve"])["AUC (target)"])
-    assert sec["n_clips"] == 4 * N and sec["has_decisions"] is True
-    assert sec["decision_threshold"] is not None and 0 <= sec["F1 score (source)"] <= 1
-    assert set(system["summary"]) == {"arithmetic mean", "harmonic mean"}
+    records = json.loads(res.stdout)
+    rows = list(csv.reader(io.StringIO(as_csv)))
+    assert [list(r) for r in records] == [rows[0]] * len(records)
+    assert [[str(v) if v is not None else "" for v in r.values()] for r in records] == rows[1:]
 
 
-def test_cli_table_single_system(setup) -> None:
-    data, sub, scores = setup
-    res = runner.invoke(app, ["report", str(sub), "--data", str(data), "-f", "table"])
+def _bank(folder: Path, machine: str, seed: int) -> float:
+    from asdcli.backend.bank import bank_filename, build_bank, save_bank
+
+    rng = np.random.default_rng(seed)
+    bank = build_bank(rng.normal(size=(12, 4)), np.array(["source"] * 12), np.array([f"t{i}.wav" for i in range(12)]),
+                      machine=machine, section="00")
+    save_bank(folder / bank_filename(machine, "00"), bank)
+    return bank.threshold
+
+
+def test_thresholds_come_from_the_banks_of_the_run(tmp_path: Path) -> None:
+    data = _make_data(tmp_path / "data")
+    run = tmp_path / "my-run"
+    _write_sub(run / "submission")
+    (run / "banks").mkdir()
+    thresholds = {m: _bank(run / "banks", m, i) for i, m in enumerate(("fan", "valve"))}
+    res = runner.invoke(app, ["report", str(run / "submission"), "--data", str(data), "-f", "csv"])
     assert res.exit_code == 0, res.output
-    official = metrics.hmean([_expected(scores[m])[c] for c in metrics.OFFICIAL_COLUMNS for m in ("fan", "valve")])
-    assert "official score" in res.stdout and f"{100 * official:.2f}" in res.stdout
-    assert "F1" in res.stdout and "fan" in res.stdout and "valve" in res.stdout
+    table = _tidy(res.stdout)
+    for m, thr in thresholds.items():
+        assert float(table[("my-run (frozen BEATs)", m, "00", "decision threshold")]) == pytest.approx(thr, rel=1e-12)
+    named = runner.invoke(app, ["report", str(run / "submission"), "--data", str(data), "-f", "json",
+                                "--name", "frozen BEATs", "--banks", str(run / "banks")])
+    records = json.loads(named.stdout)
+    assert {r["system"] for r in records} == {"frozen BEATs"}
+    assert [r["value"] for r in records if r["metric"] == "decision threshold"] == pytest.approx(
+        list(thresholds.values()), rel=1e-12)
+
+
+def test_official_format_keeps_the_evaluator_layout_and_epsilon(setup) -> None:
+    data, sub, scores = setup
+    flipped = {n: -v for n, v in scores["fan"].items()}
+    for n, a, _ in _names():
+        flipped[n] = float(-a)  # every anomaly below every normal: AUC 0
+    _fan_file(sub).write_text("".join(f"{n},{v}\n" for n, v in flipped.items()))
+    official = runner.invoke(app, ["report", str(sub), "--data", str(data), "-f", "official"]).stdout.splitlines()
+    assert official[:2] == ["fan", "section,AUC (source),AUC (target),pAUC,pAUC (source),pAUC (target),"
+                            "precision (source),precision (target),recall (source),recall (target),"
+                            "F1 score (source),F1 score (target),AUC (all)"]
+    values = [_expected(s)[c] for s in (flipped, scores["valve"]) for c in metrics.OFFICIAL_COLUMNS]
+    assert min(values) == 0.0
+    evaluator = scipy.stats.hmean(np.maximum(values, sys.float_info.epsilon))  # the evaluator's floor
+    assert official[-1] == f"official score,{evaluator:.10g}" and evaluator < 1e-15
+    tidy = _tidy(runner.invoke(app, ["report", str(sub), "--data", str(data), "-f", "csv"]).stdout)
+    assert tidy[("runA", "all", "all", "official score")] == "0.0"
+    table = runner.invoke(app, ["report", str(sub), "--data", str(data), "-f", "table"]).stdout
+    assert "e-1" not in table and "0.00" in table
 
 
 def test_cli_compares_systems_and_marks_the_best(setup, tmp_path: Path) -> None:
@@ -186,7 +238,7 @@ def test_cli_compares_systems_and_marks_the_best(setup, tmp_path: Path) -> None:
     assert official_line.count("★") == 1 and official_line.rstrip().split("★")[1].strip() != ""
     assert official_line.index("★") > official_line.index(official_line.split()[3])  # runB column holds ★
     csv_res = runner.invoke(app, ["report", str(sub), str(tmp_path / "runB"), "--data", str(data), "-f", "csv"])
-    assert csv_res.stdout.startswith("system,runA\n") and "\nsystem,runB\n" in csv_res.stdout
+    assert {k[0] for k in _tidy(csv_res.stdout)} == {"runA", "runB"}
 
 
 def test_cli_stdin_pipe(setup) -> None:
@@ -194,10 +246,43 @@ def test_cli_stdin_pipe(setup) -> None:
     text = "".join(f"{n},{v}\n" for n, v in scores["fan"].items())
     res = runner.invoke(app, ["report", "-", "--machine", "fan", "--data", str(data), "-f", "json"], input=text)
     assert res.exit_code == 0, res.output
-    system = json.loads(res.stdout)["systems"][0]
-    assert list(system["machines"]) == ["fan"]
+    records = json.loads(res.stdout)
+    assert {r["machine"] for r in records} == {"fan", "all"} and {r["system"] for r in records} == {"stdin"}
     exp = _expected(scores["fan"])
-    assert system["official_score"] == pytest.approx(metrics.hmean([exp[c] for c in metrics.OFFICIAL_COLUMNS]))
+    score = next(r["value"] for r in records if (r["machine"], r["metric"]) == ("all", "official score"))
+    assert score == pytest.approx(metrics.hmean([exp[c] for c in metrics.OFFICIAL_COLUMNS]))
+
+
+def test_names_with_comma_quote_newline_and_a_bom_round_trip(tmp_path: Path) -> None:
+    names = [("section_00_source_test_normal_0000_a,b.wav", 0, 0), ('section_00_source_test_anomaly_0000_q"x.wav', 1, 0),
+             ("section_00_target_test_normal_0000_line\nbreak.wav", 0, 1), ("section_00_target_test_anomaly_0000_ok.wav", 1, 1)]
+    gt = tmp_path / "gt"
+    for sub in ("ground_truth_data", "ground_truth_domain"):
+        (gt / sub).mkdir(parents=True)
+    with open(gt / "ground_truth_data/ground_truth_fan_section_00_test.csv", "w", newline="", encoding="utf-8-sig") as f:
+        csv.writer(f).writerows((n, a) for n, a, _ in names)
+    with open(gt / "ground_truth_domain/ground_truth_fan_section_00_test.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows((n, t) for n, _, t in names)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    with open(sub / "anomaly_score_fan_section_00_test.csv", "w", newline="", encoding="utf-8-sig") as f:
+        csv.writer(f).writerows((n, 0.1 + a) for n, a, _ in names)
+    res = runner.invoke(app, ["report", str(sub), "--ground-truth", str(gt), "-f", "csv"])
+    assert res.exit_code == 0, res.output
+    assert _tidy(res.stdout)[("sub", "fan", "00", "AUC (all)")] == "1.0"
+    back = read_ground_truth(gt)
+    write_ground_truth(back, tmp_path / "gt2")
+    assert read_ground_truth(tmp_path / "gt2").sections[("fan", "00")].filenames == tuple(sorted(n for n, _, _ in names))
+
+
+@pytest.mark.parametrize("target", ["score", "gt"])
+def test_out_that_is_an_input_is_an_error(setup, tmp_path: Path, target: str) -> None:
+    data, sub, _ = setup
+    runner.invoke(app, ["report", "--ground-truth-out", str(tmp_path / "gt"), "--data", str(data)])
+    victim = _fan_file(sub) if target == "score" else next((tmp_path / "gt").rglob("*.csv"))
+    before = victim.read_bytes()
+    msg = _error([str(sub), "--ground-truth", str(tmp_path / "gt"), "--out", str(victim)])
+    assert "is one of the report's inputs" in msg and victim.read_bytes() == before
 
 
 def test_stdin_accepts_header_and_jsonl(setup) -> None:
@@ -212,7 +297,9 @@ def test_out_file_and_library_api(setup, tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     stdout = io.StringIO()
     report = report_submission(sub, data, out=out, stdout=stdout)
-    assert json.loads(out.read_text())["systems"][0]["official_score"] == pytest.approx(report.official_score)
+    records = json.loads(out.read_text())
+    assert records[-1] == {"system": "runA", "machine": "all", "section": "all", "metric": "official score",
+                           "value": pytest.approx(report.official_score)}
     assert stdout.getvalue() == ""  # not a terminal and only --out asked: stdout stays clean
     table = io.StringIO()
     report_submission(sub, data, fmt="table", stdout=table)
@@ -358,5 +445,114 @@ def test_json_has_no_nan(setup) -> None:
     data, sub, _ = setup
     (sub / "decision_result_fan_section_00_test.csv").unlink()
     doc = to_json([evaluate_submission(sub, ground_truth_from_data(data))])
-    text = json.dumps(doc, allow_nan=False)  # raises on NaN
-    assert '"precision (source)": null' in text
+    json.dumps(doc, allow_nan=False)  # raises on NaN
+    assert {"system": "runA", "machine": "fan", "section": "00", "metric": "precision (source)", "value": None} in doc
+
+
+# ---------------------------------------------------------------- HTML, rendered by a real browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Appended to a test copy of the page only: the page itself has no script. Lists what the browser
+# decoded, so the test checks what a reader sees, not only the file.
+_PROBE = """<script>
+const imgs = [...document.images];
+document.body.setAttribute("data-probe", JSON.stringify({
+  images: imgs.length, decoded: imgs.filter(i => i.complete && i.naturalWidth > 300).length,
+  tables: document.tables ? document.tables.length : document.querySelectorAll("table").length,
+  text: document.body.innerText}));
+</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (Debian package `chromium`)")
+def test_html_page_renders_in_a_headless_browser(tmp_path: Path) -> None:
+    data = _make_data(tmp_path / "data")
+    thresholds = []
+    for name, shift in (("frozen", 1.0), ("lora", 3.0)):
+        _write_sub(tmp_path / name / "submission", shift=shift)
+        (tmp_path / name / "banks").mkdir()
+        thresholds += [_bank(tmp_path / name / "banks", m, i) for i, m in enumerate(("fan", "valve"))]
+    page = tmp_path / "report.html"
+    res = runner.invoke(app, ["report", str(tmp_path / "frozen/submission"), str(tmp_path / "lora/submission"),
+                              "--data", str(data), "--html", str(page), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    text = page.read_text(encoding="utf-8")
+    assert "<script" not in text and "http" not in text.split("<body>")[1]  # self-contained, nothing fetched
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    seen = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
+    assert seen["images"] == 7 and seen["decoded"] == 7  # 2 systems x (2 sections + summary) + comparison
+    assert seen["tables"] == 4  # side by side, every value, one per system
+    records = json.loads(res.stdout)
+    score = {r["system"]: r["value"] for r in records if (r["machine"], r["metric"]) == ("all", "official score")}
+    shown = seen["text"]
+    for system, value in score.items():
+        assert f"{system}: official score {100 * value:.2f} %" in shown
+    assert "What the numbers mean" in shown and "frozen (frozen BEATs)\tlora (frozen BEATs)" in shown  # side by side
+    assert all(f"{t:.4g}" in shown for t in thresholds)
+
+
+def test_histograms_adapt_bins_show_integer_counts_and_a_threshold_beyond_every_score(setup) -> None:
+    from asdcli.evaluate.plots import histogram_edges, section_figure
+
+    assert len(histogram_edges(np.arange(8.0), None, 8)) - 1 == 4  # few clips: few bins
+    assert len(histogram_edges(np.arange(200.0), None, 100)) - 1 == 10  # ~sqrt(clips)
+    assert len(histogram_edges(np.arange(10_000.0), None, 5000)) - 1 == 30
+    data, sub, _ = setup
+    report = evaluate_submission(sub, ground_truth_from_data(data), thresholds={("fan", "00"): 99.0})
+    fan = report.of_machine("fan")[0]
+    assert fan.scores.max() < 99.0  # every clip judged normal: the case the line must explain
+    fig = section_figure(report, fan)
+    fig.canvas.draw()
+    for ax in fig.axes[1:]:
+        assert any(list(line.get_xdata()) == [99.0, 99.0] for line in ax.lines)
+        assert ax.get_xlim()[1] >= 99.0
+        ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+        assert all(float(t).is_integer() for t in ticks)
+        legend = ax.get_legend()
+        assert legend is not None and "0 of 10 flagged" in " ".join(t.get_text() for t in legend.get_texts())
+        box, area = legend.get_window_extent(), ax.get_window_extent()
+        assert box.y1 <= area.y0  # the legend sits below the axes, not over the bars
+
+
+def test_dev_and_eval_under_one_root_report_the_dev_machines_only(tmp_path: Path) -> None:
+    data = _make_data(tmp_path / "root" / "dev_data" / "raw", machines=("fan",))
+    eval_test = tmp_path / "root" / "eval_data" / "raw" / "ToyPet" / "test"
+    eval_test.mkdir(parents=True)
+    for i in range(4):
+        (eval_test / f"section_00_{i:04d}.wav").touch()
+    sub = tmp_path / "run" / "submission"
+    scores = _write_sub(sub, machines=("fan",))
+    (sub / "anomaly_score_ToyPet_section_00_test.csv").write_text("".join(f"section_00_{i:04d}.wav,{i}\n" for i in range(4)))
+    truth = ground_truth_from_data(tmp_path / "root")
+    assert truth.machines == ["fan"] and truth.unlabelled == ("ToyPet",)
+    with pytest.raises(DataError, match="no labels"):
+        evaluate_submission(sub, truth)  # asd report on the mixed folder: names the cause
+    report = evaluate_submission(sub, truth, skip_unlabelled=True)
+    assert report.machines == ["fan"]
+    assert report.sections[0].metrics["AUC (source)"] == pytest.approx(_expected(scores["fan"])["AUC (source)"])
+    assert any("ToyPet not evaluated" in w and "challenge submission" in w for w in report.warnings)
+    assert data.is_dir()
+
+
+def test_html_page_without_a_browser(setup, tmp_path: Path) -> None:
+    data, sub, _ = setup
+    _write_sub(tmp_path / "b<&>", shift=3.0)
+    page = tmp_path / "r.html"
+    res = runner.invoke(app, ["report", str(sub), str(tmp_path / "b<&>"), "--data", str(data), "--html", str(page),
+                              "-o", str(tmp_path / "r.csv")])
+    assert res.exit_code == 0, res.output
+    text = page.read_text(encoding="utf-8")
+    assert text.count('src="data:image/png;base64,') == 7 and "<script" not in text
+    assert "b&lt;&amp;&gt;" in text and "b<&>" not in text  # names escaped
+
+
+def test_run_summary_is_one_compact_line(setup) -> None:
+    from asdcli.evaluate.render import run_summary
+
+    data, sub, scores = setup
+    report = evaluate_submission(sub, ground_truth_from_data(data))
+    fan, valve = (100 * metrics.hmean([_expected(scores[m])[c] for c in metrics.OFFICIAL_COLUMNS]) for m in ("fan", "valve"))
+    assert run_summary(report) == [
+        f"Per machine (harmonic mean of AUC source, AUC target, pAUC, %): fan {fan:.2f}, valve {valve:.2f}"]

@@ -200,7 +200,6 @@ def test_cli_submission(files: dict[str, Path], tmp_path: Path) -> None:
         (["--banks", "BANKS", "--embeddings", "EMB", "--submission-dir", "OUT", "--decisions", "OUT"], "--decisions is for --bank"),
         (["--bank", "BANK", "--embeddings", "EMB", "--submission-dir", "OUT"], "--submission-dir needs --banks"),
         (["--bank", "BANK"], "either clips"),
-        (["--bank", "BANK", "--embeddings", "EMB", "--format", "xml"], "--format must be"),
         (["--bank", "BANK", "--embeddings", "NOPE"], "does not exist"),
         (["--bank", "BANK2", "--embeddings", "EMB"], "no test clips of pump section 00"),
         (["--bank", "BANK3", "--embeddings", "EMB"], "different front ends (checkpoint_sha256"),

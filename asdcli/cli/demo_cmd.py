@@ -21,7 +21,7 @@ REAL_COMMAND = "asd run data/dev --checkpoint BEATs_iter3.pt --out runs/dev"
 
 
 def command(
-    out: Path = typer.Option(DEFAULT_DEMO_DIR, "--out", "-o", help="Demo folder: data/, beats_tiny_random.pt and run/."),
+    out: Path = typer.Option(DEFAULT_DEMO_DIR, "--out", "-o", help="Demo folder: data/, beats_tiny_random_seed<SEED>.pt and run/."),
     make_data: Optional[Path] = typer.Option(
         None, "--make-data", metavar="DIR",
         help="Only write a synthetic DCASE-2025-layout dataset (DIR/<machine>/{train,test,supplemental}) and exit.",
@@ -33,7 +33,7 @@ def command(
     """Run the whole pipeline on a synthetic dataset with a tiny random BEATs (about a minute on a laptop CPU).
 
     Writes OUT/data (fan, gearbox, bearing: source/target domains, normal and anomalous test
-    clips), OUT/beats_tiny_random.pt (an official-format checkpoint of a randomly initialised
+    clips), OUT/beats_tiny_random_seed<SEED>.pt (an official-format checkpoint of a randomly initialised
     2-layer BEATs) and OUT/run (finetune -> embed -> fit-bank -> score -> report, as `asd run`),
     then shows the report. Re-running reuses what is there.
 

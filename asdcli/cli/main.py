@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from asdcli import __version__
+from asdcli.cli.usage import AsdCommand, AsdGroup
 from asdcli.console import stderr_console
 from asdcli.errors import AsdError
 
@@ -28,7 +29,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain help: wraps at words, survives a pipe
+    cls=AsdGroup,
 )
 
 
@@ -63,7 +65,7 @@ def _root(
 
 
 def _register() -> None:
-    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, report_cmd, run_cmd, score_cmd
+    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, package_cmd, report_cmd, run_cmd, score_cmd
 
     for name, module in (
         ("finetune", finetune_cmd),
@@ -73,8 +75,9 @@ def _register() -> None:
         ("report", report_cmd),
         ("run", run_cmd),
         ("demo", demo_cmd),
+        ("package", package_cmd),
     ):
-        app.command(name)(handle_errors(module.command))
+        app.command(name, cls=AsdCommand)(handle_errors(module.command))
 
 
 _register()

@@ -34,7 +34,7 @@ _GT_NAME = re.compile(r"^ground_truth_(?P<machine>.+?)_section_(?P<section>\d+)_
 SHOW = 5  # names quoted in an error message
 
 
-def some(names: Sequence[str], show: int = SHOW) -> str:
+def first_few(names: Sequence[str], show: int = SHOW) -> str:
     """``"a, b, c and 12 more"``: the first few names and how many were left out."""
     names = list(names)
     more = f" and {len(names) - show} more" if len(names) > show else ""
@@ -94,7 +94,7 @@ class GroundTruth:
             )
         have = ", ".join(f"{m} section {s}" for m, s in sorted(self.sections)) or "none"
         sec = "" if section is None else f" section {section}"
-        raise DataError(f"{what}: no ground truth for {machine}{sec} in {self.origin} (it has: {some(have.split(', '))}).")
+        raise DataError(f"{what}: no ground truth for {machine}{sec} in {self.origin} (it has: {first_few(have.split(', '))}).")
 
 
 def _make_truth(machine: str, section: str, rows: Iterable[tuple[str, int, int, str]], aliases: Mapping[str, str]) -> SectionTruth:
@@ -133,12 +133,12 @@ def ground_truth_from_clips(clips: Iterable[Clip], origin: str) -> GroundTruth:
         if bad:
             raise DataError(
                 f"{len(bad)} test clip(s) of {machine} in {origin} have no label or domain in their names: "
-                f"{some(bad)}; use official names such as section_00_source_test_normal_0000_<attributes>.wav."
+                f"{first_few(bad)}; use official names such as section_00_source_test_normal_0000_<attributes>.wav."
             )
         names = [c.name for c in group]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise DataError(f"Test clip name(s) {some(dup)} occur more than once for {machine} in {origin}; keep one copy.")
+            raise DataError(f"Test clip name(s) {first_few(dup)} occur more than once for {machine} in {origin}; keep one copy.")
         rows = [(c.name, int(c.label == "anomaly"), int(c.domain == "target"), _stem(c.name)) for c in group]
         sections[(machine, section)] = _make_truth(machine, section, rows, {})
     if not sections and not unlabelled:
@@ -158,11 +158,14 @@ def ground_truth_from_data(data_root: Path | str) -> GroundTruth:
 def _read_csv_rows(path: Path, min_cols: int) -> list[tuple[int, list[str]]]:
     """Non-blank rows of a headerless CSV with their 1-based line numbers."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"Cannot read {path}: {e}.") from e
     rows = []
-    for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start = 1
+    for row in reader:
+        lineno, start = start, reader.line_num + 1
         row = [c.strip() for c in row]
         if not any(row):
             continue
@@ -191,7 +194,7 @@ def _read_section(gt_dir: Path, name: str, machine: str, section: str) -> Sectio
     labels, domains = _read_flags(data_path), _read_flags(domain_path)
     if labels.keys() != domains.keys():
         diff = sorted(labels.keys() ^ domains.keys())
-        raise DataError(f"{data_path} and {domain_path} list different clips ({len(diff)} differ: {some(diff)}).")
+        raise DataError(f"{data_path} and {domain_path} list different clips ({len(diff)} differ: {first_few(diff)}).")
     labelled = {n: _stem(n) for n in labels}
     aliases: dict[str, str] = {}
     attr_path = gt_dir / GT_DIRS[2] / name
@@ -231,14 +234,21 @@ def load_ground_truth(ground_truth: Path | str | None = None, data: Path | str |
     raise DataError("No ground truth: pass --ground-truth GT_DIR (official CSVs) or --data DATA (labelled test names).")
 
 
+def _csv_text(rows: Iterable[Sequence[object]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
 def ground_truth_texts(truth: GroundTruth) -> dict[str, str]:
-    """The official ground-truth files as ``{relative path: text}`` (sorted rows, ``\\n`` ends)."""
+    """The official ground-truth files as ``{relative path: text}`` (sorted rows, ``\\n`` ends,
+    names quoted by the ``csv`` module where they need it)."""
     files: dict[str, str] = {}
     for (machine, section), st in sorted(truth.sections.items()):
         name = gt_file_name(machine, section)
-        files[f"{GT_DIRS[0]}/{name}"] = "".join(f"{n},{int(a)}\n" for n, a in zip(st.filenames, st.anomaly))
-        files[f"{GT_DIRS[1]}/{name}"] = "".join(f"{n},{int(t)}\n" for n, t in zip(st.filenames, st.target))
-        files[f"{GT_DIRS[2]}/{name}"] = "".join(f"{n},{lab}\n" for n, lab in zip(st.filenames, st.labelled))
+        files[f"{GT_DIRS[0]}/{name}"] = _csv_text(zip(st.filenames, (int(a) for a in st.anomaly)))
+        files[f"{GT_DIRS[1]}/{name}"] = _csv_text(zip(st.filenames, (int(t) for t in st.target)))
+        files[f"{GT_DIRS[2]}/{name}"] = _csv_text(zip(st.filenames, st.labelled))
     return files
 
 

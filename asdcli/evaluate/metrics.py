@@ -193,14 +193,3 @@ def column_means(rows: Iterable[Mapping[str, float]], columns: Iterable[str] = C
         "harmonic mean": {c: hmean(r[c] for r in rows) for c in cols},
     }
 
-
-def decision_threshold(y_score: np.ndarray, y_pred: np.ndarray) -> float | None:
-    """The threshold implied by decisions: midpoint between the highest score decided normal and
-    the lowest decided anomalous; ``None`` when one decision never occurs or no single threshold
-    separates them (decisions not of the form ``score > threshold``)."""
-    s = np.asarray(y_score, dtype=np.float64).ravel()
-    p = np.asarray(y_pred).ravel()
-    s0, s1 = s[p == 0], s[p == 1]
-    if not s0.size or not s1.size or s0.max() >= s1.min():
-        return None
-    return float((s0.max() + s1.min()) / 2.0)

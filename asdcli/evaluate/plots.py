@@ -2,9 +2,11 @@
 
 Per machine/section: ROC curves per domain (each domain's normals + all anomalies, as the AUC
 uses) and over all clips with the pAUC region FPR <= 0.1 shaded, and histograms of normal vs
-anomalous scores per domain with the decision threshold when the decision file implies one.
+anomalous scores per domain (about sqrt(clips) bins, integer counts) with the bank's decision
+threshold (drawn even when it lies beyond every score: then every clip is judged normal).
 Per system: a bar chart of AUC (source), AUC (target) and pAUC per machine with the official
 score. For several systems: a bar chart of every system's per-machine harmonic mean.
+Legends sit below the axes, never over the data.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
-from asdcli.evaluate import metrics
 from asdcli.artifacts import write_bytes_atomic
+from asdcli.evaluate import metrics
 from asdcli.evaluate.report import SectionResult, SystemReport
 
 DPI = 110
@@ -28,11 +31,23 @@ _COLORS = {"source": "#1f77b4", "target": "#d62728", "all": "#555555"}
 _BAR_COLORS = ("#1f77b4", "#d62728", "#2ca02c")
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    write_bytes_atomic(path, buf.getvalue())
-    return path
+    return buf.getvalue()
+
+
+def _legend_below(ax: Axes, ncol: int = 2, offset: float = -0.2) -> None:
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, offset), ncol=ncol, fontsize=8, frameon=False)
+
+
+def histogram_edges(scores: np.ndarray, threshold: float | None, clips_per_panel: int) -> np.ndarray:
+    """Shared bin edges for a section's histograms: about sqrt(clips) bins (4 to 30) over the
+    scores and the threshold."""
+    values = scores if threshold is None else np.append(scores, threshold)
+    lo, hi = float(values.min()), float(values.max())
+    n_bins = int(np.clip(np.ceil(np.sqrt(max(clips_per_panel, 1))), 4, 30))
+    return np.linspace(lo, hi if hi > lo else lo + 1.0, n_bins + 1)
 
 
 def _pct(v: float, digits: int = 2) -> str:
@@ -55,9 +70,9 @@ def _roc_axes(ax: Axes, r: SectionResult) -> None:
             key = "AUC (all)" if domain == "all" else f"AUC ({domain})"
             ax.plot(fpr, tpr, color=_COLORS[domain], lw=2 if domain != "all" else 1.2,
                     ls="-" if domain != "all" else "--", label=f"{domain}: AUC {_pct(r.metrics[key])}")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (normals flagged)",
-           ylabel="true positive rate (anomalies found)", title="ROC: domain normals vs all anomalies")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="share of normal clips flagged (false positive rate)",
+           ylabel="share of anomalies found (true positive rate)", title="ROC: domain normals vs all anomalies")
+    _legend_below(ax)
     ax.grid(alpha=0.3)
 
 
@@ -68,22 +83,26 @@ def _hist_axes(ax: Axes, r: SectionResult, domain: str, bins: np.ndarray) -> Non
         edges = bins.tolist()
         ax.hist(values, bins=edges, histtype="stepfilled", alpha=0.45, color=color, label=f"{label} (n={values.size})")
         ax.hist(values, bins=edges, histtype="step", color=color, lw=1.5)
-    threshold = r.threshold
-    if threshold is not None:
-        ax.axvline(threshold, color="black", ls="--", lw=1.5, label=f"decision threshold {threshold:.4g}")
-    ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="clips",
-           title=f"{domain} domain scores")
-    ax.legend(fontsize=8)
+    title = f"{domain} domain: anomaly scores"
+    if r.threshold is not None:
+        flagged = int(np.sum(r.scores[in_domain] > r.threshold))
+        ax.axvline(r.threshold, color="black", ls="--", lw=1.5,
+                   label=f"decision threshold {r.threshold:.4g} ({flagged} of {int(in_domain.sum())} flagged)")
+    else:
+        title += " (no threshold: pass --banks)"
+    ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="number of clips", title=title)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend_below(ax)
     ax.grid(alpha=0.3)
 
 
 def section_figure(report: SystemReport, r: SectionResult) -> Figure:
     """ROC curves and the two domain histograms of one machine/section, side by side."""
-    fig = Figure(figsize=(16, 4.8))
+    fig = Figure(figsize=(16, 5.6))
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.05, 1, 1]})
     _roc_axes(axes[0], r)
-    lo, hi = float(r.scores.min()), float(r.scores.max())
-    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 31)
+    per_panel = max(int(np.sum(r.target == t)) for t in (0, 1))
+    bins = histogram_edges(r.scores, r.threshold, per_panel)
     for ax, domain in zip(axes[1:], metrics.DOMAINS):
         _hist_axes(ax, r, domain, bins)
     m = r.metrics
@@ -108,15 +127,16 @@ def summary_figure(report: SystemReport) -> Figure:
     for k, (col, color) in enumerate(zip(metrics.OFFICIAL_COLUMNS, _BAR_COLORS)):
         vals = np.array([100 * r.metrics[col] for r in report.sections])
         bars = ax.bar(x + (k - 1) * width, np.nan_to_num(vals), width, color=color, label=col)
-        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1)
+        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1,
+                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8})
     official = report.official_score
     ax.axhline(50, color="grey", ls=":", lw=1, label="chance (50)")
     if not np.isnan(official):
         ax.axhline(100 * official, color="black", ls="--", lw=1.2, label=f"official score {_pct(official)}")
     ax.set_xticks(x, _bar_labels(report))
-    ax.set(ylim=(0, 105), ylabel="%", title=f"{report.name}: official score {_pct(official)} "
+    ax.set(ylim=(0, 105), ylabel="AUC / pAUC (%)", title=f"{report.name}: official score {_pct(official)} "
            f"(harmonic mean of {3 * n} values)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=5, fontsize=9, frameon=False)
+    _legend_below(ax, ncol=5, offset=-0.12)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -133,30 +153,40 @@ def comparison_figure(reports: Sequence[SystemReport]) -> Figure:
         vals = np.array([100 * r.machine_score(m)["harmonic mean"] if m in r.machines else np.nan for m in machines])
         bars = ax.bar(x + (k - (len(reports) - 1) / 2) * width, np.nan_to_num(vals), width,
                       label=f"{r.name} (official {_pct(r.official_score)})")
-        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1)
+        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1,
+                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8})
     ax.axhline(50, color="grey", ls=":", lw=1)
     ax.set_xticks(x, machines)
-    ax.set(ylim=(0, 105), ylabel="h-mean of AUC src, AUC tgt, pAUC (%)", title="Systems compared per machine")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(3, len(reports)), fontsize=9, frameon=False)
+    ax.set(ylim=(0, 105), ylabel="machine score (%)\n(harmonic mean of AUC source, AUC target, pAUC)",
+           title="Systems compared per machine")
+    _legend_below(ax, ncol=min(3, len(reports)), offset=-0.1)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def write_plots(reports: Sequence[SystemReport], out_dir: Path | str) -> list[Path]:
-    """Write every PNG under ``out_dir``; returns the paths.
+def figures(reports: Sequence[SystemReport]) -> list[tuple[str, Figure]]:
+    """Every plot with its relative file name.
 
     One system: ``<machine>_section_<SS>.png`` per machine/section and ``summary.png``.
     Several: the same in ``<system>/`` sub-folders, plus ``comparison.png``.
     """
-    out_dir = Path(out_dir)
-    written = []
+    out: list[tuple[str, Figure]] = []
     for report in reports:
-        folder = out_dir if len(reports) == 1 else out_dir / safe_name(report.name)
+        folder = "" if len(reports) == 1 else safe_name(report.name) + "/"
         for r in report.sections:
-            name = f"{safe_name(r.machine)}_section_{r.section}.png"
-            written.append(_save(section_figure(report, r), folder / name))
-        written.append(_save(summary_figure(report), folder / "summary.png"))
+            out.append((f"{folder}{safe_name(r.machine)}_section_{r.section}.png", section_figure(report, r)))
+        out.append((f"{folder}summary.png", summary_figure(report)))
     if len(reports) > 1:
-        written.append(_save(comparison_figure(reports), out_dir / "comparison.png"))
+        out.append(("comparison.png", comparison_figure(reports)))
+    return out
+
+
+def write_plots(reports: Sequence[SystemReport], out_dir: Path | str) -> list[Path]:
+    """Write every PNG of :func:`figures` under ``out_dir`` (atomically); returns the paths."""
+    written = []
+    for rel, fig in figures(reports):
+        path = Path(out_dir) / rel
+        write_bytes_atomic(path, png_bytes(fig))
+        written.append(path)
     return written

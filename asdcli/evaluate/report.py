@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from asdcli.evaluate import metrics
 from asdcli.errors import DataError
-from asdcli.evaluate.ground_truth import GroundTruth, SectionTruth, some
+from asdcli.evaluate import metrics
+from asdcli.evaluate.ground_truth import GroundTruth, SectionTruth, first_few
 
 # Also matches the baseline's own names, anomaly_score_DCASE2025T2fan_section_00_test_seed13711_id(0_).csv.
 _SCORE_NAME = re.compile(
@@ -56,11 +56,7 @@ class SectionResult:
     anomaly: np.ndarray
     target: np.ndarray
     decisions: np.ndarray | None = None
-
-    @property
-    def threshold(self) -> float | None:
-        """Decision threshold implied by the decision file, if any (see metrics.decision_threshold)."""
-        return None if self.decisions is None else metrics.decision_threshold(self.scores, self.decisions)
+    threshold: float | None = None  # the bank's decision threshold, when the banks were given
 
     def official_values(self) -> list[float]:
         return [self.metrics[c] for c in metrics.OFFICIAL_COLUMNS]
@@ -110,39 +106,51 @@ class SystemReport:
 # ---------------------------------------------------------------- reading score files
 
 def _is_header(row: Sequence[str]) -> bool:
-    return row[0].strip().lower() in ("filename", "file_name", "file")
+    return bool(row) and row[0].strip().lower() in ("filename", "file_name", "file")
 
 
 def parse_rows(text: str, where: str, decisions: bool = False) -> list[Entry]:
-    """Rows ``filename,value`` of a score (or decision) CSV; JSON lines ``{"filename", "score"}``
-    (``asd score --format jsonl``) are accepted too. A header line ``filename,...`` is skipped.
+    """Rows ``filename,value`` of a score (or decision) CSV, read with the ``csv`` module (a name
+    may hold a quoted comma, quote or newline; a UTF-8 BOM is dropped); JSON lines
+    ``{"filename", "score"}`` (``asd score --format jsonl``) are accepted too. A header line
+    ``filename,...`` is skipped.
 
     Raises DataError on a short row, a non-numeric or non-finite score, or a decision not 0/1.
     """
+    text = text.removeprefix("\ufeff")
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if first.lstrip().startswith("{"):
+        return _json_rows(text, where, decisions)
     entries: list[Entry] = []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start = 1
+    for row in reader:
+        lineno, start = start, reader.line_num + 1
+        if not any(c.strip() for c in row):
+            continue
+        at = f"{where} line {lineno}"
+        if not entries and _is_header(row):
+            continue
+        if len(row) < 2:
+            raise DataError(f"{at}: expected 'filename,{'0|1' if decisions else 'score'}', got {','.join(row)!r}.")
+        entries.append(Entry(where, lineno, row[0].strip(), _value(row[1].strip(), at, decisions)))
+    return entries
+
+
+def _json_rows(text: str, where: str, decisions: bool) -> list[Entry]:
+    key = "decision" if decisions else "score"
+    entries = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         at = f"{where} line {lineno}"
-        if line.lstrip().startswith("{"):
-            name, raw = _json_row(line, at, "decision" if decisions else "score")
-        else:
-            row = next(csv.reader(io.StringIO(line)))
-            if lineno == 1 and _is_header(row):
-                continue
-            if len(row) < 2:
-                raise DataError(f"{at}: expected 'filename,{'0|1' if decisions else 'score'}', got {line.strip()!r}.")
-            name, raw = row[0].strip(), row[1].strip()
+        try:
+            rec = json.loads(line)
+            name, raw = str(rec["filename"]), str(rec[key])
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{at}: not a JSON object with 'filename' and '{key}' ({e}).") from e
         entries.append(Entry(where, lineno, name, _value(raw, at, decisions)))
     return entries
-
-
-def _json_row(line: str, at: str, key: str) -> tuple[str, str]:
-    try:
-        rec = json.loads(line)
-        return str(rec["filename"]), str(rec[key])
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{at}: not a JSON object with 'filename' and '{key}' ({e}).") from e
 
 
 def _value(raw: str, at: str, decisions: bool) -> float:
@@ -157,11 +165,29 @@ def _value(raw: str, at: str, decisions: bool) -> float:
     return value
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A CSV input as text (UTF-8, a leading BOM dropped); an unreadable file is a DataError."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"Cannot read {path}: {e}.") from e
+
+
+def bank_thresholds(banks_dir: Path | str) -> dict[tuple[str, str], float]:
+    """The decision threshold of every ``bank_<machine>_section_<SS>.npz`` under ``banks_dir``
+    (the threshold the decision files were made with), keyed by (machine, section)."""
+    from asdcli.backend.bank import load_bank
+
+    folder = Path(banks_dir)
+    if not folder.is_dir():
+        raise DataError(f"Bank folder {folder} does not exist; pass the banks/ folder of the run (--banks DIR).")
+    out = {}
+    for path in sorted(folder.glob("bank_*.npz")):
+        bank = load_bank(path)
+        out[(bank.machine, bank.section)] = float(bank.threshold)
+    if not out:
+        raise DataError(f"{folder} holds no bank_<machine>_section_<SS>.npz file; pass the banks/ folder of the run.")
+    return out
 
 
 def align(entries: Sequence[Entry], truth: SectionTruth, what: str) -> np.ndarray:
@@ -185,22 +211,24 @@ def align(entries: Sequence[Entry], truth: SectionTruth, what: str) -> np.ndarra
             values[i] = e.value
     sec = f"{truth.machine} section {truth.section}"
     if dups:
-        raise DataError(f"{what}: {len(dups)} clip(s) listed more than once: {some(dups)}; keep one row per clip.")
+        raise DataError(f"{what}: {len(dups)} clip(s) listed more than once: {first_few(dups)}; keep one row per clip.")
     if unknown:
-        raise DataError(f"{what}: {len(unknown)} name(s) are not test clips of {sec}: {some(unknown)}; "
+        raise DataError(f"{what}: {len(unknown)} name(s) are not test clips of {sec}: {first_few(unknown)}; "
                         "use the bare test file names (extra or misspelled rows are not allowed).")
     missing = [truth.filenames[i] for i in range(len(truth)) if i not in seen]
     if missing:
-        raise DataError(f"{what}: {len(missing)} of {len(truth)} test clips of {sec} have no row: {some(missing)}; "
+        raise DataError(f"{what}: {len(missing)} of {len(truth)} test clips of {sec} have no row: {first_few(missing)}; "
                         "every test clip needs exactly one row.")
     return values
 
 
-def evaluate_section(truth: SectionTruth, scores: np.ndarray, decisions: np.ndarray | None = None) -> SectionResult:
+def evaluate_section(truth: SectionTruth, scores: np.ndarray, decisions: np.ndarray | None = None,
+                     threshold: float | None = None) -> SectionResult:
     """All metrics of one machine/section from aligned (N,) scores and optional 0/1 decisions."""
     d = None if decisions is None else decisions.astype(np.int8)
     values = metrics.section_metrics(truth.anomaly, scores, truth.target, d)
-    return SectionResult(truth.machine, truth.section, values, truth.filenames, scores, truth.anomaly, truth.target, d)
+    return SectionResult(truth.machine, truth.section, values, truth.filenames, scores, truth.anomaly, truth.target,
+                         d, threshold)
 
 
 def _undefined_warnings(results: Sequence[SectionResult], system: str) -> list[str]:
@@ -217,12 +245,17 @@ def _coverage_warnings(done: set[tuple[str, str]], truth: GroundTruth, system: s
     missing = sorted(set(truth.sections) - done)
     if not missing:
         return []
-    return [(f"{system} has no scores for {some([f'{m} section {s}' for m, s in missing])}; "
+    return [(f"{system} has no scores for {first_few([f'{m} section {s}' for m, s in missing])}; "
              f"its official score covers only the {len(done)} machine/section(s) it has.")]
 
 
-def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | None = None) -> SystemReport:
-    """Evaluate a submission folder against ``truth``.
+def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | None = None,
+                        thresholds: Mapping[tuple[str, str], float] | None = None,
+                        skip_unlabelled: bool = False) -> SystemReport:
+    """Evaluate a submission folder against ``truth``; ``thresholds`` (from :func:`bank_thresholds`)
+    are recorded with each machine/section's result. With ``skip_unlabelled`` the score files of
+    machines whose test names carry no labels (evaluation data next to dev data) are left out,
+    with a warning naming them.
 
     Raises DataError when the folder holds no score file, when a machine/section has no ground
     truth, or when a score or decision file does not match the test clips exactly.
@@ -241,18 +274,23 @@ def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | 
         found[key] = path
     if not found:
         raise DataError(f"{folder} holds no anomaly_score_<machine>_section_<SS>_test.csv file; "
-                        "point asd report at the folder that `asd score --out-dir` wrote.")
+                        "point asd report at the folder that `asd score --submission-dir` (or `asd run`) wrote.")
     system = name or folder.name or str(folder)
+    skipped = sorted({m for m, _ in found if m in truth.unlabelled}) if skip_unlabelled else []
+    found = {k: v for k, v in found.items() if k[0] not in skipped}
     results = []
     for (machine, section), path in sorted(found.items()):
         st = truth.require(machine, section, str(path))
-        scores = align(parse_rows(_read_text(path), path.name), st, str(path))
+        scores = align(parse_rows(read_text(path), path.name), st, str(path))
         dpath = path.with_name(path.name.replace("anomaly_score_", "decision_result_", 1))
         decisions = None
         if dpath.is_file():
-            decisions = align(parse_rows(_read_text(dpath), dpath.name, decisions=True), st, str(dpath))
-        results.append(evaluate_section(st, scores, decisions))
+            decisions = align(parse_rows(read_text(dpath), dpath.name, decisions=True), st, str(dpath))
+        results.append(evaluate_section(st, scores, decisions, (thresholds or {}).get((machine, section))))
     warnings = _undefined_warnings(results, system) + _coverage_warnings(set(found), truth, system)
+    if skipped:
+        warnings.append(f"{system}: {', '.join(skipped)} not evaluated: their test file names carry no labels "
+                        "(evaluation data); their score files are the challenge submission.")
     return SystemReport(system, str(folder), tuple(results), tuple(warnings))
 
 
@@ -273,7 +311,7 @@ def evaluate_stream(text: str, machine: str, truth: GroundTruth, name: str = "st
     owner = {n: st for st in sections for n in (*st.filenames, *st.aliases)}
     unknown = [e.name for e in entries if e.name not in owner]
     if unknown:
-        raise DataError(f"{name}: {len(unknown)} name(s) are not test clips of {machine}: {some(unknown)}.")
+        raise DataError(f"{name}: {len(unknown)} name(s) are not test clips of {machine}: {first_few(unknown)}.")
     results = []
     for st in sections:
         rows = [e for e in entries if owner[e.name] is st]
@@ -285,29 +323,35 @@ def evaluate_stream(text: str, machine: str, truth: GroundTruth, name: str = "st
     return SystemReport(name, STDIN, tuple(results), tuple(warnings))
 
 
-def system_names(paths: Sequence[str]) -> list[str]:
-    """Short unique display names: folder names, or the paths as given where those repeat."""
-    names = [STDIN if p == STDIN else (Path(p).name or str(p)) for p in paths]
-    return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths)]
+def system_names(paths: Sequence[str], given: Sequence[str] = ()) -> list[str]:
+    """Short unique display names: the given ones (empty: none given), else folder names, or
+    the paths as given where those repeat."""
+    given = list(given) or [""] * len(paths)
+    names = [g or ("stdin" if p == STDIN else (Path(p).name or str(p))) for g, p in zip(given, paths)]
+    return [n if names.count(n) == 1 else f"{n} ({p})" for n, p in zip(names, paths)]
 
 
 def evaluate_all(
-    submissions: Sequence[str], truth: GroundTruth, machine: str | None = None, stdin_text: str | None = None
+    submissions: Sequence[str], truth: GroundTruth, machine: str | None = None, stdin_text: str | None = None,
+    names: Sequence[str] = (), thresholds: Sequence[Mapping[tuple[str, str], float] | None] = (),
 ) -> list[SystemReport]:
     """Evaluate several submissions: folders, single score files, or ``-`` (``stdin_text``,
-    one machine named by ``machine``)."""
+    one machine named by ``machine``); ``names`` and ``thresholds`` are one per submission."""
     if not submissions:
         raise DataError("No submission given; pass one or more submission folders (or - for stdin).")
     if list(submissions).count(STDIN) > 1:
         raise DataError("stdin (-) can be given only once.")
+    thresholds = list(thresholds) or [None] * len(submissions)
     reports = []
-    for sub, name in zip(submissions, system_names(submissions)):
+    for sub, name, thr in zip(submissions, system_names(submissions, names), thresholds):
         if sub == STDIN:
-            reports.append(evaluate_stream(stdin_text or "", machine or "", truth, "stdin"))
+            report = evaluate_stream(stdin_text or "", machine or "", truth, "stdin")
         elif Path(sub).is_file():
-            reports.append(evaluate_score_file(Path(sub), truth, machine))
+            report = evaluate_score_file(Path(sub), truth, machine)
         else:
-            reports.append(evaluate_submission(sub, truth, name))
+            report = evaluate_submission(sub, truth, name, thr)
+        reports.append(report if report.name == name else SystemReport(name, report.path, report.sections,
+                                                                        report.warnings))
     return reports
 
 
@@ -318,5 +362,5 @@ def evaluate_score_file(path: Path, truth: GroundTruth, machine: str | None = No
     machine = machine or (m["machine"] if m else "")
     if not machine:
         raise DataError(f"Cannot tell the machine of {path} from its name; add --machine NAME.")
-    report = evaluate_stream(_read_text(path), machine, truth, path.name)
+    report = evaluate_stream(read_text(path), machine, truth, path.name)
     return SystemReport(report.name, str(path), report.sections, report.warnings)

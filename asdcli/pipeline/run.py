@@ -217,21 +217,20 @@ def _score_stage(cfg: RunConfig, test_path: Path, keys: Sequence[str], stages: _
     return out
 
 
-def _labelled(test: list[Clip]) -> bool:
-    return bool(test) and all(c.label and c.domain for c in test)
-
-
 def _report_stage(cfg: RunConfig, submission: Path, stages: _Stages) -> SystemReport:
     """Evaluate the submission against the test names' labels into report.csv (always redone:
     it takes milliseconds)."""
     from asdcli.artifacts import write_text_atomic
     from asdcli.evaluate.ground_truth import load_ground_truth
-    from asdcli.evaluate.report import evaluate_submission
     from asdcli.evaluate.render import render_text
+    from asdcli.evaluate.report import bank_thresholds, evaluate_submission
+    from asdcli.evaluate.report_command import default_name
 
     out = cfg.run_dir / "report.csv"
     stages.say(f": official metrics -> {out}", stages.header("report"))
-    report = evaluate_submission(submission, load_ground_truth(None, cfg.data_root), name=cfg.run_dir.name)
+    report = evaluate_submission(submission, load_ground_truth(None, cfg.data_root),
+                                 name=default_name(str(submission)), thresholds=bank_thresholds(cfg.run_dir / "banks"),
+                                 skip_unlabelled=True)
     for warning in report.warnings:
         stages.say(warning, "[yellow]Warning:[/] ")
     write_text_atomic(out, render_text([report], "csv"))
@@ -273,17 +272,22 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
     submission = report = None
     if test:
         submission = _score_stage(cfg, test_path, [embed_key, bank_key], stages)
-        if _labelled(test):
+        labelled = {c.machine for c in test if c.label and c.domain}
+        if labelled:  # dev machines; eval machines next to them are left out of the report
             report = _report_stage(cfg, submission, stages)
-        else:
-            stages.say(f"No labels in the test file names (eval data), so no report: submit {submission}.")
+        unlabelled = sorted({c.machine for c in test} - labelled)
+        if unlabelled:
+            stages.say(f"No labels in the test file names of {', '.join(unlabelled)} (eval data), so no report for "
+                       f"them: their files in {submission} are the challenge submission; pack them with "
+                       f"`asd package {cfg.run_dir} --data EVAL_ROOT --team NAME --system N --out DIR`.")
     else:
         stages.say(f"No test clips under {cfg.data_root}: banks are in {banks}; score later with `asd score --banks`.")
     return RunResult(cfg.run_dir, submission, report, tuple(stages.ran), tuple(stages.skipped))
 
 
 def show_report(report: SystemReport, console: Console) -> None:
-    """The report table on a terminal, the report CSV otherwise (both on ``console``, stderr)."""
-    from asdcli.evaluate.render import render
+    """The compact summary on ``console`` (stderr), terminal or not; the full table is report.csv."""
+    from asdcli.evaluate.render import run_summary
 
-    render([report], "table" if console.is_terminal else "csv", console.file)
+    for line in run_summary(report):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)

@@ -1,0 +1,308 @@
+"""`asd package`: a DCASE 2025 Task 2 submission package from a run or submission folder.
+
+Layout (the challenge's submission page: one zip holding per task the system outputs, one meta
+file per system and the technical report; a system's label is
+``<Surname>_<INSTITUTE>_task2_<N>``, N = 1..4)::
+
+    OUT/
+      <team>_task2_<N>.zip                 the package to upload, holding task2/ below
+      task2/
+        <team>_task2_<N>/
+          <team>_task2_<N>.meta.yaml       system meta information (placeholders: FILL IN)
+          anomaly_score_<machine>_section_<SS>_test.csv
+          decision_result_<machine>_section_<SS>_test.csv
+        <team>_task2.technical_report.pdf  not written: add your report before uploading
+
+Before anything is written the submission is checked against the dataset's test clips: every
+machine/section has both files, every test clip exactly one row in each, every score finite,
+every decision 0 or 1. A problem is a DataError naming the file and the clips. Files of machines
+the dataset does not have (the dev machines of a run over dev and eval data) are left out, and
+said so.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asdcli import __version__
+from asdcli.artifacts import write_bytes_atomic, write_text_atomic
+from asdcli.errors import ConfigError, DataError
+from asdcli.evaluate.ground_truth import first_few
+from asdcli.evaluate.report import parse_rows, read_text
+
+TASK = "task2"
+_TEAM = re.compile(r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+$")
+_SCORE = "anomaly_score_{m}_section_{s}_test.csv"
+_DECISION = "decision_result_{m}_section_{s}_test.csv"
+FILL = "FILL IN"
+
+
+def check_team(team: str) -> str:
+    """``team`` if it is a label prefix ``<Surname>_<INSTITUTE>``, else a ConfigError."""
+    if not _TEAM.match(team):
+        raise ConfigError(f"--team must be <Surname>_<INSTITUTE> (letters, digits, '-'), e.g. Doe_ACME; got {team!r}.")
+    return team
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    """What `asd package` does: the input, the system label and where the package goes."""
+
+    source: Path  # a run folder (with submission/) or a submission folder
+    team: str  # <Surname>_<INSTITUTE>, e.g. Doe_ACME
+    system: int  # 1..4
+    out: Path
+    data: Path | None = None  # dataset root whose test clips the submission must cover
+
+    def __post_init__(self) -> None:
+        check_team(self.team)
+        if not 1 <= self.system <= 4:
+            raise ConfigError(f"--system must be 1, 2, 3 or 4 (the challenge takes up to 4 systems), got {self.system}.")
+
+    @property
+    def label(self) -> str:
+        return f"{self.team}_{TASK}_{self.system}"
+
+
+def locate(source: Path) -> tuple[Path, Path | None]:
+    """(submission folder, run folder or None) of ``source``."""
+    if (source / "submission").is_dir():
+        return source / "submission", source
+    if source.is_dir() and any(source.glob("anomaly_score_*_test.csv")):
+        run = source.parent if (source.parent / "banks").is_dir() else None
+        return source, run
+    raise DataError(f"{source} is neither a run folder (with submission/) nor a submission folder "
+                    "(anomaly_score_*_test.csv); pass what `asd run` or `asd score --submission-dir` wrote.")
+
+
+def expected_clips(data: Path | None, run: Path | None) -> dict[tuple[str, str], set[str]]:
+    """Test clip names per (machine, section): from ``data`` (preferred) or the run's test embeddings."""
+    if data is not None:
+        from asdcli.data.dataset import discover_clips
+
+        clips = [(c.machine, c.section, c.name) for c in discover_clips([data], splits={"test"})]
+    elif run is not None and (run / "embeddings" / "test.npz").is_file():
+        from asdcli.artifacts import load_embeddings
+
+        emb = load_embeddings(run / "embeddings" / "test.npz")
+        clips = list(zip(emb.machine.tolist(), emb.section.tolist(), emb.filenames.tolist()))
+    else:
+        raise DataError("Cannot tell which test clips the package must cover: add --data DATA (the evaluation set).")
+    out: dict[tuple[str, str], set[str]] = {}
+    for machine, section, name in clips:
+        out.setdefault((machine, section), set()).add(name)
+    if not out:
+        raise DataError(f"No test clips under {data}; point --data at the dataset root with <machine>/test/.")
+    return out
+
+
+def _check_file(path: Path, names: set[str], decisions: bool) -> None:
+    if not path.is_file():
+        raise DataError(f"{path.name} is missing from {path.parent}; every machine/section needs it.")
+    rows = parse_rows(read_text(path), str(path), decisions=decisions)  # finite scores, decisions 0/1
+    seen = [e.name for e in rows]
+    dups = sorted({n for n in seen if seen.count(n) > 1})
+    extra, missing = sorted(set(seen) - names), sorted(names - set(seen))
+    for what, bad in (("listed more than once", dups), ("not test clips of the dataset", extra),
+                      ("test clips without a row", missing)):
+        if bad:
+            raise DataError(f"{path}: {len(bad)} {what}: {first_few(bad)}; every test clip needs exactly one row.")
+
+
+def check_submission(submission: Path, expected: Mapping[tuple[str, str], set[str]]) -> tuple[list[Path], list[str]]:
+    """The submission's files for the machines/sections of ``expected``, after checking them (see
+    the module docstring), and the names of the other files it holds (left out of the package:
+    the dev machines of a run over dev and eval data)."""
+    files = []
+    for (machine, section), names in sorted(expected.items()):
+        for pattern, decisions in ((_SCORE, False), (_DECISION, True)):
+            path = submission / pattern.format(m=machine, s=section)
+            _check_file(path, names, decisions)
+            files.append(path)
+    wanted = {p.name for p in files}
+    others = sorted(p.name for p in submission.glob("*_test.csv") if p.name not in wanted)
+    return files, others
+
+
+def _yaml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _yaml_lines(data: Mapping[str, Any], indent: int = 0) -> list[str]:
+    lines = []
+    pad = "  " * indent
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            lines.append(f"{pad}{key}:")
+            lines += _yaml_lines(value, indent + 1)
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}:")
+            for item in value:
+                sub = _yaml_lines(item, indent + 2)
+                lines.append(f"{pad}  - {sub[0].strip()}")
+                lines += sub[1:]
+        else:
+            lines.append(f"{pad}{key}: {_yaml(value)}")
+    return lines
+
+
+def transformer_macs(cfg: Mapping[str, Any], seconds: float) -> int:
+    """Multiply-accumulates of one BEATs forward pass over a clip (patch embedding, projections,
+    attention and feed-forward matmuls; norms and activations left out)."""
+    frames = int(seconds * 100)  # 10 ms fbank hop
+    patch = int(cfg.get("input_patch_size", 16))
+    tokens = (frames // patch) * (128 // patch)
+    d, ffn, emb = (int(cfg.get(k, v)) for k, v in (("encoder_embed_dim", 768), ("encoder_ffn_embed_dim", 3072),
+                                                    ("embed_dim", 512)))
+    layers = int(cfg.get("encoder_layers", 12))
+    per_layer = tokens * (4 * d * d + 2 * d * ffn) + 2 * tokens * tokens * d
+    return tokens * patch * patch * emb + (tokens * emb * d if emb != d else 0) + layers * per_layer
+
+
+def backbone_parameters(cfg: Mapping[str, Any]) -> int | None:
+    """Parameter count of the BEATs backbone described by ``cfg`` (built on the meta device: no memory)."""
+    try:
+        import torch
+
+        from asdcli.frontend.beats.backbone import BEATs
+        from asdcli.frontend.beats.config import BeatsConfig
+
+        with torch.device("meta"):
+            model = BEATs(BeatsConfig.from_dict(dict(cfg)))
+        return int(sum(p.numel() for p in model.parameters()))
+    except Exception:  # an unusual cfg: leave the count to the user
+        return None
+
+
+def _run_facts(run: Path | None) -> dict[str, Any]:
+    """What the run folder says about the system: bank config, embedding meta, fine-tuning record."""
+    facts: dict[str, Any] = {}
+    if run is None:
+        return facts
+    banks = sorted((run / "banks").glob("bank_*.npz"))
+    if banks:
+        from asdcli.backend.bank import load_bank
+
+        bank = load_bank(banks[0])
+        facts.update(bank=bank.config, embedding=bank.embedding_meta, threshold=bank.threshold_info)
+    record = run / "finetune" / "run.json"
+    if record.is_file():
+        from asdcli.artifacts import read_json
+
+        facts["finetune"] = read_json(record, what="run record")
+    return facts
+
+
+def system_meta(cfg: PackageConfig, run: Path | None) -> str:
+    """The system meta YAML: what asdcli knows filled in, the rest ``FILL IN``."""
+    facts = _run_facts(run)
+    emb = facts.get("embedding", {})
+    backbone = emb.get("backbone_cfg") or {}
+    seconds = float(emb.get("clip_seconds", 10.0))
+    ft = facts.get("finetune")
+    bank = facts.get("bank")
+    params = backbone_parameters(backbone) if backbone else None
+    recipe = "BEATs embeddings (mean over tokens of the last layer), KNN cosine distance to the train clips"
+    if ft is not None:
+        recipe = "BEATs fine-tuned with LoRA as a machine-type classifier (AAM softmax); head embeddings; " \
+                 "KNN cosine distance to the train clips"
+    if bank is not None:
+        recipe += f" (k={bank.k}{', domain-aware' if bank.domain_aware else ''})"
+    meta = {
+        "submission": {
+            "label": cfg.label, "name": FILL, "abbreviation": FILL,
+            "authors": [{"lastname": cfg.team.split("_")[0], "firstname": FILL, "email": FILL, "corresponding": True,
+                         "affiliation": {"abbreviation": cfg.team.split("_", 1)[1], "institute": FILL,
+                                         "department": FILL, "location": FILL}}],
+        },
+        "system": {
+            "description": {
+                "input_sampling_rate": "16kHz",
+                "acoustic_features": "log-mel filterbank (128 bins, 25 ms window, 10 ms hop), BEATs patches",
+                "data_augmentation": _augmentation(ft),
+                "machine_learning_method": recipe,
+                "pretrained_model": _checkpoint(emb),
+                "decision_making": "score above a gamma-fit quantile of the bank's leave-one-out scores",
+                "external_data_usage": "pre-trained model" if backbone else FILL,
+                "development_data_usage": FILL,
+                "ensemble_method_subsystem_count": 1,
+            },
+            "complexity": {
+                "total_parameters": _total(params, _trainable(ft)),
+                "trainable_parameters": _trainable(ft),
+                "MACS": transformer_macs(backbone, seconds) if backbone else FILL,
+            },
+            "source_code": "asdcli " + __version__,
+        },
+        "results": {"development_dataset": FILL},
+    }
+    head = (f"# DCASE 2025 Task 2 system meta information for {cfg.label}, written by `asd package`.\n"
+            f"# Replace every \"{FILL}\"; MACS counts one forward pass over a {seconds:g} s clip.\n")
+    return head + "\n".join(_yaml_lines(meta)) + "\n"
+
+
+def _checkpoint(emb: Mapping[str, Any]) -> str:
+    path, sha = emb.get("checkpoint_path"), emb.get("checkpoint_sha256")
+    if not path:
+        return FILL
+    return f"BEATs, checkpoint {Path(str(path)).name}" + (f" (SHA-256 {str(sha)[:16]})" if sha else "")
+
+
+def _total(backbone: int | None, trainable: int | str) -> int | str:
+    """Backbone plus the fine-tuned LoRA and head parameters."""
+    if backbone is None or not isinstance(trainable, int):
+        return FILL
+    return backbone + trainable
+
+
+def _trainable(ft: Mapping[str, Any] | None) -> int | str:
+    if ft is None:
+        return 0
+    value = ft.get("model", {}).get("trainable_parameters")
+    return int(value) if isinstance(value, int) else FILL
+
+
+def _augmentation(ft: Mapping[str, Any] | None) -> str:
+    if ft is None:
+        return "none"
+    options = ft.get("config", {})
+    used = [name for name, on in (("SpecAugment", options.get("specaugment")), ("mixup", options.get("mixup")),
+                                  ("noise mixing", options.get("noise_mix"))) if on]
+    return ", ".join(used) or "none"
+
+
+def _zip_bytes(root: Path, files: Sequence[Path]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            archive.write(path, path.relative_to(root).as_posix())
+    return buf.getvalue()
+
+
+def write_package(cfg: PackageConfig) -> tuple[Path, list[str]]:
+    """Check the submission, write OUT/task2/<label>/ and OUT/<label>.zip; returns the zip and the
+    submission's files left out (machines the dataset does not have)."""
+    submission, run = locate(cfg.source)
+    files, left_out = check_submission(submission, expected_clips(cfg.data, run))
+    folder = cfg.out / TASK / cfg.label
+    written = []
+    for path in files:
+        write_bytes_atomic(folder / path.name, path.read_bytes())
+        written.append(folder / path.name)
+    meta = folder / f"{cfg.label}.meta.yaml"
+    write_text_atomic(meta, system_meta(cfg, run))
+    written.append(meta)
+    archive = cfg.out / f"{cfg.label}.zip"
+    write_bytes_atomic(archive, _zip_bytes(cfg.out, written))
+    return archive, left_out
