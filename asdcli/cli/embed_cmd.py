@@ -30,6 +30,8 @@ def command(
     seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds."),
     channel: int | None = typer.Option(None, "--channel", help="Keep this 0-based channel of multi-channel files (default: mean of channels)."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes that read audio."),
+    window: float | None = typer.Option(None, "--window", help="A row per window of this many seconds (start_s/end_s recorded), for long recordings."),
+    hop: float | None = typer.Option(None, "--hop", help="With --window: seconds between window starts (default: the window)."),
 ) -> None:
     """Embed clips with BEATs (optionally a fine-tuned adapter) into an .npz file.
 
@@ -44,7 +46,11 @@ def command(
     clips = discover_clips(inputs)
     console = stderr_console()
     start = time.perf_counter()
-    if _single_process():  # resumable: Ctrl-C keeps the finished parts
+    if window is not None or hop is not None:
+        from asdcli.monitor.windowed import embed_windowed, window_spec
+
+        emb, wrote = embed_windowed(clips, cfg, window_spec(window, hop), out, console), True
+    elif _single_process():  # resumable: Ctrl-C keeps the finished parts
         emb, wrote = _embed_resumable(clips, cfg, out, console), True
     else:  # under accelerate launch: split across processes, the main one writes
         emb = embed_with_progress(clips, cfg, console)
