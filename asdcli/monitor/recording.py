@@ -19,7 +19,7 @@ from asdcli.artifacts import check_same_frontend
 from asdcli.backend.bank import Bank
 from asdcli.backend.score import score_vectors
 from asdcli.monitor.embedder import Embedder
-from asdcli.monitor.stream import RecordingInfo, recording_info, stream_16k
+from asdcli.monitor.stream import BLOCK_SECONDS, RecordingInfo, recording_info, stream_16k
 from asdcli.monitor.windows import WindowSpec, iter_windows
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ class RecordingScores:
 
 
 def embed_windows(info: RecordingInfo, embedder: Embedder, spec: WindowSpec, batch_size: int = 8,
-                  channel: int | None = None, position: Position | None = None) -> Iterator[WindowBatch]:  # fmt: skip
-    """Embed the recording's windows, ``batch_size`` at a time, streaming through the file."""
+                  channel: int | None = None, position: Position | None = None,
+                  block_seconds: float = BLOCK_SECONDS) -> Iterator[WindowBatch]:  # fmt: skip
+    """Embed the recording's windows, ``batch_size`` at a time, reading ``block_seconds`` at a time."""
     sr = spec.sample_rate
     starts: list[int] = []
     ends: list[int] = []
@@ -75,7 +76,7 @@ def embed_windows(info: RecordingInfo, embedder: Embedder, spec: WindowSpec, bat
         waves.clear()
         return batch
 
-    for window in iter_windows(stream_16k(info, channel), spec):
+    for window in iter_windows(stream_16k(info, channel, block_seconds), spec):
         starts.append(window.start)
         ends.append(window.end)
         waves.append(window.wave)
@@ -86,12 +87,12 @@ def embed_windows(info: RecordingInfo, embedder: Embedder, spec: WindowSpec, bat
 
 
 def score_recording(path: Path | str, bank: Bank, embedder: Embedder, spec: WindowSpec, batch_size: int = 8,
-                    position: Position | None = None) -> RecordingScores:  # fmt: skip
+                    position: Position | None = None, block_seconds: float = BLOCK_SECONDS) -> RecordingScores:  # fmt: skip
     """Window scores of one recording against ``bank`` (its front end must be the embedder's)."""
     check_same_frontend(bank.embedding_meta, embedder.meta, f"The bank of {bank.name}", "the embedder")
     info = recording_info(path, embedder.meta.get("channel"))
     starts, ends, scores = [], [], []
-    for batch in embed_windows(info, embedder, spec, batch_size, embedder.meta.get("channel"), position):
+    for batch in embed_windows(info, embedder, spec, batch_size, embedder.meta.get("channel"), position, block_seconds):
         starts.append(batch.start_s)
         ends.append(batch.end_s)
         scores.append(score_vectors(bank, batch.vectors))
