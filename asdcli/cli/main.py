@@ -63,7 +63,7 @@ def _root(
 
 
 def _register() -> None:
-    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, report_cmd, run_cmd, score_cmd
+    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, enrol_cmd, finetune_cmd, report_cmd, run_cmd, score_cmd, watch_cmd
 
     for name, module in (
         ("finetune", finetune_cmd),
@@ -73,6 +73,8 @@ def _register() -> None:
         ("report", report_cmd),
         ("run", run_cmd),
         ("demo", demo_cmd),
+        ("watch", watch_cmd),
+        ("enrol", enrol_cmd),
     ):
         app.command(name)(handle_errors(module.command))
 

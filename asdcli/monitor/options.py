@@ -22,8 +22,13 @@ class WindowedScoring:
     plot: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.aggregate not in AGGREGATES:
-            raise ConfigError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}.")
+        check_aggregate(self.aggregate)
+
+
+def check_aggregate(how: str) -> None:
+    """ConfigError unless ``how`` is one of AGGREGATES."""
+    if how not in AGGREGATES:
+        raise ConfigError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {how!r}.")
 
 
 def window_options(window: float | None, hop: float | None, how: str, windows_csv: Path | None,

@@ -83,9 +83,9 @@ def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, che
     return [r.filename for r in results], scores
 
 
-def embed_windowed(clips: Sequence[Clip], cfg: EmbedConfig, spec: WindowSpec, out: Path,
-                   console: Console | None) -> Embeddings:  # fmt: skip
-    """Embed every clip window by window into ``out`` (a row per window, ``start_s``/``end_s``)."""
+def window_embeddings(clips: Sequence[Clip], cfg: EmbedConfig, spec: WindowSpec,
+                      console: Console | None = None) -> tuple[Embeddings, np.ndarray, np.ndarray]:  # fmt: skip
+    """A row per window of every clip, and the windows' ``start_s``, ``end_s`` (N,) float64."""
     if not clips:
         raise ConfigError("No clips to embed.")
     embedder = load_embedder(cfg)
@@ -96,10 +96,15 @@ def embed_windowed(clips: Sequence[Clip], cfg: EmbedConfig, spec: WindowSpec, ou
             batches = list(embed_windows(info, embedder, spec, cfg.batch_size, cfg.channel, position))
         rows.append((clip, np.concatenate([b.start_s for b in batches]), np.concatenate([b.end_s for b in batches]),
                      np.concatenate([b.vectors for b in batches])))
-    emb = _window_embeddings(rows, {**embedder.meta, "clip_seconds": spec.window_s,
-                                    "window": {"window_s": spec.window_s, "hop_s": spec.hop / spec.sample_rate}})
-    start_s = np.concatenate([r[1] for r in rows])
-    end_s = np.concatenate([r[2] for r in rows])
+    window = {"window_s": spec.window_s, "hop_s": spec.hop / spec.sample_rate}
+    emb = _window_embeddings(rows, {**embedder.meta, "clip_seconds": spec.window_s, "window": window})
+    return emb, np.concatenate([r[1] for r in rows]), np.concatenate([r[2] for r in rows])
+
+
+def embed_windowed(clips: Sequence[Clip], cfg: EmbedConfig, spec: WindowSpec, out: Path,
+                   console: Console | None) -> Embeddings:  # fmt: skip
+    """Embed every clip window by window into ``out`` (a row per window, ``start_s``/``end_s``)."""
+    emb, start_s, end_s = window_embeddings(clips, cfg, spec, console)
     save_embeddings(out, emb, extra={"start_s": start_s, "end_s": end_s})
     return emb
 

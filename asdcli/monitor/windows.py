@@ -15,7 +15,7 @@ import numpy as np
 
 from asdcli.data.audio import MIN_SECONDS, SAMPLE_RATE
 from asdcli.errors import ConfigError
-from asdcli.monitor.options import AGGREGATES
+from asdcli.monitor.options import check_aggregate
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ def iter_windows(blocks: Iterable[np.ndarray], spec: WindowSpec) -> Iterator[Win
 
 def aggregate(scores: np.ndarray, how: str = "max") -> float:
     """One score of a recording from its window scores (N,): ``max`` or ``mean``."""
-    if how not in AGGREGATES:
-        raise ConfigError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {how!r}.")
+    check_aggregate(how)
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
         raise ValueError("aggregate needs at least one window score")
