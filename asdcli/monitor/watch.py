@@ -156,7 +156,8 @@ class FileTracker:
 
 def choose_bank(rel: Path, banks: dict[tuple[str, str], Bank]) -> Bank | None:
     """The bank of a file: section from its DCASE name, machine from a folder (or name token)
-    that names a bank's machine; the only bank of that section when nothing names one."""
+    that names a bank's machine; for a file directly in the watched folder that names no
+    machine, the only bank of its section. None when that does not single out one bank."""
     if len(banks) == 1:
         return next(iter(banks.values()))
     section = parse_filename(rel.name).section
@@ -165,7 +166,8 @@ def choose_bank(rel: Path, banks: dict[tuple[str, str], Bank]) -> Bank | None:
     named = [b for b in candidates if b.machine in hints]
     if len(named) == 1:
         return named[0]
-    return candidates[0] if len(candidates) == 1 and section else None
+    top_level = len(rel.parts) == 1
+    return candidates[0] if top_level and len(candidates) == 1 and section and not named else None
 
 
 # ------------------------------------------------------------------------------- the watcher
