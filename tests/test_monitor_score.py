@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from monitor_synth import long_recording, write_wav
 from typer.testing import CliRunner, Result
 
 from asdcli.artifacts import load_embeddings
 from asdcli.backend.bank import load_bank
 from asdcli.cli.main import app
 from asdcli.monitor.windowed import load_window_times
-from monitor_synth import long_recording, write_wav
 
 runner = CliRunner()
 ANOMALY_AT = 12.0  # seconds into the anomalous recording
@@ -148,7 +148,7 @@ def test_window_with_embeddings_is_an_error(plant: Plant) -> None:
 
 
 def test_terminal_gets_a_table_with_verdicts(plant: Plant, monkeypatch: pytest.MonkeyPatch) -> None:
-    import asdcli.cli.score_cmd as score_cmd
+    from asdcli.cli import score_cmd
 
     piped = run("score", "--bank", plant.bank, plant.anomalous, "--window", 1)
     assert piped.stdout.count(",") == 1 and "verdict" not in piped.stdout

@@ -18,15 +18,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from monitor_synth import piece, write_wav
 from typer.testing import CliRunner, Result
 
 from asdcli.backend.bank import load_bank, save_bank
 from asdcli.cli.main import app
 from asdcli.monitor.embedder import bank_embed_config, load_embedder
 from asdcli.monitor.recording import score_recording
-from asdcli.monitor.watch import LOG_COLUMNS, Embedders, ScoreLog, Watcher, WatchConfig
+from asdcli.monitor.watch import LOG_COLUMNS, Embedders, ScoreLog, WatchConfig, Watcher
 from asdcli.monitor.windows import WindowSpec
-from monitor_synth import piece, write_wav
 
 runner = CliRunner()
 POLL = "0.1"

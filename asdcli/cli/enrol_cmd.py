@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,13 +12,13 @@ from asdcli.errors import ConfigError
 
 def command(
     bank_path: Path = typer.Argument(..., metavar="BANK", help="Bank .npz to start from (left untouched unless --out names it).", show_default=False),
-    inputs: List[Path] = typer.Argument(..., metavar="CLIPS_OR_EMBEDDINGS...", help="Normal clips (.wav, folders) of the new condition, or embeddings .npz made like the bank's.", show_default=False),
+    inputs: list[Path] = typer.Argument(..., metavar="CLIPS_OR_EMBEDDINGS...", help="Normal clips (.wav, folders) of the new condition, or embeddings .npz made like the bank's.", show_default=False),
     domain: str = typer.Option(..., "--domain", help="Domain of the enrolled clips: target or source.", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="The new bank .npz, written atomically.", show_default=False),
     restandardize: bool = typer.Option(False, "--restandardize", help="Refit mean/std on the training plus the new embeddings (needs --train)."),
-    train: Optional[Path] = typer.Option(None, "--train", help="With --restandardize: the embeddings .npz the bank was fitted on."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="BEATs checkpoint for embedding clips (default: the bank's)."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."),
+    train: Path | None = typer.Option(None, "--train", help="With --restandardize: the embeddings .npz the bank was fitted on."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="BEATs checkpoint for embedding clips (default: the bank's)."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch when embedding."),
 ) -> None:

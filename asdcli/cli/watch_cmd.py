@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,19 +12,19 @@ from asdcli.errors import ConfigError
 
 def command(
     folder: Path = typer.Argument(..., help="Folder the recorder writes into (watched with its sub-folders).", show_default=False),
-    banks: Optional[Path] = typer.Option(None, "--banks", help="Folder of banks from `asd fit-bank --out-dir`: each file's bank from its machine folder and DCASE section."),
-    bank: Optional[Path] = typer.Option(None, "--bank", "-b", help="Score every file against this one bank instead."),
-    log: Optional[Path] = typer.Option(None, "--log", help="Append time,filename,score,threshold,decision rows here (default: FOLDER/asd-watch.csv)."),
+    banks: Path | None = typer.Option(None, "--banks", help="Folder of banks from `asd fit-bank --out-dir`: each file's bank from its machine folder and DCASE section."),
+    bank: Path | None = typer.Option(None, "--bank", "-b", help="Score every file against this one bank instead."),
+    log: Path | None = typer.Option(None, "--log", help="Append time,filename,score,threshold,decision rows here (default: FOLDER/asd-watch.csv)."),
     once: bool = typer.Option(False, "--once", help="Score the complete files that are there, then exit (for cron)."),
     min_consecutive: int = typer.Option(1, "--min-consecutive", help="Alarm only after this many anomalous files in a row (per bank)."),
-    on_anomaly: Optional[str] = typer.Option(None, "--on-anomaly", help="Run this program on an alarm, with the file path appended (split like a shell line, never run by a shell)."),
+    on_anomaly: str | None = typer.Option(None, "--on-anomaly", help="Run this program on an alarm, with the file path appended (split like a shell line, never run by a shell)."),
     command_timeout: float = typer.Option(30.0, "--command-timeout", help="Seconds before --on-anomaly's program is stopped."),
     poll: float = typer.Option(2.0, "--poll", help="Seconds between looks at the folder; a file is complete once unchanged between two looks."),
-    window: Optional[float] = typer.Option(None, "--window", help="Score each file window by window with this length (default: the bank's clip length)."),
-    hop: Optional[float] = typer.Option(None, "--hop", help="Seconds between window starts (default: the window)."),
+    window: float | None = typer.Option(None, "--window", help="Score each file window by window with this length (default: the bank's clip length)."),
+    hop: float | None = typer.Option(None, "--hop", help="Seconds between window starts (default: the window)."),
     how: str = typer.Option("max", "--aggregate", help="A file's score: max or mean of its window scores."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="BEATs checkpoint (default: the bank's)."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="Fine-tuned run folder (default: the bank's)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="BEATs checkpoint (default: the bank's)."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Fine-tuned run folder (default: the bank's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Windows per forward pass."),
 ) -> None:
@@ -36,7 +35,7 @@ def command(
     """
     from asdcli.backend.bank import load_bank, load_banks
     from asdcli.monitor.options import check_aggregate
-    from asdcli.monitor.watch import DEFAULT_LOG, Embedders, Watcher, WatchConfig, parse_command
+    from asdcli.monitor.watch import DEFAULT_LOG, Embedders, WatchConfig, Watcher, parse_command
 
     if (bank is None) == (banks is None):
         raise ConfigError("Give exactly one of --banks DIR or --bank BANK.npz.")

@@ -22,9 +22,9 @@ from asdcli.backend.score import format_score
 from asdcli.data.dataset import Clip, discover_clips
 from asdcli.errors import ArtifactError, ConfigError
 from asdcli.monitor.embedder import bank_embed_config, load_embedder
+from asdcli.monitor.options import WindowedScoring
 from asdcli.monitor.recording import RecordingScores, embed_windows, position_bar, score_recording
 from asdcli.monitor.stream import recording_info
-from asdcli.monitor.options import WindowedScoring
 from asdcli.monitor.windows import WindowSpec, aggregate
 
 if TYPE_CHECKING:
