@@ -49,7 +49,7 @@ def test_enrol_round_trip(banked: Banked, tmp_path: Path) -> None:
     out = tmp_path / "new.npz"
     result = run("enrol", banked.bank, *banked.target_clips, "--domain", "target", "--out", out)
     assert result.exit_code == 0, result.output
-    assert "enrolled 2 target clip(s); 6 -> 8 vectors" in result.stderr
+    assert "enrolled 2 target embedding(s); 6 -> 8 vectors" in result.stderr
     assert banked.bank.read_bytes() == before  # the old bank is untouched
     old, new = load_bank(banked.bank), load_bank(out)
     np.testing.assert_array_equal(new.mean, old.mean)

@@ -39,5 +39,5 @@ def command(
     grown = enrol(bank, new, domain, train=train_emb, train_what=str(train), inputs=[str(p) for p in inputs])
     save_bank(out, grown)
     stderr_console().print(
-        f"{bank.name}: enrolled {len(new)} {domain} clip(s); {len(bank)} -> {len(grown)} vectors, "
+        f"{bank.name}: enrolled {len(new)} {domain} embedding(s); {len(bank)} -> {len(grown)} vectors, "
         f"threshold {bank.threshold:.4g} -> {grown.threshold:.4g} -> {out}", markup=False, highlight=False, soft_wrap=True)
