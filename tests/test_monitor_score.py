@@ -142,6 +142,13 @@ def test_window_option_errors(plant: Plant, args: list[str], message: str) -> No
     assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
 
 
+def test_a_window_of_another_length_than_the_bank_is_warned(plant: Plant) -> None:
+    result = run("score", "--bank", plant.bank, plant.normal, "--window", 2)
+    assert result.exit_code == 0, result.output
+    assert "Warning: --window 2 s differs from the 1 s clips the bank was built from" in result.stderr
+    assert "Warning" not in run("score", "--bank", plant.bank, plant.normal, "--window", 1).stderr
+
+
 def test_window_with_embeddings_is_an_error(plant: Plant) -> None:
     result = run("score", "--bank", plant.bank, "--embeddings", plant.train, "--all", "--window", 1)
     assert result.exit_code == 1 and "give clips instead of --embeddings" in result.stderr

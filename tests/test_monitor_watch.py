@@ -209,6 +209,23 @@ def test_bank_choice_from_folder_and_section() -> None:
     assert choose_bank(Path("pump/section_01_0003.wav"), banks) is None  # type: ignore[arg-type]
 
 
+def test_a_long_file_is_scored_on_all_its_windows(setup: Setup, tmp_path: Path) -> None:
+    import io
+
+    import soundfile as sf
+
+    incoming = tmp_path / "in"
+    waves = [sf.read(io.BytesIO(data))[0] for data in (setup.good[0], setup.good[1], setup.bad[0])]
+    path = write_wav(incoming / "fan" / "section_00_0000.wav", np.concatenate(waves))  # bad from 2 s on
+    result = run("watch", incoming, "--banks", setup.banks, "--once", "--poll", POLL)
+    assert result.exit_code == 0 and result.stdout.startswith("ANOMALY"), result.output
+    bank = load_bank(setup.banks / "bank_fan_section_00.npz")
+    windows = score_recording(path, bank, load_embedder(bank_embed_config(bank, device="cpu")), WindowSpec(1.0))
+    assert len(windows.scores) == 3
+    logged = float(_log_rows(incoming / "asd-watch.csv")[0]["score"])
+    assert logged == pytest.approx(float(windows.scores.max()), rel=1e-6) and windows.scores.argmax() == 2
+
+
 def test_a_torn_last_log_row_is_ignored_and_fenced_off(tmp_path: Path) -> None:
     log = tmp_path / "log.csv"
     log.write_text("time,filename,score,threshold,decision\n2026-01-01T00:00:00+00:00,a.wav,0.5,0.4,1\n2026-01-01T00:0")

@@ -25,7 +25,7 @@ from asdcli.backend.bank import Bank
 from asdcli.backend.score import format_score
 from asdcli.data.dataset import AUDIO_SUFFIXES, parse_filename
 from asdcli.errors import AsdError, ConfigError
-from asdcli.monitor.windows import Streak, WindowSpec, aggregate
+from asdcli.monitor.windows import Streak, WindowSpec, aggregate, length_mismatch
 
 if TYPE_CHECKING:
     from asdcli.monitor.embedder import Embedder
@@ -201,6 +201,7 @@ class Watcher:
         self.streaks: dict[tuple[str, str], Streak] = {}
         self.failed: dict[Path, tuple[int, int]] = {}  # unreadable files, retried only once changed
         self.unmatched: set[Path] = set()
+        self.warned_length: set[str] = set()
         for row in self.log.rows:  # resume the streaks where the last run left them
             bank = choose_bank(Path(row["filename"]), banks)
             if bank is not None:
@@ -230,6 +231,10 @@ class Watcher:
         from asdcli.monitor.recording import score_recording
 
         spec = WindowSpec(self.cfg.window_s or float(bank.embedding_meta.get("clip_seconds") or 10.0), self.cfg.hop_s)
+        mismatch = length_mismatch(spec, bank.embedding_meta.get("clip_seconds"))
+        if mismatch is not None and bank.name not in self.warned_length:
+            self.warn(mismatch)
+            self.warned_length.add(bank.name)
         try:
             windows = score_recording(path, bank, self.embedder_for(bank), spec, self.cfg.batch_size)
         except AsdError as e:

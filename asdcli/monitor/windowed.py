@@ -25,7 +25,7 @@ from asdcli.monitor.embedder import bank_embed_config, load_embedder
 from asdcli.monitor.options import WindowedScoring
 from asdcli.monitor.recording import RecordingScores, embed_windows, position_bar, score_recording
 from asdcli.monitor.stream import recording_info
-from asdcli.monitor.windows import WindowSpec, aggregate
+from asdcli.monitor.windows import WindowSpec, aggregate, length_mismatch
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -67,6 +67,9 @@ def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, che
     """
     spec = WindowSpec(opts.window_s, opts.hop_s)
     clips = recordings_in(paths)
+    mismatch = length_mismatch(spec, bank.embedding_meta.get("clip_seconds"))
+    if mismatch is not None and console is not None:
+        console.print(f"Warning: {mismatch}", markup=False, highlight=False, soft_wrap=True)
     embedder = load_embedder(bank_embed_config(bank, checkpoint, adapter, device, batch_size))
     results = []
     for clip in clips:

@@ -83,6 +83,15 @@ def iter_windows(blocks: Iterable[np.ndarray], spec: WindowSpec) -> Iterator[Win
         yield Window(total - w, total, pending[len(pending) - w:].copy())
 
 
+def length_mismatch(spec: WindowSpec, bank_clip_seconds: float | None) -> str | None:
+    """A warning when the windows are not as long as the clips the bank was built from (their
+    scores are then not calibrated against the bank's threshold), else None."""
+    if bank_clip_seconds is None or abs(spec.window_s - float(bank_clip_seconds)) < 1e-6:
+        return None
+    return (f"--window {spec.window_s:g} s differs from the {float(bank_clip_seconds):g} s clips the bank was built "
+            f"from; its threshold fits {float(bank_clip_seconds):g} s windows (use --window {float(bank_clip_seconds):g}).")
+
+
 def aggregate(scores: np.ndarray, how: str = "max") -> float:
     """One score of a recording from its window scores (N,): ``max`` or ``mean``."""
     check_aggregate(how)
