@@ -227,13 +227,14 @@ class Embeddings:
         return Embeddings(vectors=np.concatenate([p.vectors for p in parts]), meta=parts[0].meta, **fields)
 
 
-def save_embeddings(path: str | Path, emb: Embeddings) -> None:
+def save_embeddings(path: str | Path, emb: Embeddings, extra: Mapping[str, np.ndarray] | None = None) -> None:
+    """Write ``emb`` atomically; ``extra`` arrays (e.g. window times) are stored beside the fields."""
     meta = {"schema_version": EMBEDDINGS_SCHEMA, "tool_version": __version__, **emb.meta}
     arrays: dict[str, np.ndarray] = {"embeddings": np.asarray(emb.vectors, dtype=np.float32)}
     for f in Embeddings.FIELDS:
         arrays[f] = np.asarray(getattr(emb, f), dtype=str)
     arrays["meta"] = np.asarray(json.dumps(meta))
-    save_npz_atomic(path, arrays)
+    save_npz_atomic(path, {**(extra or {}), **arrays})
 
 
 def load_embeddings(path: str | Path) -> Embeddings:

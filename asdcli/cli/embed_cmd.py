@@ -23,6 +23,8 @@ def command(
     channel: int | None = typer.Option(None, "--channel", help="Keep this 0-based channel of multi-channel files (default: mean of channels)."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes that read audio."),
     layers: str = typer.Option("last", "--layers", help="Frozen BEATs: 'last', or 1-based transformer layers (e.g. 7,10) whose token means are concatenated in that order."),
+    window: float | None = typer.Option(None, "--window", help="A row per window of this many seconds (start_s/end_s recorded), for long recordings."),
+    hop: float | None = typer.Option(None, "--hop", help="With --window: seconds between window starts (default: the window)."),
 ) -> None:
     """Embed clips with BEATs (optionally a fine-tuned adapter) into an .npz file.
 
@@ -42,9 +44,14 @@ def command(
     check_not_input(out, [*inputs, *(c.path for c in clips)], "--out")
     console = stderr_console()
     start = time.perf_counter()
-    # single process: resumable parts beside the output (Ctrl-C keeps the finished ones);
-    # under accelerate launch: split across processes, the main one writes
-    emb = embed_to_file(clips, cfg, {out: None}, console, parts_in=(out.parent, f".{out.name}.parts-"))
+    if window is not None or hop is not None:
+        from asdcli.monitor.windowed import embed_windowed, window_spec
+
+        emb = embed_windowed(clips, cfg, window_spec(window, hop), out, console)
+    else:
+        # single process: resumable parts beside the output (Ctrl-C keeps the finished ones);
+        # under accelerate launch: split across processes, the main one writes
+        emb = embed_to_file(clips, cfg, {out: None}, console, parts_in=(out.parent, f".{out.name}.parts-"))
     if PartialState().is_main_process:
         took = time.perf_counter() - start
         console.print(f"Embedded {len(emb)} clips into {emb.dim}-d vectors in {took:.1f} s "

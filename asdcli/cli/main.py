@@ -65,7 +65,9 @@ def _root(
 
 
 def _register() -> None:
-    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, package_cmd, report_cmd, run_cmd, score_cmd
+    from asdcli.cli import (
+        bank_cmd, demo_cmd, embed_cmd, enrol_cmd, finetune_cmd, package_cmd, report_cmd, run_cmd, score_cmd, watch_cmd,
+    )
 
     for name, module in (
         ("finetune", finetune_cmd),
@@ -76,6 +78,8 @@ def _register() -> None:
         ("run", run_cmd),
         ("demo", demo_cmd),
         ("package", package_cmd),
+        ("watch", watch_cmd),
+        ("enrol", enrol_cmd),
     ):
         app.command(name, cls=AsdCommand)(handle_errors(module.command))
 

@@ -11,8 +11,10 @@ from asdcli.artifacts import Embeddings, check_not_input, load_embeddings
 from asdcli.backend.bank import Bank, load_bank, load_banks
 from asdcli.backend.score import (SCORE_FORMATS, check_unique_names, decide, format_rows, score_embeddings,
                                   select_test, write_decisions, write_submission)  # fmt: skip
-from asdcli.console import stderr_console
+from asdcli.console import is_terminal, stderr_console
 from asdcli.data.dataset import Clip
+from asdcli.monitor.options import window_options
+from asdcli.monitor.render import print_score_table
 from asdcli.errors import ConfigError, DataError
 
 
@@ -33,6 +35,11 @@ def command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (embedding clips only)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch when embedding."),
     skip_other_sections: bool = typer.Option(False, "--skip-other-sections", help="Skip clips of another machine/section than the bank's (counted on stderr) instead of failing."),
+    window: Optional[float] = typer.Option(None, "--window", help="Score long recordings window by window: window length in seconds."),
+    hop: Optional[float] = typer.Option(None, "--hop", help="With --window: seconds between window starts (default: the window)."),
+    windows: Optional[Path] = typer.Option(None, "--windows", help="With --window: write filename,start_s,end_s,score,decision per window (CSV)."),
+    how: str = typer.Option("max", "--aggregate", help="With --window: a recording's score is the max or mean of its window scores."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="With --window: timeline PNG of score vs time, threshold, anomalous stretches."),
 ) -> None:
     """Score clips against a bank: anomaly scores as challenge CSV (filename,score; no header) on stdout.
 
@@ -49,18 +56,28 @@ def command(
         return
     assert bank is not None
     the_bank = load_bank(bank)
-    if embeddings is not None:
+    windowed = window_options(window, hop, how, windows, plot, embeddings)
+    if windowed is not None:
+        from asdcli.monitor.windowed import score_windowed
+
+        names, scores = score_windowed(the_bank, clips or [], windowed, checkpoint, adapter, device, batch_size, stderr_console())
+    elif embeddings is not None:
         rows = _rows_from_file(the_bank, embeddings, all_rows)
     else:
         rows = _embed(the_bank, clips or [], checkpoint, adapter, device, batch_size, skip_other_sections)
-    what = str(embeddings or "the clips")
-    scores = score_embeddings(the_bank, rows, what=what)
-    check_unique_names(rows, what)
+    if windowed is None:
+        what = str(embeddings or "the clips")
+        scores = score_embeddings(the_bank, rows, what=what)
+        check_unique_names(rows, what)
+        names = list(rows.filenames)
     flags = decide(the_bank, scores)
-    # bytes: a file name that is not UTF-8 (surrogate-escaped) is written back as the bytes it had
-    typer.echo(format_rows(rows.filenames, scores, flags, fmt, header).encode("utf-8", "surrogateescape"), nl=False)
+    if is_terminal() and fmt == "csv" and not header:
+        print_score_table(names, scores, flags, the_bank.threshold)
+    else:
+        # bytes: a file name that is not UTF-8 (surrogate-escaped) is written back as the bytes it had
+        typer.echo(format_rows(names, scores, flags, fmt, header).encode("utf-8", "surrogateescape"), nl=False)
     if decisions is not None:
-        write_decisions(decisions, rows.filenames, flags)
+        write_decisions(decisions, names, flags)
 
 
 def _check_modes(

@@ -1,0 +1,60 @@
+"""`asd watch`: score new audio files in a folder as they arrive; log, print and alarm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from asdcli.console import stderr_console
+from asdcli.errors import ConfigError
+
+
+def command(
+    folder: Path = typer.Argument(..., help="Folder the recorder writes into (watched with its sub-folders).", show_default=False),
+    banks: Path | None = typer.Option(None, "--banks", help="Folder of banks from `asd fit-bank --out-dir`: each file's bank from its machine folder and DCASE section."),
+    bank: Path | None = typer.Option(None, "--bank", "-b", help="Score every file against this one bank instead."),
+    log: Path | None = typer.Option(None, "--log", help="Append time,filename,score,threshold,decision rows here (default: FOLDER/asd-watch.csv)."),
+    once: bool = typer.Option(False, "--once", help="Score the complete files that are there, then exit (for cron)."),
+    min_consecutive: int = typer.Option(1, "--min-consecutive", help="Alarm only after this many anomalous files in a row (per bank)."),
+    on_anomaly: str | None = typer.Option(None, "--on-anomaly", help="Run this program on an alarm, with the file path appended (split like a shell line, never run by a shell)."),
+    command_timeout: float = typer.Option(30.0, "--command-timeout", help="Seconds before --on-anomaly's program is stopped."),
+    poll: float = typer.Option(2.0, "--poll", help="Seconds between looks at the folder; a file is complete once unchanged between two looks."),
+    window: float | None = typer.Option(None, "--window", help="Score each file window by window with this length (default: the bank's clip length)."),
+    hop: float | None = typer.Option(None, "--hop", help="Seconds between window starts (default: the window)."),
+    how: str = typer.Option("max", "--aggregate", help="A file's score: max or mean of its window scores."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="BEATs checkpoint (default: the bank's)."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="Fine-tuned run folder (default: the bank's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Windows per forward pass."),
+) -> None:
+    """Watch FOLDER: score each new audio file once it is complete, print OK or ANOMALY, log it.
+
+    `asd watch incoming/ --banks banks/ --min-consecutive 3 --on-anomaly "notify-send ANOMALY"`.
+    A restart skips the files the log already has. Ctrl-C stops it (exit 0).
+    """
+    from asdcli.backend.bank import load_bank, load_banks
+    from asdcli.monitor.options import check_aggregate
+    from asdcli.monitor.watch import DEFAULT_LOG, Embedders, WatchConfig, Watcher, parse_command
+
+    if (bank is None) == (banks is None):
+        raise ConfigError("Give exactly one of --banks DIR or --bank BANK.npz.")
+    check_aggregate(how)
+    cfg = WatchConfig(folder=folder, log=log or folder / DEFAULT_LOG, min_consecutive=min_consecutive,
+                      on_anomaly=parse_command(on_anomaly), command_timeout_s=command_timeout, poll_s=poll,
+                      once=once, window_s=window, hop_s=hop, aggregate=how, batch_size=batch_size)  # fmt: skip
+    loaded = {("", ""): load_bank(bank)} if bank is not None else load_banks(banks or Path())
+    console = stderr_console()
+    watcher = Watcher(cfg, loaded, Embedders(checkpoint, adapter, device, batch_size),
+                      say=lambda line: typer.echo(line),
+                      warn=lambda text: console.print(f"Warning: {text}", markup=False, highlight=False))  # fmt: skip
+    if not once:
+        console.print(f"Watching {folder} every {poll:g} s ({len(loaded)} bank(s), log {cfg.log}); Ctrl-C stops.",
+                      markup=False, highlight=False)  # fmt: skip
+    try:
+        scored = watcher.run()
+    except KeyboardInterrupt:
+        console.print("Stopped; the log has every file scored so far.", markup=False, highlight=False)
+        return
+    if once:
+        console.print(f"Scored {scored} file(s); log {cfg.log}.", markup=False, highlight=False)

@@ -1,0 +1,127 @@
+"""Enrolment: add normal clips of a new operating condition to a bank without retraining.
+
+The new vectors are embedded with the bank's own front end (a different checkpoint, adapter or
+embedding kind is an ArtifactMismatch), standardized with the bank's mean/std and appended; the
+density radii (if used) and the decision threshold are refitted as `asd fit-bank` fits them. With
+``restandardize`` the bank is refitted from the raw training embeddings plus the new ones (a bank
+stores only standardized, L2-normalized vectors, so its raw vectors must come from that file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asdcli.artifacts import Embeddings, load_embeddings
+from asdcli.backend import knn
+from asdcli.backend.bank import THRESHOLD_SAMPLE, Bank, build_bank, fit_threshold
+from asdcli.backend.score import check_compatible
+from asdcli.data.dataset import DOMAINS, discover_clips
+from asdcli.errors import ArtifactMismatch, ConfigError, DataError
+
+
+def _check_normal(emb: Embeddings, what: str) -> None:
+    bad = emb.filenames[emb.label == "anomaly"]
+    if len(bad):
+        raise DataError(f"{what} holds anomalous clips ({', '.join(map(str, bad[:3]))}); enrol normal clips only.")
+
+
+def enrolment_embeddings(bank: Bank, inputs: Sequence[Path], checkpoint: Path | None = None,
+                         adapter: Path | None = None, device: str = "auto", batch_size: int = 8) -> Embeddings:  # fmt: skip
+    """Every row of the ``.npz`` inputs and the clips of the others (files; in folders the train
+    clips of a DCASE layout, else every audio file), embedded with the bank's front end (window
+    by window when the bank was fitted on windows of long recordings)."""
+    npz = [p for p in inputs if p.suffix.lower() == ".npz"]
+    audio = [p for p in inputs if p.suffix.lower() != ".npz"]
+    parts = []
+    for path in npz:
+        emb = load_embeddings(path)
+        check_compatible(bank, emb, f"The bank of {bank.name}", str(path))
+        parts.append(emb)
+    if audio:
+        from asdcli.frontend.embed import embed_clips
+        from asdcli.monitor.embedder import bank_embed_config
+
+        found = discover_clips(audio)
+        clips = [c for c in found if c.split == "train"] or found
+        cfg = bank_embed_config(bank, checkpoint, adapter, device, batch_size)
+        window = bank.embedding_meta.get("window")
+        if window:  # a bank of windows of long recordings: enrol windows of the same length
+            from asdcli.monitor.windowed import window_embeddings
+            from asdcli.monitor.windows import WindowSpec
+
+            emb = window_embeddings(clips, cfg, WindowSpec(window["window_s"], window["hop_s"]))[0]
+        else:
+            emb = embed_clips(clips, cfg)
+        check_compatible(bank, emb, f"The bank of {bank.name}", "the enrolled clips")
+        parts.append(emb)
+    if not parts:
+        raise ConfigError("Give clips or embeddings files to enrol.")
+    emb = Embeddings.concat(parts)
+    _check_normal(emb, "The enrolment input")
+    return emb
+
+
+def _refit(bank: Bank, vectors: np.ndarray, domain: np.ndarray, filenames: np.ndarray) -> Bank:
+    """``bank`` with these prepared vectors; radii and threshold refitted as in build_bank."""
+    cfg, m = bank.config, len(vectors)
+    radii = knn.density_radii(vectors, cfg.density_norm) if cfg.density_norm else np.ones(m, dtype=np.float32)
+    grown = replace(bank, vectors=vectors, domain=domain, filenames=filenames, radii=radii)
+    rows = np.arange(m)
+    if m > THRESHOLD_SAMPLE:
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(m, THRESHOLD_SAMPLE, replace=False))
+    loo = grown.score_prepared(vectors[rows], self_index=rows)
+    threshold, info = fit_threshold(loo, cfg.threshold_quantile)
+    return replace(grown, loo_scores=loo.astype(np.float32), threshold=threshold, threshold_info=info)
+
+
+def _restandardized(bank: Bank, new: Embeddings, domain: str, train: Embeddings, train_what: str) -> Bank:
+    rows = train.select((train.split == "train") & (train.machine == bank.machine) & (train.section == bank.section))
+    if len(rows) == 0:
+        raise DataError(f"{train_what} has no train clips of {bank.name}; pass the embeddings the bank was fitted on.")
+    known = set(rows.filenames) | set(new.filenames)
+    missing = [f for f in bank.filenames if f not in known and not f.startswith("kmeans_centre_")]
+    if missing:
+        raise ArtifactMismatch(f"{train_what} lacks {len(missing)} of the bank's clips ({', '.join(missing[:3])}); "
+                               "pass the embeddings the bank was fitted on (and earlier enrolled clips).")
+    check_compatible(bank, rows, f"The bank of {bank.name}", train_what)
+    old = rows.select(~np.isin(rows.filenames, new.filenames))
+    vectors = np.concatenate([old.vectors, new.vectors])
+    domains = np.concatenate([old.domain, np.full(len(new), domain)]).astype(str)
+    names = np.concatenate([old.filenames, new.filenames]).astype(str)
+    return build_bank(vectors, domains, names, bank.config, machine=bank.machine, section=bank.section,
+                      embedding_meta=bank.embedding_meta)  # fmt: skip
+
+
+def enrol(bank: Bank, new: Embeddings, domain: str, *, train: Embeddings | None = None,
+          train_what: str = "the training embeddings", inputs: Sequence[str] = ()) -> Bank:  # fmt: skip
+    """The bank with ``new``'s vectors (raw, (N, D)) added as ``domain`` clips.
+
+    Without ``train`` the bank's mean/std are kept; with it (``--restandardize``) the bank is
+    refitted on ``train``'s rows of the bank plus ``new``. The meta's ``enrolments`` list records
+    each enrolment (UTC time, domain, count, file names, inputs, restandardized).
+    """
+    if domain not in DOMAINS:
+        raise ConfigError(f"--domain must be one of {', '.join(DOMAINS)}, got {domain!r}.")
+    if len(new) == 0:
+        raise DataError("Nothing to enrol: the inputs hold no clips.")
+    check_compatible(bank, new, f"The bank of {bank.name}", "the enrolled embeddings")
+    if train is not None:
+        grown = _restandardized(bank, new, domain, train, train_what)
+    else:
+        prepared = knn.prepare(new.vectors, bank.mean, bank.std)
+        grown = _refit(bank, np.concatenate([bank.vectors, prepared]),
+                       np.concatenate([bank.domain, np.full(len(new), domain)]).astype(str),
+                       np.concatenate([bank.filenames, new.filenames]).astype(str))  # fmt: skip
+    record: dict[str, Any] = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "domain": domain, "count": len(new),
+        "files": [str(f) for f in new.filenames], "inputs": list(inputs), "restandardized": train is not None,
+        "threshold_before": bank.threshold, "threshold_after": grown.threshold,
+    }  # fmt: skip
+    meta = {**bank.embedding_meta, "enrolments": [*bank.embedding_meta.get("enrolments", []), record]}
+    return replace(grown, embedding_meta=meta)

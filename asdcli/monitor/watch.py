@@ -1,0 +1,291 @@
+"""`asd watch`: score every new audio file of a folder once it is complete, log it, raise alarms.
+
+A file is complete when its size and modification time are unchanged between two polls. Each
+scored file appends one ``time,filename,score,threshold,decision`` row to the log with a single
+``write`` on an ``O_APPEND`` descriptor, then fsync: a row is in the log whole or not at all
+(a torn last line after a power cut is ignored and fenced off by a newline on restart). The log
+is also the memory: a restart skips every file it names and resumes the anomaly streaks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shlex
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asdcli.backend.bank import Bank
+from asdcli.backend.score import format_score
+from asdcli.data.dataset import AUDIO_SUFFIXES, parse_filename
+from asdcli.errors import AsdError, ConfigError
+from asdcli.monitor.windows import Streak, WindowSpec, aggregate, check_window_length
+
+if TYPE_CHECKING:
+    from asdcli.monitor.embedder import Embedder
+
+LOG_COLUMNS = ("time", "filename", "score", "threshold", "decision")
+DEFAULT_LOG = "asd-watch.csv"  # inside the watched folder unless --log says otherwise
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """Options of `asd watch` (see the command's help); ``on_anomaly`` is the argv to run."""
+
+    folder: Path
+    log: Path
+    min_consecutive: int = 1
+    on_anomaly: tuple[str, ...] = ()
+    command_timeout_s: float = 30.0
+    poll_s: float = 2.0
+    once: bool = False
+    window_s: float | None = None  # None: the bank's clip length
+    hop_s: float | None = None
+    aggregate: str = "max"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.folder.is_dir():
+            raise ConfigError(f"Watched folder {self.folder} does not exist or is not a folder; create it or fix the path.")
+        if self.min_consecutive < 1:
+            raise ConfigError(f"--min-consecutive must be at least 1, got {self.min_consecutive}.")
+        if not self.poll_s > 0 or not self.command_timeout_s > 0:
+            raise ConfigError("--poll and --command-timeout must be positive.")
+
+
+def parse_command(text: str | None) -> tuple[str, ...]:
+    """``--on-anomaly`` as an argv list (shlex rules, never a shell); the file path is appended."""
+    if not text:
+        return ()
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as e:
+        raise ConfigError(f"--on-anomaly {text!r} cannot be split into arguments ({e}); check its quotes.") from e
+    if not argv:
+        raise ConfigError("--on-anomaly is empty; give a program and its arguments.")
+    return argv
+
+
+# ------------------------------------------------------------------------------------- the log
+
+@dataclass
+class ScoreLog:
+    """The append-only CSV log; ``rows`` holds what it had when opened plus what was appended."""
+
+    path: Path
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: Path) -> ScoreLog:
+        log = cls(Path(path))
+        if not log.path.is_file() or log.path.stat().st_size == 0:
+            log._append(",".join(LOG_COLUMNS) + "\n")
+            return log
+        text = log.path.read_text(encoding="utf-8", errors="replace")
+        complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+        if complete != text:
+            log._append("\n")  # fence off a torn last row
+        reader = csv.DictReader(io.StringIO(complete))
+        if tuple(reader.fieldnames or ()) != LOG_COLUMNS:
+            raise ConfigError(f"{log.path} is not an `asd watch` log (header {reader.fieldnames}); "
+                              "choose another --log file.")
+        log.rows = [r for r in reader if r.get("decision") in ("0", "1")]
+        return log
+
+    @property
+    def names(self) -> set[str]:
+        return {r["filename"] for r in self.rows}
+
+    def _append(self, text: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def append(self, filename: str, score: float, threshold: float, decision: int) -> dict[str, str]:
+        row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "filename": filename,
+               "score": format_score(score), "threshold": format_score(threshold), "decision": str(decision)}  # fmt: skip
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([row[c] for c in LOG_COLUMNS])
+        self._append(buf.getvalue())
+        self.rows.append(row)
+        return row
+
+
+# ------------------------------------------------------------------------------ finding files
+
+class FileTracker:
+    """Audio files under a folder that are complete: same (size, mtime) as at the previous look."""
+
+    def __init__(self, folder: Path, exclude: set[Path]) -> None:
+        self.folder = folder
+        self.exclude = {p.resolve() for p in exclude}
+        self.seen: dict[Path, tuple[int, int]] = {}
+
+    def _files(self) -> Iterator[Path]:
+        for path in sorted(self.folder.rglob("*")):
+            rel = path.relative_to(self.folder)
+            if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in AUDIO_SUFFIXES:
+                continue
+            if path.is_file() and path.resolve() not in self.exclude:
+                yield path
+
+    def look(self) -> list[Path]:
+        """Files whose size and mtime did not change since the previous look (and are not empty)."""
+        ready, now = [], {}
+        for path in self._files():
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # removed meanwhile
+            now[path] = (st.st_size, st.st_mtime_ns)
+            if st.st_size > 0 and self.seen.get(path) == now[path]:
+                ready.append(path)
+        self.seen = now
+        return ready
+
+
+def choose_bank(rel: Path, banks: dict[tuple[str, str], Bank]) -> Bank | None:
+    """The bank of a file: section from its DCASE name, machine from a folder (or name token)
+    that names a bank's machine; for a file directly in the watched folder that names no
+    machine, the only bank of its section. None when that does not single out one bank."""
+    if len(banks) == 1:
+        return next(iter(banks.values()))
+    section = parse_filename(rel.name).section
+    candidates = [b for b in banks.values() if not section or b.section == section]
+    hints = set(rel.parts[:-1]) | set(rel.name.split("_"))
+    named = [b for b in candidates if b.machine in hints]
+    if len(named) == 1:
+        return named[0]
+    top_level = len(rel.parts) == 1
+    return candidates[0] if top_level and len(candidates) == 1 and section and not named else None
+
+
+# ------------------------------------------------------------------------------- the watcher
+
+Say = Callable[[str], None]
+
+
+def run_command(argv: tuple[str, ...], path: Path, timeout_s: float) -> str | None:
+    """Run ``argv + [path]`` (no shell); None on success, else what went wrong (one line)."""
+    try:
+        done = subprocess.run([*argv, str(path)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout_s, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"did not finish within {timeout_s:g} s and was stopped"
+    except OSError as e:
+        return f"could not be started ({e.strerror or e})"
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout or "").strip().splitlines()
+        return f"exited with status {done.returncode}" + (f": {tail[-1][:200]}" if tail else "")
+    return None
+
+
+class Watcher:
+    """Holds the banks, the loaded front ends, the log and the streaks for one watch job."""
+
+    def __init__(self, cfg: WatchConfig, banks: dict[tuple[str, str], Bank], embedder_for: Callable[[Bank], Embedder],
+                 say: Say, warn: Say) -> None:  # fmt: skip
+        self.cfg, self.banks, self.embedder_for, self.say, self.warn = cfg, banks, embedder_for, say, warn
+        self.log = ScoreLog.open(cfg.log)
+        self.tracker = FileTracker(cfg.folder, {cfg.log})
+        self.streaks: dict[tuple[str, str], Streak] = {}
+        self.failed: dict[Path, tuple[int, int]] = {}  # unreadable files, retried only once changed
+        self.unmatched: set[Path] = set()
+        for row in self.log.rows:  # resume the streaks where the last run left them
+            bank = choose_bank(Path(row["filename"]), banks)
+            if bank is not None:
+                self._streak(bank).update(row["decision"] == "1")
+
+    def _streak(self, bank: Bank) -> Streak:
+        return self.streaks.setdefault((bank.machine, bank.section), Streak(self.cfg.min_consecutive))
+
+    def poll(self) -> int:
+        """Score every complete, not yet logged file; returns how many were scored."""
+        done, scored = self.log.names, 0
+        for path in self.tracker.look():
+            rel = path.relative_to(self.cfg.folder).as_posix()
+            if rel in done or self.failed.get(path) == self.tracker.seen.get(path):
+                continue
+            bank = choose_bank(Path(rel), self.banks)
+            if bank is None:
+                if path not in self.unmatched:
+                    self.warn(f"No bank for {rel}: name it section_SS_... inside a folder named after its machine, "
+                              "or pass --bank.")
+                    self.unmatched.add(path)
+                continue
+            scored += self._score(path, rel, bank)
+        return scored
+
+    def _score(self, path: Path, rel: str, bank: Bank) -> int:
+        from asdcli.monitor.embedder import bank_clip_seconds
+        from asdcli.monitor.recording import score_recording
+
+        clip_seconds = bank_clip_seconds(bank)
+        spec = WindowSpec(self.cfg.window_s or clip_seconds or 10.0, self.cfg.hop_s)
+        check_window_length(spec, clip_seconds, bank.name)  # a misconfigured watch stops with one line
+        try:
+            windows = score_recording(path, bank, self.embedder_for(bank), spec, self.cfg.batch_size)
+        except AsdError as e:
+            self.warn(f"Skipped {rel}: {e}")
+            self.failed[path] = self.tracker.seen.get(path, (0, 0))
+            return 0
+        score = aggregate(windows.scores, self.cfg.aggregate)
+        decision = int(score > bank.threshold)
+        self.log.append(rel, score, bank.threshold, decision)
+        alarm = self._streak(bank).update(bool(decision))
+        verdict = "ANOMALY" if decision else "OK"
+        line = f"{verdict:<7} {rel}  score {format_score(score)}  threshold {format_score(bank.threshold)}"
+        if decision and self.cfg.min_consecutive > 1:
+            n = self._streak(bank).count
+            line += f"  ({n} in a row: ALARM)" if alarm else f"  ({n} of {self.cfg.min_consecutive} in a row)"
+        self.say(line)
+        if alarm and self.cfg.on_anomaly:
+            problem = run_command(self.cfg.on_anomaly, path, self.cfg.command_timeout_s)
+            if problem is not None:
+                self.warn(f"--on-anomaly {shlex.join(self.cfg.on_anomaly)} {problem}; watching on.")
+        return 1
+
+    def run(self, stop: threading.Event | None = None, max_polls: int | None = None) -> int:
+        """Poll until ``stop`` is set or ``max_polls`` polls (``--once``: look twice, score, return).
+
+        Returns the number of files scored.
+        """
+        stop = stop or threading.Event()
+        if self.cfg.once:
+            self.tracker.look()
+            stop.wait(min(self.cfg.poll_s, 1.0))  # a file still growing now is left for the next run
+            return self.poll()
+        scored, polls = 0, 0
+        while not stop.is_set():
+            scored += self.poll()
+            polls += 1
+            if max_polls is not None and polls >= max_polls:
+                break
+            stop.wait(self.cfg.poll_s)
+        return scored
+
+
+class Embedders:
+    """One loaded front end per distinct embedding config of the banks, loaded on first use."""
+
+    def __init__(self, checkpoint: Path | None, adapter: Path | None, device: str, batch_size: int) -> None:
+        self.options = (checkpoint, adapter, device, batch_size)
+        self.loaded: dict[object, Embedder] = {}
+
+    def __call__(self, bank: Bank) -> Embedder:
+        from asdcli.monitor.embedder import bank_embed_config, load_embedder
+
+        cfg = bank_embed_config(bank, *self.options)
+        if cfg not in self.loaded:
+            self.loaded[cfg] = load_embedder(cfg)
+        return self.loaded[cfg]
