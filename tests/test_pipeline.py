@@ -114,7 +114,8 @@ def test_ctrl_c_during_finetune_resumes_after_last_epoch(synth_root: Path, tiny_
     result = _run(synth_root, tiny_checkpoint, run, "--epochs", "2")
     assert result.exit_code == 130
     assert "Interrupted" in result.output
-    assert not (run / "stages" / "finetune.json").exists() and not (run / "finetune" / "run.json").exists()
+    assert json.loads((run / "stages" / "finetune.json").read_text())["status"] == "started"
+    assert not (run / "finetune" / "run.json").exists()
     monkeypatch.setattr(asdcli.finetune.loop, "save_state", real_save_state)
     result = _run(synth_root, tiny_checkpoint, run, "--epochs", "2")
     assert result.exit_code == 0, result.output
