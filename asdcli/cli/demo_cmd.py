@@ -39,6 +39,9 @@ def command(
 
     `asd demo --make-data DIR` writes only the synthetic dataset and prints its root on stdout.
     """
+    from asdcli.data.audio import AudioConfig
+
+    AudioConfig(seconds=seconds)  # in range before anything is synthesized
     console = stderr_console()
     if make_data is not None:
         _synthesize(make_data, seed, seconds, console)
