@@ -14,8 +14,17 @@ import soundfile as sf
 import torch
 from scipy.signal import firwin
 
-from asdcli.data.audio import (MAX_SECONDS, MIN_SECONDS, AudioConfig, AudioWarning, ClipDataset, fit_length,
-                               input_frames_for, load_clip, resample)
+from asdcli.data.audio import (
+    MAX_SECONDS,
+    MIN_SECONDS,
+    AudioConfig,
+    AudioWarning,
+    ClipDataset,
+    fit_length,
+    input_frames_for,
+    load_clip,
+    resample,
+)
 from asdcli.errors import AudioError, ConfigError
 
 

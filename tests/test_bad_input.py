@@ -528,7 +528,7 @@ def _looping(folder: Path) -> Path:
 
 def _alias(folder: Path) -> Path:
     link = folder / "section_00_source_test_normal_0099_a_1.wav"
-    link.symlink_to(sorted(folder.glob("*_anomaly_*.wav"))[0])
+    link.symlink_to(min(folder.glob("*_anomaly_*.wav")))
     return link
 
 

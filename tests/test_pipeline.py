@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import asdcli.finetune.loop
@@ -397,3 +398,24 @@ def test_a_250_character_run_folder_name_works(synth_root: Path, tiny_checkpoint
     result = _run(synth_root, tiny_checkpoint, run, "--no-finetune")
     assert result.exit_code == 0, result.output
     assert (run / "submission").is_dir()
+
+
+def test_a_deleted_head_is_rewritten_from_the_resume_state_not_retrained(finished_run: Path, synth_root: Path,
+                                                                         tiny_checkpoint: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "finetune" / "head.safetensors").unlink()
+    record = json.loads((run / "stages" / "finetune.json").read_text())  # as an earlier version wrote it
+    (run / "stages" / "finetune.json").write_text(json.dumps({"schema_version": 1, "stage": "finetune",
+                                                               "key": record["key"], "outputs": []}))
+    (run / "stages" / "finetune.started").write_text(record["key"] + "\n")
+    steps: list[int] = []
+    monkeypatch.setattr(asdcli.finetune.loop, "train_step", lambda *a, **k: steps.append(1))  # type: ignore[func-returns-value]
+    result = _run(synth_root, tiny_checkpoint, run)
+    assert result.exit_code == 0, result.output
+    assert steps == [] and "resuming after epoch 1" in result.output
+    for name in ("head.safetensors", "adapter/adapter_model.safetensors"):
+        new, old = load_file(run / "finetune" / name), load_file(finished_run / "finetune" / name)
+        assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
+    assert not (run / "stages" / "finetune.started").exists()

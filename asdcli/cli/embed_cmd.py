@@ -64,16 +64,15 @@ def _single_process() -> bool:
 def _embed_resumable(clips: list[Clip], cfg: EmbedConfig, out: Path, console: Console) -> Embeddings:
     """Embed in saved parts beside ``out`` (``.<name>.parts-<key>/``) and write ``out``: Ctrl-C
     loses at most one part and the same command continues; the parts go once ``out`` is written."""
-    import shutil
-
     from asdcli.artifacts import save_embeddings, sha256_file, shortened
-    from asdcli.frontend.embed import embed_inputs, embed_resumable
     from asdcli.frontend.beats import resolve_checkpoint
+    from asdcli.frontend.embed import embed_inputs, embed_resumable
+    from asdcli.pipeline.cleanup import remove_parts
     from asdcli.pipeline.stages import stage_key
 
     key = stage_key(embed_inputs(clips, cfg, sha256_file(resolve_checkpoint(cfg.checkpoint))))
     prefix = f".{shortened(out.name, len('..parts-') + 16)}.parts-"  # + key[:16] fits in a file name
     emb, parts = embed_resumable(clips, cfg, out.parent, prefix, key, console)
     save_embeddings(out, emb)
-    shutil.rmtree(parts)
+    remove_parts(parts)  # the part files only: never a folder tree
     return emb

@@ -36,7 +36,7 @@ def command(
     mixup: float = typer.Option(_F["mixup"].default, help="Fine-tuning: mixup Beta(alpha, alpha) on fbank; 0 = off."),
     noise_mix: bool = typer.Option(False, "--noise-mix", help="Fine-tuning: mix supplemental noise-only clips in at 5-20 dB SNR."),
     embedding: str | None = typer.Option(None, "--embedding", help="Fine-tuned vector: 'head' (default) or 'pooled'."),
-    seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds."),
+    seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds (0.175 to 60)."),
     k: int = typer.Option(1, "--k", min=1, help="Bank score = mean of the K smallest cosine distances."),
     domain_aware: bool = typer.Option(False, "--domain-aware", help="Search source and target bank vectors separately."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (cuda:N) or mps."),

@@ -41,6 +41,15 @@ def remove_empty_folder(folder: Path) -> None:
         folder.rmdir()
 
 
+def remove_parts(parts: Path) -> int:
+    """Delete the saved parts (``NNNNN.npz``) of an embedding job and their temp files, then the
+    folder if nothing else is in it. Returns how many files were deleted."""
+    if not parts.is_dir():
+        return 0
+    names = [p for p in parts.iterdir() if len(p.name) == 9 and p.name[:5].isdigit() and p.name.endswith(".npz")]
+    return remove_own_files(names, folder=parts)
+
+
 def remove_finetune_files(out: Path) -> int:
     """Delete the files `asd finetune` writes in ``out`` (adapter, head, run record, resume state and
     their temp files); keep anything else. Returns how many files were deleted."""

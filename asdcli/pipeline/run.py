@@ -36,7 +36,11 @@ from asdcli.data.dataset import Clip, discover_clips, require_field
 from asdcli.errors import AsdError, ConfigError, DataError
 from asdcli.finetune.config import FinetuneConfig
 from asdcli.frontend.embed import EmbedConfig, embed_inputs, embed_resumable
-from asdcli.pipeline.cleanup import remove_finetune_files, remove_own_files
+from asdcli.pipeline.cleanup import (
+    remove_finetune_files,
+    remove_own_files,
+    remove_parts,
+)
 from asdcli.pipeline.lock import run_folder_lock
 from asdcli.pipeline.stages import Stage, files_fingerprint, stage_key
 
@@ -161,8 +165,8 @@ def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_s
     """Fine-tune into RUN_DIR/finetune. A run started with the same key resumes after its last
     finished epoch; one of another key (options, clips, checkpoint) is removed first (its files
     only: anything else in the folder stays)."""
-    from asdcli.finetune.run_dir import ADAPTER_DIR, HEAD_FILE, RUN_FILE
     from asdcli.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+    from asdcli.finetune.run_dir import ADAPTER_DIR, HEAD_FILE, RUN_FILE
 
     ft = cfg.finetune_config
     assert ft is not None
@@ -181,6 +185,7 @@ def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_s
                            f"from {out}.")
         else:  # same key: keep the resume state, rewrite the final files if one was deleted or changed
             remove_own_files([out / RUN_FILE])
+        remove_own_files([stage.record_path.with_suffix(".started")])  # the sidecar of earlier versions
         stage.mark_started()
         finetune(train, ft, out, noise_clips=used_noise, resume=True, console=runner.console)
         return [out / ADAPTER_DIR / ADAPTER_WEIGHTS, out / ADAPTER_DIR / ADAPTER_CONFIG, out / HEAD_FILE,
@@ -194,8 +199,6 @@ def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_s
 def _embed_stage(cfg: RunConfig, clips: list[Clip], adapter: Path | None, upstream: str, ckpt_sha: str,
                  runner: StageRunner) -> tuple[Path, Path, Stage]:
     """Embed train and test clips into RUN_DIR/embeddings/{train,test}.npz."""
-    from asdcli.frontend.embed import EMBED_CHUNK
-
     out = cfg.run_dir / "embeddings"
     train_path, test_path = out / "train.npz", out / "test.npz"
     ecfg = cfg.embed_config(adapter)
@@ -207,8 +210,7 @@ def _embed_stage(cfg: RunConfig, clips: list[Clip], adapter: Path | None, upstre
         emb, parts = embed_resumable(clips, ecfg, out, ".parts-", stage.key, runner.console)
         save_embeddings(train_path, emb.select(emb.split == "train"))
         save_embeddings(test_path, emb.select(emb.split == "test"))
-        n_parts = -(-len(clips) // EMBED_CHUNK)
-        remove_own_files([parts / f"{i:05d}.npz" for i in range(n_parts)], folder=parts)
+        remove_parts(parts)
         return [train_path, test_path], {"clips": len(emb), "dim": emb.dim}
 
     what = "fine-tuned embeddings" if adapter else "frozen BEATs embeddings (mean-pooled)"
@@ -261,8 +263,8 @@ def _report_stage(cfg: RunConfig, submission: Path, runner: StageRunner) -> Syst
     it takes milliseconds)."""
     from asdcli.artifacts import write_text_atomic
     from asdcli.evaluate.ground_truth import load_ground_truth
-    from asdcli.evaluate.report import evaluate_submission
     from asdcli.evaluate.render import render_text
+    from asdcli.evaluate.report import evaluate_submission
 
     out = cfg.run_dir / "report.csv"
     runner.say(f": official metrics -> {out}", runner.header("report"))
@@ -271,7 +273,9 @@ def _report_stage(cfg: RunConfig, submission: Path, runner: StageRunner) -> Syst
         runner.say(warning, "[yellow]Warning:[/] ")
     write_text_atomic(out, render_text([report], "csv"))
     if cfg.plots:
-        from asdcli.evaluate.plots import write_plots  # matplotlib is slow to import; only when asked
+        from asdcli.evaluate.plots import (
+            write_plots,  # matplotlib is slow to import; only when asked
+        )
 
         paths = write_plots([report], cfg.run_dir / "plots")
         runner.say(f"Wrote {len(paths)} plots to {cfg.run_dir / 'plots'}")

@@ -21,6 +21,7 @@ from typing import Any
 from asdcli.artifacts import sha256_file, write_json_atomic
 
 STAGE_SCHEMA = 2
+READ_SCHEMAS = (1, 2)  # schema 1 (no status, no file stamps): its key still resumes fine-tuning
 STARTED, DONE = "started", "done"
 
 
@@ -65,7 +66,7 @@ class Stage:
             record = json.loads(self.record_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
-        return record if isinstance(record, dict) and record.get("schema_version") == STAGE_SCHEMA else {}
+        return record if isinstance(record, dict) and record.get("schema_version") in READ_SCHEMAS else {}
 
     def recorded_outputs(self) -> list[Path]:
         """The output files the last finished run of this stage wrote (whatever its key)."""
@@ -75,7 +76,7 @@ class Stage:
     def started_with_same_key(self) -> bool:
         """True when a run of this stage with this key started (and maybe finished) before."""
         record = self.record()
-        return record.get("key") == self.key and record.get("status") in (STARTED, DONE)
+        return record.get("key") == self.key and record.get("status", DONE) in (STARTED, DONE)
 
     def is_fresh(self) -> bool:
         """True when the stage finished with this key and every recorded output is unchanged."""
