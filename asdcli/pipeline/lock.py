@@ -45,7 +45,10 @@ def _holder(lock: Path) -> dict[str, Any] | None:
 def _try_create(lock: Path, record: dict[str, Any]) -> bool:
     """Put ``record`` at ``lock`` if there is no lock yet; False when one exists."""
     tmp = lock.with_name(f"{LOCK_NAME}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    try:
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise AsdError(f"Cannot write in the run folder {lock.parent}: {e.strerror or e}. Choose a writable --out.") from e
     try:
         os.link(tmp, lock)
         return True
