@@ -595,3 +595,9 @@ def test_a_250_character_output_name_works_and_a_longer_one_is_one_error(synth_r
     too_long = tmp_path / ("e" * 256 + ".npz")
     _assert_error(_embed([synth_root / "fan" / "test"], too_long, tiny_checkpoint),
                   "its name is 260 bytes long, more than the 255", "Choose a shorter output name")  # fmt: skip
+
+
+def test_run_embedding_without_fine_tuning_is_one_error(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    _assert_error(_asd("run", synth_root, "--out", tmp_path / "run", "--checkpoint", tiny_checkpoint, "--no-finetune",
+                       "--embedding", "pooled"), "--embedding chooses the fine-tuned model's vector", "--no-finetune")
+    assert not (tmp_path / "run").exists()

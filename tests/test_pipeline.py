@@ -349,9 +349,10 @@ def test_changed_options_remove_only_asdcli_files_from_finetune(finished_run: Pa
     for path in mine:
         path.write_text("the user's\n")
     old_head = (run / "finetune" / "head.safetensors").read_bytes()
-    result = _run(synth_root, tiny_checkpoint, run, "--lora-rank", "2")
+    result = _run(synth_root, tiny_checkpoint, run, "--lora-rank", "2", "--embedding", "pooled")
     assert result.exit_code == 0, result.output
     assert "Removed 5 file(s) of an earlier fine-tuning run" in result.output
+    assert np.load(run / "embeddings" / "test.npz")["embeddings"].shape[1] == 64  # the backbone width
     assert all(p.read_text() == "the user's\n" for p in mine)
     assert (run / "finetune" / "head.safetensors").read_bytes() != old_head
 

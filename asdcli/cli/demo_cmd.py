@@ -47,7 +47,6 @@ def command(
         _synthesize(make_data, seed, seconds, console)
         typer.echo(str(make_data))
         return
-    from asdcli.backend.bank import BankConfig
     from asdcli.cli.run_cmd import show_result
     from asdcli.finetune.config import FinetuneConfig
     from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
@@ -64,8 +63,7 @@ def command(
                       highlight=False, soft_wrap=True, markup=False)
     finetune = FinetuneConfig(checkpoint=checkpoint, epochs=epochs, lr=DEMO_LR, seed=seed)
     frontend = EmbedConfig(checkpoint=checkpoint, seconds=seconds, device="cpu")
-    cfg = RunConfig(data_root=data, run_dir=out / "run", embed=frontend, finetune=finetune, bank=BankConfig(),
-                    plots=True)  # fmt: skip
+    cfg = RunConfig.create(data_root=data, run_dir=out / "run", embed=frontend, finetune=finetune, plots=True)
     result = run_pipeline(cfg, console)
     show_result(result, console)
     console.print(

@@ -60,15 +60,15 @@ def command(
 
     console = stderr_console()
     ckpt = resolve_checkpoint(checkpoint)
-    frontend = EmbedConfig(checkpoint=ckpt, embedding=embedding, batch_size=batch_size, device=device,
-                           seconds=seconds, num_workers=workers)  # fmt: skip
+    frontend = EmbedConfig(checkpoint=ckpt, batch_size=batch_size, device=device, seconds=seconds,
+                           num_workers=workers)  # fmt: skip
     finetune = None if no_finetune else FinetuneConfig(
         checkpoint=ckpt, epochs=epochs, labels=labels, lr=lr, batch_size=batch_size, seed=seed,
         lora_rank=lora_rank, mixed_precision=mixed_precision, specaugment=specaugment, mixup=mixup,
         noise_mix=noise_mix,
     )
-    cfg = RunConfig(data_root=data, run_dir=out, embed=frontend, finetune=finetune,
-                    bank=BankConfig(k=k, domain_aware=domain_aware), plots=plots)  # fmt: skip
+    cfg = RunConfig.create(data_root=data, run_dir=out, embed=frontend, embedding=embedding, finetune=finetune,
+                           bank=BankConfig(k=k, domain_aware=domain_aware), plots=plots)  # fmt: skip
     result = run_pipeline(cfg, console)
     show_result(result, console)
 

@@ -56,8 +56,8 @@ FRONTEND_FIELDS = ("checkpoint", "seconds", "channel", "device", "num_workers")
 class RunConfig:
     """One `asd run`: where the data and the run folder are, and each stage's config.
 
-    ``embed`` describes the front end (checkpoint, clip seconds, channel, device, workers) and
-    the embedding batch; its ``adapter`` is ignored (the run's own fine-tuning gives it). The
+    ``embed`` describes the front end (checkpoint, clip seconds, channel, device, workers), the
+    embedding batch and, when fine-tuning, the adapter: the run's own ``RUN_DIR/finetune``. The
     fine-tuning config takes those front-end fields from ``embed`` (``finetune_config``), so both
     stages see the same clips from the same checkpoint. ``finetune`` None means --no-finetune:
     embeddings are the frozen backbone's mean-pooled tokens.
@@ -71,8 +71,9 @@ class RunConfig:
     plots: bool = False
 
     def __post_init__(self) -> None:
-        if self.finetune is None and self.embed.embedding is not None:
-            raise ConfigError("--embedding chooses the fine-tuned model's vector; drop it with --no-finetune.")
+        if self.embed.adapter != (None if self.finetune is None else self.finetune_dir):
+            raise ConfigError(f"The embedding adapter of asd run is its own fine-tuning folder {self.finetune_dir}, "
+                              "or none with --no-finetune.")
         if self.embed.checkpoint is None:
             raise ConfigError("asd run needs a resolved --checkpoint.")
         AudioConfig(seconds=self.embed.seconds, channel=self.embed.channel)  # --seconds in range, before any work
@@ -89,8 +90,20 @@ class RunConfig:
             return None
         return dataclasses.replace(self.finetune, **{f: getattr(self.embed, f) for f in FRONTEND_FIELDS})
 
-    def embed_config(self, adapter: Path | None) -> EmbedConfig:
-        return dataclasses.replace(self.embed, adapter=adapter)
+    @property
+    def finetune_dir(self) -> Path:
+        return self.run_dir / "finetune"
+
+    @classmethod
+    def create(cls, data_root: Path, run_dir: Path, embed: EmbedConfig, finetune: FinetuneConfig | None,
+               bank: BankConfig = BankConfig(), plots: bool = False, embedding: str | None = None) -> RunConfig:
+        """A RunConfig whose ``embed`` (given without adapter) gets the run's fine-tuning folder as
+        its adapter and ``embedding`` ("head" or "pooled") as the fine-tuned vector to use."""
+        if finetune is None and embedding is not None:
+            raise ConfigError("--embedding chooses the fine-tuned model's vector; drop it with --no-finetune.")
+        adapter = None if finetune is None else run_dir / "finetune"
+        return cls(data_root, run_dir, dataclasses.replace(embed, adapter=adapter, embedding=embedding), finetune,
+                   bank, plots)
 
 
 @dataclass(frozen=True)
@@ -170,7 +183,7 @@ def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_s
 
     ft = cfg.finetune_config
     assert ft is not None
-    out = cfg.run_dir / "finetune"
+    out = cfg.finetune_dir
     used_noise = noise if ft.noise_mix else []
     inputs = {"checkpoint": ckpt_sha, "options": ft.key(),
               "clips": files_fingerprint([c.path for c in [*train, *used_noise]])}
@@ -201,7 +214,7 @@ def _embed_stage(cfg: RunConfig, clips: list[Clip], adapter: Path | None, upstre
     """Embed train and test clips into RUN_DIR/embeddings/{train,test}.npz."""
     out = cfg.run_dir / "embeddings"
     train_path, test_path = out / "train.npz", out / "test.npz"
-    ecfg = cfg.embed_config(adapter)
+    ecfg = cfg.embed
     inputs = {**embed_inputs(clips, ecfg, ckpt_sha), "finetune": upstream}
 
     def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
