@@ -420,3 +420,17 @@ def test_a_deleted_head_is_rewritten_from_the_resume_state_not_retrained(finishe
         new, old = load_file(run / "finetune" / name), load_file(finished_run / "finetune" / name)
         assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
     assert not (run / "stages" / "finetune.started").exists()
+
+
+def test_stale_embedding_parts_go_by_name_and_other_files_stay(finished_run: Path, synth_root: Path,
+                                                               tiny_checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    stale = run / "embeddings" / ".parts-0123456789abcdef"
+    stale.mkdir()
+    (stale / "00000.npz").write_bytes(b"a part of another key")
+    (stale / "notes.txt").write_text("the user's\n")
+    (run / "stages" / "embed.json").unlink()
+    result = _run(synth_root, tiny_checkpoint, run)
+    assert result.exit_code == 0, result.output
+    assert not (stale / "00000.npz").exists() and (stale / "notes.txt").read_text() == "the user's\n"

@@ -270,17 +270,18 @@ def embed_inputs(clips: Sequence[Clip], cfg: EmbedConfig, checkpoint_sha256: str
 
 def embed_resumable(clips: Sequence[Clip], cfg: EmbedConfig, work_dir: Path, prefix: str, key: str,
                     console: Any | None = None) -> tuple[Embeddings, Path]:
-    """``embed_in_parts`` into ``work_dir/<prefix><key>`` after removing the folders of other keys
-    with the same ``prefix`` (parts made from other inputs or options).
+    """``embed_in_parts`` into ``work_dir/<prefix><key>`` after removing the parts of other keys
+    with the same ``prefix`` (made from other inputs or options; their part files only, never a
+    folder tree).
 
-    Returns the embeddings and the parts folder, which the caller deletes once it saved the result.
+    Returns the embeddings and the parts folder, which the caller removes once it saved the result.
     """
-    import shutil
+    from asdcli.pipeline.cleanup import remove_parts
 
     work_dir = Path(work_dir)
     parts = work_dir / f"{prefix}{key[:16]}"
     if work_dir.is_dir():
         for stale in work_dir.iterdir():
-            if stale.name.startswith(prefix) and stale != parts and stale.is_dir():
-                shutil.rmtree(stale)
+            if stale.name.startswith(prefix) and stale != parts and stale.is_dir() and not stale.is_symlink():
+                remove_parts(stale)
     return embed_in_parts(clips, cfg, parts, console), parts
