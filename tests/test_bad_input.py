@@ -601,3 +601,22 @@ def test_run_embedding_without_fine_tuning_is_one_error(synth_root: Path, tiny_c
     _assert_error(_asd("run", synth_root, "--out", tmp_path / "run", "--checkpoint", tiny_checkpoint, "--no-finetune",
                        "--embedding", "pooled"), "--embedding chooses the fine-tuned model's vector", "--no-finetune")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_holding_user_files_and_a_stale_lock(synth_root: Path, tiny_checkpoint: Path,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """The user's files in a run folder survive runs that redo stages; a killed run's lock is taken over."""
+    run = tmp_path / "run"
+    mine = [run / "notes.txt", run / "banks" / "mine.txt", run / "embeddings" / "mine.txt", run / "submission.txt"]
+    for path in mine:
+        _guard(path)
+    args = ("run", synth_root, "--out", run, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--device", "cpu",
+            "--no-finetune")  # fmt: skip
+    _assert_ok(_asd(*args))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer runs: the lock of a killed run
+    (run / ".asd-run.lock").write_text(json.dumps({"pid": child.pid, "host": socket.gethostname()}))
+    result = _asd(*args, "--k", 2)
+    assert result.exit_code == 0, result.output
+    assert f"Took over the stale lock of asd run pid {child.pid}" in result.stderr
+    assert all(p.read_bytes() == OLD for p in mine) and not (run / ".asd-run.lock").exists()
