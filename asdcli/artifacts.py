@@ -25,20 +25,89 @@ EMBEDDINGS_SCHEMA = 2  # 2: meta["frontend"] holds the front-end spec (frontend/
 CACHE_ENV = "ASD_CACHE_DIR"
 
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+_TEMP_SUFFIX = ".tmp"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` runs on this machine (always True where that cannot be asked)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def shortened(name: str, room: int) -> str:
+    """``name`` cut (in UTF-8 bytes, never mid-character) so that ``room`` more bytes fit in NAME_MAX:
+    for the names of temp files and folders derived from an artifact's name."""
+    raw = name.encode("utf-8", "surrogateescape")
+    budget = max(NAME_MAX - room, 1)
+    if len(raw) <= budget:
+        return name
+    return raw[:budget].decode("utf-8", "ignore") or name[:1]
+
+
+def _temp_stem(name: str, pid: str) -> str:
+    """The part of ``name`` in its temp name ``.<stem>.<pid>-<hex8>.tmp`` (at most NAME_MAX bytes)."""
+    return shortened(name, len(f"..{pid}-{'0' * 8}{_TEMP_SUFFIX}"))
+
+
+def check_name_length(path: Path) -> None:
+    """An AsdError when the last part of ``path`` is longer than a file name may be."""
+    size = len(path.name.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        raise AsdError(f"Cannot write {path}: its name is {size} bytes long, more than the {NAME_MAX} a file "
+                       "system allows. Choose a shorter output name.")
+
+
 def _create_temp(parent: Path, name: str) -> tuple[int, Path]:
-    """Create ``parent/.name.<random>.tmp`` exclusively with mode 0o666 less the umask.
+    """Create ``parent/.name.<pid>-<random>.tmp`` exclusively with mode 0o666 less the umask.
 
     Not ``tempfile.mkstemp``: its files are 0o600, and the rename would hand that mode to the
-    artifact. Letting the kernel apply the umask gives the mode ``open(path, "w")`` would.
+    artifact. Letting the kernel apply the umask gives the mode ``open(path, "w")`` would. The
+    pid says whether the writer still runs (see :func:`_remove_stale_temps`); a long ``name`` is
+    shortened so that the temp name is never longer than the artifact's allows.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    pid = str(os.getpid())
+    prefix = f".{_temp_stem(name, pid)}.{pid}-"
     for _ in range(100):
-        tmp = parent / f".{name}.{secrets.token_hex(4)}.tmp"
+        tmp = parent / f"{prefix}{secrets.token_hex(4)}{_TEMP_SUFFIX}"
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, f"No free temp file name for {name}")
+
+
+def is_stale_temp(temp: str, name: str) -> bool:
+    """True for a temp file of artifact ``name`` whose writer no longer runs (killed before its
+    rename); one of the pid-less form ``.<name>.<hex8>.tmp`` of earlier asdcli versions is always stale."""
+    if not (temp.startswith(".") and temp.endswith(_TEMP_SUFFIX)):
+        return False
+    stem, _, tag = temp[1:-len(_TEMP_SUFFIX)].rpartition(".")
+    pid, _, token = tag.rpartition("-")
+    if len(token) != 8 or any(c not in "0123456789abcdef" for c in token):
+        return False
+    if not pid:
+        return stem == name
+    return (pid.isdigit() and stem == _temp_stem(name, pid) and int(pid) != os.getpid()
+            and not pid_alive(int(pid)))  # fmt: skip
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temp files of ``path`` left by killed writers (``kill -9`` before the rename).
+    A temp that cannot be removed (still open on Windows) is left alone."""
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            if is_stale_temp(entry.name, path.name):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 @contextlib.contextmanager
@@ -49,6 +118,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     so an existing artifact is never replaced by a partial one.
     """
     path = Path(path)
+    check_name_length(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         try:
@@ -71,6 +141,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _remove_stale_temps(path)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -169,6 +240,7 @@ def check_not_input(out: str | Path | None, inputs: Iterable[str | Path], option
     if out is None:
         return
     out = Path(out)
+    check_name_length(out)  # before any look-up of it (ENAMETOOLONG)
     for raw in inputs:
         inp = Path(raw)
         same = os.path.samefile(out, inp) if out.exists() and inp.exists() else out.resolve() == inp.resolve()

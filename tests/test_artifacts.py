@@ -49,3 +49,38 @@ def test_writing_over_a_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(AsdError, match=r"Cannot write .*out\.npz: Is a directory"):
         write_bytes_atomic(tmp_path / "out.npz", b"data")
     assert os.listdir(tmp_path) == ["out.npz"] and not os.listdir(tmp_path / "out.npz")
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.skipif(os.name != "posix", reason="asking whether a pid runs is POSIX-only")
+def test_the_next_write_removes_temps_of_killed_writers_only(tmp_path: Path) -> None:
+    path = tmp_path / "bank.npz"
+    dead, live = _dead_pid(), os.getppid()  # the parent (pytest's launcher) runs
+    stale = [tmp_path / f".bank.npz.{dead}-0123abcd.tmp", tmp_path / ".bank.npz.0123abcd.tmp"]  # killed, older form
+    kept = [tmp_path / f".bank.npz.{live}-0123abcd.tmp",  # its writer still runs
+            tmp_path / f".other.npz.{dead}-0123abcd.tmp",  # another artifact's
+            tmp_path / f".bank.npz.{dead}-notahex.tmp"]  # not a temp name of asdcli
+    for p in [*stale, *kept]:
+        p.write_bytes(b"partial")
+    write_bytes_atomic(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
+def test_a_long_name_gets_a_temp_name_that_fits_and_a_too_long_one_is_an_error(tmp_path: Path) -> None:
+    long = tmp_path / ("é" * 125 + ".npz")  # 254 bytes: the longest-but-one name most file systems allow
+    with atomic_write(long) as f:
+        temps = [p.name for p in tmp_path.iterdir()]
+        f.write(b"x")
+    assert len(temps) == 1 and len(temps[0].encode()) <= 255 and temps[0].endswith(".tmp")
+    assert long.read_bytes() == b"x" and [p.name for p in tmp_path.iterdir()] == [long.name]
+    with pytest.raises(AsdError, match="its name is 260 bytes long, more than the 255"):
+        write_bytes_atomic(tmp_path / ("e" * 256 + ".npz"), b"x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import warnings
@@ -11,8 +12,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from scipy.signal import firwin
 
-from asdcli.data.audio import MIN_SECONDS, AudioConfig, AudioWarning, ClipDataset, load_clip, resample
+from asdcli.data.audio import (
+    MAX_SECONDS,
+    MIN_SECONDS,
+    AudioConfig,
+    AudioWarning,
+    ClipDataset,
+    fit_length,
+    input_frames_for,
+    load_clip,
+    resample,
+)
 from asdcli.errors import AudioError, ConfigError
 
 
@@ -170,3 +182,52 @@ def test_probe_clip_checks_the_header_like_load_clip(tmp_path: Path) -> None:
             load_clip(path, AudioConfig(channel=channel))
     with pytest.raises(AudioError, match="short.wav"):
         probe_clips([good, tmp_path / "short.wav"])
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 1e9, 600.0, 60.001, 0.0, -1.0])
+def test_clip_length_is_bounded_before_anything_is_allocated(seconds: float) -> None:
+    with pytest.raises(ConfigError, match="--seconds must be a clip length from 0.175 to 60 s"):
+        AudioConfig(seconds=seconds)
+    assert AudioConfig(seconds=MAX_SECONDS).num_samples == 960_000
+
+
+def _filter_error_bound(x: np.ndarray, orig_rate: int, new_rate: int) -> float:
+    """What may differ between two float64 evaluations of the polyphase filter (summation order)
+    after the cast to float32: n_taps * eps64 * ||h||_1 * max|x| plus one float32 rounding."""
+    g = math.gcd(orig_rate, new_rate)
+    up, down = new_rate // g, orig_rate // g
+    if up == down:  # no filter: the samples are copied
+        return 0.0
+    half_len = 10 * max(up, down)
+    h = firwin(2 * half_len + 1, 1.0 / max(up, down), window=("kaiser", 5.0)) * up
+    peak = float(np.abs(x).max())
+    return len(h) * np.finfo(np.float64).eps * float(np.abs(h).sum()) * peak + np.finfo(np.float32).eps * 2 * peak
+
+
+@pytest.mark.parametrize("rate", [48000, 44100, 22050, 104755, 8000, 16000])
+def test_reading_only_the_needed_frames_equals_resampling_the_whole_file(tmp_path: Path, rate: int,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    total = 60 * rate  # one minute of stereo: a 30-minute file would ask for the same frames
+    x = (0.3 * np.random.default_rng(rate).standard_normal((total, 2))).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(str(path), x, rate, subtype="FLOAT")
+    requested: list[int] = []
+    real_read = sf.SoundFile.read
+
+    def counting_read(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        data = real_read(self, *args, **kwargs)
+        requested.append(len(data))
+        return data
+
+    monkeypatch.setattr(sf.SoundFile, "read", counting_read)
+    wave = load_clip(path, AudioConfig(seconds=10.0))
+    assert requested == [input_frames_for(160_000, rate, 16000)] and requested[0] < total / 5
+    whole = fit_length(resample(x.mean(axis=1), rate, 16000), 160_000)
+    assert wave.shape == whole.shape == (160_000,)
+    np.testing.assert_allclose(wave, whole, rtol=0, atol=_filter_error_bound(x.mean(axis=1), rate, 16000))
+
+
+def test_natural_length_longer_than_the_front_end_takes_is_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "long.wav", _tone(8000, MAX_SECONDS + 1, 440.0), 8000)
+    with pytest.raises(AudioError, match=f"{re.escape(str(path))} is 61.0 s long, more than the 60 s"):
+        load_clip(path, AudioConfig(seconds=None))

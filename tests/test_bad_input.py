@@ -11,8 +11,13 @@ Tiny random BEATs checkpoints and 1 s clips keep the whole file to a few seconds
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,7 +369,24 @@ CHECKPOINT_ROWS = [
     pytest.param("random", ("is not a readable BEATs checkpoint", "BEATs_iter3.pt"), id="random-bytes"),
     pytest.param("missing", ("does not exist", "--checkpoint", "$ASD_CHECKPOINT", "~/.cache/asdcli/BEATs_iter3.pt"),
                  id="missing-given"),
+    pytest.param("nan-weights", ("holds NaN or Inf values", "re-download it"), id="nan-weights"),
+    pytest.param("int-dtype", ("holds torch.int64 values, not floating point",), id="integer-tensor"),
+    pytest.param("huge-cfg", ("its cfg describes a model of at least", "GB), but the file is", "re-download it"),
+                 id="cfg-of-a-huge-model"),
 ]
+
+
+def _tampered_checkpoint(source: Path, kind: str) -> dict[str, object]:
+    """The tiny checkpoint with one tensor made NaN or integer, or a cfg asking for a 4096-wide model."""
+    ckpt = torch.load(source, weights_only=True)
+    name = "encoder.layers.0.fc1.weight"
+    if kind == "nan-weights":
+        ckpt["model"][name] = ckpt["model"][name].clone().fill_(float("nan"))
+    elif kind == "int-dtype":
+        ckpt["model"][name] = ckpt["model"][name].round().long()
+    else:
+        ckpt["cfg"] = {**ckpt["cfg"], "encoder_embed_dim": 64 * 1024, "encoder_ffn_embed_dim": 4 * 64 * 1024}
+    return ckpt
 
 
 @pytest.mark.parametrize(("kind", "needles"), CHECKPOINT_ROWS)
@@ -378,6 +400,8 @@ def test_checkpoint_row(kind: str, needles: tuple[str, ...], tiny_checkpoint: Pa
         torch.save({"foo": torch.zeros(3)}, ckpt)
     elif kind == "random":
         ckpt.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind in ("nan-weights", "int-dtype", "huge-cfg"):
+        torch.save(_tampered_checkpoint(tiny_checkpoint, kind), ckpt)
     out = _guard(tmp_path / "out" / "emb.npz")
     _assert_error(_embed([synth_root / "fan" / "test"], out, ckpt), str(ckpt), *needles)
     _assert_kept(out)
@@ -707,3 +731,132 @@ def test_layers_concatenate_in_the_given_order(synth_root: Path, tiny_checkpoint
     np.testing.assert_allclose(l21.vectors, np.concatenate([l2.vectors, l1.vectors], axis=1), rtol=0, atol=1e-6)
     assert l2.meta["frontend"]["layers"] == "last"  # the last layer, spelled out, is the default
     np.testing.assert_allclose(l2.vectors, last.vectors, rtol=0, atol=1e-6)  # same operations
+# clip length: --seconds is bounded before anything is allocated
+
+
+SECONDS_ROWS = [pytest.param(value, id=f"seconds-{value}") for value in ("inf", "nan", "1e9", "600", "0", "-1")]
+
+
+@pytest.mark.parametrize("value", SECONDS_ROWS)
+def test_seconds_row(value: str, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    needles = (f"--seconds must be a clip length from 0.175 to 60 s, got {float(value)}", "scored in windows")
+    out = _guard(tmp_path / "out" / "emb.npz")
+    _assert_error(_asd("embed", synth_root / "fan" / "test", "--out", out, "--checkpoint", tiny_checkpoint,
+                       "--seconds", value, "--device", "cpu"), *needles)  # fmt: skip
+    _assert_kept(out)
+    _assert_error(_asd("run", synth_root, "--out", tmp_path / "run", "--checkpoint", tiny_checkpoint,
+                       "--seconds", value, "--device", "cpu"), *needles)  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery: every audio path found is used or reported
+
+
+def _dangling(folder: Path) -> Path:
+    link = folder / "section_00_source_test_normal_0099_a_1.wav"
+    link.symlink_to(folder / "gone.wav")
+    return link
+
+
+def _looping(folder: Path) -> Path:
+    link = folder / "section_00_source_test_normal_0099_a_1.wav"
+    (folder / "other.wav").symlink_to(link)
+    link.symlink_to(folder / "other.wav")
+    return folder / "other.wav"  # the first of the two in name order
+
+
+def _alias(folder: Path) -> Path:
+    link = folder / "section_00_source_test_normal_0099_a_1.wav"
+    link.symlink_to(min(folder.glob("*_anomaly_*.wav")))
+    return link
+
+
+LINK_ROWS = [
+    pytest.param(_dangling, ("is a symlink to", "which does not exist", "fix the link or remove it"), id="dangling-link"),
+    pytest.param(_looping, ("fix the link",), id="looping-link"),
+    pytest.param(_alias, ("are the same file (a link to another clip)", "keep one of them"), id="link-to-another-clip"),
+]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks")
+@pytest.mark.parametrize(("make", "needles"), LINK_ROWS)
+def test_link_row(make: Callable[[Path], Path], needles: tuple[str, ...], synth_root: Path, tiny_checkpoint: Path,
+                  tmp_path: Path) -> None:  # fmt: skip
+    folder = tmp_path / "data" / "fan" / "test"
+    shutil.copytree(synth_root / "fan" / "test", folder)
+    link = make(folder)
+    out = _guard(tmp_path / "out" / "emb.npz")
+    _assert_error(_embed([tmp_path / "data"], out, tiny_checkpoint), str(link), *needles)
+    _assert_kept(out)
+
+
+def test_an_unreadable_machine_folder_is_an_error_naming_it(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    locked, real_scandir = data / "gearbox", os.scandir
+
+    def scandir(path: object = ".") -> object:  # what a folder without read permission does, even as root
+        if Path(str(path)) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = _guard(tmp_path / "out" / "emb.npz")
+    _assert_error(_embed([data], out, tiny_checkpoint), f"Cannot list {locked}: Permission denied",
+                  "check its permissions")  # fmt: skip
+    _assert_kept(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# run folders and long names
+
+
+def test_a_run_folder_locked_by_a_live_run(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            (run / ".asd-run.lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+            result = _asd("run", synth_root, "--out", run, "--checkpoint", tiny_checkpoint, "--seconds", 1,
+                          "--device", "cpu", "--no-finetune")  # fmt: skip
+        finally:
+            other.kill()
+    _assert_error(result, f"{run} is in use by another asd run (pid {other.pid}", "choose another --out")
+    assert [p.name for p in run.iterdir()] == [".asd-run.lock"]
+
+
+def test_a_250_character_output_name_works_and_a_longer_one_is_one_error(synth_root: Path, tiny_checkpoint: Path,
+                                                                         tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / ("e" * 246 + ".npz")
+    _assert_ok(_embed([synth_root / "fan" / "test"], out, tiny_checkpoint))
+    assert load_embeddings(out).vectors.shape == (12, DIM) and [p.name for p in tmp_path.iterdir()] == [out.name]
+    too_long = tmp_path / ("e" * 256 + ".npz")
+    _assert_error(_embed([synth_root / "fan" / "test"], too_long, tiny_checkpoint),
+                  "its name is 260 bytes long, more than the 255", "Choose a shorter output name")  # fmt: skip
+
+
+def test_run_embedding_without_fine_tuning_is_one_error(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    _assert_error(_asd("run", synth_root, "--out", tmp_path / "run", "--checkpoint", tiny_checkpoint, "--no-finetune",
+                       "--embedding", "pooled"), "--embedding chooses the fine-tuned model's vector", "--no-finetune")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_holding_user_files_and_a_stale_lock(synth_root: Path, tiny_checkpoint: Path,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """The user's files in a run folder survive runs that redo stages; a killed run's lock is taken over."""
+    run = tmp_path / "run"
+    mine = [run / "notes.txt", run / "banks" / "mine.txt", run / "embeddings" / "mine.txt", run / "submission.txt"]
+    for path in mine:
+        _guard(path)
+    args = ("run", synth_root, "--out", run, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--device", "cpu",
+            "--no-finetune")  # fmt: skip
+    _assert_ok(_asd(*args))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer runs: the lock of a killed run
+    (run / ".asd-run.lock").write_text(json.dumps({"pid": child.pid, "host": socket.gethostname()}))
+    result = _asd(*args, "--k", 2)
+    assert result.exit_code == 0, result.output
+    assert f"Took over the stale lock of asd run pid {child.pid}" in result.stderr
+    assert all(p.read_bytes() == OLD for p in mine) and not (run / ".asd-run.lock").exists()

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from asdcli.data.dataset import Clip, discover_clips, group_by_machine, parse_filename, require_field
+from asdcli.data.dataset import (
+    Clip,
+    discover_clips,
+    group_by_machine,
+    parse_filename,
+    require_field,
+)
 from asdcli.errors import ConfigError, DataError
 
 # name -> (section, domain, split, label, index, attributes, kind, form)
@@ -145,3 +152,38 @@ def test_require_field_names_offending_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"report needs the label .* 1 clip\(s\).*section_00_0007\.wav"):
         require_field(clips, "label", "report")
     assert list(group_by_machine(clips)) == ["fan"]
+
+
+def test_one_file_reached_through_two_given_paths_is_one_clip(tmp_path: Path) -> None:
+    _machine(tmp_path / "dev", "fan")
+    assert discover_clips([tmp_path / "dev", tmp_path / "dev" / "fan"]) == discover_clips([tmp_path / "dev"])
+
+
+def test_a_link_to_another_clip_is_an_error_naming_both(tmp_path: Path) -> None:
+    _machine(tmp_path / "dev", "fan")
+    train = tmp_path / "dev" / "fan" / "train"
+    test = tmp_path / "dev" / "fan" / "test" / TEST.format(7)
+    os.link(train / TRAIN.format(0), test)  # a hard link: the same file under two names
+    with pytest.raises(DataError, match="are the same file") as e:
+        discover_clips([tmp_path / "dev"])
+    assert str(test) in str(e.value) and str(train / TRAIN.format(0)) in str(e.value)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks")
+def test_a_link_to_a_clip_outside_the_dataset_is_used(tmp_path: Path) -> None:
+    _touch(tmp_path / "store" / "clip.wav")
+    (tmp_path / "dev" / "fan" / "train").mkdir(parents=True)
+    (tmp_path / "dev" / "fan" / "train" / TRAIN.format(0)).symlink_to(tmp_path / "store" / "clip.wav")
+    assert [c.name for c in discover_clips([tmp_path / "dev"])] == [TRAIN.format(0)]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root (or non-POSIX) ignores folder permissions")
+def test_an_unreadable_machine_folder_is_an_error(tmp_path: Path) -> None:
+    _machine(tmp_path / "dev", "fan")
+    _machine(tmp_path / "dev", "valve")
+    (tmp_path / "dev" / "valve").chmod(0)
+    try:
+        with pytest.raises(DataError, match=f"Cannot list {tmp_path / 'dev' / 'valve'}"):
+            discover_clips([tmp_path / "dev"])
+    finally:
+        (tmp_path / "dev" / "valve").chmod(0o755)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import asdcli.finetune.loop
-import asdcli.pipeline.run
 from asdcli.cli.main import app
 from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
 from asdcli.pipeline.stages import files_fingerprint, stage_key
@@ -114,7 +119,8 @@ def test_ctrl_c_during_finetune_resumes_after_last_epoch(synth_root: Path, tiny_
     result = _run(synth_root, tiny_checkpoint, run, "--epochs", "2")
     assert result.exit_code == 130
     assert "Interrupted" in result.output
-    assert not (run / "stages" / "finetune.json").exists() and not (run / "finetune" / "run.json").exists()
+    assert json.loads((run / "stages" / "finetune.json").read_text())["status"] == "started"
+    assert not (run / "finetune" / "run.json").exists()
     monkeypatch.setattr(asdcli.finetune.loop, "save_state", real_save_state)
     result = _run(synth_root, tiny_checkpoint, run, "--epochs", "2")
     assert result.exit_code == 0, result.output
@@ -200,16 +206,14 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 
 
 def test_make_tiny_checkpoint_is_deterministic(tmp_path: Path) -> None:
-    a = make_tiny_checkpoint(tmp_path / "a.pt", seed=3).read_bytes()
-    b = make_tiny_checkpoint(tmp_path / "b.pt", seed=3).read_bytes()
     from asdcli.frontend.beats.checkpoint import load_beats
 
-    wa, wb = load_beats(tmp_path / "a.pt").model.state_dict(), load_beats(tmp_path / "b.pt").model.state_dict()
-    assert all((wa[k] == wb[k]).all() for k in wa) and len(a) > 0 and len(b) > 0
-
-
-def test_pipeline_module_has_stage_names() -> None:
-    assert asdcli.pipeline.run.STAGE_NAMES == ("finetune", "embed", "fit-bank", "score", "report")
+    make_tiny_checkpoint(tmp_path / "a.pt", seed=3)
+    make_tiny_checkpoint(tmp_path / "b.pt", seed=3)
+    make_tiny_checkpoint(tmp_path / "c.pt", seed=4)
+    wa, wb, wc = (load_beats(tmp_path / f"{n}.pt").model.state_dict() for n in "abc")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # the seed matters
 
 
 def test_bad_test_clip_fails_before_fine_tuning(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -254,3 +258,179 @@ def test_ctrl_c_during_embed_resumes_after_the_last_saved_part(finished_run: Pat
         a, b = np.load(run / "embeddings" / name), np.load(finished_run / "embeddings" / name)
         np.testing.assert_allclose(a["embeddings"], b["embeddings"], atol=1e-6)
         assert list(a["filenames"]) == list(b["filenames"])
+
+
+# ---------------------------------------------------------------------------------------------
+# values: anomalous clips score higher
+
+
+def _write_separable_dataset(root: Path) -> None:
+    """Two machines, each a steady tone (random phase, faint noise); anomalies add loud broadband
+    noise: any working front end + bank gives them larger distances to the normal train clips."""
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    for machine, tone in (("fan", 500.0), ("pump", 1300.0)):
+        cells = [("train", d, "normal", n) for d, n in (("source", 6), ("target", 2))]
+        cells += [("test", d, lab, 3) for d in ("source", "target") for lab in ("normal", "anomaly")]
+        for split, domain, label, n in cells:
+            folder = root / machine / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                x = 0.3 * np.sin(2 * np.pi * tone * t + rng.uniform(0, 2 * np.pi)) + 0.01 * rng.standard_normal(16000)
+                if label == "anomaly":
+                    x += 0.3 * rng.standard_normal(16000)
+                sf.write(str(folder / f"section_00_{domain}_{split}_{label}_{i:04d}_a_1.wav"), x.astype(np.float32), 16000)
+
+
+def test_run_scores_anomalous_clips_higher_than_normal_ones(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    _write_separable_dataset(tmp_path / "data")
+    result = _run(tmp_path / "data", tiny_checkpoint, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    for machine in ("fan", "pump"):
+        rows = (tmp_path / "run" / "submission" / f"anomaly_score_{machine}_section_00_test.csv").read_text().splitlines()
+        scores = {label: [float(r.split(",")[1]) for r in rows if f"_{label}_" in r] for label in ("normal", "anomaly")}
+        assert len(scores["normal"]) == len(scores["anomaly"]) == 6
+        assert np.mean(scores["anomaly"]) > np.mean(scores["normal"]), (machine, scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# never lose data
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _lock(run: Path, pid: int, host: str | None = None) -> Path:
+    lock = run / ".asd-run.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "earlier"}))
+    return lock
+
+
+def test_a_second_run_on_a_locked_folder_is_one_error(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
+                                                      tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            lock = _lock(run, other.pid)
+            before = _mtimes(run)
+            result = _run(synth_root, tiny_checkpoint, run, "--k", "2")
+        finally:
+            other.kill()
+    assert result.exit_code == 1 and result.output.count("Error:") == 1
+    assert f"{run} is in use by another asd run (pid {other.pid}" in result.output and "choose another --out" in result.output
+    assert _mtimes(run) == before and lock.is_file()
+    _lock(run, 1, host="elsewhere")
+    result = _run(synth_root, tiny_checkpoint, run)
+    assert result.exit_code == 1 and "host elsewhere" in result.output and f"delete {lock}" in result.output
+
+
+def test_a_stale_lock_is_taken_over_with_a_message(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
+                                                   tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    pid = _dead_pid()
+    _lock(run, pid)
+    result = _run(synth_root, tiny_checkpoint, run)
+    assert result.exit_code == 0, result.output
+    assert f"Took over the stale lock of asd run pid {pid}" in result.output
+    assert not (run / ".asd-run.lock").exists()
+
+
+def test_changed_options_remove_only_asdcli_files_from_finetune(finished_run: Path, synth_root: Path,
+                                                                 tiny_checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    mine = [run / "finetune" / "notes.txt", run / "finetune" / "adapter" / "my-adapter.txt",
+            run / "finetune" / "state" / "keep.bin", run / "banks" / "my-bank-notes.txt"]
+    for path in mine:
+        path.write_text("the user's\n")
+    old_head = (run / "finetune" / "head.safetensors").read_bytes()
+    result = _run(synth_root, tiny_checkpoint, run, "--lora-rank", "2", "--embedding", "pooled")
+    assert result.exit_code == 0, result.output
+    assert "Removed 5 file(s) of an earlier fine-tuning run" in result.output
+    assert np.load(run / "embeddings" / "test.npz")["embeddings"].shape[1] == 64  # the backbone width
+    assert all(p.read_text() == "the user's\n" for p in mine)
+    assert (run / "finetune" / "head.safetensors").read_bytes() != old_head
+
+
+def test_a_deleted_or_replaced_output_is_redone_not_skipped(finished_run: Path, synth_root: Path,
+                                                             tiny_checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    score_file = run / "submission" / "anomaly_score_fan_section_00_test.csv"
+    score_file.unlink()
+    result = _run(synth_root, tiny_checkpoint, run)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("up to date, skipped") == 3 and "score: anomaly scores" in result.output
+    assert score_file.read_bytes() == (finished_run / score_file.relative_to(run)).read_bytes()
+    fan, bearing = run / "banks" / "bank_fan_section_00.npz", run / "banks" / "bank_bearing_section_00.npz"
+    fan.write_bytes(bearing.read_bytes())  # a valid bank, but not the one recorded
+    result = _run(synth_root, tiny_checkpoint, run)
+    assert result.exit_code == 0, result.output
+    assert "fit-bank: KNN banks" in result.output
+    assert fan.read_bytes() == (finished_run / "banks" / fan.name).read_bytes()
+
+
+def test_temp_files_of_killed_writers_go_with_the_next_write(finished_run: Path, synth_root: Path,
+                                                             tiny_checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    banks = run / "banks"
+    stale = [banks / f".bank_fan_section_00.npz.{_dead_pid()}-0123abcd.tmp", banks / ".bank_fan_section_00.npz.0123abcd.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a bank")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as writer:
+        try:
+            live = banks / f".bank_fan_section_00.npz.{writer.pid}-0123abcd.tmp"
+            live.write_bytes(b"being written")
+            result = _run(synth_root, tiny_checkpoint, run, "--k", "2")
+        finally:
+            writer.kill()
+    assert result.exit_code == 0, result.output
+    assert not any(p.exists() for p in stale) and live.is_file()  # a live writer's temp stays
+
+
+def test_a_250_character_run_folder_name_works(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / ("r" * 250)
+    result = _run(synth_root, tiny_checkpoint, run, "--no-finetune")
+    assert result.exit_code == 0, result.output
+    assert (run / "submission").is_dir()
+
+
+def test_a_deleted_head_is_rewritten_from_the_resume_state_not_retrained(finished_run: Path, synth_root: Path,
+                                                                         tiny_checkpoint: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "finetune" / "head.safetensors").unlink()
+    record = json.loads((run / "stages" / "finetune.json").read_text())  # as an earlier version wrote it
+    (run / "stages" / "finetune.json").write_text(json.dumps({"schema_version": 1, "stage": "finetune",
+                                                               "key": record["key"], "outputs": []}))
+    (run / "stages" / "finetune.started").write_text(record["key"] + "\n")
+    steps: list[int] = []
+    monkeypatch.setattr(asdcli.finetune.loop, "train_step", lambda *a, **k: steps.append(1))  # type: ignore[func-returns-value]
+    result = _run(synth_root, tiny_checkpoint, run)
+    assert result.exit_code == 0, result.output
+    assert steps == [] and "resuming after epoch 1" in result.output
+    for name in ("head.safetensors", "adapter/adapter_model.safetensors"):
+        new, old = load_file(run / "finetune" / name), load_file(finished_run / "finetune" / name)
+        assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
+    assert not (run / "stages" / "finetune.started").exists()
+
+
+def test_stale_embedding_parts_go_by_name_and_other_files_stay(finished_run: Path, synth_root: Path,
+                                                               tiny_checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    stale = run / "embeddings" / ".parts-0123456789abcdef"
+    stale.mkdir()
+    (stale / "00000.npz").write_bytes(b"a part of another key")
+    (stale / "notes.txt").write_text("the user's\n")
+    (run / "stages" / "embed.json").unlink()
+    result = _run(synth_root, tiny_checkpoint, run)
+    assert result.exit_code == 0, result.output
+    assert not (stale / "00000.npz").exists() and (stale / "notes.txt").read_text() == "the user's\n"

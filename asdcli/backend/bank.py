@@ -51,6 +51,10 @@ class BankConfig:
         if not 0.0 < self.threshold_quantile < 1.0:
             raise ConfigError(f"--threshold-quantile must be in (0, 1), got {self.threshold_quantile}.")
 
+    def key(self) -> dict[str, Any]:
+        """The options that change the bank (all of them)."""
+        return asdict(self)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], what: str = "bank") -> BankConfig:
         unknown = set(d) - {f.name for f in fields(cls)}

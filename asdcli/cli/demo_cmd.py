@@ -39,15 +39,18 @@ def command(
 
     `asd demo --make-data DIR` writes only the synthetic dataset and prints its root on stdout.
     """
+    from asdcli.data.audio import AudioConfig
+
+    AudioConfig(seconds=seconds)  # in range before anything is synthesized
     console = stderr_console()
     if make_data is not None:
         _synthesize(make_data, seed, seconds, console)
         typer.echo(str(make_data))
         return
-    from asdcli.backend.bank import BankConfig
     from asdcli.cli.run_cmd import show_result
     from asdcli.finetune.config import FinetuneConfig
     from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
+    from asdcli.frontend.embed import EmbedConfig
     from asdcli.pipeline.run import RunConfig, run_pipeline
 
     start = time.perf_counter()
@@ -58,10 +61,9 @@ def command(
         make_tiny_checkpoint(checkpoint, seed)
         console.print(f"Wrote a randomly initialised tiny BEATs (2 layers, 64-d) in the official format: {checkpoint}",
                       highlight=False, soft_wrap=True, markup=False)
-    finetune = FinetuneConfig(checkpoint=checkpoint, epochs=epochs, lr=DEMO_LR, seed=seed, seconds=seconds,
-                              device="cpu")  # fmt: skip
-    cfg = RunConfig(data_root=data, run_dir=out / "run", checkpoint=checkpoint, finetune=finetune,
-                    bank=BankConfig(), seconds=seconds, device="cpu", plots=True)  # fmt: skip
+    finetune = FinetuneConfig(checkpoint=checkpoint, epochs=epochs, lr=DEMO_LR, seed=seed)
+    frontend = EmbedConfig(checkpoint=checkpoint, seconds=seconds, device="cpu")
+    cfg = RunConfig.create(data_root=data, run_dir=out / "run", embed=frontend, finetune=finetune, plots=True)
     result = run_pipeline(cfg, console)
     show_result(result, console)
     console.print(

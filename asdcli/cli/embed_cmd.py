@@ -36,7 +36,7 @@ def command(
     from accelerate import PartialState
 
     from asdcli.artifacts import check_not_input
-    from asdcli.frontend.embed import EmbedConfig, embed_to_file
+    from asdcli.frontend.embed import EmbedConfig, embed_to_file, parts_prefix
 
     cfg = EmbedConfig(checkpoint=checkpoint, adapter=adapter, embedding=embedding, batch_size=batch_size,
                       device=device, seconds=seconds, channel=channel, num_workers=workers, layers=layers)  # fmt: skip
@@ -51,7 +51,7 @@ def command(
     else:
         # single process: resumable parts beside the output (Ctrl-C keeps the finished ones);
         # under accelerate launch: split across processes, the main one writes
-        emb = embed_to_file(clips, cfg, {out: None}, console, parts_in=(out.parent, f".{out.name}.parts-"))
+        emb = embed_to_file(clips, cfg, {out: None}, console, parts_in=(out.parent, parts_prefix(out)))
     if PartialState().is_main_process:
         took = time.perf_counter() - start
         console.print(f"Embedded {len(emb)} clips into {emb.dim}-d vectors in {took:.1f} s "

@@ -36,7 +36,7 @@ def command(
     mixup: float = typer.Option(_F["mixup"].default, help="Fine-tuning: mixup Beta(alpha, alpha) on fbank; 0 = off."),
     noise_mix: bool = typer.Option(False, "--noise-mix", help="Fine-tuning: mix supplemental noise-only clips in at 5-20 dB SNR."),
     embedding: str | None = typer.Option(None, "--embedding", help="Fine-tuned vector: 'head' (default) or 'pooled'."),
-    seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds."),
+    seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds (0.175 to 60)."),
     k: int = typer.Option(1, "--k", min=1, help="Bank score = mean of the K smallest cosine distances."),
     domain_aware: bool = typer.Option(False, "--domain-aware", help="Search source and target bank vectors separately."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (cuda:N) or mps."),
@@ -55,18 +55,20 @@ def command(
     """
     from asdcli.backend.bank import BankConfig
     from asdcli.frontend.beats import resolve_checkpoint
+    from asdcli.frontend.embed import EmbedConfig
     from asdcli.pipeline.run import RunConfig, run_pipeline
 
     console = stderr_console()
     ckpt = resolve_checkpoint(checkpoint)
+    frontend = EmbedConfig(checkpoint=ckpt, batch_size=batch_size, device=device, seconds=seconds,
+                           num_workers=workers)  # fmt: skip
     finetune = None if no_finetune else FinetuneConfig(
         checkpoint=ckpt, epochs=epochs, labels=labels, lr=lr, batch_size=batch_size, seed=seed,
-        lora_rank=lora_rank, seconds=seconds, device=device, mixed_precision=mixed_precision,
-        specaugment=specaugment, mixup=mixup, noise_mix=noise_mix, num_workers=workers,
+        lora_rank=lora_rank, mixed_precision=mixed_precision, specaugment=specaugment, mixup=mixup,
+        noise_mix=noise_mix,
     )
-    cfg = RunConfig(data_root=data, run_dir=out, checkpoint=ckpt, finetune=finetune,
-                    bank=BankConfig(k=k, domain_aware=domain_aware), embedding=embedding, seconds=seconds,
-                    device=device, batch_size=batch_size, num_workers=workers, plots=plots)  # fmt: skip
+    cfg = RunConfig.create(data_root=data, run_dir=out, embed=frontend, embedding=embedding, finetune=finetune,
+                           bank=BankConfig(k=k, domain_aware=domain_aware), plots=plots)  # fmt: skip
     result = run_pipeline(cfg, console)
     show_result(result, console)
 

@@ -172,6 +172,11 @@ def _click_exceptions() -> Any:
         return importlib.import_module("click.exceptions")
 
 
+def _abort_class(click_exceptions: Any) -> type[BaseException]:
+    """Click's Abort (Ctrl-C at a prompt); typer's own click has none, typer.Abort stands in."""
+    return getattr(click_exceptions, "Abort", None) or typer.Abort
+
+
 class AsdGroup(TyperGroup):
     """The `asd` group: renders every usage error with :func:`show_usage_error`, exit 2."""
 
@@ -192,7 +197,7 @@ class AsdGroup(TyperGroup):
         except click_exceptions.ClickException as e:
             typer.echo(f"Error: {' '.join(e.format_message().split())}", err=True)
             sys.exit(e.exit_code)
-        except click_exceptions.Abort:
+        except _abort_class(click_exceptions):
             typer.echo("Aborted.", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -3,10 +3,14 @@
 Conversion rules, in order:
 
 1. Read with soundfile as float32 in [-1, 1] (any rate, channel count and bit depth:
-   8-bit unsigned, 16/24/32-bit PCM, float WAV, FLAC, ...).
+   8-bit unsigned, 16/24/32-bit PCM, float WAV, FLAC, ...), only the frames that the first
+   ``cfg.seconds`` need (plus the few input samples the resampling filter reaches ahead), so a
+   30-minute recording is not decoded to use its first 10 s. The result equals resampling the
+   whole file and cutting it.
 2. Reject unusable files with :class:`~asdcli.errors.AudioError` naming the file: unreadable or
-   not audio, 0 bytes, no samples, NaN/Inf samples, shorter than :data:`MIN_SECONDS` (the
-   shortest input BEATs accepts) after resampling.
+   not audio, 0 bytes, no samples, NaN/Inf samples (in the part read), shorter than
+   :data:`MIN_SECONDS` (the shortest input BEATs accepts), or, at natural length, longer than
+   :data:`MAX_SECONDS`.
 3. Mono: the mean of all channels, or channel ``cfg.channel`` (0-based) when set.
 4. Resample other rates to ``cfg.sample_rate`` with ``scipy.signal.resample_poly``
    (polyphase, up/down reduced by their gcd).
@@ -25,6 +29,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -36,6 +41,11 @@ from asdcli.errors import AudioError, ConfigError
 SAMPLE_RATE = 16000  # Hz, what BEATs was trained on and what DCASE ships
 CLIP_SECONDS = 10.0  # the longest DCASE 2025 clip
 MIN_SECONDS = 0.175  # 2800 samples at 16 kHz: shorter input gives BEATs no patch to embed
+# The longest clip the front end takes at once. BEATs attention memory grows with the square of
+# the length (BEATs_iter3 at 60 s: 2992 tokens, 0.43 GB of attention weights per clip and layer),
+# and its relative position buckets stop at max_distance 800 tokens (~16 s): longer recordings are
+# scored in windows, not as one clip.
+MAX_SECONDS = 60.0
 
 
 class AudioWarning(UserWarning):
@@ -57,8 +67,10 @@ class AudioConfig:
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
             raise ConfigError(f"sample_rate must be positive, got {self.sample_rate}.")
-        if self.seconds is not None and not self.seconds >= MIN_SECONDS:
-            raise ConfigError(f"Clip length must be at least {MIN_SECONDS} s, got {self.seconds}.")
+        if self.seconds is not None and not MIN_SECONDS <= self.seconds <= MAX_SECONDS:
+            raise ConfigError(f"--seconds must be a clip length from {MIN_SECONDS} to {MAX_SECONDS:g} s, got "
+                              f"{self.seconds}; BEATs attention memory grows with the square of the length, so "
+                              "longer recordings are scored in windows.")
         if self.channel is not None and self.channel < 0:
             raise ConfigError(f"--channel counts from 0, got {self.channel}.")
 
@@ -102,16 +114,54 @@ def _sf_name(path: Path) -> str | bytes:
     return os.fsencode(path) if os.name == "posix" else str(path)
 
 
-def _read(path: Path) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 and the rate, or AudioError for anything unreadable."""
+def _info(path: Path) -> Any:
+    """The header of ``path``, or AudioError for anything unreadable."""
     _check_size(path)
     try:
-        data, rate = sf.read(_sf_name(path), dtype="float32", always_2d=True)
+        return sf.info(_sf_name(path))
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
+        raise _unreadable(path, e) from e
+
+
+def _open(path: Path) -> sf.SoundFile:
+    """``path`` opened for reading (its header read once), or AudioError for anything unreadable."""
+    _check_size(path)
+    try:
+        return sf.SoundFile(_sf_name(path))
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
+        raise _unreadable(path, e) from e
+
+
+def _read(audio: sf.SoundFile, path: Path, frames: int) -> np.ndarray:
+    """The first ``frames`` frames (frames, channels) of an open file as float32, or AudioError."""
+    try:
+        data = audio.read(frames=frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
         raise _unreadable(path, e) from e
     if data.shape[0] == 0:
         raise _header_only(path)
-    return data, int(rate)
+    return data
+
+
+def _poly_factors(orig_rate: int, new_rate: int) -> tuple[int, int]:
+    g = math.gcd(orig_rate, new_rate)
+    return new_rate // g, orig_rate // g
+
+
+def input_frames_for(num_samples: int, orig_rate: int, new_rate: int) -> int:
+    """How many input frames at ``orig_rate`` determine the first ``num_samples`` output samples of
+    :func:`resample` to ``new_rate``.
+
+    ``resample_poly`` (default Kaiser window) filters with ``2 * half_len + 1`` taps in the
+    upsampled domain, ``half_len = 10 * max(up, down)``, centred by ``n_pre_pad <= down`` zeros: output
+    ``n`` reads upsampled inputs up to ``(n + (half_len + n_pre_pad) // down) * down``, that is input
+    frames up to that over ``up``; two more frames of slack.
+    """
+    if orig_rate == new_rate:
+        return num_samples
+    up, down = _poly_factors(orig_rate, new_rate)
+    half_len = 10 * max(up, down)
+    return ((num_samples - 1) * down + half_len + down) // up + 2
 
 
 def probe_clip(path: Path | str, channel: int | None = None) -> float:
@@ -123,11 +173,7 @@ def probe_clip(path: Path | str, channel: int | None = None) -> float:
     work; NaN/Inf samples are only found when the clip is loaded.
     """
     path = Path(path)
-    _check_size(path)
-    try:
-        info = sf.info(_sf_name(path))
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
-        raise _unreadable(path, e) from e
+    info = _info(path)
     if info.frames == 0:
         raise _header_only(path)
     if info.frames / info.samplerate < MIN_SECONDS:
@@ -156,9 +202,8 @@ def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
         return wave.astype(np.float32, copy=False)
     from scipy.signal import resample_poly  # 0.8 s to import: only when a clip needs resampling
 
-    g = math.gcd(orig_rate, new_rate)
-    out = resample_poly(wave.astype(np.float64), new_rate // g, orig_rate // g)
-    return out.astype(np.float32)
+    up, down = _poly_factors(orig_rate, new_rate)
+    return resample_poly(wave.astype(np.float64), up, down).astype(np.float32)
 
 
 def fit_length(wave: np.ndarray, num_samples: int | None) -> np.ndarray:
@@ -199,13 +244,20 @@ def load_clip(path: Path | str, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
         Unreadable, empty, non-finite, too short, or ``cfg.channel`` out of range.
     """
     path = Path(path)
-    data, rate = _read(path)
+    with _open(path) as audio:
+        rate, total = int(audio.samplerate), audio.frames
+        if total == 0:
+            raise _header_only(path)
+        if total / rate < MIN_SECONDS:
+            raise _too_short(path, total / rate)
+        if cfg.num_samples is None and total / rate > MAX_SECONDS:
+            raise AudioError(f"{path} is {total / rate:.1f} s long, more than the {MAX_SECONDS:g} s the front end "
+                             "takes at once; pass --seconds to use its beginning.")
+        wanted = total if cfg.num_samples is None else input_frames_for(cfg.num_samples, rate, cfg.sample_rate)
+        data = _read(audio, path, min(wanted, total))
     if not np.isfinite(data).all():
         raise AudioError(f"{path} contains NaN or Inf samples; re-export it as PCM WAV.")
     wave = resample(_to_mono(data, path, cfg.channel), rate, cfg.sample_rate)
-    min_samples = math.ceil(MIN_SECONDS * cfg.sample_rate)
-    if len(wave) < min_samples:
-        raise _too_short(path, data.shape[0] / rate)
     if not wave.any():
         warnings.warn(f"{path} is all zeros (silence); its embedding carries no information.",
                       AudioWarning, stacklevel=2)

@@ -168,11 +168,31 @@ def _is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
 
 
-def _audio_files(folder: Path) -> list[Path]:
+def _check_link(path: Path) -> None:
+    """DataError for an audio-named path that is a dangling or looping symlink (or not a file)."""
     try:
-        return sorted(p for p in folder.iterdir() if _is_audio(p) and p.is_file())
+        target = path.resolve(strict=True)
+    except FileNotFoundError as e:
+        raise DataError(f"{path} is a symlink to {os.readlink(path)}, which does not exist; fix the link or "
+                        "remove it.") from e
+    except RuntimeError as e:  # Python < 3.13: a symlink loop
+        raise DataError(f"{path} is a symlink loop; fix the link or remove it.") from e
+    except OSError as e:  # ELOOP on Python >= 3.13, permissions, ...
+        raise DataError(f"Cannot open {path}: {e.strerror or e}; fix the link or its permissions, or remove it.") from e
+    if not target.is_file():
+        raise DataError(f"{path} is not an audio file (it is a folder or device); rename or remove it.")
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    """The audio files of ``folder``; an audio-named entry that is not a readable file is a DataError."""
+    try:
+        entries = sorted(p for p in folder.iterdir() if _is_audio(p))
     except OSError as e:
-        raise DataError(f"Cannot list {folder}: {e.strerror}.") from e
+        raise DataError(f"Cannot list {folder}: {e.strerror}; check its permissions.") from e
+    for p in entries:
+        if p.is_symlink() or not p.is_file():
+            _check_link(p)
+    return entries
 
 
 def _has_split_dir(folder: Path) -> bool:
@@ -191,7 +211,12 @@ def _machine_clips(machine_dir: Path) -> list[Clip]:
 def _find_machine_dirs(root: Path) -> list[Path]:
     """Folders below ``root`` (depth <= 4) that contain a train/test/supplemental folder."""
     found: list[Path] = []
-    for dirpath, dirnames, _ in os.walk(root, followlinks=True):  # depth-limited, so links cannot loop forever
+
+    def unreadable(e: OSError) -> None:
+        raise DataError(f"Cannot list {e.filename}: {e.strerror}; check its permissions (its clips would be "
+                        "missing).") from e
+
+    for dirpath, dirnames, _ in os.walk(root, onerror=unreadable, followlinks=True):  # depth-limited: no endless loop
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if _has_split_dir(here):
@@ -234,12 +259,15 @@ def discover_clips(paths: Sequence[Path | str], splits: Collection[str] | None =
     Returns
     -------
     list of Clip
-        Sorted by (machine, split, file name, path), without duplicates.
+        Sorted by (machine, split, file name, path); a file reached through two of ``paths``
+        (``data/dev`` and ``data/dev/fan``) is one clip.
 
     Raises
     ------
     DataError
-        A path does not exist or nothing was found.
+        A path does not exist or nothing was found; a folder cannot be listed (its clips would go
+        missing); an audio-named entry is a dangling or looping symlink; two clip paths are the same
+        file (a symlink or hard link to another clip).
     """
     if splits is not None:
         bad = sorted(set(splits) - set(SPLITS))
@@ -247,18 +275,30 @@ def discover_clips(paths: Sequence[Path | str], splits: Collection[str] | None =
             raise ConfigError(f"Unknown split(s) {', '.join(bad)}; choose from {', '.join(SPLITS)}.")
     if not paths:
         raise DataError(f"No input path given; {EXPECTED_LAYOUT}.")
-    found: dict[Path, Clip] = {}
+    found: dict[str, Clip] = {}  # by absolute path: one file reached through two given paths is one clip
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise DataError(f"{path} does not exist; {EXPECTED_LAYOUT}.")
         for clip in _clips_in(path):
-            found.setdefault(clip.path.resolve(), clip)
+            found.setdefault(os.path.abspath(clip.path), clip)
+    _check_aliases(found.values())
     clips = [c for c in found.values() if splits is None or c.split in splits]
     if not clips:
         what = f" {'/'.join(sorted(splits))}" if splits is not None else ""
         raise DataError(f"No{what} audio clips found in {', '.join(str(p) for p in paths)}; {EXPECTED_LAYOUT}.")
     return sorted(clips, key=lambda c: (c.machine, c.split, c.name, str(c.path)))
+
+
+def _check_aliases(clips: Iterable[Clip]) -> None:
+    """DataError when two clip paths are the same file (a symlink or hard link to another clip):
+    it would count twice, or leak a test clip into training."""
+    seen: dict[tuple[int, int], Path] = {}
+    for clip in clips:
+        st = clip.path.stat()
+        first = seen.setdefault((st.st_dev, st.st_ino), clip.path)
+        if first != clip.path:
+            raise DataError(f"{first} and {clip.path} are the same file (a link to another clip); keep one of them.")
 
 
 def require_field(clips: Iterable[Clip], field: str, stage: str, *, show: int = 5) -> None:

@@ -62,3 +62,10 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+    # where and how fast it runs does not change the result (the checkpoint counts by its SHA-256)
+    NOT_IN_KEY = ("checkpoint", "device", "num_workers")
+
+    def key(self) -> dict[str, Any]:
+        """The options that change the trained model: another --device or --workers does not retrain."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.NOT_IN_KEY}

@@ -167,8 +167,7 @@ def _make_accelerator(cfg: FinetuneConfig) -> Accelerator:
 
 def _resume_key(cfg: FinetuneConfig, train_names: list[str], classes: list[str], sha256: str) -> str:
     """Hash of everything that must not change between a run and its resumption."""
-    opts = {k: v for k, v in cfg.to_dict().items() if k not in ("checkpoint", "device", "num_workers")}
-    blob = json.dumps({"opts": opts, "train": train_names, "classes": classes, "sha256": sha256}, sort_keys=True)
+    blob = json.dumps({"opts": cfg.key(), "train": train_names, "classes": classes, "sha256": sha256}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

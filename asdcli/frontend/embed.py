@@ -66,6 +66,7 @@ class EmbedConfig:
             raise ConfigError("--embedding chooses a fine-tuned model's vector and needs --adapter RUN_DIR.")
         if parse_layers(self.layers) is not None and self.adapter is not None:
             raise ConfigError("--layers is for the frozen BEATs; a fine-tuned adapter's vector uses the last layer.")
+        _ = self.audio  # checks --seconds and --channel before any work
 
     @property
     def audio(self) -> AudioConfig:
@@ -355,6 +356,14 @@ def prepare_job(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = N
     return build_embedder(cfg)
 
 
+def parts_prefix(out: Path) -> str:
+    """The name prefix of the resumable parts folder beside ``out``: ``.<name>.parts-`` (+ 16 key
+    characters), the name shortened to fit a file name."""
+    from asdcli.artifacts import shortened
+
+    return f".{shortened(out.name, len('..parts-') + 16)}.parts-"
+
+
 def embed_job(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = None,
               parts_in: tuple[Path, str] | None = None,
               durations: Sequence[float] | None = None) -> tuple[Embeddings, Path | None]:
@@ -365,9 +374,9 @@ def embed_job(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = Non
     for the caller to delete once the result is saved; under ``accelerate launch`` (or without
     ``parts_in``) nothing is saved and the second item is None.
     """
-    import shutil
-
     from accelerate import PartialState
+
+    from asdcli.pipeline.cleanup import remove_parts
 
     embedder = prepare_job(clips, cfg, console, durations)
     if parts_in is None or PartialState().num_processes > 1:
@@ -378,8 +387,8 @@ def embed_job(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = Non
     parts = work_dir / f"{prefix}{stage_key(embed_inputs(clips, cfg, embedder.spec.checkpoint_sha256))[:16]}"
     if work_dir.is_dir():
         for stale in work_dir.iterdir():
-            if stale.name.startswith(prefix) and stale != parts and stale.is_dir():
-                shutil.rmtree(stale)
+            if stale.name.startswith(prefix) and stale != parts and stale.is_dir() and not stale.is_symlink():
+                remove_parts(stale)  # part files only, never a folder tree
     return embed_in_parts(embedder, clips, parts, console), parts
 
 
@@ -388,9 +397,9 @@ def embed_to_file(clips: Sequence[Clip], cfg: EmbedConfig, outputs: Mapping[Path
                   durations: Sequence[float] | None = None) -> Embeddings:
     """:func:`embed_job`, then write each ``outputs`` path (atomically, main process only) with
     the rows of its split (None: all rows) and remove the saved parts. Returns all rows."""
-    import shutil
-
     from accelerate import PartialState
+
+    from asdcli.pipeline.cleanup import remove_parts
 
     emb, parts = embed_job(clips, cfg, console, parts_in, durations)
     state = PartialState()
@@ -398,6 +407,6 @@ def embed_to_file(clips: Sequence[Clip], cfg: EmbedConfig, outputs: Mapping[Path
         for path, split in outputs.items():
             save_embeddings(path, emb if split is None else emb.select(emb.split == split))
         if parts is not None:
-            shutil.rmtree(parts)
+            remove_parts(parts)
     state.wait_for_everyone()
     return emb

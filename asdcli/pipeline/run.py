@@ -6,19 +6,20 @@ RUN_DIR/
   banks/               bank_<machine>_section_<SS>.npz
   submission/          anomaly_score_*.csv, decision_result_*.csv     (the challenge folder)
   report.csv           official metrics (when the test clips are labelled)
-  stages/<name>.json   what each finished stage was made from
+  stages/<name>.json   what each finished stage was made from and the files it wrote
+  .asd-run.lock        while a run uses the folder (pid and host)
 
-A stage is skipped when its record matches the key of its inputs and options and its outputs
-exist; otherwise it runs again. Every artifact is written atomically and a stage's record only
-after its outputs, so an interrupted run never looks finished and the next run continues
-(fine-tuning resumes after its last finished epoch, embedding after its last saved part of
-EMBED_CHUNK clips).
+A stage is skipped when its record has the key of its inputs and options and every file it
+recorded is unchanged (size and SHA-256); otherwise it runs again. Every artifact is written
+atomically and a stage's record only after its outputs, so an interrupted run never looks
+finished and the next run continues (fine-tuning resumes after its last finished epoch,
+embedding after its last saved part of EMBED_CHUNK clips). A run removes only files asdcli
+wrote: those its stage records list and fine-tuning's own file names in RUN_DIR/finetune.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,46 +30,79 @@ from rich.console import Console
 from rich.markup import escape
 
 from asdcli.artifacts import cached_sha256
-from asdcli.data.audio import probe_clips
 from asdcli.backend.bank import BankConfig
+from asdcli.data.audio import AudioConfig, probe_clips
 from asdcli.data.dataset import Clip, discover_clips, require_field
-from asdcli.frontend.embed import EmbedConfig, embed_inputs, embed_to_file
-from asdcli.errors import ConfigError, DataError
+from asdcli.errors import AsdError, ConfigError, DataError
 from asdcli.finetune.config import FinetuneConfig
-from asdcli.pipeline.stages import Stage, files_fingerprint, make_stage
+from asdcli.frontend.embed import EmbedConfig, embed_inputs, embed_to_file
+from asdcli.pipeline.cleanup import (
+    remove_finetune_files,
+    remove_own_files,
+)
+from asdcli.pipeline.lock import run_folder_lock
+from asdcli.pipeline.stages import Stage, files_fingerprint, stage_key
 
 if TYPE_CHECKING:
     from asdcli.evaluate.report import SystemReport
 
 STAGE_NAMES = ("finetune", "embed", "fit-bank", "score", "report")
+# what the embedding options share with fine-tuning: set once, in RunConfig.embed
+FRONTEND_FIELDS = ("checkpoint", "seconds", "channel", "device", "num_workers")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One `asd run`: where the data and the run folder are, and each stage's options.
+    """One `asd run`: where the data and the run folder are, and each stage's config.
 
-    ``finetune`` None means --no-finetune: embeddings are the frozen backbone's mean-pooled
-    tokens. ``seconds`` must equal the finetune config's, so both stages see the same clips.
+    ``embed`` describes the front end (checkpoint, clip seconds, channel, device, workers), the
+    embedding batch and, when fine-tuning, the adapter: the run's own ``RUN_DIR/finetune``. The
+    fine-tuning config takes those front-end fields from ``embed`` (``finetune_config``), so both
+    stages see the same clips from the same checkpoint. ``finetune`` None means --no-finetune:
+    embeddings are the frozen backbone's mean-pooled tokens.
     """
 
     data_root: Path
     run_dir: Path
-    checkpoint: Path
+    embed: EmbedConfig
     finetune: FinetuneConfig | None
     bank: BankConfig = BankConfig()
-    embedding: str | None = None  # with fine-tuning: "head" (default) or "pooled"
-    seconds: float = 10.0
-    device: str = "auto"
-    channel: int | None = None
-    batch_size: int = 8  # clips per forward pass when embedding
-    num_workers: int = 0  # DataLoader processes reading audio while embedding
     plots: bool = False
 
     def __post_init__(self) -> None:
-        if self.finetune is None and self.embedding is not None:
+        if self.embed.adapter != (None if self.finetune is None else self.finetune_dir):
+            raise ConfigError(f"The embedding adapter of asd run is its own fine-tuning folder {self.finetune_dir}, "
+                              "or none with --no-finetune.")
+        if self.embed.checkpoint is None:
+            raise ConfigError("asd run needs a resolved --checkpoint.")
+        AudioConfig(seconds=self.embed.seconds, channel=self.embed.channel)  # --seconds in range, before any work
+
+    @property
+    def checkpoint(self) -> Path:
+        assert self.embed.checkpoint is not None
+        return Path(self.embed.checkpoint)
+
+    @property
+    def finetune_config(self) -> FinetuneConfig | None:
+        """The fine-tuning options with the front end's fields."""
+        if self.finetune is None:
+            return None
+        return dataclasses.replace(self.finetune, **{f: getattr(self.embed, f) for f in FRONTEND_FIELDS})
+
+    @property
+    def finetune_dir(self) -> Path:
+        return self.run_dir / "finetune"
+
+    @classmethod
+    def create(cls, data_root: Path, run_dir: Path, embed: EmbedConfig, finetune: FinetuneConfig | None,
+               bank: BankConfig = BankConfig(), plots: bool = False, embedding: str | None = None) -> RunConfig:
+        """A RunConfig whose ``embed`` (given without adapter) gets the run's fine-tuning folder as
+        its adapter and ``embedding`` ("head" or "pooled") as the fine-tuned vector to use."""
+        if finetune is None and embedding is not None:
             raise ConfigError("--embedding chooses the fine-tuned model's vector; drop it with --no-finetune.")
-        if self.finetune is not None and self.finetune.seconds != self.seconds:
-            raise ConfigError("Fine-tuning and embedding must use the same --seconds.")
+        adapter = None if finetune is None else run_dir / "finetune"
+        return cls(data_root, run_dir, dataclasses.replace(embed, adapter=adapter, embedding=embedding), finetune,
+                   bank, plots)
 
 
 @dataclass(frozen=True)
@@ -83,10 +117,11 @@ class RunResult:
     skipped: tuple[str, ...]
 
 
-class _Stages:
-    """Runs stages in order, skipping fresh ones, and remembers what happened."""
+class StageRunner:
+    """Runs the stages of one run folder in order, skipping fresh ones, and remembers what happened."""
 
-    def __init__(self, console: Console | None) -> None:
+    def __init__(self, run_dir: Path, console: Console | None) -> None:
+        self.run_dir = run_dir
         self.console = console
         self.ran: list[str] = []
         self.skipped: list[str] = []
@@ -100,18 +135,22 @@ class _Stages:
     def header(name: str) -> str:
         return f"[bold][{STAGE_NAMES.index(name) + 1}/{len(STAGE_NAMES)}] {name}[/]"
 
-    def run(self, stage: Stage, what: str, work: Callable[[], dict[str, Any] | None]) -> None:
-        head = self.header(stage.name)
+    def run(self, name: str, inputs: dict[str, Any], what: str,
+            work: Callable[[Stage], tuple[Sequence[Path], dict[str, Any]]]) -> Stage:
+        """Run stage ``name`` unless it is fresh; ``work`` returns its output files and details."""
+        stage = Stage(self.run_dir, name, stage_key(inputs))
+        head = self.header(name)
         if stage.is_fresh():
             self.say(f": up to date, skipped ({what})", head)
-            self.skipped.append(stage.name)
-            return
+            self.skipped.append(name)
+            return stage
         self.say(f": {what}", head)
         start = time.perf_counter()
-        details = work()
-        stage.mark_done({"seconds": round(time.perf_counter() - start, 3), **(details or {})})
-        self.ran.append(stage.name)
+        outputs, details = work(stage)
+        stage.mark_done(outputs, {"seconds": round(time.perf_counter() - start, 3), **details})
+        self.ran.append(name)
         self.say(f": done in {time.perf_counter() - start:.1f} s", head)
+        return stage
 
 
 def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
@@ -133,91 +172,97 @@ def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
     return train, test, noise
 
 
-def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_sha: str, stages: _Stages) -> Path:
-    """Fine-tune into RUN_DIR/finetune (resuming a run interrupted with the same key)."""
-    assert cfg.finetune is not None
-    out = cfg.run_dir / "finetune"
-    ft = cfg.finetune
-    used_noise = noise if ft.noise_mix else []
-    # where and how fast it runs does not change the result: another --device or --workers is no reason to retrain
-    options = {k: v for k, v in ft.to_dict().items() if k not in ("checkpoint", "device", "num_workers")}
-    inputs = {"checkpoint": ckpt_sha, "options": options,
-              "clips": files_fingerprint([c.path for c in [*train, *used_noise]])}
-    stage = make_stage(cfg.run_dir, "finetune", inputs, [out / "run.json", out / "head.safetensors"])
-    started = stage.record_path.with_suffix(".started")
+def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_sha: str,
+                    runner: StageRunner) -> tuple[Path, Stage]:
+    """Fine-tune into RUN_DIR/finetune. A run started with the same key resumes after its last
+    finished epoch; one of another key (options, clips, checkpoint) is removed first (its files
+    only: anything else in the folder stays)."""
+    from asdcli.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+    from asdcli.finetune.run_dir import ADAPTER_DIR, HEAD_FILE, RUN_FILE
 
-    def work() -> dict[str, Any]:
-        from asdcli.artifacts import write_text_atomic
+    ft = cfg.finetune_config
+    assert ft is not None
+    out = cfg.finetune_dir
+    used_noise = noise if ft.noise_mix else []
+    inputs = {"checkpoint": ckpt_sha, "options": ft.key(),
+              "clips": files_fingerprint([c.path for c in [*train, *used_noise]])}
+
+    def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
         from asdcli.finetune.loop import finetune
 
-        same_run = started.is_file() and started.read_text(encoding="utf-8").strip() == stage.key
-        if out.exists() and not same_run:  # made with other options or clips: start over
-            shutil.rmtree(out)
-        write_text_atomic(started, stage.key + "\n")
-        finetune(train, ft, out, noise_clips=used_noise, resume=True, console=stages.console)
-        return {}
+        if not stage.started_with_same_key():
+            removed = remove_finetune_files(out)
+            if removed:
+                runner.say(f"Removed {removed} file(s) of an earlier fine-tuning run with other options or clips "
+                           f"from {out}.")
+        else:  # same key: keep the resume state, rewrite the final files if one was deleted or changed
+            remove_own_files([out / RUN_FILE])
+        remove_own_files([stage.record_path.with_suffix(".started")])  # the sidecar of earlier versions
+        stage.mark_started()
+        finetune(train, ft, out, noise_clips=used_noise, resume=True, console=runner.console)
+        return [out / ADAPTER_DIR / ADAPTER_WEIGHTS, out / ADAPTER_DIR / ADAPTER_CONFIG, out / HEAD_FILE,
+                out / RUN_FILE], {}
 
-    stages.run(stage, f"LoRA fine-tuning, {ft.epochs} epoch(s), labels={ft.labels} -> {out}", work)
-    return out
+    stage = runner.run("finetune", inputs, f"LoRA fine-tuning, {ft.epochs} epoch(s), labels={ft.labels} -> {out}",
+                       work)  # fmt: skip
+    return out, stage
 
 
-def _embed_stage(cfg: RunConfig, clips: list[Clip], durations: list[float], adapter: Path | None, ckpt_sha: str,
-                 stages: _Stages) -> tuple[Path, Path, str]:  # fmt: skip
-    """Embed train and test clips into RUN_DIR/embeddings/{train,test}.npz; returns them and the stage key."""
+def _embed_stage(cfg: RunConfig, clips: list[Clip], durations: list[float], adapter: Path | None, upstream: str,
+                 ckpt_sha: str, runner: StageRunner) -> tuple[Path, Path, Stage]:  # fmt: skip
+    """Embed train and test clips into RUN_DIR/embeddings/{train,test}.npz."""
     out = cfg.run_dir / "embeddings"
     train_path, test_path = out / "train.npz", out / "test.npz"
-    ecfg = EmbedConfig(checkpoint=cfg.checkpoint, adapter=adapter, embedding=cfg.embedding,
-                       batch_size=cfg.batch_size, device=cfg.device, seconds=cfg.seconds, channel=cfg.channel,
-                       num_workers=cfg.num_workers)
-    stage = make_stage(cfg.run_dir, "embed", embed_inputs(clips, ecfg, ckpt_sha), [train_path, test_path])
+    ecfg = cfg.embed
+    inputs = {**embed_inputs(clips, ecfg, ckpt_sha), "finetune": upstream}
 
-    def work() -> dict[str, Any]:
-        emb = embed_to_file(clips, ecfg, {train_path: "train", test_path: "test"}, stages.console,
+    def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
+        emb = embed_to_file(clips, ecfg, {train_path: "train", test_path: "test"}, runner.console,
                             parts_in=(out, ".parts-"), durations=durations)
-        return {"clips": len(emb), "dim": emb.dim}
+        return [train_path, test_path], {"clips": len(emb), "dim": emb.dim}
 
     what = "fine-tuned embeddings" if adapter else "frozen BEATs embeddings (mean-pooled)"
-    stages.run(stage, f"{what} of {len(clips)} clips -> {out}", work)
-    return train_path, test_path, stage.key
+    stage = runner.run("embed", inputs, f"{what} of {len(clips)} clips -> {out}", work)
+    return train_path, test_path, stage
 
 
-def _bank_stage(cfg: RunConfig, train_path: Path, embed_key: str, stages: _Stages) -> tuple[Path, str]:
+def _bank_stage(cfg: RunConfig, train_path: Path, embed: Stage, runner: StageRunner) -> Stage:
+    """Fit one bank per machine/section into RUN_DIR/banks; banks the stage wrote before for
+    machines no longer in the data are removed (other files in the folder stay)."""
     out = cfg.run_dir / "banks"
-    inputs = {"embeddings": embed_key, "bank": dataclasses.asdict(cfg.bank)}
-    stage = make_stage(cfg.run_dir, "fit-bank", inputs, [out])
+    inputs = {"embeddings": embed.outputs_id(), "bank": cfg.bank.key()}
 
-    def work() -> dict[str, Any]:
+    def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
         from asdcli.artifacts import load_embeddings
         from asdcli.backend.bank import fit_banks, save_banks
 
+        earlier = stage.recorded_outputs()
         banks = fit_banks(load_embeddings(train_path), cfg.bank, what=str(train_path))
-        written = set(save_banks(out, banks))
-        for stale in out.glob("bank_*.npz"):  # machines of an earlier dataset
-            if stale not in written:
-                stale.unlink()
-        return {"banks": len(banks)}
+        written = save_banks(out, banks)
+        remove_own_files([p for p in earlier if p not in written])
+        return written, {"banks": len(banks)}
 
-    stages.run(stage, f"KNN banks per machine/section -> {out}", work)
-    return out, stage.key
+    return runner.run("fit-bank", inputs, f"KNN banks per machine/section -> {out}", work)
 
 
-def _score_stage(cfg: RunConfig, test_path: Path, keys: Sequence[str], stages: _Stages) -> Path:
+def _score_stage(cfg: RunConfig, test_path: Path, embed: Stage, banks: Stage, runner: StageRunner) -> Path:
     out = cfg.run_dir / "submission"
-    stage = make_stage(cfg.run_dir, "score", {"inputs": list(keys)}, [out])
+    inputs = {"embeddings": embed.outputs_id(), "banks": banks.outputs_id()}
 
-    def work() -> dict[str, Any]:
+    def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
         from asdcli.artifacts import load_embeddings
-        from asdcli.backend.bank import load_banks
+        from asdcli.backend.bank import load_bank
         from asdcli.backend.score import write_submission
 
-        paths = write_submission(load_banks(cfg.run_dir / "banks"), load_embeddings(test_path), out, str(test_path))
-        return {"files": len(paths)}
+        loaded = [load_bank(p) for p in banks.recorded_outputs()]
+        paths = write_submission(loaded, load_embeddings(test_path), out, str(test_path))
+        return paths, {"files": len(paths)}
 
-    stages.run(stage, f"anomaly scores and decisions -> {out}", work)
+    runner.run("score", inputs, f"anomaly scores and decisions -> {out}", work)
     return out
 
 
-def _report_stage(cfg: RunConfig, submission: Path, stages: _Stages) -> SystemReport:
+def _report_stage(cfg: RunConfig, submission: Path, runner: StageRunner) -> SystemReport:
     """Evaluate the submission against the test names' labels into report.csv (always redone:
     it takes milliseconds)."""
     from asdcli.artifacts import write_text_atomic
@@ -227,27 +272,27 @@ def _report_stage(cfg: RunConfig, submission: Path, stages: _Stages) -> SystemRe
     from asdcli.evaluate.report_command import default_name
 
     out = cfg.run_dir / "report.csv"
-    stages.say(f": official metrics -> {out}", stages.header("report"))
+    runner.say(f": official metrics -> {out}", runner.header("report"))
     report = evaluate_submission(submission, load_ground_truth(None, cfg.data_root),
                                  name=default_name(str(submission)), thresholds=bank_thresholds(cfg.run_dir / "banks"),
                                  skip_unlabelled=True)
     for warning in report.warnings:
-        stages.say(warning, "[yellow]Warning:[/] ")
+        runner.say(warning, "[yellow]Warning:[/] ")
     write_text_atomic(out, render_text([report], "csv"))
     if cfg.plots:
         from asdcli.evaluate.plots import write_plots  # matplotlib is slow to import; only when asked
 
         paths = write_plots([report], cfg.run_dir / "plots")
-        stages.say(f"Wrote {len(paths)} plots to {cfg.run_dir / 'plots'}")
-    stages.ran.append("report")
+        runner.say(f"Wrote {len(paths)} plots to {cfg.run_dir / 'plots'}")
+    runner.ran.append("report")
     return report
 
 
 def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
-    """Run finetune -> embed -> fit-bank -> score -> report under ``cfg.run_dir``.
+    """Run finetune -> embed -> fit-bank -> score -> report under ``cfg.run_dir`` (locked meanwhile).
 
-    Stages whose recorded key matches are skipped. Without test clips the run stops after the
-    banks; without labels on the test clips (eval data) it stops after the submission folder.
+    Stages whose record matches are skipped. Without test clips the run stops after the banks;
+    without labels on the test clips (eval data) it stops after the submission folder.
     """
     from accelerate import PartialState
 
@@ -255,34 +300,45 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
         raise ConfigError("asd run is single-process; under accelerate launch run `asd finetune` and `asd embed` "
                           "instead, then fit-bank/score on one process.")
     train, test, noise = _clips(cfg.data_root)
-    durations = probe_clips([*train, *test], cfg.channel)  # a bad test clip fails now, not after fine-tuning
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(console)
+    durations = probe_clips([*train, *test], cfg.embed.channel)  # a bad test clip fails now, not after fine-tuning
+    try:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AsdError(f"Cannot create the run folder {cfg.run_dir}: {e.strerror or e}. Choose another --out.") from e
+    runner = StageRunner(cfg.run_dir, console)
+    with run_folder_lock(cfg.run_dir, lambda text: runner.say(text, "[yellow]Warning:[/] ")):
+        return _run_stages(cfg, train, test, noise, durations, runner)
+
+
+def _run_stages(cfg: RunConfig, train: list[Clip], test: list[Clip], noise: list[Clip], durations: list[float],
+                runner: StageRunner) -> RunResult:
     ckpt_sha = cached_sha256(cfg.checkpoint)
     n_machines = len({c.machine for c in train})
-    stages.say(f"Run folder {cfg.run_dir}: {len(train)} train and {len(test)} test clips of {n_machines} machine(s) "
+    runner.say(f"Run folder {cfg.run_dir}: {len(train)} train and {len(test)} test clips of {n_machines} machine(s) "
                f"under {cfg.data_root}.")
-    adapter = None
+    adapter, upstream = None, "off"
     if cfg.finetune is not None:
-        adapter = _finetune_stage(cfg, train, noise, ckpt_sha, stages)
+        adapter, finetuned = _finetune_stage(cfg, train, noise, ckpt_sha, runner)
+        upstream = finetuned.outputs_id()
     else:
-        stages.say(": off (--no-finetune), frozen BEATs", stages.header("finetune"))
-    train_path, test_path, embed_key = _embed_stage(cfg, [*train, *test], durations, adapter, ckpt_sha, stages)
-    banks, bank_key = _bank_stage(cfg, train_path, embed_key, stages)
+        runner.say(": off (--no-finetune), frozen BEATs", runner.header("finetune"))
+    train_path, test_path, embed = _embed_stage(cfg, [*train, *test], durations, adapter, upstream, ckpt_sha, runner)
+    banks = _bank_stage(cfg, train_path, embed, runner)
     submission = report = None
     if test:
-        submission = _score_stage(cfg, test_path, [embed_key, bank_key], stages)
+        submission = _score_stage(cfg, test_path, embed, banks, runner)
         labelled = {c.machine for c in test if c.label and c.domain}
         if labelled:  # dev machines; eval machines next to them are left out of the report
-            report = _report_stage(cfg, submission, stages)
+            report = _report_stage(cfg, submission, runner)
         unlabelled = sorted({c.machine for c in test} - labelled)
         if unlabelled:
-            stages.say(f"No labels in the test file names of {', '.join(unlabelled)} (eval data), so no report for "
+            runner.say(f"No labels in the test file names of {', '.join(unlabelled)} (eval data), so no report for "
                        f"them: their files in {submission} are the challenge submission; pack them with "
                        f"`asd package {cfg.run_dir} --data EVAL_ROOT --team NAME --system N --out DIR`.")
     else:
-        stages.say(f"No test clips under {cfg.data_root}: banks are in {banks}; score later with `asd score --banks`.")
-    return RunResult(cfg.run_dir, submission, report, tuple(stages.ran), tuple(stages.skipped))
+        runner.say(f"No test clips under {cfg.data_root}: banks are in {cfg.run_dir / 'banks'}; score later with "
+                   "`asd score --banks`.")
+    return RunResult(cfg.run_dir, submission, report, tuple(runner.ran), tuple(runner.skipped))
 
 
 def show_report(report: SystemReport, console: Console) -> None:

@@ -88,10 +88,25 @@ def _state_dict_for(model: BEATs, state: Mapping[str, Any], path: Path) -> dict[
         if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape:
             got = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
             raise ArtifactError(f"{path}: {k} has shape {got}, expected {tuple(v.shape)}.")
+        if v.is_floating_point() and not state[k].is_floating_point():  # load_state_dict would cast it silently
+            raise ArtifactError(f"{path}: {k} holds {state[k].dtype} values, not floating point; {_OFFICIAL}.")
+        if v.is_floating_point() and not torch.isfinite(state[k]).all():
+            raise ArtifactError(f"{path}: {k} holds NaN or Inf values; the checkpoint is damaged: re-download it.")
     tables = [v for k, v in state.items() if k.endswith(SHARED_TABLE)]
     if any(not torch.equal(t, tables[0]) for t in tables[1:]):
         raise ArtifactError(f"{path}: the relative position tables of the layers differ; BEATs shares one.")
     return dict(state)
+
+
+def _check_size_against_file(cfg: BeatsConfig, path: Path) -> None:
+    """Refuse, before building it, a cfg describing a model bigger than the file holds (at 2 bytes
+    per value, the smallest float type): its weights cannot be in the file."""
+    needed = 2 * cfg.min_parameters()
+    size = path.stat().st_size
+    if needed > size:
+        raise ArtifactError(f"{path}: its cfg describes a model of at least {cfg.min_parameters():,} parameters "
+                            f"({needed / 1e9:.1f} GB), but the file is {size / 1e6:.1f} MB; the cfg or the file is "
+                            "damaged: re-download it.")
 
 
 def load_beats(path: str | Path, with_predictor: bool = False) -> LoadedBeats:
@@ -109,6 +124,7 @@ def load_beats(path: str | Path, with_predictor: bool = False) -> LoadedBeats:
         raise ArtifactError(f"{path} has an unusable BEATs cfg: {e}") from e
     if with_predictor and not cfg.finetuned_model:
         raise ArtifactError(f"{path} is a pretrained BEATs checkpoint without a predictor head.")
+    _check_size_against_file(cfg, path)
     model = BEATs(cfg, with_predictor=with_predictor)
     model.load_state_dict(_state_dict_for(model, ckpt["model"], path), strict=True)
     model.eval()

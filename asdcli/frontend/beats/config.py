@@ -79,6 +79,15 @@ class BeatsConfig:
         """Init gain of DeepNorm: (8 * layers) ** -0.25 (initialisation only)."""
         return math.pow(8 * self.encoder_layers, -0.25) if self.deep_norm else 1.0
 
+    def min_parameters(self) -> int:
+        """A lower bound on the parameter count of this architecture (the big matrices only): a
+        checkpoint file must hold at least this many values."""
+        d, f = self.encoder_embed_dim, self.encoder_ffn_embed_dim
+        per_layer = 4 * d * d + 2 * d * f  # q, k, v, out projections and the feed-forward pair
+        pos_conv = d * (d // max(self.conv_pos_groups, 1)) * self.conv_pos
+        patches = self.embed_dim * self.input_patch_size**2 + (self.embed_dim * d if self.embed_dim != d else 0)
+        return self.encoder_layers * per_layer + pos_conv + patches
+
     def validate(self) -> None:
         """Raise ConfigError for values this implementation (or BEATs itself) cannot honour."""
         problems = []

@@ -1,0 +1,121 @@
+"""One `asd run` per run folder: ``RUN_DIR/.asd-run.lock`` holds the pid and host of the run using it.
+
+The lock file appears complete or not at all (written beside, then hard-linked into place, which
+fails when it exists). A lock whose process no longer runs on this host (the run was killed) is
+stale: the next run takes it over and says so. A lock of another host cannot be checked from
+here, so it is an error that says how to remove it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from asdcli.artifacts import pid_alive
+from asdcli.errors import AsdError
+
+LOCK_NAME = ".asd-run.lock"
+
+
+class RunFolderLocked(AsdError):
+    """Another `asd run` is using the run folder."""
+
+
+def _holder(lock: Path) -> dict[str, Any] | None:
+    """The lock's record, or None when it vanished meanwhile."""
+    try:
+        record = json.loads(lock.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int) or not isinstance(record.get("host"), str):
+        raise RunFolderLocked(f"{lock} is not an asd run lock file; if no asd run uses {lock.parent}, delete it "
+                              "and run again.")
+    return record
+
+
+def _try_create(lock: Path, record: dict[str, Any]) -> bool:
+    """Put ``record`` at ``lock`` if there is no lock yet; False when one exists."""
+    tmp = lock.with_name(f"{LOCK_NAME}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise AsdError(f"Cannot write in the run folder {lock.parent}: {e.strerror or e}. Choose a writable --out.") from e
+    try:
+        os.link(tmp, lock)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here (some network or FAT file systems): exclusive create
+        try:
+            with open(lock, "x", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _take_over(lock: Path, holder: dict[str, Any]) -> bool:
+    """Remove a stale lock (renamed first, so that of two runs taking it over only one succeeds)."""
+    aside = lock.with_name(f"{LOCK_NAME}.stale-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.replace(lock, aside)
+    except FileNotFoundError:
+        return False
+    moved = _holder(aside)
+    aside.unlink(missing_ok=True)
+    if moved != holder:  # another run took it over and locked it between our read and rename
+        raise RunFolderLocked(f"{lock.parent} was just locked by another asd run; wait for it to finish or "
+                              "choose another --out.")
+    return True
+
+
+def acquire(run_dir: Path, say: Callable[[str], None]) -> Path:
+    """Lock ``run_dir`` for this process; RunFolderLocked when another live run holds it."""
+    lock = run_dir / LOCK_NAME
+    host = socket.gethostname()
+    record = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(10):
+        if _try_create(lock, record):
+            return lock
+        holder = _holder(lock)
+        if holder is None:
+            continue
+        pid, where, since = holder["pid"], holder["host"], holder.get("started", "?")
+        if where != host:
+            raise RunFolderLocked(f"{run_dir} is locked by asd run pid {pid} on host {where} (since {since}); "
+                                  f"if that run is no longer active, delete {lock} and run again.")
+        if pid_alive(pid) and pid != os.getpid():
+            raise RunFolderLocked(f"{run_dir} is in use by another asd run (pid {pid}, since {since}); wait for "
+                                  "it to finish or choose another --out.")
+        if _take_over(lock, holder):
+            say(f"Took over the stale lock of asd run pid {pid} (started {since}, no longer running) on {run_dir}.")
+    raise RunFolderLocked(f"Could not lock {run_dir}: other asd runs keep taking {lock}; run one at a time.")
+
+
+def release(lock: Path) -> None:
+    """Remove ``lock`` if this process still holds it."""
+    with contextlib.suppress(AsdError, OSError):
+        holder = _holder(lock)
+        if holder is not None and holder["pid"] == os.getpid() and holder["host"] == socket.gethostname():
+            lock.unlink()
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path, say: Callable[[str], None]) -> Iterator[Path]:
+    """Hold the lock of ``run_dir`` for the body of the ``with`` block."""
+    lock = acquire(run_dir, say)
+    try:
+        yield lock
+    finally:
+        release(lock)
