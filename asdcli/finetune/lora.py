@@ -8,9 +8,12 @@ peft's own layout (`adapter_model.safetensors` + `adapter_config.json`), so
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -18,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from asdcli.artifacts import write_bytes_atomic
+from asdcli.artifacts import read_json, write_bytes_atomic
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
@@ -87,22 +90,56 @@ def save_adapter(model: PeftModel, adapter_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_weights(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """ArtifactError naming ``path`` when a stored weight is not floating point or not finite."""
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise ArtifactError(f"{path} holds {name} as {t.dtype}, not floating point: it was not written by "
+                                "`asd finetune`. Re-run `asd finetune`.")
+        if not bool(torch.isfinite(t).all()):
+            raise ArtifactError(f"{path} holds NaN or Inf in {name}. Re-run `asd finetune` (with a lower --lr).")
+
+
+def check_adapter_config(config: Any, path: Path) -> None:
+    """ArtifactError unless ``config`` (adapter_config.json) is a LoRA config of the kind asdcli
+    writes: peft_type LORA, r >= 1, a finite lora_alpha > 0 and target_modules a list of module
+    names (peft reads a string as a regular expression over every module's name)."""
+    def fail(what: str) -> ArtifactError:
+        return ArtifactError(f"{path} {what}; asd finetune writes a LoRA config with target_modules "
+                             f"{list(LORA_TARGETS)}. Re-run `asd finetune`.")
+
+    if not isinstance(config, dict):
+        raise fail("is not a JSON object")
+    if config.get("peft_type") != "LORA":
+        raise fail(f"has peft_type {config.get('peft_type')!r}, not 'LORA'")
+    rank, alpha, targets = config.get("r"), config.get("lora_alpha"), config.get("target_modules")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise fail(f"has r {rank!r}, not an integer >= 1")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
+        raise fail(f"has lora_alpha {alpha!r}, not a finite number > 0")
+    if not isinstance(targets, list) or not targets or not all(t in LORA_TARGETS for t in targets):
+        raise fail(f"has target_modules {targets!r}, not a list of module names")
+
+
 def load_adapter(backbone: nn.Module, adapter_dir: Path) -> PeftModel:
     """Inject the LoRA adapter stored in ``adapter_dir`` into ``backbone`` (in place), frozen, eval.
 
-    Raises ArtifactNotFound when a file is missing and ArtifactError when the adapter does not fit
-    the backbone (missing or extra LoRA tensors, wrong shapes).
+    Raises ArtifactNotFound when a file is missing and ArtifactError when a file is malformed
+    (see check_adapter_config, check_weights) or the adapter does not fit the backbone (missing
+    or extra LoRA tensors, wrong shapes).
     """
     adapter_dir = Path(adapter_dir)
     weights, config = adapter_dir / ADAPTER_WEIGHTS, adapter_dir / ADAPTER_CONFIG
     for f in (weights, config):
         if not f.is_file():
             raise ArtifactNotFound(f"Adapter file {f} does not exist. Re-run `asd finetune` for this run folder.")
+    check_adapter_config(read_json(config, what="adapter config"), config)
     try:
         lora_cfg = LoraConfig.from_pretrained(str(adapter_dir))
         state = load_file(str(weights))
     except (ValueError, TypeError, json.JSONDecodeError, SafetensorError, OSError) as e:
         raise ArtifactError(f"Adapter {adapter_dir} is unreadable ({e}). Re-run `asd finetune`.") from e
+    check_weights(state, weights)
     model = inject_lora(backbone, lora_cfg)
     expected = set(get_peft_model_state_dict(model))
     if set(state) != expected:
