@@ -70,12 +70,20 @@ def write_run_artifacts(run_dir: Path, backbone: nn.Module, head: EmbeddingHead,
     if isinstance(backbone, PeftModel):
         save_adapter(backbone, run_dir / ADAPTER_DIR)
     else:
-        weights = {k: v.detach().float().cpu().contiguous() for k, v in backbone.state_dict().items()}
+        weights = {k: v.detach().float().cpu().contiguous() for k, v in backbone_tensors(backbone).items()}
         write_bytes_atomic(run_dir / BACKBONE_FILE, save(weights))
     meta = {"in_dim": str(head.in_dim), "hidden_dim": str(head.hidden_dim), "embedding_dim": str(head.embedding_dim),
             "n_classes": str(classifier.n_classes), "subcentres": str(classifier.subcentres)}
     write_bytes_atomic(run_dir / HEAD_FILE, save(head_tensors(head, classifier), metadata=meta))
     write_json_atomic(run_dir / RUN_FILE, {**record, "adapter_id": adapter_id(run_dir)})
+
+
+def backbone_tensors(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and persistent buffer of ``backbone`` once (a module shared by several
+    layers, as BEATs' relative position bias, under its first name; caches are left out)."""
+    persistent = backbone.state_dict().keys()
+    buffers = {k: v for k, v in backbone.named_buffers() if k in persistent}
+    return {**dict(backbone.named_parameters()), **buffers}
 
 
 def is_full_finetune(run: Mapping[str, Any]) -> bool:
@@ -156,13 +164,15 @@ def load_full_backbone(backbone: nn.Module, path: Path) -> nn.Module:
     except (SafetensorError, OSError) as e:
         raise ArtifactError(f"Backbone file {path} is corrupt ({e}). Re-run `asd finetune`.") from e
     check_weights(weights, path)
-    own = backbone.state_dict()
+    own = backbone_tensors(backbone)
     differ = set(own) ^ set(weights)
     wrong = [k for k in set(own) & set(weights) if own[k].shape != weights[k].shape]
     if differ or wrong:
         raise ArtifactError(f"Backbone file {path} does not fit this checkpoint's model ({len(differ)} tensors "
                             f"missing or extra, {len(wrong)} of another shape). Use the checkpoint it was fine-tuned from.")
-    backbone.load_state_dict(weights, strict=True)
+    with torch.no_grad():
+        for name, tensor in own.items():
+            tensor.copy_(weights[name])
     return backbone
 
 
