@@ -21,7 +21,13 @@ from asdcli.data.dataset import Clip, discover_clips
 from asdcli.errors import ConfigError
 from asdcli.finetune.config import FinetuneConfig
 from asdcli.finetune.head import CosineClassifier, aam_logits, aam_loss
-from asdcli.finetune.labels import build_labels, label_name, machine_classes, root_labels, training_data
+from asdcli.finetune.labels import (
+    build_labels,
+    label_name,
+    machine_classes,
+    root_labels,
+    training_data,
+)
 from asdcli.finetune.loop import finetune
 from asdcli.finetune.model import build_model, layer_depth, param_groups
 from asdcli.finetune.run_dir import load_adapter_embedder, read_run

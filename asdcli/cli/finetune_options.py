@@ -35,7 +35,7 @@ def _parameters(skip: frozenset[str]) -> list[inspect.Parameter]:
         if alias:  # an older spelling: accepted, not shown
             params.append(inspect.Parameter(_ALIAS_PREFIX + f.name, inspect.Parameter.KEYWORD_ONLY,
                                             default=typer.Option(None, alias, hidden=True),
-                                            annotation=typing.Optional[hints[f.name]]))  # noqa: UP045
+                                            annotation=typing.Optional[hints[f.name]]))
     return params
 
 

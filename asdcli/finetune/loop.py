@@ -32,13 +32,46 @@ from asdcli.data.audio import AudioConfig, AudioWarning, ClipDataset, probe_clip
 from asdcli.data.dataset import Clip, require_field
 from asdcli.errors import ConfigError, DataError, TrainingError
 from asdcli.finetune.augment import NoiseMixDataset
-from asdcli.finetune.config import DEFAULT_RUN_DIR, LABEL_MODES, MIXED_PRECISION, FinetuneConfig, StepHook  # noqa: F401 (re-exported)
-from asdcli.finetune.labels import TrainingData, build_labels, label_name, split_train_val  # noqa: F401 (re-exported)
+from asdcli.finetune.config import (
+    DEFAULT_RUN_DIR,
+    LABEL_MODES,
+    MIXED_PRECISION,
+    FinetuneConfig,
+    StepHook,
+)
+from asdcli.finetune.labels import (
+    TrainingData,
+    build_labels,
+    label_name,
+    split_train_val,
+)
 from asdcli.finetune.lora import LORA_TARGETS, count_parameters
-from asdcli.finetune.model import FinetuneModel, build_model, seeded_torch_rng, trainable_weights_finite  # noqa: F401
+from asdcli.finetune.model import (
+    FinetuneModel,
+    build_model,
+    seeded_torch_rng,
+    trainable_weights_finite,
+)
 from asdcli.finetune.run_dir import RUN_FILE, RUN_KIND, RUN_SCHEMA, write_run_artifacts
-from asdcli.finetune.state import STATE_FILE, TrainState, derive_seed, epoch_batches, load_state, lr_at, restore_params, save_state
-from asdcli.finetune.trainer import NonFiniteLoss, Trainer, current_processes, evaluate, make_trainer, set_lr, train_step  # noqa: F401
+from asdcli.finetune.state import (
+    STATE_FILE,
+    TrainState,
+    derive_seed,
+    epoch_batches,
+    load_state,
+    lr_at,
+    restore_params,
+    save_state,
+)
+from asdcli.finetune.trainer import (
+    NonFiniteLoss,
+    Trainer,
+    current_processes,
+    evaluate,
+    make_trainer,
+    set_lr,
+    train_step,
+)
 
 
 @dataclass(frozen=True)
@@ -154,7 +187,8 @@ def finetune(data: TrainingData | Sequence[Clip], cfg: FinetuneConfig, out_dir: 
     state = _resume_state(out_dir, key) if resume else None
     start = state.epochs_done if state is not None else 0
     history = list(state.record["history"]) if state is not None else []
-    say = console.print if console is not None and procs.is_main else None
+    shown_console = console if console is not None and procs.is_main else None
+    say = shown_console.print if shown_console is not None else None
     if start >= cfg.epochs and (out_dir / RUN_FILE).exists():
         if say:
             say(f"{out_dir} already holds this finished run; nothing to do.")
@@ -164,8 +198,8 @@ def finetune(data: TrainingData | Sequence[Clip], cfg: FinetuneConfig, out_dir: 
         say(f"Fine-tuning on {len(clips.train)} clips ({len(clips.val)} held out), {len(clips.classes)} classes, "
             f"{count_parameters(trainer.model, True):,} trainable parameters, {procs.world} process(es) on "
             f"{procs.device}" + (f", resuming after epoch {start}" if start else "") + ".")
-    progress = make_progress(console) if say else None
-    shown = show_warnings(console, AudioWarning) if say else contextlib.nullcontext()
+    progress = make_progress(shown_console) if shown_console is not None else None
+    shown = show_warnings(shown_console, AudioWarning) if shown_console is not None else contextlib.nullcontext()
     with shown, progress if progress is not None else contextlib.nullcontext():
         for epoch in range(start, cfg.epochs):
             totals = _train_epoch(trainer, clips, data.noise, cfg, epoch, progress, on_step, out_dir)

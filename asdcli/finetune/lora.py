@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
@@ -35,7 +41,8 @@ def make_lora_config(rank: int, alpha: float, dropout: float, targets: tuple[str
         raise ConfigError(f"--lora-rank must be at least 1, got {rank}.")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"--lora-dropout must be in [0, 1), got {dropout}.")
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),  # type: ignore[arg-type]
+                      bias="none")  # peft types lora_alpha as int; it takes a float
 
 
 def inject_lora(backbone: nn.Module, lora_cfg: LoraConfig) -> PeftModel:
@@ -44,9 +51,10 @@ def inject_lora(backbone: nn.Module, lora_cfg: LoraConfig) -> PeftModel:
     The returned PeftModel's ``forward`` is the backbone's. LoRA B matrices start at zero, so the
     wrapped model initially computes exactly what the backbone did.
     """
-    n_targets = sum(1 for name, _ in backbone.named_modules() if name.rsplit(".", 1)[-1] in lora_cfg.target_modules)
+    targets = set(lora_cfg.target_modules or ())  # a list of names (check_adapter_config refuses a regex)
+    n_targets = sum(1 for name, _ in backbone.named_modules() if name.rsplit(".", 1)[-1] in targets)
     if n_targets == 0:
-        raise ConfigError(f"The backbone has no modules named {sorted(lora_cfg.target_modules)} for LoRA.")
+        raise ConfigError(f"The backbone has no modules named {sorted(targets)} for LoRA.")
     model = get_peft_model(backbone, lora_cfg)
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)

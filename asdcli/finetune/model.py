@@ -18,7 +18,12 @@ from torch import nn
 
 from asdcli.finetune.config import FinetuneConfig
 from asdcli.finetune.head import CosineClassifier, EmbeddingHead, mean_pool
-from asdcli.finetune.lora import inject_lora, make_lora_config, set_backbone_mode, trainable_named_parameters
+from asdcli.finetune.lora import (
+    inject_lora,
+    make_lora_config,
+    set_backbone_mode,
+    trainable_named_parameters,
+)
 
 _LAYER = re.compile(r"^backbone\.(?:base_model\.model\.)?encoder\.layers\.(\d+)\.")
 

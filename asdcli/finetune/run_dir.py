@@ -26,7 +26,13 @@ from torch import nn
 from asdcli.artifacts import read_json, write_bytes_atomic, write_json_atomic
 from asdcli.errors import ArtifactError, ArtifactMismatch, ArtifactNotFound, ConfigError
 from asdcli.finetune.head import CosineClassifier, EmbeddingHead, mean_pool
-from asdcli.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_weights, load_adapter, save_adapter
+from asdcli.finetune.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    check_weights,
+    load_adapter,
+    save_adapter,
+)
 
 RUN_SCHEMA = 1
 RUN_KIND = "asdcli-finetune-run"
@@ -207,12 +213,12 @@ def load_adapter_embedder(run_dir: Path, loaded: Any, embedding: str | None = No
     if kind not in EMBEDDING_KINDS:
         raise ConfigError(f"--embedding must be one of {', '.join(EMBEDDING_KINDS)}, got {kind!r}.")
     run = read_run(run_dir)
-    ckpt = run.get("checkpoint") if isinstance(run.get("checkpoint"), dict) else {}
+    ckpt: dict[str, Any] = run["checkpoint"] if isinstance(run.get("checkpoint"), dict) else {}
     want = ckpt.get("sha256")
     if want != loaded.sha256:
         raise ArtifactMismatch(
             f"Adapter {run_dir} was fine-tuned from checkpoint {ckpt.get('path')} "
-            f"(SHA-256 {str(want):.12}...), not {loaded.path} ({loaded.sha256:.12}...). "
+            f"(SHA-256 {want!s:.12}...), not {loaded.path} ({loaded.sha256:.12}...). "
             "Pass the same --checkpoint that `asd finetune` used."
         )
     head, _ = load_head(run_dir, loaded.model.cfg.encoder_embed_dim)
