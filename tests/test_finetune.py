@@ -309,3 +309,23 @@ def test_two_process_data_parallel_matches_one_process(ckpt: Path, data_root: Pa
     a, b = _tensors(tmp_path / "ddp"), _tensors(tmp_path / "one")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_fine_tuning_options_are_declared_once_from_the_config_fields() -> None:
+    """Every FinetuneConfig field (but the checkpoint) is one option of `asd finetune` and `asd run`
+    with the field's default; --num-workers stays a hidden alias of --workers."""
+    import typer
+
+    from asdcli.finetune.config import option_flag
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    fields = [f for f in dataclasses.fields(FinetuneConfig) if f.name != "checkpoint"]
+    for name, skipped in (("finetune", set()), ("run", {"merge_machines", "use_clean"})):
+        params = {p.name: p for p in commands[name].params}
+        for f in fields:
+            if f.name in skipped:
+                assert f.name not in params
+                continue
+            assert params[f.name].opts == [option_flag(f.name)] and params[f.name].default == f.default, f.name
+        assert params["alias__num_workers"].hidden and params["alias__num_workers"].opts == ["--num-workers"]
+    assert option_flag("num_workers") == "--workers" and option_flag("lora_alpha") == "--lora-alpha"

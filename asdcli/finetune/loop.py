@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import accelerate
 import numpy as np
@@ -32,22 +32,10 @@ from asdcli.data.audio import AudioConfig, AudioWarning, ClipDataset, probe_clip
 from asdcli.data.dataset import Clip, require_field
 from asdcli.errors import ConfigError, DataError, TrainingError
 from asdcli.finetune.augment import NoiseMixDataset
-from asdcli.finetune.config import (
-    DEFAULT_RUN_DIR,
-    LABEL_MODES,
-    MIXED_PRECISION,
-    FinetuneConfig,
-    StepHook,
-)
-from asdcli.finetune.labels import (
-    TrainingData,
-    build_labels,
-    label_name,
-    split_train_val,
-)
+from asdcli.finetune.config import FinetuneConfig, StepHook
+from asdcli.finetune.labels import TrainingData, build_labels, split_train_val
 from asdcli.finetune.lora import LORA_TARGETS, count_parameters
 from asdcli.finetune.model import (
-    FinetuneModel,
     build_model,
     seeded_torch_rng,
     trainable_weights_finite,
@@ -65,6 +53,7 @@ from asdcli.finetune.state import (
 )
 from asdcli.finetune.trainer import (
     NonFiniteLoss,
+    Processes,
     Trainer,
     current_processes,
     evaluate,
@@ -72,6 +61,13 @@ from asdcli.finetune.trainer import (
     set_lr,
     train_step,
 )
+
+if TYPE_CHECKING:
+    from asdcli.frontend.beats.checkpoint import LoadedBeats
+
+# what tests and callers import from here besides finetune()
+__all__ = ["FinetuneConfig", "LabelledClips", "TrainingData", "build_labels", "build_model", "finetune",
+           "label_clips", "lr_at", "resume_key", "split_train_val", "train_step"]
 
 
 @dataclass(frozen=True)
@@ -214,8 +210,8 @@ def finetune(data: TrainingData | Sequence[Clip], cfg: FinetuneConfig, out_dir: 
     return out_dir
 
 
-def _build_trainer(loaded: Any, n_classes: int, cfg: FinetuneConfig, procs: Any, state: TrainState | None,
-                   out_dir: Path) -> Trainer:
+def _build_trainer(loaded: LoadedBeats, n_classes: int, cfg: FinetuneConfig, procs: Processes,
+                   state: TrainState | None, out_dir: Path) -> Trainer:
     model = build_model(loaded.model, loaded.model.cfg.encoder_embed_dim, n_classes, cfg)
     if state is not None:
         restore_params(model, state.params, out_dir / STATE_FILE)
