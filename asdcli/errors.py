@@ -28,3 +28,7 @@ class ArtifactError(AsdError):
 
 class ArtifactMismatch(AsdError):
     """Two artifacts do not belong together (dimension, front-end or checkpoint differ)."""
+
+
+class TrainingError(AsdError):
+    """Training cannot go on (the loss or a weight became NaN or Inf)."""

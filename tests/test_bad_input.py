@@ -860,3 +860,135 @@ def test_a_run_folder_holding_user_files_and_a_stale_lock(synth_root: Path, tiny
     assert result.exit_code == 0, result.output
     assert f"Took over the stale lock of asd run pid {child.pid}" in result.stderr
     assert all(p.read_bytes() == OLD for p in mine) and not (run / ".asd-run.lock").exists()
+# fine-tuning options, training that diverges, tampered run folders (issue 11 §3, §7)
+
+
+def _finetune(data: Path, checkpoint: Path, out: Path, *extra: object) -> Result:
+    return _asd("finetune", data, "--checkpoint", checkpoint, "--out", out, "--epochs", 2, "--seconds", 1,
+                "--batch-size", 12, "--lora-rank", 2, "--embedding-dim", 8, "--device", "cpu",
+                "--val-fraction", 0, *extra)  # fmt: skip
+
+
+FINETUNE_OPTION_ROWS = [
+    pytest.param(("--lr", "nan"), "--lr must be a finite number > 0, got nan", id="lr-nan"),
+    pytest.param(("--lr", "inf"), "--lr must be a finite number > 0, got inf", id="lr-inf"),
+    pytest.param(("--lr", "0"), "--lr must be a finite number > 0, got 0.0", id="lr-0"),
+    pytest.param(("--lora-alpha", "nan"), "--lora-alpha must be a finite number > 0, got nan", id="lora-alpha-nan"),
+    pytest.param(("--lora-alpha", "-1"), "--lora-alpha must be a finite number > 0", id="lora-alpha-negative"),
+    pytest.param(("--lora-dropout", "nan"), "--lora-dropout must be in [0, 1)", id="lora-dropout-nan"),
+    pytest.param(("--margin", "inf"), "--margin must be in [0, pi/2) radians", id="margin-inf"),
+    pytest.param(("--scale", "nan"), "--scale must be a finite number > 0", id="scale-nan"),
+    pytest.param(("--mixup", "nan"), "--mixup must be a finite number >= 0", id="mixup-nan"),
+    pytest.param(("--warmup-fraction", "inf"), "--warmup-fraction must be in [0, 1)", id="warmup-inf"),
+    pytest.param(("--subcentres", "0"), "--subcentres must be at least 1", id="subcentres-0"),
+    pytest.param(("--layer-decay", "nan", "--full-finetune"), "--layer-decay must be in (0, 1]", id="layer-decay-nan"),
+    pytest.param(("--layer-decay", "0.5"), "--layer-decay 0.5 only applies with --full-finetune", id="layer-decay-lora"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), FINETUNE_OPTION_ROWS)
+def test_finetune_option_row(args: tuple[str, ...], needle: str, synth_root: Path, tiny_checkpoint: Path,
+                             tmp_path: Path) -> None:  # fmt: skip
+    _assert_error(_finetune(synth_root, tiny_checkpoint, tmp_path / "run", *args), needle)
+    assert not (tmp_path / "run").exists()
+    _assert_error(_asd("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "all", *args), needle)
+    assert not (tmp_path / "all").exists()
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_epoch(
+        synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import asdcli.finetune.trainer as trainer
+
+    real, calls = trainer.aam_loss, [0]
+
+    def nan_in_epoch_2(*args: object) -> torch.Tensor:
+        calls[0] += 1  # 24 clips, batch 12: calls 1-2 are epoch 1
+        loss = real(*args)  # type: ignore[arg-type]
+        return loss * float("nan") if calls[0] == 3 else loss
+
+    monkeypatch.setattr(trainer, "aam_loss", nan_in_epoch_2)
+    run = tmp_path / "run"
+    result = _finetune(synth_root, tiny_checkpoint, run)
+    assert result.exit_code == 1 and "Traceback" not in result.output and result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if "Error" in line]  # after the epoch 1 progress line
+    assert errors == [result.stderr.strip().splitlines()[-1]], result.stderr
+    assert errors[0].startswith("Error: Fine-tuning stopped: the loss became nan at epoch 2, step 1;")
+    assert f"{run / 'state' / 'state.safetensors'} keeps the state after epoch 1" in errors[0]
+    assert not (run / "run.json").exists()
+    monkeypatch.setattr(trainer, "aam_loss", real)
+    result = _finetune(synth_root, tiny_checkpoint, run, "--resume")
+    _assert_ok(result)
+    assert "resuming after epoch 1" in result.stderr and (run / "run.json").is_file()
+
+
+def _rewrite_safetensors(path: Path, change: Callable[[dict[str, torch.Tensor]], None],
+                         meta: dict[str, str] | None = None) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        old_meta = f.metadata()
+    change(tensors)
+    save_file(tensors, str(path), metadata={**(old_meta or {}), **(meta or {})})
+
+
+def _first_nan(tensors: dict[str, torch.Tensor]) -> None:
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+
+
+def _as_int(tensors: dict[str, torch.Tensor]) -> None:
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].to(torch.int32)
+
+
+def _narrow_head(tensors: dict[str, torch.Tensor]) -> None:
+    tensors["fc1.weight"] = tensors["fc1.weight"][:, :32].contiguous()
+
+
+def _adapter_config(**change: object) -> Callable[[Path], None]:
+    def edit(run: Path) -> None:
+        path = run / "adapter" / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    return edit
+
+
+ADAPTER_FILE, HEAD_FILE = "adapter/adapter_model.safetensors", "head.safetensors"
+RUN_FOLDER_ROWS = [
+    pytest.param(_adapter_config(target_modules="q_proj"), "adapter/adapter_config.json",
+                 "has target_modules 'q_proj', not a list of module names", id="target-modules-string"),
+    pytest.param(_adapter_config(target_modules=".*_proj"), "adapter/adapter_config.json",
+                 "has target_modules '.*_proj'", id="target-modules-regex"),
+    pytest.param(_adapter_config(r=0), "adapter/adapter_config.json", "has r 0, not an integer >= 1", id="r-0"),
+    pytest.param(_adapter_config(peft_type="IA3"), "adapter/adapter_config.json", "has peft_type 'IA3', not 'LORA'",
+                 id="other-peft-type"),
+    pytest.param(_adapter_config(lora_alpha=float("nan")), "adapter/adapter_config.json", "has lora_alpha nan",
+                 id="lora-alpha-nan"),
+    pytest.param(lambda run: _rewrite_safetensors(run / ADAPTER_FILE, _first_nan), ADAPTER_FILE, "holds NaN or Inf",
+                 id="adapter-nan"),
+    pytest.param(lambda run: _rewrite_safetensors(run / ADAPTER_FILE, _as_int), ADAPTER_FILE,
+                 "as torch.int32, not floating point", id="adapter-int"),
+    pytest.param(lambda run: _rewrite_safetensors(run / HEAD_FILE, _first_nan), HEAD_FILE, "holds NaN or Inf",
+                 id="head-nan"),
+    pytest.param(lambda run: _rewrite_safetensors(run / HEAD_FILE, _as_int), HEAD_FILE,
+                 "as torch.int32, not floating point", id="head-int"),
+    pytest.param(lambda run: _rewrite_safetensors(run / HEAD_FILE, _narrow_head, {"in_dim": "32"}), HEAD_FILE,
+                 "takes 32-d backbone features, but the checkpoint's backbone is 64-d", id="head-wrong-in-dim"),
+    pytest.param(lambda run: (run / "run.json").write_text("[1, 2]"), "run.json",
+                 "is not an `asd finetune` run record", id="run-json-list"),
+]
+
+
+@pytest.mark.parametrize(("tamper", "file", "needle"), RUN_FOLDER_ROWS)
+def test_run_folder_row(tamper: Callable[[Path], None], file: str, needle: str, adapter_run: Path,
+                        synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(adapter_run, run)
+    tamper(run)
+    out = _guard(tmp_path / "out" / "emb.npz")
+    _assert_error(_embed([synth_root / "fan" / "test"], out, tiny_checkpoint, "--adapter", run), str(run / file), needle)
+    _assert_kept(out)

@@ -52,7 +52,7 @@ def test_each_command_is_in_the_readme(name: str) -> None:
     (["score", "-f", "xml"], "Error: Invalid value for '--format' / '-f': 'xml' is not one of 'csv', 'jsonl'.",
      "asd score"),
     (["finetune", "--labels", "colour", "data"], "Error: Invalid value for '--labels': 'colour' is not one of "
-     "'machine', 'attribute'.", "asd finetune"),
+     "'machine', 'attribute', 'attribute+domain'.", "asd finetune"),
     (["run"], "Error: Missing argument 'DATA'.", "asd run"),
     (["embed", "x", "-o", "y.npz", "--batch-size", "many"], "Error: Invalid value for '--batch-size': expected a "
      "valid integer, unable to parse string as an integer.", "asd embed"),

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from accelerate import Accelerator
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -28,6 +27,7 @@ from asdcli.finetune.loop import (
     split_train_val,
     train_step,
 )
+from asdcli.finetune.trainer import Processes, Trainer, make_trainer
 from asdcli.frontend.beats import load_beats, tiny_beats_config
 from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
 
@@ -70,6 +70,10 @@ def _cfg(ckpt: Path, **kw: object) -> FinetuneConfig:
                 lora_rank=4, lora_alpha=8.0, embedding_dim=16, device="cpu")
     base.update(kw)
     return FinetuneConfig(**base)  # type: ignore[arg-type]
+
+
+def _cpu_trainer(model: torch.nn.Module, cfg: FinetuneConfig) -> Trainer:
+    return make_trainer(model, cfg, Processes(rank=0, world=1, device=torch.device("cpu")), n_layers=2)
 
 
 def _train_clips(root: Path) -> list[Clip]:
@@ -125,15 +129,14 @@ def test_adapter_round_trip_gives_identical_embeddings(ckpt: Path, tmp_path: Pat
     cfg = _cfg(ckpt)
     loaded = load_beats(ckpt)
     model = build_model(loaded.model, 64, 3, cfg)
-    acc = Accelerator(cpu=True)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    trainer = _cpu_trainer(model, dataclasses.replace(cfg, lr=1e-2))
     wave = torch.randn(4, SR) * 0.1
     model.train()
     for _ in range(2):
-        train_step(model, acc, opt, wave, torch.tensor([0, 1, 2, 0]), cfg)
+        train_step(trainer, wave, torch.tensor([0, 1, 2, 0]), cfg)
     record = {"schema_version": 1, "kind": "asdcli-finetune-run", "labels": {"mode": "machine"},
               "checkpoint": {"path": str(ckpt), "sha256": loaded.sha256}}
-    write_run_artifacts(tmp_path, model.backbone, model.head, model.classifier.weight, record)
+    write_run_artifacts(tmp_path, model.backbone, model.head, model.classifier, record)
     model.eval()
     fbank = beats_fbank(torch.randn(3, SR) * 0.1)
     with torch.no_grad():
@@ -165,13 +168,13 @@ def test_only_lora_and_head_parameters_change(ckpt: Path) -> None:
     original = {k: v.clone() for k, v in load_beats(ckpt).model.state_dict().items()}
     model = build_model(load_beats(ckpt).model, 64, 3, cfg)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    trainer = _cpu_trainer(model, dataclasses.replace(cfg, lr=1e-2))
     model.train()
     modes = {n: m.training for n, m in model.named_modules()}
     assert all(t for n, t in modes.items() if n.endswith("lora_dropout.default"))  # LoRA dropout on
     assert not any(t for n, t in modes.items() if n.startswith("backbone.") and "lora_" not in n)  # backbone eval
     for _ in range(3):
-        train_step(model, Accelerator(cpu=True), opt, torch.randn(4, SR) * 0.1, torch.tensor([0, 1, 2, 1]), cfg)
+        train_step(trainer, torch.randn(4, SR) * 0.1, torch.tensor([0, 1, 2, 1]), cfg)
     changed = {k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])}
     assert changed and all("lora_" in k or k.startswith(("head.", "classifier.")) for k in changed)
     assert any("lora_B" in k for k in changed) and any(k.startswith("head.") for k in changed)
@@ -306,3 +309,23 @@ def test_two_process_data_parallel_matches_one_process(ckpt: Path, data_root: Pa
     a, b = _tensors(tmp_path / "ddp"), _tensors(tmp_path / "one")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_fine_tuning_options_are_declared_once_from_the_config_fields() -> None:
+    """Every FinetuneConfig field (but the checkpoint) is one option of `asd finetune` and `asd run`
+    with the field's default; --num-workers stays a hidden alias of --workers."""
+    import typer
+
+    from asdcli.finetune.config import option_flag
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    fields = [f for f in dataclasses.fields(FinetuneConfig) if f.name != "checkpoint"]
+    for name, skipped in (("finetune", set()), ("run", {"merge_machines", "use_clean"})):
+        params = {p.name: p for p in commands[name].params}
+        for f in fields:
+            if f.name in skipped:
+                assert f.name not in params
+                continue
+            assert params[f.name].opts == [option_flag(f.name)] and params[f.name].default == f.default, f.name
+        assert params["alias__num_workers"].hidden and params["alias__num_workers"].opts == ["--num-workers"]
+    assert option_flag("num_workers") == "--workers" and option_flag("lora_alpha") == "--lora-alpha"

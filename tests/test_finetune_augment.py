@@ -10,9 +10,8 @@ from asdcli.finetune.augment import NoiseMixDataset, mix_at_snr, mixup, spec_aug
 
 
 def test_spec_augment_masks_bands_with_the_clip_mean() -> None:
-    torch.manual_seed(0)
-    fbank = torch.randn(4, 100, 128)
-    out = spec_augment(fbank)
+    fbank = torch.randn(4, 100, 128, generator=torch.Generator().manual_seed(0))
+    out = spec_augment(fbank, torch.Generator().manual_seed(1))
     assert out.shape == fbank.shape and not torch.equal(out, fbank)
     changed = out != fbank
     means = fbank.mean(dim=(1, 2))
@@ -22,9 +21,8 @@ def test_spec_augment_masks_bands_with_the_clip_mean() -> None:
 
 
 def test_mixup_mixes_pairs_and_keeps_the_dominant_label() -> None:
-    torch.manual_seed(0)
-    x, y = torch.randn(6, 10, 128), torch.arange(6)
-    mixed, partner, lam = mixup(x, y, alpha=0.4)
+    x, y = torch.randn(6, 10, 128, generator=torch.Generator().manual_seed(0)), torch.arange(6)
+    mixed, partner, lam = mixup(x, y, alpha=0.4, generator=torch.Generator().manual_seed(1))
     assert 0.5 <= lam <= 1.0
     perm = partner  # labels are the indices here
     torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[perm])
@@ -53,11 +51,24 @@ class _Const(torch.utils.data.Dataset):
 
 
 def test_noise_mix_is_a_function_of_seed_epoch_and_index() -> None:
-    ds = NoiseMixDataset(_Const(20, 0.1), _Const(3, 0.5), seed=1)
+    ds = NoiseMixDataset(_Const(20, 0.1), _Const(3, 0.5), seed=1, epoch=0)
     first = [ds[i][0] for i in range(20)]
     assert all(torch.equal(a, ds[i][0]) for i, a in enumerate(first))
     clean = _Const(20, 0.1)
     n_mixed = sum(not torch.equal(first[i], clean[i][0]) for i in range(20))
     assert 3 <= n_mixed <= 17  # about half
-    ds.epoch = 1
-    assert any(not torch.equal(first[i], ds[i][0]) for i in range(20))
+    later = NoiseMixDataset(_Const(20, 0.1), _Const(3, 0.5), seed=1, epoch=1)
+    assert any(not torch.equal(first[i], later[i][0]) for i in range(20))
+
+
+def test_augmentations_draw_only_from_their_generator() -> None:
+    """Same generator seed, same masks and mixup; torch's global RNG is neither used nor moved."""
+    fbank, y = torch.randn(6, 50, 128, generator=torch.Generator().manual_seed(0)), torch.arange(6)
+    global_state = torch.get_rng_state()
+    a = spec_augment(fbank, torch.Generator().manual_seed(3))
+    b = spec_augment(fbank, torch.Generator().manual_seed(3))
+    ma, pa, la = mixup(fbank, y, 0.4, torch.Generator().manual_seed(3))
+    mb, pb, lb = mixup(fbank, y, 0.4, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), global_state)
+    assert torch.equal(a, b) and torch.equal(ma, mb) and torch.equal(pa, pb) and la == lb
+    assert not torch.equal(a, spec_augment(fbank, torch.Generator().manual_seed(4)))

@@ -28,7 +28,7 @@ _CLICK_PLACEHOLDERS = {"text": "TEXT", "integer": "INTEGER", "float": "FLOAT", "
 # Text options that take one of a fixed set of values, checked at parse time like an Enum option
 # (a bad value is a usage error, exit 2). tests/test_cli_help.py checks these against the library.
 TEXT_CHOICES: dict[str, tuple[str, ...]] = {
-    "--labels": ("machine", "attribute"),  # finetune.config.LABEL_MODES
+    "--labels": ("machine", "attribute", "attribute+domain"),  # finetune.config.LABEL_MODES
     "--mixed-precision": ("no", "bf16", "fp16"),  # finetune.config.MIXED_PRECISION
     "--embedding": ("head", "pooled"),  # frontend.embed.EMBEDDING_CHOICES
     "score --format": ("csv", "jsonl"),  # backend.score.SCORE_FORMATS

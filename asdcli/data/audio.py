@@ -35,17 +35,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from asdcli.data.clip_length import CLIP_SECONDS, MAX_SECONDS, MIN_SECONDS, SAMPLE_RATE, check_clip_seconds
 from asdcli.data.dataset import Clip
 from asdcli.errors import AudioError, ConfigError
-
-SAMPLE_RATE = 16000  # Hz, what BEATs was trained on and what DCASE ships
-CLIP_SECONDS = 10.0  # the longest DCASE 2025 clip
-MIN_SECONDS = 0.175  # 2800 samples at 16 kHz: shorter input gives BEATs no patch to embed
-# The longest clip the front end takes at once. BEATs attention memory grows with the square of
-# the length (BEATs_iter3 at 60 s: 2992 tokens, 0.43 GB of attention weights per clip and layer),
-# and its relative position buckets stop at max_distance 800 tokens (~16 s): longer recordings are
-# scored in windows, not as one clip.
-MAX_SECONDS = 60.0
 
 
 class AudioWarning(UserWarning):
@@ -67,10 +59,7 @@ class AudioConfig:
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
             raise ConfigError(f"sample_rate must be positive, got {self.sample_rate}.")
-        if self.seconds is not None and not MIN_SECONDS <= self.seconds <= MAX_SECONDS:
-            raise ConfigError(f"--seconds must be a clip length from {MIN_SECONDS} to {MAX_SECONDS:g} s, got "
-                              f"{self.seconds}; BEATs attention memory grows with the square of the length, so "
-                              "longer recordings are scored in windows.")
+        check_clip_seconds(self.seconds)
         if self.channel is not None and self.channel < 0:
             raise ConfigError(f"--channel counts from 0, got {self.channel}.")
 

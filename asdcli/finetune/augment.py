@@ -1,7 +1,8 @@
 """Training-time augmentations: SpecAugment masks, mixup, and noise-only clips mixed in at an SNR.
 
-All randomness comes from explicit generators or from the torch global RNG that the training loop
-reseeds every epoch, so a resumed run repeats the same augmentations.
+All randomness comes from explicit generators: the training loop makes one ``torch.Generator``
+per (seed, epoch, process) for SpecAugment and mixup, and the noise mix draws from a numpy
+generator of (seed, epoch, clip index), so a resumed run repeats the same augmentations.
 """
 
 from __future__ import annotations
@@ -47,16 +48,19 @@ def spec_augment(fbank: torch.Tensor, generator: torch.Generator | None = None) 
     return torch.where(keep, fbank, fill)
 
 
-def mixup(fbank: torch.Tensor, labels: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+def mixup(fbank: torch.Tensor, labels: torch.Tensor, alpha: float,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Mix each clip with another of the batch: lam*x + (1-lam)*x[perm], lam ~ Beta(alpha, alpha).
 
-    Uses the torch global RNG. Returns the mixed fbank (B, T, F), the partner labels (B,) and lam
+    ``generator`` (CPU) gives the permutation and the seed of the Beta draw (torch's Beta sampler
+    takes no generator). Returns the mixed fbank (B, T, F), the partner labels (B,) and lam
     (>= 0.5, so ``labels`` stays the dominant class). The loss is
     lam*CE(labels) + (1-lam)*CE(partner labels).
     """
-    lam = float(torch.distributions.Beta(alpha, alpha).sample().item())
+    beta_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    lam = float(np.random.default_rng(beta_seed).beta(alpha, alpha))
     lam = max(lam, 1.0 - lam)
-    perm = torch.randperm(fbank.shape[0]).to(fbank.device)
+    perm = torch.randperm(fbank.shape[0], generator=generator).to(fbank.device)
     return lam * fbank + (1.0 - lam) * fbank[perm], labels.to(fbank.device)[perm], lam
 
 
@@ -73,10 +77,10 @@ def mix_at_snr(wave: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray
 class NoiseMixDataset(Dataset):
     """Wraps a ClipDataset: with probability NOISE_MIX_PROB a clip gets a random noise-only clip
     added at an SNR drawn uniformly from NOISE_SNR_DB. The draw depends only on (seed, epoch, index),
-    so it is the same whatever worker loads the clip and after a resume."""
+    so it is the same whatever worker loads the clip and after a resume. One per epoch."""
 
-    def __init__(self, base: Dataset, noise: Dataset, seed: int) -> None:
-        self.base, self.noise, self.seed, self.epoch = base, noise, seed, 0
+    def __init__(self, base: Dataset, noise: Dataset, seed: int, epoch: int) -> None:
+        self.base, self.noise, self.seed, self.epoch = base, noise, seed, epoch
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]

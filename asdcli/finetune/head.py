@@ -43,14 +43,18 @@ class EmbeddingHead(nn.Module):
 
 
 class CosineClassifier(nn.Module):
-    """Cosine similarity between embeddings (B, E) and C class weight vectors -> (B, C), fp32.
+    """Cosine similarity between embeddings (B, E) and each class -> (B, C), fp32.
 
-    Computed in fp32 even under autocast, so the margin and the scale act on accurate cosines.
+    With ``subcentres`` K > 1 (sub-centre ArcFace) each class has K weight vectors, rows
+    ``c*K .. c*K + K-1`` of ``weight`` (C*K, E), and its cosine is the largest of its K; the AAM
+    margin then acts on that one. K = 1 is the plain cosine classifier. Computed in fp32 even
+    under autocast, so the margin and the scale act on accurate cosines.
     """
 
-    def __init__(self, embedding_dim: int, n_classes: int) -> None:
+    def __init__(self, embedding_dim: int, n_classes: int, subcentres: int = 1) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_classes, embedding_dim))
+        self.n_classes, self.subcentres = n_classes, subcentres
+        self.weight = nn.Parameter(torch.empty(n_classes * subcentres, embedding_dim))
         nn.init.xavier_uniform_(self.weight)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
@@ -58,7 +62,10 @@ class CosineClassifier(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):
             e = F.normalize(emb.float(), dim=-1)
             w = F.normalize(self.weight.float(), dim=-1)
-            return (e @ w.T).clamp(-1.0, 1.0)
+            cos = (e @ w.T).clamp(-1.0, 1.0)  # (B, C*K)
+            if self.subcentres == 1:
+                return cos
+            return cos.view(-1, self.n_classes, self.subcentres).amax(dim=-1)  # (B, C)
 
 
 def aam_logits(cos: torch.Tensor, labels: torch.Tensor, margin: float = DEFAULT_MARGIN,

@@ -1,8 +1,9 @@
-"""`asd finetune`: LoRA fine-tuning of BEATs as a machine-type classifier with AAM softmax.
+"""`asd finetune`: fine-tuning BEATs as a machine-type classifier with AAM softmax, epoch by epoch.
 
-Backbone frozen (LoRA on q/k/v only) and run in eval mode (no dropout, no layerdrop: it computes
-what `embed` computes); LoRA dropout is active. Adam with linear warm-up then cosine decay.
-Data-parallel through Hugging Face Accelerate; only the main process writes artifacts.
+LoRA on q/k/v (backbone frozen) or, with --full-finetune, every backbone weight; Adam with linear
+warm-up then cosine decay. Data-parallel under `accelerate launch`/`torchrun`; only the main
+process writes artifacts. After every epoch the resume state is saved, so an interrupted run
+continues after its last finished epoch and ends with the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -10,170 +11,105 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import accelerate
 import numpy as np
 import peft
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from rich.console import Console
 from rich.progress import Progress
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from asdcli import __version__
-from asdcli.finetune.run_dir import RUN_KIND, RUN_SCHEMA, RUN_FILE, write_run_artifacts
-from asdcli.data.audio import AudioConfig, AudioWarning, ClipDataset, probe_clips
-from asdcli.finetune.augment import NoiseMixDataset, mixup, spec_augment
 from asdcli.console import make_progress, show_warnings
+from asdcli.data.audio import AudioConfig, AudioWarning, ClipDataset, probe_clips
 from asdcli.data.dataset import Clip, require_field
-from asdcli.errors import ConfigError, DataError
-from asdcli.frontend.features import beats_fbank
-from asdcli.finetune.config import DEFAULT_RUN_DIR, LABEL_MODES, MIXED_PRECISION, FinetuneConfig, StepHook  # noqa: F401 (re-exported)
-from asdcli.finetune.head import CosineClassifier, EmbeddingHead, aam_loss, mean_pool
-from asdcli.finetune.lora import count_parameters, inject_lora, make_lora_config, set_backbone_mode, trainable_named_parameters
+from asdcli.errors import ConfigError, DataError, TrainingError
+from asdcli.finetune.augment import NoiseMixDataset
+from asdcli.finetune.config import FinetuneConfig, StepHook
+from asdcli.finetune.labels import TrainingData, build_labels, split_train_val
+from asdcli.finetune.lora import LORA_TARGETS, count_parameters
+from asdcli.finetune.model import (
+    build_model,
+    seeded_torch_rng,
+    trainable_weights_finite,
+)
+from asdcli.finetune.run_dir import RUN_FILE, RUN_KIND, RUN_SCHEMA, write_run_artifacts
 from asdcli.finetune.state import (
     STATE_FILE,
+    TrainState,
     derive_seed,
     epoch_batches,
     load_state,
     lr_at,
     restore_params,
     save_state,
-    seed_everything,
+)
+from asdcli.finetune.trainer import (
+    NonFiniteLoss,
+    Processes,
+    Trainer,
+    current_processes,
+    evaluate,
+    make_trainer,
+    set_lr,
+    train_step,
 )
 
+if TYPE_CHECKING:
+    from asdcli.frontend.beats.checkpoint import LoadedBeats
 
-def label_name(clip: Clip, mode: str) -> str:
-    """Class name of a clip: its machine, or machine|attributes (machine alone without attributes)."""
-    if mode == "attribute" and clip.attributes:
-        return clip.machine + "|" + "_".join(f"{k}_{v}" if v else k for k, v in clip.attributes)
-    return clip.machine
-
-
-def build_labels(clips: Sequence[Clip], mode: str) -> tuple[np.ndarray, list[str]]:
-    """Integer labels (N,) int64 and the sorted class names they index."""
-    names = [label_name(c, mode) for c in clips]
-    classes = sorted(set(names))
-    index = {n: i for i, n in enumerate(classes)}
-    return np.array([index[n] for n in names], dtype=np.int64), classes
+# what tests and callers import from here besides finetune()
+__all__ = ["FinetuneConfig", "LabelledClips", "TrainingData", "build_labels", "build_model", "finetune",
+           "label_clips", "lr_at", "resume_key", "split_train_val", "train_step"]
 
 
-def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split of indices: ``round(fraction * n)`` of each class held out, >= 1 kept."""
-    rng = np.random.default_rng(derive_seed(seed, 7919))
-    train, val = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = min(int(round(fraction * len(idx))), len(idx) - 1)
-        val.extend(idx[:n_val].tolist())
-        train.extend(idx[n_val:].tolist())
-    return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
+@dataclass(frozen=True)
+class LabelledClips:
+    """Clips with their class index (N,) int64, the class names, and the train/held-out split."""
+
+    clips: tuple[Clip, ...]
+    labels: np.ndarray
+    classes: list[str]
+    train: np.ndarray  # indices into clips
+    val: np.ndarray
 
 
-class FinetuneModel(nn.Module):
-    """LoRA-adapted backbone -> mean pool -> EmbeddingHead -> cosine classifier.
+@dataclass(frozen=True)
+class EpochTotals:
+    """What one process saw in one training epoch."""
 
-    ``forward(fbank (B, T, 128))`` returns (cos (B, C) fp32, embedding (B, E), pooled (B, D)).
-    """
-
-    def __init__(self, backbone: nn.Module, head: EmbeddingHead, classifier: CosineClassifier) -> None:
-        super().__init__()
-        self.backbone, self.head, self.classifier = backbone, head, classifier
-
-    def forward(self, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pooled = mean_pool(self.backbone(fbank))
-        emb = self.head(pooled)
-        return self.classifier(emb), emb, pooled
-
-    def train(self, mode: bool = True) -> FinetuneModel:
-        super().train(mode)
-        set_backbone_mode(self.backbone, backbone_train=False)
-        return self
+    epoch: int  # 0-based
+    loss_sum: float
+    correct: int
+    seen: int
+    seconds: float
 
 
-def build_model(backbone: nn.Module, backbone_dim: int, n_classes: int, cfg: FinetuneConfig,
-                lora: bool = True) -> FinetuneModel:
-    """Seeded model: LoRA injected into ``backbone`` (in place) unless ``lora=False`` (then every
-    backbone weight trains: full fine-tuning, used by the benchmark)."""
-    seed_everything(cfg.seed)
-    if lora:
-        backbone = inject_lora(backbone, make_lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))
-    else:
-        backbone.requires_grad_(True)
-    head = EmbeddingHead(backbone_dim, backbone_dim, cfg.embedding_dim)
-    return FinetuneModel(backbone, head, CosineClassifier(cfg.embedding_dim, n_classes))
+def label_clips(clips: Sequence[Clip], cfg: FinetuneConfig) -> LabelledClips:
+    """Labels and the stratified split; DataError when there is nothing to learn from."""
+    if not clips:
+        raise DataError("asd finetune got no train clips; put them in DATA/<machine>/train/.")
+    require_field(clips, "machine", "asd finetune")
+    labels, classes = build_labels(clips, cfg.labels)
+    if len(classes) < 2:
+        raise DataError(f"Fine-tuning needs at least two classes, found only {classes}: point at a dataset "
+                        "with several machines or use --labels attribute.")
+    train, val = split_train_val(labels, cfg.val_fraction, cfg.seed)
+    return LabelledClips(tuple(clips), labels, classes, train, val)
 
 
-def train_step(model: nn.Module, accelerator: Accelerator, optimizer: torch.optim.Optimizer, wave: torch.Tensor,
-               labels: torch.Tensor, cfg: FinetuneConfig) -> tuple[float, int]:
-    """One optimizer step on a batch of waves (B, N); returns (loss, correct predictions)."""
-    with torch.autocast(device_type=wave.device.type, enabled=False):
-        fbank = beats_fbank(wave.float())  # fp32, outside mixed precision
-    partner, lam = labels, 1.0
-    if cfg.specaugment:
-        fbank = spec_augment(fbank)
-    if cfg.mixup > 0:
-        fbank, partner, lam = mixup(fbank, labels, cfg.mixup)
-    with accelerator.autocast():
-        cos, _, _ = model(fbank)
-    loss = lam * aam_loss(cos, labels, cfg.margin, cfg.scale)
-    if lam < 1.0:
-        loss = loss + (1.0 - lam) * aam_loss(cos, partner, cfg.margin, cfg.scale)
-    accelerator.backward(loss)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach()), int((cos.detach().argmax(1) == labels).sum())
-
-
-@torch.no_grad()
-def evaluate(model: FinetuneModel, loader: DataLoader, labels: torch.Tensor, cfg: FinetuneConfig,
-             accelerator: Accelerator) -> tuple[float, int, int]:
-    """Sum of AAM losses, correct predictions and clips over ``loader`` (eval mode, no margin for acc)."""
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    for wave, idx in loader:
-        wave, y = wave.to(accelerator.device), labels[idx].to(accelerator.device)
-        fbank = beats_fbank(wave.float())
-        with accelerator.autocast():
-            cos, _, _ = model(fbank)
-        loss_sum += float(aam_loss(cos, y, cfg.margin, cfg.scale)) * len(y)
-        correct += int((cos.argmax(1) == y).sum())
-        n += len(y)
-    return loss_sum, correct, n
-
-
-def _make_accelerator(cfg: FinetuneConfig) -> Accelerator:
-    from asdcli.device import resolve_device
-
-    device = resolve_device(cfg.device)
-    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        # Accelerate keeps one state per process; a single process may change device or precision
-        # between runs (tests, `asd run`), which accelerate refuses unless the state is reset.
-        AcceleratorState._reset_state(reset_partial_state=True)
-    try:
-        return Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision)
-    except ValueError as e:
-        raise ConfigError(f"--mixed-precision {cfg.mixed_precision} is not available on {device} ({e}).") from e
-
-
-def _resume_key(cfg: FinetuneConfig, train_names: list[str], classes: list[str], sha256: str) -> str:
+def resume_key(cfg: FinetuneConfig, data: LabelledClips, sha256: str) -> str:
     """Hash of everything that must not change between a run and its resumption."""
-    blob = json.dumps({"opts": cfg.key(), "train": train_names, "classes": classes, "sha256": sha256}, sort_keys=True)
+    names = [data.clips[i].name for i in data.train]
+    blob = json.dumps({"opts": cfg.key(), "train": names, "classes": data.classes, "sha256": sha256}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    return {"asdcli": __version__, "torch": torch.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -182,63 +118,45 @@ def _check_out_dir(out_dir: Path, resume: bool) -> None:
                           "or choose another --out.")
 
 
-def _loaders(clips: Sequence[Clip], tr: np.ndarray, va: np.ndarray, noise_clips: Sequence[Clip],
-             cfg: FinetuneConfig, rank: int, world: int) -> tuple[Dataset, DataLoader]:
-    audio = AudioConfig(seconds=cfg.seconds, channel=cfg.channel)
-    train_ds: Dataset = ClipDataset([clips[i] for i in tr], audio)
-    if cfg.noise_mix:
-        if not noise_clips:
-            raise DataError("--noise-mix needs supplemental noise-only clips (names with `_noise_`) in "
-                            "<machine>/supplemental/, and none were found.")
-        train_ds = NoiseMixDataset(train_ds, ClipDataset(list(noise_clips), audio), cfg.seed)
-    mine = list(range(rank, len(va), world))
-    val_batches = [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
-    val_loader = DataLoader(ClipDataset([clips[i] for i in va], audio), batch_sampler=val_batches,
-                            num_workers=cfg.num_workers)
-    return train_ds, val_loader
+def _resume_state(out_dir: Path, key: str) -> TrainState | None:
+    state = load_state(out_dir)
+    if state is not None and state.record.get("key") != key:
+        raise ConfigError(f"{out_dir / STATE_FILE} was made with other options, training clips or checkpoint; "
+                          "re-run with the original options or choose another --out.")
+    return state
 
 
-def _run_record(cfg: FinetuneConfig, run: _Run, n_noise: int) -> dict[str, Any]:
-    model, loaded, classes, labels, tr, va = run.model, run.loaded, run.classes, run.labels, run.tr, run.va
-    head = model.head
-    return {
-        "schema_version": RUN_SCHEMA, "kind": RUN_KIND,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": cfg.to_dict(),
-        "checkpoint": {"path": str(loaded.path), "sha256": loaded.sha256, "cfg": loaded.cfg},
-        "labels": {"mode": cfg.labels, "classes": classes,
-                   "train_counts": np.bincount(labels[tr], minlength=len(classes)).tolist(),
-                   "val_counts": np.bincount(labels[va], minlength=len(classes)).tolist()},
-        "data": {"n_train": len(tr), "n_val": len(va), "n_noise": n_noise,
-                 "machines": sorted({c.machine for c in run.clips})},
-        "model": {"backbone_dim": head.in_dim, "hidden_dim": head.hidden_dim, "embedding_dim": head.embedding_dim,
-                  "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                           "targets": ["q_proj", "k_proj", "v_proj"]},
-                  "aam": {"margin": cfg.margin, "scale": cfg.scale},
-                  "trainable_parameters": count_parameters(model, trainable_only=True),
-                  "backbone_mode": "frozen, eval mode (dropout and layerdrop off); LoRA dropout on",
-                  "default_embedding": "head"},
-        "optimizer": {"name": "Adam", "lr": cfg.lr, "schedule": "linear warm-up then cosine to 0",
-                      "warmup_fraction": cfg.warmup_fraction},
-        "seed": cfg.seed, "world_size": run.accelerator.num_processes, "versions": _versions(),
-        "history": run.history,
-    }
+def _as_training_data(data: TrainingData | Sequence[Clip], noise_clips: Sequence[Clip], cfg: FinetuneConfig,
+                      ) -> TrainingData:
+    if not isinstance(data, TrainingData):
+        if cfg.use_clean:
+            raise ConfigError("--use-clean needs the supplemental clips of each dataset root: use `asd finetune "
+                              "--use-clean`, then `asd embed --adapter RUN_DIR`.")
+        data = TrainingData(clips=tuple(data), noise=tuple(noise_clips) if cfg.noise_mix else ())
+    if cfg.noise_mix and not data.noise:
+        raise DataError("--noise-mix needs supplemental noise-only clips (names with `_noise_`) in "
+                        "<machine>/supplemental/, and none were found.")
+    if cfg.use_clean and not data.n_clean:
+        raise DataError("--use-clean needs supplemental clean machine clips (names with `_machine_`) in "
+                        "<machine>/supplemental/, and none were found.")
+    return data
 
 
-def finetune(clips: Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *, noise_clips: Sequence[Clip] = (),
-             resume: bool = False, console: Console | None = None, on_step: StepHook | None = None) -> Path:
-    """Fine-tune BEATs with LoRA + AAM softmax on ``clips`` and write the run folder ``out_dir``.
+def finetune(data: TrainingData | Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *,
+             noise_clips: Sequence[Clip] = (), resume: bool = False, console: Console | None = None,
+             on_step: StepHook | None = None) -> Path:
+    """Fine-tune BEATs with AAM softmax and write the run folder ``out_dir``.
 
     Parameters
     ----------
-    clips : sequence of Clip
-        Training clips (normally every train clip of every machine, both domains); each needs
-        its machine (and, for ``labels="attribute"``, its attributes).
+    data : TrainingData or sequence of Clip
+        What to train on (see :func:`asdcli.finetune.labels.training_data`), or plain train
+        clips; each needs its machine (and, for attribute labels, its attributes).
     cfg : FinetuneConfig
     out_dir : Path
-        Run folder; gets adapter/, head.safetensors, run.json and state/.
+        Run folder; gets adapter/ (or backbone.safetensors), head.safetensors, run.json, state/.
     noise_clips : sequence of Clip
-        Noise-only supplemental clips for ``cfg.noise_mix``.
+        With plain clips: the noise-only supplemental clips for ``cfg.noise_mix``.
     resume : bool
         Continue from ``out_dir/state`` after its last finished epoch (or start when there is
         none); a finished run is returned as it is. Without it an existing run is an error.
@@ -252,143 +170,177 @@ def finetune(clips: Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *, noise
     Path
         ``out_dir``.
     """
+    from asdcli.frontend.beats import load_beats
+
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, resume)
-    run = _prepare(list(clips), cfg, out_dir, noise_clips, resume)
-    main = run.accelerator.is_main_process
-    if run.start >= cfg.epochs and (out_dir / RUN_FILE).exists():
-        if console is not None and main:
-            console.print(f"{out_dir} already holds this finished run; nothing to do.")
+    data = _as_training_data(data, noise_clips, cfg)
+    clips = label_clips(data.clips, cfg)
+    probe_clips([*clips.clips, *data.noise], cfg.channel)  # fail before training
+    loaded = load_beats(cfg.checkpoint)
+    procs = current_processes(cfg.device)
+    key = resume_key(cfg, clips, loaded.sha256)
+    state = _resume_state(out_dir, key) if resume else None
+    start = state.epochs_done if state is not None else 0
+    history = list(state.record["history"]) if state is not None else []
+    shown_console = console if console is not None and procs.is_main else None
+    say = shown_console.print if shown_console is not None else None
+    if start >= cfg.epochs and (out_dir / RUN_FILE).exists():
+        if say:
+            say(f"{out_dir} already holds this finished run; nothing to do.")
         return out_dir
-    if console is not None and main:
-        console.print(f"Fine-tuning on {len(run.tr)} clips ({len(run.va)} held out), {len(run.classes)} classes, "
-                      f"{count_parameters(run.model, True):,} trainable parameters, {run.accelerator.num_processes} "
-                      f"process(es) on {run.accelerator.device}"
-                      + (f", resuming after epoch {run.start}" if run.start else "") + ".")
-    progress = make_progress(console) if console is not None and main else None
-    shown = show_warnings(console, AudioWarning) if console is not None and main else contextlib.nullcontext()
+    trainer = _build_trainer(loaded, len(clips.classes), cfg, procs, state, out_dir)
+    if say:
+        say(f"Fine-tuning on {len(clips.train)} clips ({len(clips.val)} held out), {len(clips.classes)} classes, "
+            f"{count_parameters(trainer.model, True):,} trainable parameters, {procs.world} process(es) on "
+            f"{procs.device}" + (f", resuming after epoch {start}" if start else "") + ".")
+    progress = make_progress(shown_console) if shown_console is not None else None
+    shown = show_warnings(shown_console, AudioWarning) if shown_console is not None else contextlib.nullcontext()
     with shown, progress if progress is not None else contextlib.nullcontext():
-        for epoch in range(run.start, cfg.epochs):
-            entry = _train_epoch(run, cfg, epoch, progress, on_step)
-            run.history.append(entry)
-            if console is not None and main:
-                console.print(_format_entry(entry, cfg.epochs), highlight=False)
-            if main:
-                scaler = run.accelerator.scaler.state_dict() if run.accelerator.scaler is not None else None
-                save_state(out_dir, run.model, run.optimizer, {
-                    "epochs_done": epoch + 1, "key": run.key, "history": run.history, "seed": cfg.seed,
-                    "scaler": scaler, "rng": "reseeded from (seed, epoch, process) at every epoch start"})
-            run.accelerator.wait_for_everyone()
-    if main:
-        record = _run_record(cfg, run, len(noise_clips) if cfg.noise_mix else 0)
-        write_run_artifacts(out_dir, run.model.backbone, run.model.head, run.model.classifier.weight, record)
-    run.accelerator.wait_for_everyone()
+        for epoch in range(start, cfg.epochs):
+            totals = _train_epoch(trainer, clips, data.noise, cfg, epoch, progress, on_step, out_dir)
+            history.append(_epoch_entry(trainer, totals, _held_out(trainer, clips, cfg)))
+            if say:
+                say(_format_entry(history[-1], cfg.epochs), highlight=False)
+            _save_epoch(trainer, out_dir, key, history, cfg, epoch)
+    if procs.is_main:
+        record = _run_record(cfg, clips, data, loaded, trainer, history)
+        write_run_artifacts(out_dir, trainer.model.backbone, trainer.model.head, trainer.model.classifier, record)
+    procs.wait()
     return out_dir
 
 
-@dataclass
-class _Run:
-    """Everything one training run holds between epochs."""
-
-    accelerator: Accelerator
-    model: FinetuneModel  # unwrapped
-    ddp_model: nn.Module  # what accelerate.prepare returned (DDP under `accelerate launch`)
-    optimizer: Any
-    train_ds: Dataset
-    val_loader: DataLoader
-    clips: list[Clip]
-    labels: np.ndarray
-    classes: list[str]
-    tr: np.ndarray
-    va: np.ndarray
-    loaded: Any
-    key: str
-    start: int
-    history: list[dict[str, Any]]
-
-
-def _prepare(clips: list[Clip], cfg: FinetuneConfig, out_dir: Path, noise_clips: Sequence[Clip],
-             resume: bool) -> _Run:
-    """Labels, split, checkpoint, model (+ resumed state), optimizer and data for a run."""
-    from asdcli.frontend.beats import load_beats
-
-    if not clips:
-        raise DataError("asd finetune got no train clips; put them in DATA/<machine>/train/.")
-    require_field(clips, "machine", "asd finetune")
-    labels, classes = build_labels(clips, cfg.labels)
-    if len(classes) < 2:
-        raise DataError(f"Fine-tuning needs at least two classes, found only {classes}: point at a dataset "
-                        "with several machines or use --labels attribute.")
-    tr, va = split_train_val(labels, cfg.val_fraction, cfg.seed)
-    probe_clips([*clips, *(noise_clips if cfg.noise_mix else ())], cfg.channel)  # fail before training
-    loaded = load_beats(cfg.checkpoint)
-    accelerator = _make_accelerator(cfg)
-    key = _resume_key(cfg, [clips[i].name for i in tr], classes, loaded.sha256)
-    state = load_state(out_dir) if resume else None
-    if state is not None and state.record.get("key") != key:
-        raise ConfigError(f"{out_dir / STATE_FILE} was made with other options, training clips or checkpoint; "
-                          "re-run with the original options or choose another --out.")
-    model = build_model(loaded.model, int(loaded.cfg["encoder_embed_dim"]), len(classes), cfg)
+def _build_trainer(loaded: LoadedBeats, n_classes: int, cfg: FinetuneConfig, procs: Processes,
+                   state: TrainState | None, out_dir: Path) -> Trainer:
+    model = build_model(loaded.model, loaded.model.cfg.encoder_embed_dim, n_classes, cfg)
     if state is not None:
         restore_params(model, state.params, out_dir / STATE_FILE)
-    ddp_model = accelerator.prepare(model)
-    optimizer = torch.optim.Adam([p for _, p in trainable_named_parameters(model)], lr=cfg.lr)
+    trainer = make_trainer(model, cfg, procs, loaded.model.cfg.encoder_layers)
     if state is not None:
-        optimizer.load_state_dict(state.optimizer)
-    optimizer = accelerator.prepare(optimizer)
-    if state is not None and accelerator.scaler is not None and state.record.get("scaler"):
-        accelerator.scaler.load_state_dict(state.record["scaler"])
-    train_ds, val_loader = _loaders(clips, tr, va, noise_clips, cfg, accelerator.process_index,
-                                    accelerator.num_processes)
-    return _Run(accelerator, model, ddp_model, optimizer, train_ds, val_loader, clips, labels, classes, tr, va,
-                loaded, key, state.epochs_done if state is not None else 0,
-                list(state.record["history"]) if state is not None else [])
+        trainer.optimizer.load_state_dict(state.optimizer)
+        if trainer.scaler is not None and state.record.get("scaler"):
+            trainer.scaler.load_state_dict(state.record["scaler"])
+    return trainer
 
 
-def _train_epoch(run: _Run, cfg: FinetuneConfig, epoch: int, progress: Progress | None,
-                 on_step: StepHook | None) -> dict[str, Any]:
-    """One pass over this process's batches, then the held-out evaluation; returns the history entry."""
-    acc, rank, world = run.accelerator, run.accelerator.process_index, run.accelerator.num_processes
-    seed_everything(derive_seed(cfg.seed, epoch, rank))
-    if isinstance(run.train_ds, NoiseMixDataset):
-        run.train_ds.epoch = epoch
-    steps = len(epoch_batches(len(run.tr), cfg.batch_size, cfg.seed, 0, rank, world))
-    batches = epoch_batches(len(run.tr), cfg.batch_size, cfg.seed, epoch, rank, world)
-    loader = DataLoader(run.train_ds, batch_sampler=batches, num_workers=cfg.num_workers)
-    train_y = torch.from_numpy(run.labels[run.tr])
+def _train_set(clips: LabelledClips, noise: Sequence[Clip], cfg: FinetuneConfig, epoch: int) -> Dataset:
+    audio = AudioConfig(seconds=cfg.seconds, channel=cfg.channel)
+    train: Dataset = ClipDataset([clips.clips[i] for i in clips.train], audio)
+    if cfg.noise_mix:
+        return NoiseMixDataset(train, ClipDataset(list(noise), audio), cfg.seed, epoch)
+    return train
+
+
+def _train_epoch(trainer: Trainer, clips: LabelledClips, noise: Sequence[Clip], cfg: FinetuneConfig, epoch: int,
+                 progress: Progress | None, on_step: StepHook | None, out_dir: Path) -> EpochTotals:
+    """One pass over this process's batches of epoch ``epoch``."""
+    procs = trainer.procs
+    steps = len(epoch_batches(len(clips.train), cfg.batch_size, cfg.seed, 0, procs.rank, procs.world))
+    batches = epoch_batches(len(clips.train), cfg.batch_size, cfg.seed, epoch, procs.rank, procs.world)
+    loader = DataLoader(_train_set(clips, noise, cfg, epoch), batch_sampler=batches, num_workers=cfg.num_workers)
+    train_y = torch.from_numpy(clips.labels[clips.train])
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, procs.rank))
     task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), rate="") if progress else None
     t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-    run.ddp_model.train()
-    for i, (wave, idx) in enumerate(loader):
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr_at(epoch * steps + i, steps * cfg.epochs, cfg.lr, cfg.warmup_fraction)
-        y = train_y[idx].to(acc.device)
-        loss, ok = train_step(run.ddp_model, acc, run.optimizer, wave.to(acc.device), y, cfg)
-        loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
-        if progress is not None and task is not None:
-            rate = seen * world / max(time.perf_counter() - t0, 1e-9)
-            progress.update(task, advance=1,
-                            rate=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%} {rate:.1f} clips/s")
-        if on_step is not None:
-            on_step(epoch, i)
-    val_y = torch.from_numpy(run.labels[run.va])
-    return _epoch_summary(acc, run.model, run.val_loader, val_y, cfg, epoch, loss_sum, correct, seen, t0)
+    trainer.forward.train()
+    # LoRA dropout (and DataLoader worker seeds) draw from torch's global RNG: seeded per epoch
+    with seeded_torch_rng(derive_seed(cfg.seed, epoch, procs.rank, 1), procs.device):
+        for i, (wave, idx) in enumerate(loader):
+            set_lr(trainer.optimizer, lr_at(epoch * steps + i, steps * cfg.epochs, cfg.lr, cfg.warmup_fraction))
+            y = train_y[idx].to(procs.device)
+            try:
+                loss, ok = train_step(trainer, wave.to(procs.device), y, cfg, generator)
+            except NonFiniteLoss as e:
+                raise _diverged(f"the loss became {e.args[0]} at epoch {epoch + 1}, step {i + 1}", epoch, out_dir) from None
+            loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
+            if progress is not None and task is not None:
+                rate = seen * procs.world / max(time.perf_counter() - t0, 1e-9)
+                progress.update(task, advance=1,
+                                rate=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%} {rate:.1f} clips/s")
+            if on_step is not None:
+                on_step(epoch, i)
+    return EpochTotals(epoch, loss_sum, correct, seen, time.perf_counter() - t0)
 
 
-def _epoch_summary(accelerator: Accelerator, model: FinetuneModel, val_loader: DataLoader, val_y: torch.Tensor,
-                   cfg: FinetuneConfig, epoch: int, loss_sum: float, correct: int, seen: int,
-                   t0: float) -> dict[str, Any]:
+def _diverged(what: str, epoch: int, out_dir: Path) -> TrainingError:
+    kept = (f"{out_dir / STATE_FILE} keeps the state after epoch {epoch} (--resume continues from it)"
+            if epoch else "no epoch had finished, so no state was kept")
+    return TrainingError(f"Fine-tuning stopped: {what}; {kept}. Lower --lr (or --scale, --mixup) and "
+                         "start again with another --out.")
+
+
+def _held_out(trainer: Trainer, clips: LabelledClips, cfg: FinetuneConfig) -> tuple[float, int, int]:
+    """Loss sum, correct predictions and count on this process's share of the held-out clips."""
+    mine = clips.val[trainer.procs.rank::trainer.procs.world]
+    audio = AudioConfig(seconds=cfg.seconds, channel=cfg.channel)
+    loader = DataLoader(ClipDataset([clips.clips[i] for i in mine], audio), batch_size=cfg.batch_size,
+                        num_workers=cfg.num_workers)
+    return evaluate(trainer, loader, torch.from_numpy(clips.labels[mine]), cfg)
+
+
+def _epoch_entry(trainer: Trainer, totals: EpochTotals, held_out: tuple[float, int, int]) -> dict[str, Any]:
     """Train and held-out loss/accuracy of one epoch, summed over all processes."""
-    v_loss, v_correct, v_n = evaluate(model, val_loader, val_y, cfg, accelerator)
-    totals = torch.tensor([loss_sum, correct, seen, v_loss, v_correct, v_n], dtype=torch.float64,
-                          device=accelerator.device)
-    t = accelerator.reduce(totals, reduction="sum").tolist()
-    seconds = time.perf_counter() - t0
+    loss, correct, seen, v_loss, v_correct, v_n = trainer.procs.sum(
+        [totals.loss_sum, totals.correct, totals.seen, *held_out])
     return {
-        "epoch": epoch + 1,
-        "train_loss": t[0] / max(t[2], 1), "train_accuracy": t[1] / max(t[2], 1),
-        "val_loss": t[3] / t[5] if t[5] else None, "val_accuracy": t[4] / t[5] if t[5] else None,
-        "seconds": round(seconds, 3), "clips_per_second": round(t[2] / max(seconds, 1e-9), 3),
+        "epoch": totals.epoch + 1,
+        "train_loss": loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+        "val_loss": v_loss / v_n if v_n else None, "val_accuracy": v_correct / v_n if v_n else None,
+        "seconds": round(totals.seconds, 3), "clips_per_second": round(seen / max(totals.seconds, 1e-9), 3),
+    }
+
+
+def _save_epoch(trainer: Trainer, out_dir: Path, key: str, history: list[dict[str, Any]], cfg: FinetuneConfig,
+                epoch: int) -> None:
+    """The resume state after ``epoch`` (main process), unless a weight went non-finite."""
+    if not trainable_weights_finite(trainer.model):
+        raise _diverged(f"a weight became NaN or Inf during epoch {epoch + 1}", epoch, out_dir)
+    if trainer.procs.is_main:
+        scaler = trainer.scaler.state_dict() if trainer.scaler is not None else None
+        save_state(out_dir, trainer.model, trainer.optimizer, {
+            "epochs_done": epoch + 1, "key": key, "history": history, "seed": cfg.seed, "scaler": scaler,
+            "rng": "augmentation and dropout generators seeded from (seed, epoch, process) at every epoch start"})
+    trainer.procs.wait()
+
+
+def _versions() -> dict[str, str]:
+    return {"asdcli": __version__, "torch": torch.__version__, "peft": peft.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def _model_record(cfg: FinetuneConfig, trainer: Trainer) -> dict[str, Any]:
+    head = trainer.model.head
+    backbone = ({"kind": "full", "layer_decay": cfg.layer_decay,
+                 "backbone_mode": "every weight trained, eval mode (dropout and layerdrop off)"}
+                if cfg.full_finetune else
+                {"kind": "lora", "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                                          "targets": list(LORA_TARGETS)},
+                 "backbone_mode": "frozen, eval mode (dropout and layerdrop off); LoRA dropout on"})
+    return {"backbone_dim": head.in_dim, "hidden_dim": head.hidden_dim, "embedding_dim": head.embedding_dim,
+            **backbone, "aam": {"margin": cfg.margin, "scale": cfg.scale, "subcentres": cfg.subcentres},
+            "trainable_parameters": count_parameters(trainer.model, trainable_only=True),
+            "default_embedding": "head"}
+
+
+def _run_record(cfg: FinetuneConfig, clips: LabelledClips, data: TrainingData, loaded: Any, trainer: Trainer,
+                history: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(clips.classes)
+    return {
+        "schema_version": RUN_SCHEMA, "kind": RUN_KIND,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": cfg.to_dict(),
+        "checkpoint": {"path": str(loaded.path), "sha256": loaded.sha256, "cfg": loaded.cfg},
+        "labels": {"mode": cfg.labels, "classes": clips.classes,
+                   "train_counts": np.bincount(clips.labels[clips.train], minlength=n).tolist(),
+                   "val_counts": np.bincount(clips.labels[clips.val], minlength=n).tolist()},
+        "data": {"n_train": len(clips.train), "n_val": len(clips.val), "n_noise": len(data.noise),
+                 "n_clean": data.n_clean, "machines": sorted({c.machine for c in clips.clips}),
+                 "roots": [dict(r) for r in data.roots]},
+        "model": _model_record(cfg, trainer),
+        "optimizer": {"name": "Adam", "lr": cfg.lr, "schedule": "linear warm-up then cosine to 0",
+                      "warmup_fraction": cfg.warmup_fraction},
+        "seed": cfg.seed, "world_size": trainer.procs.world, "versions": _versions(),
+        "history": history,
     }
 
 

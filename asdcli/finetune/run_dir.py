@@ -2,9 +2,10 @@
 
 RUN_DIR layout (every file replaced atomically)::
 
-    adapter/adapter_model.safetensors   LoRA tensors, peft naming
-    adapter/adapter_config.json         peft LoraConfig
-    head.safetensors                    EmbeddingHead (fc1, fc2) + classifier.weight (AAM classes)
+    adapter/adapter_model.safetensors   LoRA tensors, peft naming          (LoRA runs)
+    adapter/adapter_config.json         peft LoraConfig                     (LoRA runs)
+    backbone.safetensors                every backbone weight               (--full-finetune runs)
+    head.safetensors                    EmbeddingHead (fc1, fc2) + classifier.weight (AAM classes x sub-centres)
     run.json                            options, label map, checkpoint SHA-256 + cfg, history
     state/state.safetensors             resume state after the last finished epoch
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,14 @@ from torch import nn
 
 from asdcli.artifacts import read_json, write_bytes_atomic, write_json_atomic
 from asdcli.errors import ArtifactError, ArtifactMismatch, ArtifactNotFound, ConfigError
-from asdcli.finetune.head import EmbeddingHead, mean_pool
-from asdcli.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
+from asdcli.finetune.head import CosineClassifier, EmbeddingHead, mean_pool
+from asdcli.finetune.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    check_weights,
+    load_adapter,
+    save_adapter,
+)
 
 RUN_SCHEMA = 1
 RUN_KIND = "asdcli-finetune-run"
@@ -33,6 +41,7 @@ DEFAULT_EMBEDDING = "head"
 HEAD_FILE = "head.safetensors"
 RUN_FILE = "run.json"
 ADAPTER_DIR = "adapter"
+BACKBONE_FILE = "backbone.safetensors"
 
 
 class AdapterEmbedder(nn.Module):
@@ -51,29 +60,59 @@ class AdapterEmbedder(nn.Module):
         return pooled if self.kind == "pooled" else self.head(pooled)
 
 
-def head_tensors(head: EmbeddingHead, classifier_weight: torch.Tensor) -> dict[str, torch.Tensor]:
+def head_tensors(head: EmbeddingHead, classifier: CosineClassifier) -> dict[str, torch.Tensor]:
     out = {k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()}
-    out["classifier.weight"] = classifier_weight.detach().float().cpu().contiguous()
+    out["classifier.weight"] = classifier.weight.detach().float().cpu().contiguous()
     return out
 
 
-def write_run_artifacts(run_dir: Path, backbone: nn.Module, head: EmbeddingHead,
-                        classifier_weight: torch.Tensor, record: dict[str, Any]) -> None:
-    """Write adapter/, head.safetensors and finally run.json (last, so it marks a complete run)."""
+def write_run_artifacts(run_dir: Path, backbone: nn.Module, head: EmbeddingHead, classifier: CosineClassifier,
+                        record: dict[str, Any]) -> None:
+    """Write adapter/ (a LoRA backbone) or backbone.safetensors (a fully fine-tuned one),
+    head.safetensors and finally run.json (last, so it marks a complete run)."""
+    from peft import PeftModel
+
     run_dir = Path(run_dir)
-    save_adapter(backbone, run_dir / ADAPTER_DIR)  # type: ignore[arg-type]
-    meta = {"in_dim": str(head.in_dim), "hidden_dim": str(head.hidden_dim), "embedding_dim": str(head.embedding_dim)}
-    write_bytes_atomic(run_dir / HEAD_FILE, save(head_tensors(head, classifier_weight), metadata=meta))
+    if isinstance(backbone, PeftModel):
+        save_adapter(backbone, run_dir / ADAPTER_DIR)
+    else:
+        weights = {k: v.detach().float().cpu().contiguous() for k, v in backbone_tensors(backbone).items()}
+        write_bytes_atomic(run_dir / BACKBONE_FILE, save(weights))
+    meta = {"in_dim": str(head.in_dim), "hidden_dim": str(head.hidden_dim), "embedding_dim": str(head.embedding_dim),
+            "n_classes": str(classifier.n_classes), "subcentres": str(classifier.subcentres)}
+    write_bytes_atomic(run_dir / HEAD_FILE, save(head_tensors(head, classifier), metadata=meta))
     write_json_atomic(run_dir / RUN_FILE, {**record, "adapter_id": adapter_id(run_dir)})
 
 
+def backbone_tensors(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and persistent buffer of ``backbone`` once (a module shared by several
+    layers, as BEATs' relative position bias, under its first name; caches are left out)."""
+    persistent = backbone.state_dict().keys()
+    buffers = {k: v for k, v in backbone.named_buffers() if k in persistent}
+    return {**dict(backbone.named_parameters()), **buffers}
+
+
+def is_full_finetune(run: Mapping[str, Any]) -> bool:
+    """True for a run record of `asd finetune --full-finetune`."""
+    model = run.get("model")
+    return isinstance(model, Mapping) and model.get("kind") == "full"
+
+
+def model_files(run_dir: Path, full: bool) -> list[Path]:
+    """The files that define a run's fine-tuned model (besides the checkpoint), in a fixed order."""
+    run_dir = Path(run_dir)
+    backbone = [run_dir / BACKBONE_FILE] if full else [run_dir / ADAPTER_DIR / ADAPTER_CONFIG,
+                                                       run_dir / ADAPTER_DIR / ADAPTER_WEIGHTS]
+    return [*backbone, run_dir / HEAD_FILE]
+
+
 def adapter_id(run_dir: Path) -> str:
-    """SHA-256 over the bytes of the files that define the fine-tuned model (adapter config,
-    adapter weights, head): names the fine-tuned front end. Computed from the files, never read
-    from run.json, so an edited or replaced file is another adapter."""
+    """SHA-256 over the bytes of the files that define the fine-tuned model (adapter config and
+    weights, or the full backbone, and the head): names the fine-tuned front end. Computed from the
+    files, never read from run.json, so an edited or replaced file is another adapter."""
     h = hashlib.sha256()
-    for f in (Path(run_dir) / ADAPTER_DIR / ADAPTER_CONFIG, Path(run_dir) / ADAPTER_DIR / ADAPTER_WEIGHTS,
-              Path(run_dir) / HEAD_FILE):  # fmt: skip
+    full = (Path(run_dir) / BACKBONE_FILE).is_file()
+    for f in model_files(run_dir, full):
         try:
             data = f.read_bytes()
         except FileNotFoundError as e:
@@ -116,8 +155,11 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return run
 
 
-def load_head(run_dir: Path) -> tuple[EmbeddingHead, torch.Tensor]:
-    """The EmbeddingHead (eval mode) and the AAM class weights (C, E) stored in head.safetensors."""
+def load_head(run_dir: Path, in_dim: int | None = None) -> tuple[EmbeddingHead, torch.Tensor]:
+    """The EmbeddingHead (eval mode) and the AAM class weights (C*K, E) stored in head.safetensors.
+
+    ``in_dim``: the backbone width the head must take (ArtifactMismatch otherwise).
+    """
     path = Path(run_dir) / HEAD_FILE
     if not path.is_file():
         raise ArtifactNotFound(f"Head file {path} does not exist. Re-run `asd finetune` for this run folder.")
@@ -126,11 +168,39 @@ def load_head(run_dir: Path) -> tuple[EmbeddingHead, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         head = EmbeddingHead(int(meta["in_dim"]), int(meta["hidden_dim"]), int(meta["embedding_dim"]))
+        check_weights(tensors, path)
         classifier = tensors.pop("classifier.weight")
         head.load_state_dict(tensors, strict=True)
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"Head file {path} is corrupt or incomplete ({e}). Re-run `asd finetune`.") from e
+    if in_dim is not None and head.in_dim != in_dim:
+        raise ArtifactMismatch(f"Head file {path} takes {head.in_dim}-d backbone features, but the checkpoint's "
+                               f"backbone is {in_dim}-d. Use the checkpoint the run was fine-tuned from.")
+    if classifier.ndim != 2 or classifier.shape[1] != head.embedding_dim:
+        raise ArtifactError(f"Head file {path} holds classifier weights of shape {tuple(classifier.shape)} for "
+                            f"{head.embedding_dim}-d embeddings. Re-run `asd finetune`.")
     return head.eval(), classifier
+
+
+def load_full_backbone(backbone: nn.Module, path: Path) -> nn.Module:
+    """Load every weight of a --full-finetune run's backbone.safetensors into ``backbone`` (in place)."""
+    if not path.is_file():
+        raise ArtifactNotFound(f"Backbone file {path} does not exist. Re-run `asd finetune --full-finetune`.")
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"Backbone file {path} is corrupt ({e}). Re-run `asd finetune`.") from e
+    check_weights(weights, path)
+    own = backbone_tensors(backbone)
+    differ = set(own) ^ set(weights)
+    wrong = [k for k in set(own) & set(weights) if own[k].shape != weights[k].shape]
+    if differ or wrong:
+        raise ArtifactError(f"Backbone file {path} does not fit this checkpoint's model ({len(differ)} tensors "
+                            f"missing or extra, {len(wrong)} of another shape). Use the checkpoint it was fine-tuned from.")
+    with torch.no_grad():
+        for name, tensor in own.items():
+            tensor.copy_(weights[name])
+    return backbone
 
 
 def load_adapter_embedder(run_dir: Path, loaded: Any, embedding: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -164,17 +234,20 @@ def load_adapter_embedder(run_dir: Path, loaded: Any, embedding: str | None = No
     if kind not in EMBEDDING_KINDS:
         raise ConfigError(f"--embedding must be one of {', '.join(EMBEDDING_KINDS)}, got {kind!r}.")
     run = read_run(run_dir)
-    recorded: dict[str, Any] = run["checkpoint"] if isinstance(run.get("checkpoint"), dict) else {}
-    want = recorded.get("sha256")
+    ckpt: dict[str, Any] = run["checkpoint"] if isinstance(run.get("checkpoint"), dict) else {}
+    want = ckpt.get("sha256")
     if want != loaded.sha256:
         raise ArtifactMismatch(
-            f"Adapter {run_dir} was fine-tuned from checkpoint {recorded.get('path')} "
-            f"(SHA-256 {str(want):.12}...), not {loaded.path} ({loaded.sha256:.12}...). "
+            f"Adapter {run_dir} was fine-tuned from checkpoint {ckpt.get('path')} "
+            f"(SHA-256 {want!s:.12}...), not {loaded.path} ({loaded.sha256:.12}...). "
             "Pass the same --checkpoint that `asd finetune` used."
         )
     identity = adapter_id(run_dir)  # of the bytes about to be loaded
-    head, _ = load_head(run_dir)
-    backbone = load_adapter(copy.deepcopy(loaded.model), run_dir / ADAPTER_DIR)
+    head, _ = load_head(run_dir, loaded.model.cfg.encoder_embed_dim)
+    if is_full_finetune(run):
+        backbone = load_full_backbone(copy.deepcopy(loaded.model), run_dir / BACKBONE_FILE)
+    else:
+        backbone = load_adapter(copy.deepcopy(loaded.model), run_dir / ADAPTER_DIR)
     module = AdapterEmbedder(backbone, head, kind).eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -184,7 +257,7 @@ def load_adapter_embedder(run_dir: Path, loaded: Any, embedding: str | None = No
         "adapter_path": str(run_dir),
         "embedding": kind,
         "embedding_dim": dim,
-        "labels": run.get("labels", {}).get("mode") if isinstance(run.get("labels"), dict) else None,
+        "labels": run["labels"].get("mode") if isinstance(run.get("labels"), dict) else None,
         "checkpoint_sha256": loaded.sha256,
     }
     return module, meta

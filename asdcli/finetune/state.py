@@ -5,16 +5,16 @@ tensors (``optim.<index>.<key>``) and, in its string metadata, a JSON record wit
 epoch count, the optimizer hyper-parameters, the fp16 grad-scaler state, the history and the
 options key the run was started with. No pickles: it loads with safetensors only.
 
-RNG: the training loop reseeds torch, numpy and random from (seed, epoch, process) at the start of
-every epoch and draws the batch order from (seed, epoch), so "the RNG state after epoch e" is fully
-given by the seed and e; the record stores both, and a resumed run replays the same draws.
+RNG: every epoch draws its batch order from (seed, epoch), its augmentations from a generator of
+(seed, epoch, process) and its dropout from torch's RNG seeded (inside ``fork_rng``) from the same,
+so "the RNG state after epoch e" is fully given by the seed and e; the record stores both, and a
+resumed run replays the same draws.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,13 +73,6 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
         if mine:
             batches.append(mine)
     return batches
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def save_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, record: dict[str, Any]) -> None:
