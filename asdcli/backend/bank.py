@@ -21,7 +21,7 @@ import numpy as np
 from asdcli import __version__
 
 from asdcli.backend import bank_check, knn, norm
-from asdcli.artifacts import Embeddings, json_meta, load_npz, save_npz_atomic
+from asdcli.artifacts import Embeddings, load_npz, save_npz_atomic
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError, DataError
 
 BANK_SCHEMA = 2
@@ -331,9 +331,11 @@ def load_bank(path: str | Path) -> Bank:
     """
     arrays = load_npz(path, bank_check.BANK_ARRAYS, what="bank")
     try:
-        meta = json_meta(arrays, path)
-    except (TypeError, ValueError) as e:  # valid JSON that is not an object
-        raise ArtifactError(f"{path} has a meta record that is not a JSON object; re-run `asd fit-bank`.") from e
+        meta = json.loads(str(arrays["meta"]))
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path} has a meta record that is not a JSON object; re-run `asd fit-bank`.")
     bank_check.check_header(meta, path, BANK_KIND, BANK_SCHEMA)
     bank_check.check_arrays(arrays, path)
     cfg = BankConfig.from_dict(meta.get("config", {}), str(path))
