@@ -63,7 +63,7 @@ def _root(
 
 
 def _register() -> None:
-    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, report_cmd, run_cmd, score_cmd
+    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, fuse_cmd, report_cmd, run_cmd, score_cmd
 
     for name, module in (
         ("finetune", finetune_cmd),
@@ -71,6 +71,7 @@ def _register() -> None:
         ("fit-bank", bank_cmd),
         ("score", score_cmd),
         ("report", report_cmd),
+        ("fuse", fuse_cmd),
         ("run", run_cmd),
         ("demo", demo_cmd),
     ):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from asdcli.backend.recipes import RECIPE_HELP
 from asdcli.console import stderr_console
 from asdcli.finetune.config import FinetuneConfig
 
@@ -37,8 +38,12 @@ def command(
     noise_mix: bool = typer.Option(False, "--noise-mix", help="Fine-tuning: mix supplemental noise-only clips in at 5-20 dB SNR."),
     embedding: str | None = typer.Option(None, "--embedding", help="Fine-tuned vector: 'head' (default) or 'pooled'."),
     seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds."),
-    k: int = typer.Option(1, "--k", min=1, help="Bank score = mean of the K smallest cosine distances."),
-    domain_aware: bool = typer.Option(False, "--domain-aware", help="Search source and target bank vectors separately."),
+    recipe: str = typer.Option("seed", "--recipe", help="Back-end recipe: " + RECIPE_HELP + "."),
+    k: int | None = typer.Option(None, "--k", min=1, help="Bank score = mean of the K smallest distances (recipe's: 1)."),
+    score_norm: str | None = typer.Option(None, "--score-norm", help="none, density, domain-density or domain-zscore (as fit-bank; default: the recipe's)."),
+    density_k: int | None = typer.Option(None, "--density-k", min=1, help="K of the density radii (as fit-bank)."),
+    density_k_target: int | None = typer.Option(None, "--density-k-target", min=1, help="K of the target radii (as fit-bank)."),
+    domain_aware: bool = typer.Option(False, "--domain-aware", hidden=True),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (cuda:N) or mps."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader processes that read audio (fine-tuning and embedding)."),
     mixed_precision: str = typer.Option(_F["mixed_precision"].default, help="Fine-tuning precision: 'no', 'bf16' or 'fp16'."),
@@ -53,10 +58,13 @@ def command(
 
     Example: asd run data/dev --checkpoint BEATs_iter3.pt --out runs/dev
     """
-    from asdcli.backend.bank import BankConfig
+    from asdcli.backend.recipes import recipe_bank_config
+    from asdcli.cli.bank_cmd import removed_options
     from asdcli.frontend.beats import resolve_checkpoint
     from asdcli.pipeline.run import RunConfig, run_pipeline
 
+    removed_options(domain_aware, None)
+    bank = recipe_bank_config(recipe, k=k, score_norm=score_norm, density_k=density_k, density_k_target=density_k_target)
     console = stderr_console()
     ckpt = resolve_checkpoint(checkpoint)
     finetune = None if no_finetune else FinetuneConfig(
@@ -65,7 +73,7 @@ def command(
         specaugment=specaugment, mixup=mixup, noise_mix=noise_mix, num_workers=workers,
     )
     cfg = RunConfig(data_root=data, run_dir=out, checkpoint=ckpt, finetune=finetune,
-                    bank=BankConfig(k=k, domain_aware=domain_aware), embedding=embedding, seconds=seconds,
+                    bank=bank, embedding=embedding, seconds=seconds,
                     device=device, batch_size=batch_size, num_workers=workers, plots=plots)  # fmt: skip
     result = run_pipeline(cfg, console)
     show_result(result, console)
