@@ -109,3 +109,32 @@ def test_fuse_errors(systems: dict[str, Path], tmp_path: Path) -> None:
     score.with_name(score.name.replace("anomaly_score_", "decision_result_")).unlink()
     assert f"{machine} section 00 is scored by only one of" in _error("fuse", a, c, "--out", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_banks_without_statistics_are_an_error_naming_the_section(systems: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    c = tmp_path / "c"
+    shutil.copytree(systems["a"], c, ignore=shutil.ignore_patterns("embeddings", "finetune"))
+    bank = sorted((c / "banks").glob("bank_*.npz"))[0]
+    with np.load(bank, allow_pickle=False) as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    np.savez(bank, **{**arrays, "meta": np.asarray(json.dumps({**meta, "loo_stats": None}))})
+    line = _error("fuse", systems["a"], c, "--out", tmp_path / "x")
+    assert f"The bank of {meta['machine']} section {meta['section']} in {c} has no leave-one-out statistics" in line
+
+
+def test_run_recipe_selects_the_back_end(systems: dict[str, Path], synth_root: Path, tiny_checkpoint: Path,
+                                         tmp_path: Path) -> None:  # fmt: skip
+    """`asd run --recipe density` fits domain-density banks; an explicit --score-norm wins over the recipe."""
+    run = tmp_path / "run"
+    shutil.copytree(systems["a"], run)  # embeddings are up to date: only banks, scores and report are redone
+    base = ("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", run, "--no-finetune", "--seconds", 1,
+            "--device", "cpu")
+    _ok(*base, "--recipe", "density")
+    assert {b.config.score_norm for b in load_banks(run / "banks").values()} == {"domain-density"}
+    _ok(*base, "--recipe", "density", "--score-norm", "none", "--k", "2")
+    assert {(b.config.score_norm, b.config.k) for b in load_banks(run / "banks").values()} == {("none", 2)}
+    assert "--recipe must be one of seed, density" in _error(*base, "--recipe", "best")
+    assert "--domain-aware was removed" in _error(*base, "--domain-aware")
