@@ -73,7 +73,7 @@ def test_fusing_two_systems_is_order_independent(systems: dict[str, Path], tmp_p
         assert (tmp_path / "ab" / name).read_bytes() == (tmp_path / "ba" / name).read_bytes()
     # Weights move the fused scores towards the heavier system.
     _ok("fuse", a, b, "--weights", "1,0", "--out", tmp_path / "a_only")
-    score = sorted(p.name for p in (tmp_path / "ab").glob("anomaly_score_*"))[0]
+    score = min(p.name for p in (tmp_path / "ab").glob("anomaly_score_*"))
     banks = load_banks(systems["a"] / "banks")
     key = score.removeprefix("anomaly_score_").removesuffix("_test.csv").rsplit("_section_", 1)
     mean, std = banks[(key[0], key[1])].loo_stats
@@ -99,7 +99,7 @@ def test_fuse_errors(systems: dict[str, Path], tmp_path: Path) -> None:
     # A system whose clips differ: one test clip fewer in one section.
     c = tmp_path / "c"
     shutil.copytree(a, c, ignore=shutil.ignore_patterns("embeddings", "finetune"))
-    score = sorted((c / "submission").glob("anomaly_score_*"))[0]
+    score = min((c / "submission").glob("anomaly_score_*"))
     score.write_text("".join(score.read_text().splitlines(keepends=True)[1:]))
     machine = score.name.removeprefix("anomaly_score_").split("_section_")[0]
     line = _error("fuse", a, c, "--out", tmp_path / "x")
@@ -116,7 +116,7 @@ def test_banks_without_statistics_are_an_error_naming_the_section(systems: dict[
 
     c = tmp_path / "c"
     shutil.copytree(systems["a"], c, ignore=shutil.ignore_patterns("embeddings", "finetune"))
-    bank = sorted((c / "banks").glob("bank_*.npz"))[0]
+    bank = min((c / "banks").glob("bank_*.npz"))
     with np.load(bank, allow_pickle=False) as z:
         arrays = dict(z)
     meta = json.loads(str(arrays["meta"]))

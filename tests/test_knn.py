@@ -153,3 +153,18 @@ def test_kmeans_centres_are_deterministic_unit_vectors() -> None:
     assert a.shape == (5, 8)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(knn.kmeans_centres(x, 60, seed=0), x)
+
+
+def test_density_radii_memory_is_bounded_by_the_blocks() -> None:
+    """No M x M matrix: peak extra memory follows query_chunk x bank_chunk, not M^2."""
+    import tracemalloc
+
+    b = _unit(np.random.default_rng(9), 2000, 8)
+    tracemalloc.start()
+    try:
+        radii = knn.density_radii(b, 3, query_chunk=128, bank_chunk=256)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert radii.shape == (2000,)
+    assert peak < 2000 * 2000 * 4 / 8  # an M x M float32 matrix would be 16 MB; the blocks are ~0.1 MB

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from asdcli import __version__
-
-from asdcli.backend import bank_check, knn, norm
 from asdcli.artifacts import Embeddings, load_npz, save_npz_atomic
+from asdcli.backend import bank_check, knn, norm
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError, DataError
 
 BANK_SCHEMA = 2

@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from asdcli.backend.bank import Bank, fit_threshold, load_banks
-from asdcli.backend.score import format_decisions, format_rows, submission_names, write_submission_folder
+from asdcli.backend.score import (
+    format_decisions,
+    format_rows,
+    submission_names,
+    write_submission_folder,
+)
 from asdcli.errors import ConfigError, DataError
 from asdcli.evaluate.report import parse_rows
 

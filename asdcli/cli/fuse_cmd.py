@@ -12,7 +12,7 @@ from asdcli.errors import ConfigError
 
 
 def command(
-    systems: List[str] = typer.Argument(
+    systems: list[str] = typer.Argument(
         ..., help="Systems to fuse: `asd run` folders (with banks/ and submission/) or SUBMISSION_DIR:BANKS_DIR."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Write the fused challenge folder here (new, or holding only submission files)."),
