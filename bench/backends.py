@@ -3,6 +3,7 @@
     python bench/backends.py                      # 3 generator seeds, frozen embeddings
     python bench/backends.py --finetune           # also LoRA-fine-tuned embeddings and their fusion
     python bench/backends.py --work DIR --seeds 0 1 --json out.json
+    python bench/backends.py --k-sweep            # also plain density, K = 1..10, on banks of 35..110 vectors
 
 Per generator seed: a synthetic dataset larger than the demo's (4 machines, 100 source + 10 target
 train clips and 40 test clips per machine, 2 s), embedded once with the demo's tiny *randomly
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from asdcli.artifacts import load_embeddings  # noqa: E402
+from asdcli.artifacts import Embeddings, load_embeddings  # noqa: E402
 from asdcli.backend.bank import BankConfig, fit_banks, save_banks  # noqa: E402
 from asdcli.backend.score import write_submission  # noqa: E402
 from asdcli.evaluate.ground_truth import load_ground_truth  # noqa: E402
@@ -66,13 +67,48 @@ def make_run(work: Path, seed: int, ckpt: Path, finetune: bool) -> Path:
     return run
 
 
-def official(run: Path, data: Path, cfg: BankConfig, out: Path) -> float:
-    """Official score (%) of ``cfg``'s banks on the run's embeddings; the banks go to out/banks."""
-    train, test = (load_embeddings(run / "embeddings" / f"{s}.npz") for s in ("train", "test"))
+def official(train: Embeddings, test: Embeddings, data: Path, cfg: BankConfig, out: Path) -> float:
+    """Official score (%) of ``cfg``'s banks fitted on ``train``; banks and submission go to ``out``."""
     banks = fit_banks(train, cfg)
     save_banks(out / "banks", banks)
     write_submission(banks, test, out / "submission")
     return 100 * evaluate_submission(out / "submission", load_ground_truth(None, data)).official_score
+
+
+def embeddings(run: Path) -> tuple[Embeddings, Embeddings]:
+    return load_embeddings(run / "embeddings" / "train.npz"), load_embeddings(run / "embeddings" / "test.npz")
+
+
+def first_source_clips(train: Embeddings, n: int) -> Embeddings:
+    """Per machine/section, the first ``n`` source train clips and every target one."""
+    source = train.domain == "source"
+    keep = ~source
+    for m, s in {(m, s) for m, s in zip(train.machine, train.section)}:
+        keep[np.nonzero(source & (train.machine == m) & (train.section == s))[0][:n]] = True
+    return train.select(keep)
+
+
+def k_sweep(runs: dict[int, Path], work: Path, sizes: tuple[int, ...] = (25, 50, 100),
+            ks: tuple[int, ...] = (1, 2, 3, 5, 7, 10)) -> None:
+    """Plain density with fixed K on banks of the first n source train clips (+ the 10 target
+    ones) of each section: which K is best for which bank size (the default-K rule's evidence)."""
+    from asdcli.backend.norm import default_density_k
+
+    table: dict[int, dict[int, list[float]]] = {}
+    for seed, run in runs.items():
+        train, test = embeddings(run)
+        for n in sizes:
+            for k in ks:
+                cfg = BankConfig(score_norm="density", density_k=k)
+                out = work / "sweep" / f"seed{seed}-n{n}-k{k}"
+                score = official(first_source_clips(train, n), test, work / f"data-seed{seed}", cfg, out)
+                table.setdefault(n, {}).setdefault(k, []).append(score)
+    print(f"\n| bank n (source + 10 target) | {' | '.join(f'K = {k}' for k in ks)} |")
+    print("| --- |" + " --- |" * len(ks))
+    for n, row in table.items():
+        rule = default_density_k(n + 10)
+        cells = [f"**{np.mean(v):.2f}**" if k == rule else f"{np.mean(v):.2f}" for k, v in row.items()]
+        print(f"| {n + 10} | {' | '.join(cells)} |")
 
 
 def fused(systems: list[Path], data: Path, out: Path) -> float:
@@ -88,6 +124,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--finetune", action="store_true", help="also fine-tuned embeddings and fusion")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--k-sweep", action="store_true", help="also plain density, K = 1..10, on smaller banks")
     args = parser.parse_args()
     from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
 
@@ -97,14 +134,17 @@ def main() -> None:
     if not ckpt.is_file():
         make_tiny_checkpoint(ckpt, seed=0)
     results: dict[str, list[float]] = {}
+    frozen: dict[int, Path] = {}
     for seed in args.seeds:
         fronts = {"frozen": make_run(work, seed, ckpt, False)}
+        frozen[seed] = fronts["frozen"]
         if args.finetune:
             fronts["fine-tuned"] = make_run(work, seed, ckpt, True)
         for front, run in fronts.items():
             for name, cfg in VARIANTS.items():
                 out = work / "variants" / f"{front}-{seed}-{name.replace(' ', '_').replace(',', '')}"
-                results.setdefault(f"{front} | {name}", []).append(official(run, work / f"data-seed{seed}", cfg, out))
+                results.setdefault(f"{front} | {name}", []).append(
+                    official(*embeddings(run), work / f"data-seed{seed}", cfg, out))
         for name in ("none (seed)", "domain-density, default K (5, 2)"):
             slug = name.replace(" ", "_").replace(",", "")
             if args.finetune:
@@ -119,6 +159,8 @@ def main() -> None:
         print(f"| {key} | {v.mean():.2f} ± {v.std():.2f} | {', '.join(f'{x:.2f}' for x in v)} |")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.k_sweep:
+        k_sweep(frozen, work)
 
 
 if __name__ == "__main__":
