@@ -145,7 +145,7 @@ def main() -> None:
                 out = work / "variants" / f"{front}-{seed}-{name.replace(' ', '_').replace(',', '')}"
                 results.setdefault(f"{front} | {name}", []).append(
                     official(*embeddings(run), work / f"data-seed{seed}", cfg, out))
-        for name in ("none (seed)", "domain-density, default K (5, 2)"):
+        for name in ("none (seed)", "density, default K (5)", "domain-density, default K (5, 2)"):
             slug = name.replace(" ", "_").replace(",", "")
             if args.finetune:
                 systems = [work / "variants" / f"{f}-{seed}-{slug}" for f in ("frozen", "fine-tuned")]

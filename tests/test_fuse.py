@@ -127,13 +127,13 @@ def test_banks_without_statistics_are_an_error_naming_the_section(systems: dict[
 
 def test_run_recipe_selects_the_back_end(systems: dict[str, Path], synth_root: Path, tiny_checkpoint: Path,
                                          tmp_path: Path) -> None:  # fmt: skip
-    """`asd run --recipe density` fits domain-density banks; an explicit --score-norm wins over the recipe."""
+    """`asd run --recipe density` fits density banks; an explicit --score-norm wins over the recipe."""
     run = tmp_path / "run"
     shutil.copytree(systems["a"], run)  # embeddings are up to date: only banks, scores and report are redone
     base = ("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", run, "--no-finetune", "--seconds", 1,
             "--device", "cpu")
     _ok(*base, "--recipe", "density")
-    assert {b.config.score_norm for b in load_banks(run / "banks").values()} == {"domain-density"}
+    assert {b.config.score_norm for b in load_banks(run / "banks").values()} == {"density"}
     _ok(*base, "--recipe", "density", "--score-norm", "none", "--k", "2")
     assert {(b.config.score_norm, b.config.k) for b in load_banks(run / "banks").values()} == {("none", 2)}
     assert "--recipe must be one of seed, density" in _error(*base, "--recipe", "best")

@@ -10,9 +10,9 @@ from asdcli.errors import ConfigError
 
 RECIPES: dict[str, BankConfig] = {
     "seed": BankConfig(),  # the seed's method: standardized cosine 1-NN
-    "density": BankConfig(score_norm="domain-density"),  # best on the synthetic benchmark
+    "density": BankConfig(score_norm="density"),  # best on the synthetic benchmark (README)
 }
-RECIPE_HELP = ("seed = standardized cosine 1-NN (the seed's method); density = --score-norm domain-density "
+RECIPE_HELP = ("seed = standardized cosine 1-NN (the seed's method); density = --score-norm density "
                "with the default K rule (best in bench/backends.py)")
 
 
