@@ -39,12 +39,12 @@ VARIANTS: dict[str, BankConfig] = {
     "density, K = 2": BankConfig(score_norm="density", density_k=2),
     "density, K = 10": BankConfig(score_norm="density", density_k=10),
     "density, K = 20": BankConfig(score_norm="density", density_k=20),
-    "density, default K (5)": BankConfig(score_norm="density"),
+    "density, default K (3)": BankConfig(score_norm="density"),
     "domain-density, K_s = 1, K_t = 1": BankConfig(score_norm="domain-density", density_k=1, density_k_target=1),
     "domain-density, K_s = 5, K_t = 9": BankConfig(score_norm="domain-density", density_k=5, density_k_target=9),
     "domain-density, K_s = 10, K_t = 3": BankConfig(score_norm="domain-density", density_k=10, density_k_target=3),
     "domain-density, K_s = 20, K_t = 9": BankConfig(score_norm="domain-density", density_k=20, density_k_target=9),
-    "domain-density, default K (5, 2)": BankConfig(score_norm="domain-density"),
+    "domain-density, default K (3, 1)": BankConfig(score_norm="domain-density"),
     "domain-zscore": BankConfig(score_norm="domain-zscore"),
 }
 
@@ -89,7 +89,7 @@ def first_source_clips(train: Embeddings, n: int) -> Embeddings:
 
 
 def k_sweep(runs: dict[int, Path], work: Path, sizes: tuple[int, ...] = (25, 50, 100),
-            ks: tuple[int, ...] = (1, 2, 3, 5, 7, 10)) -> None:
+            ks: tuple[int, ...] = (1, 2, 3, 4, 5, 7, 10)) -> None:
     """Plain density with fixed K on banks of the first n source train clips (+ the 10 target
     ones) of each section: which K is best for which bank size (the default-K rule's evidence)."""
     from asdcli.backend.norm import default_density_k
@@ -145,7 +145,7 @@ def main() -> None:
                 out = work / "variants" / f"{front}-{seed}-{name.replace(' ', '_').replace(',', '')}"
                 results.setdefault(f"{front} | {name}", []).append(
                     official(*embeddings(run), work / f"data-seed{seed}", cfg, out))
-        for name in ("none (seed)", "density, default K (5)", "domain-density, default K (5, 2)"):
+        for name in ("none (seed)", "density, default K (3)", "domain-density, default K (3, 1)"):
             slug = name.replace(" ", "_").replace(",", "")
             if args.finetune:
                 systems = [work / "variants" / f"{f}-{seed}-{slug}" for f in ("frozen", "fine-tuned")]

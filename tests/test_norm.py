@@ -96,7 +96,7 @@ def test_domain_zscore_std_of_spread_target_distances() -> None:
 
 
 def test_default_k_rule() -> None:
-    assert [norm.default_density_k(n) for n in (2, 3, 10, 100, 990, 10_000)] == [1, 1, 2, 5, 16, 50]
+    assert [norm.default_density_k(n) for n in (2, 3, 10, 35, 60, 110, 990, 10_000)] == [1, 1, 1, 2, 3, 3, 10, 33]
 
 
 def test_thresholds_come_from_the_same_normalized_leave_one_out_scores() -> None:

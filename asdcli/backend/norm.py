@@ -36,9 +36,9 @@ ZSCORE_STD_FLOOR_ABS = 1e-8
 
 
 def default_density_k(n: int) -> int:
-    """The default K of density radii for a group of ``n`` vectors: ``round(sqrt(n) / 2)``,
-    at least 1 and at most n - 1 (chosen on synthetic data, see bench/backends.py)."""
-    return max(1, min(n - 1, round(math.sqrt(n) / 2)))
+    """The default K of density radii for a group of ``n`` vectors: sqrt(n) / 3 rounded, at least 1
+    and at most n - 1 (chosen on synthetic data: bench/backends.py --k-sweep, README)."""
+    return max(1, min(n - 1, math.floor(math.sqrt(n) / 3 + 0.5)))
 
 
 def sample_rows(rows: np.ndarray, seed: int, limit: int = STATS_SAMPLE) -> np.ndarray:

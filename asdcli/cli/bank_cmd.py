@@ -28,7 +28,7 @@ def command(
     ),
     density_k: Optional[int] = typer.Option(
         None, "--density-k", min=1,
-        help="K of the density radii (whole bank, or the source bank); default round(sqrt(n)/2) of the group's n vectors.",
+        help="K of the density radii (whole bank, or the source bank); default sqrt(n)/3 rounded, n = the group's vectors.",
     ),
     density_k_target: Optional[int] = typer.Option(
         None, "--density-k-target", min=1, help="domain-density: K of the target radii (at most n_target - 1); default the same rule.",
