@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from asdcli import knn  # noqa: E402
+from asdcli.backend import knn  # noqa: E402
 
 
 def measure(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, float, np.ndarray]:

@@ -992,3 +992,103 @@ def test_run_folder_row(tamper: Callable[[Path], None], file: str, needle: str, 
     out = _guard(tmp_path / "out" / "emb.npz")
     _assert_error(_embed([synth_root / "fan" / "test"], out, tiny_checkpoint, "--adapter", run), str(run / file), needle)
     _assert_kept(out)
+# tampered or foreign bank files: one `asd score --bank` per row
+
+
+def _set(key: str, value: object) -> Callable[[dict, dict], None]:
+    def tamper(arrays: dict, meta: dict) -> None:
+        arrays[key] = np.asarray(value)
+    return tamper
+
+
+def _edit(key: str, make: Callable[[np.ndarray], np.ndarray]) -> Callable[[dict, dict], None]:
+    def tamper(arrays: dict, meta: dict) -> None:
+        arrays[key] = make(np.array(arrays[key]))
+    return tamper
+
+
+def _config(**changes: object) -> Callable[[dict, dict], None]:
+    def tamper(arrays: dict, meta: dict) -> None:
+        meta["config"].update(changes)
+    return tamper
+
+
+def _meta(**changes: object) -> Callable[[dict, dict], None]:
+    def tamper(arrays: dict, meta: dict) -> None:
+        meta.update(changes)
+    return tamper
+
+
+def _at(index: tuple[int, ...], value: float) -> Callable[[np.ndarray], np.ndarray]:
+    def change(a: np.ndarray) -> np.ndarray:
+        a[index] = value
+        return a
+    return change
+
+
+def _zero_columns(arrays: dict, meta: dict) -> None:
+    m = arrays["vectors"].shape[0]
+    arrays.update(vectors=np.zeros((m, 0), np.float32), mean=np.zeros(0, np.float32), std=np.zeros(0, np.float32))
+
+
+BANK_ROWS = [
+    pytest.param(_edit("vectors", _at((0, 0), np.nan)), "vectors contains NaN or Inf", id="nan-vector"),
+    pytest.param(_edit("vectors", _at((1, 3), np.inf)), "vectors contains NaN or Inf", id="inf-vector"),
+    pytest.param(_edit("vectors", lambda v: 2 * v), "vectors are not L2-normalized", id="unnormalized-vectors"),
+    pytest.param(_edit("vectors", lambda v: v.astype(str)), "vectors has dtype <U", id="string-vectors"),
+    pytest.param(_zero_columns, "non-empty 2-D array, got shape (", id="0-column-bank"),
+    pytest.param(_edit("std", _at((0,), 0.0)), "std has zero or negative values", id="zero-std"),
+    pytest.param(_edit("mean", _at((2,), np.nan)), "mean contains NaN or Inf", id="nan-mean"),
+    pytest.param(_edit("radii", _at((0,), 0.0)), "radii has zero or negative values", id="zero-radius"),
+    pytest.param(_set("threshold", np.nan), "threshold contains NaN or Inf", id="nan-threshold"),
+    pytest.param(_set("threshold", "0.5"), "threshold has dtype <U", id="string-threshold"),
+    pytest.param(_set("threshold", [0.1, 0.2]), "threshold has shape (2,)", id="array-threshold"),
+    pytest.param(_config(k=10_000), "k = 10000 needs at least 10000 vectors", id="k-larger-than-bank"),
+    pytest.param(_config(k="3"), "--k must be an integer", id="k-a-string"),
+    pytest.param(_config(k=2.5), "--k must be an integer", id="k-not-an-int"),
+    pytest.param(_config(score_norm="density"), "its density K is missing", id="density-without-radii-k"),
+    pytest.param(_config(score_norm="domain-zscore"), "its source statistics are missing", id="zscore-without-statistics"),
+    pytest.param(_meta(schema_version=1), "has bank schema 1, this asdcli reads 2", id="old-schema"),
+    pytest.param(_meta(config=[1, 2]), "'config' is not a JSON object", id="config-a-list"),
+    pytest.param(lambda arrays, meta: meta.clear() or meta.update(list_meta=True), "is not a bank file",
+                 id="meta-without-kind"),
+    pytest.param(_meta(loo_stats={"mean": "x", "std": 1.0}), "leave-one-out statistics are not finite",
+                 id="string-loo-stats"),
+]
+
+
+@pytest.mark.parametrize(("tamper", "needle"), BANK_ROWS)
+def test_bank_row(tamper: Callable[[dict, dict], None], needle: str, fan_bank: Path, tmp_path: Path) -> None:
+    import json
+
+    with np.load(fan_bank, allow_pickle=False) as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    tamper(arrays, meta)
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    bad = tmp_path / "bad bank.npz"
+    np.savez(bad, **arrays)
+    out = _guard(tmp_path / "out" / "decisions.csv")
+    result = _asd("score", "--bank", bad, "--embeddings", fan_bank.parent / "train.npz", "--all", "--decisions", out)
+    _assert_error(result, str(bad), needle)
+    _assert_kept(out)
+
+
+def test_bank_meta_that_is_not_an_object(fan_bank: Path, tmp_path: Path) -> None:
+    with np.load(fan_bank, allow_pickle=False) as z:
+        arrays = dict(z)
+    bad = tmp_path / "bad.npz"
+    for meta in ("[1, 2]", "3", '"text"'):
+        np.savez(bad, **{**arrays, "meta": np.asarray(meta)})
+        _assert_error(_asd("score", "--bank", bad, "--embeddings", fan_bank.parent / "train.npz", "--all"),
+                      str(bad), "not a JSON object")
+
+
+def test_a_bank_of_zero_column_embeddings_is_refused(tmp_path: Path) -> None:
+    n = 4
+    fields = {f: np.asarray([f"c{i}.wav" for i in range(n)]) for f in Embeddings.FIELDS}
+    fields.update(split=np.asarray(["train"] * n), machine=np.asarray(["fan"] * n), section=np.asarray(["00"] * n),
+                  domain=np.asarray(["source"] * n))
+    emb = tmp_path / "emb.npz"
+    save_embeddings(emb, Embeddings(vectors=np.zeros((n, 0), np.float32), meta={}, **fields))
+    _assert_error(_asd("fit-bank", emb, "--out", tmp_path / "bank.npz"), "at least one column", "re-create it")

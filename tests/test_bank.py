@@ -109,22 +109,28 @@ def test_condense_source_keeps_every_target_vector() -> None:
     assert len(B.fit_bank(emb, B.BankConfig(condense_source=1000), machine="fan")) == 40
 
 
-def test_domain_aware_and_density_norm_are_applied() -> None:
+def test_score_norms_are_applied_with_the_groups_they_define() -> None:
     emb = make_embeddings()
-    aware = B.fit_bank(emb, B.BankConfig(domain_aware=True, density_norm=3), machine="fan")
-    np.testing.assert_allclose(aware.radii, knn.density_radii(aware.vectors, 3))
-    q = knn.prepare(train_rows(emb, "valve").vectors, aware.mean, aware.std)
-    src, tgt = aware.domain == "source", aware.domain == "target"
-    expected = np.minimum(knn.knn_score(q, aware.vectors[src], 1, scale=aware.radii[src]),
-                          knn.knn_score(q, aware.vectors[tgt], 1, scale=aware.radii[tgt]))
-    np.testing.assert_allclose(aware.score_prepared(q), expected, atol=1e-6)
+    q = knn.prepare(train_rows(emb, "valve").vectors, *knn.standardization_stats(train_rows(emb).vectors))
+    dd = B.fit_bank(emb, B.BankConfig(score_norm="domain-density", density_k=3, density_k_target=2), machine="fan")
+    src, tgt = dd.domain == "source", dd.domain == "target"
+    np.testing.assert_allclose(dd.radii[src], knn.density_radii(dd.vectors[src], 3))
+    np.testing.assert_allclose(dd.radii[tgt], knn.density_radii(dd.vectors[tgt], 2))
+    assert dd.normalization == {"density_k": 3, "density_k_target": 2}
+    d = lambda rows, scale: (np.clip(1 - q.astype(np.float64) @ dd.vectors[rows].T, 0, None) / scale).min(axis=1)  # noqa: E731
+    np.testing.assert_allclose(dd.score_prepared(q), np.minimum(d(src, dd.radii[src]), d(tgt, dd.radii[tgt])), atol=1e-6)
+    plain = B.fit_bank(emb, B.BankConfig(score_norm="density", density_k=3), machine="fan")
+    np.testing.assert_allclose(plain.radii, knn.density_radii(plain.vectors, 3))
+    np.testing.assert_allclose(plain.score_prepared(q), d(np.arange(24), plain.radii), atol=1e-6)
 
 
 @pytest.mark.parametrize(
     "cfg, n_train, error, match",
     [
         (B.BankConfig(k=30), 24, ConfigError, "--k 30 needs at least 30"),
-        (B.BankConfig(density_norm=24), 24, ConfigError, "--density-norm 24 needs at least 25"),
+        (B.BankConfig(score_norm="density", density_k=24), 24, ConfigError, "--density-k 24 needs at least 25"),
+        (B.BankConfig(score_norm="domain-density"), 24, ConfigError, "needs at least 2 source and 2 target"),
+        (B.BankConfig(score_norm="domain-zscore"), 24, ConfigError, "needs at least 2 source and 2 target"),
         (B.BankConfig(), 1, DataError, "at least 2 train clips"),
     ],
 )
@@ -133,7 +139,11 @@ def test_too_small_banks_are_clear_errors(cfg: B.BankConfig, n_train: int, error
         B.fit_bank(make_embeddings(n_train=n_train, n_target=0), cfg, machine="fan")
 
 
-@pytest.mark.parametrize("kwargs", [{"k": 0}, {"condense_source": 0}, {"density_norm": 0}, {"threshold_quantile": 1.0}])
+@pytest.mark.parametrize("kwargs", [
+    {"k": 0}, {"k": 2.5}, {"k": True}, {"condense_source": 0}, {"score_norm": "density", "density_k": 0},
+    {"score_norm": "zscore"}, {"density_k": 3}, {"score_norm": "density", "density_k_target": 2},
+    {"threshold_quantile": 1.0}, {"threshold_quantile": float("nan")}, {"seed": -1},
+])
 def test_invalid_options(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         B.BankConfig(**kwargs)
@@ -166,15 +176,16 @@ def test_choosing_machine_and_section() -> None:
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
-    cfg = B.BankConfig(k=2, domain_aware=True, condense_source=5, density_norm=2, threshold_quantile=0.8, seed=4)
+    cfg = B.BankConfig(k=2, score_norm="domain-density", density_k=2, condense_source=5, threshold_quantile=0.8, seed=4)
     bank = B.fit_bank(make_embeddings(), cfg, machine="fan")
     path = tmp_path / "b.npz"
     B.save_bank(path, bank)
     loaded = B.load_bank(path)
-    for f in ("mean", "std", "vectors", "domain", "filenames", "radii", "loo_scores"):
+    for f in ("mean", "std", "vectors", "domain", "filenames", "radii", "loo_rows", "loo_scores"):
         np.testing.assert_array_equal(getattr(loaded, f), getattr(bank, f))
     assert loaded.config == cfg and loaded.threshold == bank.threshold
     assert loaded.embedding_meta == META and loaded.threshold_info == bank.threshold_info
+    assert loaded.normalization == bank.normalization and loaded.loo_stats == bank.loo_stats
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         assert z["vectors"].dtype == np.float32
@@ -226,11 +237,11 @@ def test_cli_fit_bank_out_and_out_dir(tmp_path: Path) -> None:
     r = runner.invoke(app, ["fit-bank", str(emb_path), "--out", str(tmp_path / "b.npz")])
     assert r.exit_code == 1 and "several machines" in r.output and "valve section 00" in r.output
     r = runner.invoke(app, ["fit-bank", str(emb_path), "--machine", "fan", "--section", "00", "--out", str(tmp_path / "b.npz"),
-                            "--k", "2", "--domain-aware", "--condense-source", "5", "--density-norm", "2",
+                            "--k", "2", "--score-norm", "domain-density", "--condense-source", "5", "--density-k", "2",
                             "--threshold-quantile", "0.95", "--seed", "3"])
     assert r.exit_code == 0, r.output
     bank = B.load_bank(tmp_path / "b.npz")
-    assert bank.config == B.BankConfig(2, True, 5, 2, 0.95, 3) and len(bank) == 9
+    assert bank.config == B.BankConfig(2, "domain-density", 2, None, 5, 0.95, 3) and len(bank) == 9
     assert "fan section 00: 9 vectors" in r.output
     r = runner.invoke(app, ["fit-bank", str(emb_path), "--out-dir", str(tmp_path / "banks")])
     assert r.exit_code == 0, r.output
@@ -245,6 +256,10 @@ def test_cli_fit_bank_out_and_out_dir(tmp_path: Path) -> None:
         (["--out-dir", "TMP/d", "--machine", "pump"], "no train clips of machine pump"),
         (["--out-dir", "TMP/d", "--threshold-quantile", "1.5"], "threshold-quantile"),
         (["--out-dir", "TMP/d", "--k", "99"], "--k 99 needs"),
+        (["--out-dir", "TMP/d", "--score-norm", "lof"], "--score-norm must be one of"),
+        (["--out-dir", "TMP/d", "--density-k", "3"], "--density-k needs --score-norm density"),
+        (["--out-dir", "TMP/d", "--domain-aware"], "--domain-aware was removed"),
+        (["--out-dir", "TMP/d", "--density-norm", "5"], "use --score-norm density --density-k 5"),
     ],
 )
 def test_cli_fit_bank_errors(tmp_path: Path, args: list[str], match: str) -> None:

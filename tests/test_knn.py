@@ -30,7 +30,7 @@ def test_matches_direct_formula_and_sklearn(k: int) -> None:
     nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(raw_b)
     ref, _ = nn.kneighbors(raw_q)
     np.testing.assert_allclose(ours, ref, atol=1e-6)
-    np.testing.assert_allclose(knn.knn_score(q, b, k), ref.mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose(knn.score(q, b, [knn.Group()], k), ref.mean(axis=1), atol=1e-6)
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -69,29 +69,43 @@ def test_k_larger_than_bank_is_refused() -> None:
         knn.knn_distances(b, b, 3, self_index=np.arange(3))
 
 
-def test_domain_aware_is_min_over_groups() -> None:
+def test_score_is_min_over_groups() -> None:
     rng = np.random.default_rng(4)
     b, q = _unit(rng, 40, 8), _unit(rng, 9, 8)
-    groups = np.array(["source"] * 30 + ["target"] * 10)
-    got = knn.grouped_knn_score(q, b, groups, k=3)
-    src = knn.knn_score(q, b[:30], 3)
-    tgt = knn.knn_score(q, b[30:], 3)
-    np.testing.assert_allclose(got, np.minimum(src, tgt), atol=1e-7)
-    # With k = 3 the plain mean over the whole bank is not the same thing.
-    assert not np.allclose(got, knn.knn_score(q, b, 3))
-    # A group smaller than k uses all of its rows.
-    small = knn.grouped_knn_score(q, b[:32], groups[:32], k=5)
-    np.testing.assert_allclose(small, np.minimum(knn.knn_score(q, b[:30], 5), knn.knn_score(q, b[30:32], 2)), atol=1e-7)
+    src, tgt = np.arange(30), np.arange(30, 40)
+    got = knn.score(q, b, [knn.Group(rows=src), knn.Group(rows=tgt)], k=3)
+    np.testing.assert_allclose(got, np.minimum(_direct(q, b[:30], 3).mean(1), _direct(q, b[30:], 3).mean(1)), atol=1e-6)
+    # One group of every row is the plain k-NN mean; with k = 3 it is not the min over groups.
+    whole = knn.score(q, b, [knn.Group()], k=3)
+    np.testing.assert_allclose(whole, _direct(q, b, 3).mean(1), atol=1e-6)
+    assert not np.allclose(got, whole)
+    # A group smaller than k uses all of its rows; shift and divisor apply per group.
+    small = knn.score(q, b, [knn.Group(rows=src), knn.Group(rows=np.arange(30, 32), shift=0.1, divisor=2.0)], k=5)
+    expected = np.minimum(_direct(q, b[:30], 5).mean(1), (_direct(q, b[30:32], 2).mean(1) - 0.1) / 2.0)
+    np.testing.assert_allclose(small, expected, atol=1e-6)
 
 
-def test_domain_aware_leave_one_out() -> None:
+def test_score_leave_one_out_within_groups() -> None:
     rng = np.random.default_rng(5)
     b = _unit(rng, 12, 6)
-    groups = np.array(["source"] * 10 + ["target"] * 2)
-    got = knn.grouped_knn_score(b, b, groups, k=1, self_index=np.arange(12))
+    groups = [knn.Group(rows=np.arange(10)), knn.Group(rows=np.arange(10, 12))]
+    got = knn.score(b, b, groups, k=1, self_index=np.arange(12))
     full = np.clip(1.0 - b.astype(np.float64) @ b.T.astype(np.float64), 0, None)
     np.fill_diagonal(full, np.inf)
     np.testing.assert_allclose(got, full.min(axis=1), atol=1e-6)
+    # A query whose own row is the only row of its group has no usable row there.
+    alone = knn.score(b[:1], b, [knn.Group(rows=np.arange(1))], self_index=np.zeros(1, np.int64))
+    assert np.isinf(alone).all()
+
+
+def test_seed_default_is_bit_identical_to_the_plain_search() -> None:
+    """One group of every row, k = 1: exactly the chunked nearest-neighbour distance."""
+    rng = np.random.default_rng(8)
+    b, q = _unit(rng, 300, 16), _unit(rng, 50, 16)
+    np.testing.assert_array_equal(knn.score(q, b, [knn.Group()]), knn.knn_distances(q, b, 1)[:, 0])
+    rows = np.arange(300)
+    np.testing.assert_array_equal(knn.score(b, b, [knn.Group()], self_index=rows),
+                                  knn.knn_distances(b, b, 1, self_index=rows)[:, 0])
 
 
 def test_density_norm_equalizes_dense_and_sparse_clusters() -> None:
@@ -104,15 +118,18 @@ def test_density_norm_equalizes_dense_and_sparse_clusters() -> None:
     bank = np.concatenate([dense, sparse])
     q_dense = knn.l2_normalize((centre_a + 0.02 * rng.standard_normal((100, d))).astype(np.float32))
     q_sparse = knn.l2_normalize((centre_b + 0.2 * rng.standard_normal((100, d))).astype(np.float32))
-    raw_a, raw_b = knn.knn_score(q_dense, bank, 1), knn.knn_score(q_sparse, bank, 1)
+    raw_a, raw_b = knn.score(q_dense, bank, [knn.Group()]), knn.score(q_sparse, bank, [knn.Group()])
     assert raw_b.mean() > 10 * raw_a.mean()  # without normalization the sparse cluster looks anomalous
     radii = knn.density_radii(bank, 5)
-    norm_a = knn.knn_score(q_dense, bank, 1, scale=radii)
-    norm_b = knn.knn_score(q_sparse, bank, 1, scale=radii)
+    norm_a = knn.score(q_dense, bank, [knn.Group(scale=radii)])
+    norm_b = knn.score(q_sparse, bank, [knn.Group(scale=radii)])
     assert 0.5 < norm_b.mean() / norm_a.mean() < 2.0
     # Radii are the mean distance to the 5 nearest other rows.
-    ref = knn.knn_score(bank, bank, 5, self_index=np.arange(400))
-    np.testing.assert_allclose(radii, ref, rtol=1e-6)
+    full = np.clip(1.0 - bank.astype(np.float64) @ bank.T.astype(np.float64), 0, None)
+    np.fill_diagonal(full, np.inf)
+    np.testing.assert_allclose(radii, np.sort(full, axis=1)[:, :5].mean(1), rtol=0, atol=1e-6)  # float32 1 - q.b
+    # Chunked like every search: the same radii from tiny blocks (no M x M matrix needed).
+    np.testing.assert_allclose(knn.density_radii(bank, 5, query_chunk=7, bank_chunk=13), radii, atol=1e-6)
 
 
 def test_standardization_floor_and_normalization() -> None:
@@ -136,3 +153,18 @@ def test_kmeans_centres_are_deterministic_unit_vectors() -> None:
     assert a.shape == (5, 8)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(knn.kmeans_centres(x, 60, seed=0), x)
+
+
+def test_density_radii_memory_is_bounded_by_the_blocks() -> None:
+    """No M x M matrix: peak extra memory follows query_chunk x bank_chunk, not M^2."""
+    import tracemalloc
+
+    b = _unit(np.random.default_rng(9), 2000, 8)
+    tracemalloc.start()
+    try:
+        radii = knn.density_radii(b, 3, query_chunk=128, bank_chunk=256)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert radii.shape == (2000,)
+    assert peak < 2000 * 2000 * 4 / 8  # an M x M float32 matrix would be 16 MB; the blocks are ~0.1 MB

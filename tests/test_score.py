@@ -216,14 +216,14 @@ def test_cli_score_errors(files: dict[str, Path], tmp_path: Path, args: list[str
     assert "Error:" in r.output and match in r.output and "Traceback" not in r.output
 
 
-def test_density_and_domain_aware_bank_scores(emb: Embeddings) -> None:
-    cfg = B.BankConfig(k=2, domain_aware=True, density_norm=3, condense_source=6)
+def test_domain_density_bank_scores(emb: Embeddings) -> None:
+    cfg = B.BankConfig(k=2, score_norm="domain-density", density_k=3, condense_source=6)
     bank = B.fit_bank(emb, cfg, machine="fan")
     test = S.select_test(emb, "fan", "00")
     q = knn.prepare(test.vectors, bank.mean, bank.std)
     src, tgt = bank.domain == "source", bank.domain == "target"
-    expected = np.minimum(knn.knn_score(q, bank.vectors[src], 2, scale=bank.radii[src]),
-                          knn.knn_score(q, bank.vectors[tgt], 2, scale=bank.radii[tgt]))
+    dist = np.clip(1 - q.astype(np.float64) @ bank.vectors.T.astype(np.float64), 0, None) / bank.radii
+    expected = np.minimum(np.sort(dist[:, src], axis=1)[:, :2].mean(1), np.sort(dist[:, tgt], axis=1)[:, :2].mean(1))
     np.testing.assert_allclose(S.score_embeddings(bank, test), expected, atol=1e-6)
 
 

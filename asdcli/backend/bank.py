@@ -2,12 +2,13 @@
 with the decision threshold; fitting, saving and loading (``bank_<machine>_section_<SS>.npz``).
 
 The default :class:`BankConfig` is exactly the seed's method: standardize with the bank's mean
-and std, score = smallest cosine distance to the bank (k = 1), no domain split, no condensation,
-no density normalization.
+and std, score = smallest cosine distance to the bank (k = 1), no condensation, no score
+normalization (``--score-norm none``; the others are in :mod:`asdcli.backend.norm`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -18,49 +19,66 @@ from typing import Any
 import numpy as np
 
 from asdcli import __version__
-
-from asdcli.backend import knn
-from asdcli.artifacts import Embeddings, json_meta, load_npz, save_npz_atomic
+from asdcli.artifacts import Embeddings, load_npz, save_npz_atomic
+from asdcli.backend import bank_check, knn, norm
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError, DataError
 
-BANK_SCHEMA = 1
+BANK_SCHEMA = 2
 BANK_KIND = "asdcli-knn-bank"
 # The threshold is fitted on at most this many leave-one-out scores (a seeded sample of the bank's
 # rows): scoring all M rows against the bank costs O(M^2), which a 10^6-vector bank cannot afford.
-THRESHOLD_SAMPLE = 10_000
+THRESHOLD_SAMPLE = norm.STATS_SAMPLE
+
+
+def _int_option(option: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{option} must be an integer of at least {minimum}, got {value!r}.")
 
 
 @dataclass(frozen=True)
 class BankConfig:
-    """How a bank is built and scored (all options off = the seed's method)."""
+    """How a bank is built and scored (the defaults = the seed's method)."""
 
-    k: int = 1  # score = mean of the k smallest distances
-    domain_aware: bool = False  # search each domain's vectors alone, score = min over domains
+    k: int = 1  # score = mean of the k smallest (normalized) distances
+    score_norm: str = "none"  # one of norm.SCORE_NORMS
+    density_k: int | None = None  # K of the (source) density radii; None = norm.default_density_k
+    density_k_target: int | None = None  # K of the target radii (domain-density); None = the rule
     condense_source: int | None = None  # k-means the source vectors to this many centres
-    density_norm: int | None = None  # divide distances by the reference's mean K-NN distance
     threshold_quantile: float = 0.9  # gamma quantile of the leave-one-out scores
-    seed: int = 0  # k-means seed
+    seed: int = 0  # k-means and sampling seed
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ConfigError(f"--k must be at least 1, got {self.k}.")
-        if self.condense_source is not None and self.condense_source < 1:
-            raise ConfigError(f"--condense-source must be at least 1, got {self.condense_source}.")
-        if self.density_norm is not None and self.density_norm < 1:
-            raise ConfigError(f"--density-norm must be at least 1, got {self.density_norm}.")
-        if not 0.0 < self.threshold_quantile < 1.0:
-            raise ConfigError(f"--threshold-quantile must be in (0, 1), got {self.threshold_quantile}.")
+        _int_option("--k", self.k, 1)
+        if self.score_norm not in norm.SCORE_NORMS:
+            raise ConfigError(f"--score-norm must be one of {', '.join(norm.SCORE_NORMS)}, got {self.score_norm!r}.")
+        for option, value in (("--density-k", self.density_k), ("--density-k-target", self.density_k_target),
+                              ("--condense-source", self.condense_source)):
+            if value is not None:
+                _int_option(option, value, 1)
+        if self.density_k is not None and self.score_norm not in ("density", "domain-density"):
+            raise ConfigError("--density-k needs --score-norm density or domain-density.")
+        if self.density_k_target is not None and self.score_norm != "domain-density":
+            raise ConfigError("--density-k-target needs --score-norm domain-density.")
+        q = self.threshold_quantile
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
+            raise ConfigError(f"--threshold-quantile must be in (0, 1), got {q!r}.")
+        _int_option("--seed", self.seed, 0)
 
     def key(self) -> dict[str, Any]:
         """The options that change the bank (all of them)."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], what: str = "bank") -> BankConfig:
+    def from_dict(cls, d: Any, what: str = "bank") -> BankConfig:
+        if not isinstance(d, dict):
+            raise ArtifactError(f"{what}: its bank options are not a JSON object; re-run `asd fit-bank`.")
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ArtifactError(f"{what} has unknown bank options {sorted(unknown)}; it was made by another asdcli version.")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ArtifactError(f"{what}: invalid bank options ({e}) Re-run `asd fit-bank`.") from e
 
 
 @dataclass(frozen=True)
@@ -70,9 +88,11 @@ class Bank:
     ``mean``/``std`` (D,) float32 are the raw training embeddings' statistics (std floored, see
     :func:`asdcli.backend.knn.standardization_stats`); ``domain``/``filenames`` (M,) describe each vector
     (k-means centres are named ``kmeans_centre_NNNN``); ``radii`` (M,) float32 divide distances
-    (all 1 without density normalization); ``loo_scores`` (min(M, THRESHOLD_SAMPLE),) are the
-    leave-one-out scores the ``threshold`` was fitted on (of a seeded sample of rows in big banks);
-    ``embedding_meta`` is the meta of the source embeddings.
+    (all 1 without density normalization); ``normalization`` holds the fitted statistics of the
+    score norm (:func:`asdcli.backend.norm.fit_normalization`); ``loo_scores`` are the
+    leave-one-out scores of the bank rows ``loo_rows`` (all rows, or a seeded sample of
+    THRESHOLD_SAMPLE in big banks) that the ``threshold`` was fitted on, and ``loo_stats`` their
+    (mean, std), used by `asd fuse`; ``embedding_meta`` is the meta of the source embeddings.
     """
 
     mean: np.ndarray
@@ -81,9 +101,12 @@ class Bank:
     domain: np.ndarray
     filenames: np.ndarray
     radii: np.ndarray
+    loo_rows: np.ndarray
     loo_scores: np.ndarray
     threshold: float
     config: BankConfig = field(default_factory=BankConfig)
+    normalization: dict[str, Any] = field(default_factory=dict)
+    loo_stats: tuple[float, float] | None = None
     machine: str = ""
     section: str = ""
     embedding_meta: dict[str, Any] = field(default_factory=dict)
@@ -100,16 +123,14 @@ class Bank:
     def name(self) -> str:
         return f"{self.machine or '?'} section {self.section or '?'}"
 
+    @functools.cached_property
+    def groups(self) -> list[knn.Group]:
+        """The row groups and normalizations :func:`knn.score` searches (built once per bank)."""
+        return norm.score_groups(self.config.score_norm, self.domain, self.radii, self.normalization)
+
     def score_prepared(self, queries: np.ndarray, self_index: np.ndarray | None = None) -> np.ndarray:
         """Scores (Q,) float32 of already standardized + L2-normalized ``queries`` (Q, D)."""
-        return knn.bank_score(
-            queries,
-            self.vectors,
-            self.config.k,
-            groups=self.domain if self.config.domain_aware else None,
-            scale=self.radii if self.config.density_norm else None,
-            self_index=self_index,
-        )
+        return knn.score(queries, self.vectors, self.groups, self.config.k, self_index=self_index)
 
 
 def bank_filename(machine: str, section: str) -> str:
@@ -136,32 +157,48 @@ def build_bank(
     domain, filenames = np.asarray(domain, dtype=str), np.asarray(filenames, dtype=str)
     if vectors.ndim != 2 or vectors.shape[0] < 2:
         raise DataError(f"The bank of {name} needs at least 2 train clips, got {vectors.shape[0]}.")
+    if vectors.shape[1] == 0:
+        raise DataError(f"The train embeddings of {name} have 0 dimensions; re-create the embeddings file.")
     if not np.isfinite(vectors).all():
         raise DataError(f"The train embeddings of {name} contain NaN or inf; re-create the embeddings file.")
     mean, std = knn.standardization_stats(vectors)
     prepared = knn.prepare(vectors, mean, std)
     if cfg.condense_source is not None:
         prepared, domain, filenames = _condense(prepared, domain, filenames, cfg.condense_source, cfg.seed)
+    return fit_prepared(prepared, domain, filenames, mean, std, cfg, machine=machine, section=section,
+                        embedding_meta=embedding_meta)
+
+
+def fit_prepared(
+    prepared: np.ndarray,
+    domain: np.ndarray,
+    filenames: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    cfg: BankConfig,
+    *,
+    machine: str = "",
+    section: str = "",
+    embedding_meta: dict[str, Any] | None = None,
+) -> Bank:
+    """A bank of already standardized, L2-normalized vectors ``prepared`` (M, D) with the given
+    mean/std: the score normalization, leave-one-out scores and threshold fitted on them (also
+    what enrolment refits after adding vectors under the bank's own mean/std)."""
+    name = f"{machine or '?'} section {section or '?'}"
     m = prepared.shape[0]
     if cfg.k > m:
         raise ConfigError(f"--k {cfg.k} needs at least {cfg.k} bank vectors; the bank of {name} has {m}.")
-    radii = np.ones(m, dtype=np.float32)
-    if cfg.density_norm is not None:
-        if cfg.density_norm > m - 1:
-            raise ConfigError(
-                f"--density-norm {cfg.density_norm} needs at least {cfg.density_norm + 1} bank vectors; "
-                f"the bank of {name} has {m}."
-            )
-        radii = knn.density_radii(prepared, cfg.density_norm)
-    bank = Bank(mean, std, prepared, domain, filenames, radii, np.zeros(m, np.float32), math.nan, cfg,
-                machine, section, dict(embedding_meta or {}))
-    rows = np.arange(m)
-    if m > THRESHOLD_SAMPLE:
-        rows = np.sort(np.random.default_rng(cfg.seed).choice(m, THRESHOLD_SAMPLE, replace=False))
-    loo = bank.score_prepared(prepared[rows], self_index=rows)
+    radii, stats = norm.fit_normalization(prepared, domain, cfg.score_norm, cfg.density_k, cfg.density_k_target,
+                                          cfg.k, cfg.seed, name)
+    rows = norm.sample_rows(np.arange(m), cfg.seed, THRESHOLD_SAMPLE)
+    groups = norm.score_groups(cfg.score_norm, domain, radii, stats)
+    loo = knn.score(prepared[rows], prepared, groups, cfg.k, self_index=rows).astype(np.float32)
     threshold, info = fit_threshold(loo, cfg.threshold_quantile)
-    return Bank(mean, std, prepared, domain, filenames, radii, loo.astype(np.float32), threshold, cfg,
-                machine, section, dict(embedding_meta or {}), info)
+    finite = loo[np.isfinite(loo)].astype(np.float64)
+    return Bank(mean=mean, std=std, vectors=prepared, domain=domain, filenames=filenames, radii=radii,
+                loo_rows=rows.astype(np.int64), loo_scores=loo, threshold=threshold, config=cfg,
+                normalization=stats, loo_stats=(float(finite.mean()), float(finite.std())), machine=machine,
+                section=section, embedding_meta=dict(embedding_meta or {}), threshold_info=info)
 
 
 def _condense(
@@ -270,6 +307,8 @@ def fit_banks(
 def bank_meta(bank: Bank) -> dict[str, Any]:
     """The JSON meta record stored in a bank file."""
     counts = {str(d) or "unknown": int((bank.domain == d).sum()) for d in np.unique(bank.domain)}
+    loo_stats = None if bank.loo_stats is None else {"mean": bank.loo_stats[0], "std": bank.loo_stats[1],
+                                                       "n": int(bank.loo_scores.size)}
     return {
         "schema_version": BANK_SCHEMA,
         "kind": BANK_KIND,
@@ -280,7 +319,9 @@ def bank_meta(bank: Bank) -> dict[str, Any]:
         "n_vectors": len(bank),
         "domains": counts,
         "config": asdict(bank.config),
+        "normalization": bank.normalization,
         "threshold": {"value": bank.threshold, **bank.threshold_info},
+        "loo_stats": loo_stats,
         "std_floor": {"relative_to_mean_std": knn.STD_FLOOR_REL, "absolute": knn.STD_FLOOR_ABS},
         "embedding": bank.embedding_meta,
     }
@@ -297,6 +338,7 @@ def save_bank(path: str | Path, bank: Bank) -> None:
             "domain": bank.domain.astype(str),
             "filenames": bank.filenames.astype(str),
             "radii": bank.radii.astype(np.float32),
+            "loo_rows": bank.loo_rows.astype(np.int64),
             "loo_scores": bank.loo_scores.astype(np.float32),
             "threshold": np.asarray(bank.threshold, dtype=np.float64),
             "meta": np.asarray(json.dumps(bank_meta(bank))),
@@ -304,36 +346,33 @@ def save_bank(path: str | Path, bank: Bank) -> None:
     )
 
 
-_BANK_ARRAYS = ("mean", "std", "vectors", "domain", "filenames", "radii", "loo_scores", "threshold", "meta")
-
-
 def load_bank(path: str | Path) -> Bank:
-    """Read a bank written by :func:`save_bank`; wrong kind, schema or shapes are ArtifactError."""
-    arrays = load_npz(path, _BANK_ARRAYS, what="bank")
-    meta = json_meta(arrays, path)
-    if meta.get("kind") != BANK_KIND:
-        raise ArtifactError(f"{path} is not a bank file (kind {meta.get('kind')!r}); make one with `asd fit-bank`.")
-    if meta.get("schema_version") != BANK_SCHEMA:
-        raise ArtifactError(
-            f"{path} has bank schema {meta.get('schema_version')}, this asdcli reads {BANK_SCHEMA}; re-run `asd fit-bank`."
-        )
-    vectors = np.ascontiguousarray(arrays["vectors"], dtype=np.float32)
-    if vectors.ndim != 2:
-        raise ArtifactError(f"{path}: vectors must be 2-D, got shape {vectors.shape}; re-run `asd fit-bank`.")
-    m, d = vectors.shape
-    for key, shape in (("mean", (d,)), ("std", (d,)), ("domain", (m,)), ("filenames", (m,)), ("radii", (m,))):
-        if arrays[key].shape != shape:
-            raise ArtifactError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape}; re-run `asd fit-bank`.")
-    loo_shape = arrays["loo_scores"].shape  # (M,), or a sample of the rows in big banks
-    if len(loo_shape) != 1 or not 1 <= loo_shape[0] <= m:
-        raise ArtifactError(f"{path}: loo_scores has shape {loo_shape}, expected (n,) with 1 <= n <= {m}; "
-                            "re-run `asd fit-bank`.")
+    """Read a bank written by :func:`save_bank`.
+
+    Every field is checked (:mod:`asdcli.backend.bank_check`): a wrong kind or schema, a shape,
+    dtype or non-finite value, options that do not fit the bank: ArtifactError naming ``path``.
+    """
+    arrays = load_npz(path, bank_check.BANK_ARRAYS, what="bank")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path} has a meta record that is not a JSON object; re-run `asd fit-bank`.")
+    bank_check.check_header(meta, path, BANK_KIND, BANK_SCHEMA)
+    bank_check.check_arrays(arrays, path)
+    cfg = BankConfig.from_dict(meta.get("config", {}), str(path))
+    domain = arrays["domain"].astype(str)
+    normalization = bank_check.check_options(meta, cfg.score_norm, cfg.k, domain, path)
     thr = meta.get("threshold", {})
+    stats = meta.get("loo_stats")
     return Bank(
-        mean=arrays["mean"].astype(np.float32), std=arrays["std"].astype(np.float32), vectors=vectors,
-        domain=arrays["domain"].astype(str), filenames=arrays["filenames"].astype(str),
-        radii=arrays["radii"].astype(np.float32), loo_scores=arrays["loo_scores"].astype(np.float32),
-        threshold=float(arrays["threshold"]), config=BankConfig.from_dict(meta.get("config", {}), str(path)),
+        mean=arrays["mean"].astype(np.float32), std=arrays["std"].astype(np.float32),
+        vectors=np.ascontiguousarray(arrays["vectors"], dtype=np.float32), domain=domain,
+        filenames=arrays["filenames"].astype(str), radii=arrays["radii"].astype(np.float32),
+        loo_rows=arrays["loo_rows"].astype(np.int64), loo_scores=arrays["loo_scores"].astype(np.float32),
+        threshold=float(arrays["threshold"]), config=cfg, normalization=normalization,
+        loo_stats=None if stats is None else (float(stats["mean"]), float(stats["std"])),
         machine=str(meta.get("machine", "")), section=str(meta.get("section", "")),
         embedding_meta=dict(meta.get("embedding", {})),
         threshold_info={k: v for k, v in thr.items() if k != "value"},

@@ -6,9 +6,14 @@ running (Q, k) top-k, whatever the bank size, so a 10^6 x 768 bank needs only it
 
 Cosine distance between L2-normalized vectors is ``1 - q . b`` (clipped at 0, as scikit-learn
 does). Optional per-bank-vector ``scale`` divides each distance (local-density normalization).
+:func:`score` is the one scoring path: a bank is searched as one or more groups of rows (source,
+target), each normalized, and the score is the smallest normalized distance.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -154,88 +159,85 @@ def _merge(best: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
     return np.partition(both, k - 1, axis=1)[:, :k]
 
 
-def knn_score(
-    queries: np.ndarray,
-    bank: np.ndarray,
-    k: int = 1,
-    *,
-    scale: np.ndarray | None = None,
-    self_index: np.ndarray | None = None,
-    **chunks: int,
-) -> np.ndarray:
-    """Mean of the ``k`` smallest (scaled) cosine distances per query: (Q,) float32.
+@dataclass(frozen=True)
+class Group:
+    """Bank rows searched together, and how their k-NN distance is normalized.
 
-    Shapes and arguments as :func:`knn_distances`.
+    The group's score of a query is ``(mean of its k smallest distances to the group's rows,
+    each divided by that row's ``scale`` - shift) / divisor``.
     """
-    return knn_distances(queries, bank, k, scale=scale, self_index=self_index, **chunks).mean(axis=1)
+
+    rows: np.ndarray | None = None  # (m,) int indices into the bank; None = every row
+    scale: np.ndarray | None = None  # (m,) positive radii dividing each distance; None = 1
+    shift: float = 0.0
+    divisor: float = 1.0
 
 
-def grouped_knn_score(
+def score(
     queries: np.ndarray,
     bank: np.ndarray,
-    groups: np.ndarray,
+    groups: Sequence[Group],
     k: int = 1,
     *,
-    scale: np.ndarray | None = None,
     self_index: np.ndarray | None = None,
-    **chunks: int,
+    query_chunk: int = QUERY_CHUNK,
+    bank_chunk: int = BANK_CHUNK,
 ) -> np.ndarray:
-    """Domain-aware score: each group of bank rows searched alone, score = min over groups.
+    """The one scoring path: min over ``groups`` of each group's normalized k-NN distance.
 
     Parameters
     ----------
     queries : (Q, D) float32, L2-normalized.
     bank : (M, D) float32, L2-normalized.
-    groups : (M,) labels of the bank rows (e.g. "source"/"target").
-    k : neighbours per group; a group with fewer usable rows uses all of them.
-    scale, self_index : as :func:`knn_distances` (indices refer to the whole bank).
+    groups : at least one :class:`Group` (one group of every row = plain k-NN).
+    k : neighbours; a group with fewer usable rows uses all of them.
+    self_index : optional (Q,) int; query i never matches bank row ``self_index[i]``
+        (leave-one-out when the queries are bank rows); -1 excludes nothing.
 
     Returns
     -------
-    (Q,) float32: ``min over groups g of knn_score(queries, bank[g], min(k, |g|))``; inf for a
-    query with no usable bank row.
+    (Q,) float32; inf for a query with no usable bank row in any group.
     """
-    groups = np.asarray(groups)
+    chunks = {"query_chunk": query_chunk, "bank_chunk": bank_chunk}
     best = np.full(queries.shape[0], np.inf, dtype=np.float32)
-    for g in np.unique(groups):
-        idx = np.nonzero(groups == g)[0]
-        sub_self = None
+    for group in groups:
+        vectors = bank if group.rows is None else bank[group.rows]
+        self_pos = None
         if self_index is not None:
-            # Map the excluded whole-bank index to the position inside this group (or -1).
-            pos = np.full(bank.shape[0], -1, dtype=np.int64)
-            pos[idx] = np.arange(idx.size)
-            si = np.asarray(self_index, dtype=np.int64)
-            sub_self = np.where(si >= 0, pos[np.clip(si, 0, None)], -1)
-        scores = _group_scores(queries, bank[idx], k, None if scale is None else scale[idx], sub_self, chunks)
-        best = np.minimum(best, scores)
+            self_pos = np.asarray(self_index, dtype=np.int64)
+            if group.rows is not None:  # the excluded whole-bank row's position inside the group, or -1
+                pos = np.full(bank.shape[0], -1, dtype=np.int64)
+                pos[group.rows] = np.arange(len(group.rows))
+                self_pos = np.where(self_pos >= 0, pos[np.clip(self_pos, 0, None)], -1)
+        dist = _mean_distance(queries, vectors, k, group.scale, self_pos, chunks)
+        if group.shift != 0.0 or group.divisor != 1.0:
+            dist = ((dist - np.float32(group.shift)) / np.float32(group.divisor)).astype(np.float32)
+        best = np.minimum(best, dist)
     return best
 
 
-def _group_scores(
-    queries: np.ndarray,
-    bank: np.ndarray,
-    k: int,
-    scale: np.ndarray | None,
-    self_index: np.ndarray | None,
-    chunks: dict[str, int],
+def _mean_distance(
+    queries: np.ndarray, vectors: np.ndarray, k: int, scale: np.ndarray | None,
+    self_pos: np.ndarray | None, chunks: dict[str, int],
 ) -> np.ndarray:
-    """knn_score on one group; queries whose own row is in a 1-row group get inf."""
-    if self_index is None:
-        return knn_score(queries, bank, min(k, bank.shape[0]), scale=scale, **chunks)
-    excluded = self_index >= 0
-    usable = bank.shape[0] - 1
-    scores = np.full(queries.shape[0], np.inf, dtype=np.float32)
-    if usable >= 1:
-        scores[excluded] = knn_score(
-            queries[excluded], bank, min(k, usable), scale=scale, self_index=self_index[excluded], **chunks
-        )
-    if (~excluded).any():
-        scores[~excluded] = knn_score(queries[~excluded], bank, min(k, bank.shape[0]), scale=scale, **chunks)
-    return scores
+    """Mean of the min(k, usable) smallest (scaled) distances per query; inf without a usable row."""
+    m = vectors.shape[0]
+    has_self = np.zeros(queries.shape[0], bool) if self_pos is None else self_pos >= 0
+    out = np.full(queries.shape[0], np.inf, dtype=np.float32)
+    for mask, usable, excluded in ((~has_self, m, None), (has_self, m - 1, self_pos)):
+        if usable < 1 or not mask.any():
+            continue
+        q = queries if mask.all() else queries[mask]
+        si = None if excluded is None else excluded[mask]
+        out[mask] = knn_distances(q, vectors, min(k, usable), scale=scale, self_index=si,
+                                  query_chunk=chunks["query_chunk"], bank_chunk=chunks["bank_chunk"]).mean(axis=1)
+    return out
 
 
-def density_radii(bank: np.ndarray, k: int, **chunks: int) -> np.ndarray:
+def density_radii(bank: np.ndarray, k: int, *, query_chunk: int = QUERY_CHUNK, bank_chunk: int = BANK_CHUNK) -> np.ndarray:
     """Each bank row's mean cosine distance to its ``k`` nearest other bank rows, floored.
+
+    Chunked like every search here: memory is bounded whatever M (no M x M matrix).
 
     Parameters
     ----------
@@ -246,7 +248,8 @@ def density_radii(bank: np.ndarray, k: int, **chunks: int) -> np.ndarray:
     (M,) float32 radii, floored at ``max(DENSITY_FLOOR_REL * mean, DENSITY_FLOOR_ABS)``.
     """
     n = bank.shape[0]
-    radii = knn_score(bank, bank, k, self_index=np.arange(n), **chunks)
+    radii = knn_distances(bank, bank, k, self_index=np.arange(n), query_chunk=query_chunk,
+                          bank_chunk=bank_chunk).mean(axis=1)
     return floored(radii, DENSITY_FLOOR_REL, DENSITY_FLOOR_ABS)
 
 
@@ -263,26 +266,3 @@ def kmeans_centres(x: np.ndarray, n_centres: int, seed: int) -> np.ndarray:
     km = KMeans(n_clusters=n_centres, random_state=seed, n_init=3)
     km.fit(np.asarray(x, dtype=np.float32))
     return np.ascontiguousarray(l2_normalize(km.cluster_centers_))
-
-
-def bank_score(
-    queries: np.ndarray,
-    bank: np.ndarray,
-    k: int = 1,
-    *,
-    groups: np.ndarray | None = None,
-    scale: np.ndarray | None = None,
-    self_index: np.ndarray | None = None,
-    **chunks: int,
-) -> np.ndarray:
-    """Anomaly scores (Q,) float32 of L2-normalized ``queries`` against a prepared bank.
-
-    ``groups`` None: mean of the k smallest (scaled) distances over the whole bank; otherwise the
-    domain-aware min over groups (:func:`grouped_knn_score`). With ``self_index`` (leave-one-out)
-    and no groups, k is reduced to M - 1 when the bank is that small.
-    """
-    if groups is not None:
-        return grouped_knn_score(queries, bank, groups, k, scale=scale, self_index=self_index, **chunks)
-    if self_index is not None:
-        k = min(k, bank.shape[0] - 1)
-    return knn_score(queries, bank, k, scale=scale, self_index=self_index, **chunks)

@@ -187,9 +187,15 @@ def write_submission(
     files: stale score/decision files of an earlier run are replaced, and a folder holding any
     other file is refused (ConfigError). Returns the written paths, sorted.
     """
+    _check_out_dir(Path(out_dir))  # before scoring: a refused folder costs nothing
+    return write_submission_folder(submission_files(banks, test_emb, what), out_dir)
+
+
+def write_submission_folder(files: Mapping[str, str], out_dir: str | Path) -> list[Path]:
+    """Write ``files`` {file name: text} as the folder ``out_dir`` (built beside it and renamed into
+    place; a folder holding anything but submission files is refused). Returns the paths, sorted."""
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    files = submission_files(banks, test_emb, what)
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))

@@ -22,20 +22,26 @@ def command(
     machine: Optional[str] = typer.Option(None, "--machine", "-m", help="Use the train clips of this machine only."),
     section: Optional[str] = typer.Option(None, "--section", "-s", help="Use the train clips of this section only, e.g. 00."),
     k: int = typer.Option(1, "--k", min=1, help="Score = mean of the K smallest cosine distances (1 = nearest neighbour)."),
-    domain_aware: bool = typer.Option(
-        False, "--domain-aware", help="Search source and target vectors separately; score = the smaller of the two."
+    score_norm: str = typer.Option(
+        "none", "--score-norm",
+        help="none (the seed's), density, domain-density or domain-zscore: how distances are normalized (README).",
+    ),
+    density_k: Optional[int] = typer.Option(
+        None, "--density-k", min=1,
+        help="K of the density radii (whole bank, or the source bank); default sqrt(n)/3 rounded, n = the group's vectors.",
+    ),
+    density_k_target: Optional[int] = typer.Option(
+        None, "--density-k-target", min=1, help="domain-density: K of the target radii (at most n_target - 1); default the same rule.",
     ),
     condense_source: Optional[int] = typer.Option(
         None, "--condense-source", min=1, help="Replace the source vectors by N k-means centres (all target vectors kept)."
     ),
-    density_norm: Optional[int] = typer.Option(
-        None, "--density-norm", min=1,
-        help="Divide each distance by the bank vector's mean distance to its K nearest bank neighbours.",
-    ),
     threshold_quantile: float = typer.Option(
         0.9, "--threshold-quantile", help="Decision threshold = this quantile of a gamma fit to leave-one-out bank scores."
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the k-means condensation."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the k-means condensation and of row samples in big banks."),
+    domain_aware: bool = typer.Option(False, "--domain-aware", hidden=True),
+    density_norm: Optional[int] = typer.Option(None, "--density-norm", hidden=True),
 ) -> None:
     """Build a KNN bank (mean/std + standardized, L2-normalized train embeddings + decision threshold).
 
@@ -44,7 +50,9 @@ def command(
     if (out is None) == (out_dir is None):
         raise ConfigError("Give exactly one of --out BANK.npz (one machine/section) or --out-dir DIR (all of them).")
     check_not_input(out, [embeddings], "--out")
-    cfg = BankConfig(k, domain_aware, condense_source, density_norm, threshold_quantile, seed)
+    removed_options(domain_aware, density_norm)
+    cfg = BankConfig(k=k, score_norm=score_norm, density_k=density_k, density_k_target=density_k_target,
+                     condense_source=condense_source, threshold_quantile=threshold_quantile, seed=seed)
     emb = load_embeddings(embeddings)
     if out is not None:
         bank = fit_bank(emb, cfg, machine, section, what=str(embeddings))
@@ -57,11 +65,21 @@ def command(
         _report(bank, path)
 
 
+def removed_options(domain_aware: bool, density_norm: int | None) -> None:
+    """Options of earlier versions: say what replaces them."""
+    if domain_aware:
+        raise ConfigError("--domain-aware was removed: at k = 1 it scored exactly like the default; "
+                          "use --score-norm domain-density or --score-norm domain-zscore.")
+    if density_norm is not None:
+        raise ConfigError(f"--density-norm was replaced: use --score-norm density --density-k {density_norm}.")
+
+
 def _report(bank: Bank, path: Path) -> None:
     domains = ", ".join(f"{int((bank.domain == d).sum())} {d or 'unknown'}" for d in sorted(set(bank.domain)))
     stderr_console().print(
         f"{bank.name}: {len(bank)} vectors ({domains}), dim {bank.dim}, "
-        f"threshold {bank.threshold:.4g} ({bank.threshold_info.get('method')}) -> {path}",
+        f"score norm {bank.config.score_norm}, threshold {bank.threshold:.4g} "
+        f"({bank.threshold_info.get('method')}) -> {path}",
         markup=False,  # paths may hold [brackets]
         highlight=False,
         soft_wrap=True,

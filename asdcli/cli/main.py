@@ -66,7 +66,8 @@ def _root(
 
 def _register() -> None:
     from asdcli.cli import (
-        bank_cmd, demo_cmd, embed_cmd, enrol_cmd, finetune_cmd, package_cmd, report_cmd, run_cmd, score_cmd, watch_cmd,
+        bank_cmd, demo_cmd, embed_cmd, enrol_cmd, finetune_cmd, fuse_cmd, package_cmd, report_cmd, run_cmd, score_cmd,
+        watch_cmd,
     )
 
     for name, module in (
@@ -75,6 +76,7 @@ def _register() -> None:
         ("fit-bank", bank_cmd),
         ("score", score_cmd),
         ("report", report_cmd),
+        ("fuse", fuse_cmd),
         ("run", run_cmd),
         ("demo", demo_cmd),
         ("package", package_cmd),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from asdcli.cli.finetune_options import with_finetune_options
+from asdcli.backend.recipes import RECIPE_HELP
 from asdcli.console import stderr_console
 from asdcli.finetune.config import FinetuneConfig
 
@@ -26,8 +27,12 @@ def command(
     out: Path = typer.Option(Path("runs/run"), "--out", "-o", help="Run folder; re-running continues it and skips finished stages."),
     no_finetune: bool = typer.Option(False, "--no-finetune", help="Skip fine-tuning: frozen BEATs, mean-pooled tokens."),
     embedding: str | None = typer.Option(None, "--embedding", help="Fine-tuned vector: 'head' (default) or 'pooled'."),
-    k: int = typer.Option(1, "--k", min=1, help="Bank score = mean of the K smallest cosine distances."),
-    domain_aware: bool = typer.Option(False, "--domain-aware", help="Search source and target bank vectors separately."),
+    recipe: str = typer.Option("seed", "--recipe", help="Back-end recipe: " + RECIPE_HELP + "."),
+    k: int | None = typer.Option(None, "--k", min=1, help="Bank score = mean of the K smallest distances (recipe's: 1)."),
+    score_norm: str | None = typer.Option(None, "--score-norm", help="none, density, domain-density or domain-zscore (as fit-bank; default: the recipe's)."),
+    density_k: int | None = typer.Option(None, "--density-k", min=1, help="K of the density radii (as fit-bank)."),
+    density_k_target: int | None = typer.Option(None, "--density-k-target", min=1, help="K of the target radii (as fit-bank)."),
+    domain_aware: bool = typer.Option(False, "--domain-aware", hidden=True),
     plots: bool = typer.Option(False, "--plots", help="Also write ROC/histogram PNGs to RUN_DIR/plots/."),
     finetune_options: dict[str, Any] | None = None,
 ) -> None:
@@ -40,11 +45,14 @@ def command(
 
     Example: asd run data/dev --checkpoint BEATs_iter3.pt --out runs/dev
     """
-    from asdcli.backend.bank import BankConfig
+    from asdcli.backend.recipes import recipe_bank_config
+    from asdcli.cli.bank_cmd import removed_options
     from asdcli.frontend.beats import resolve_checkpoint
     from asdcli.frontend.embed import EmbedConfig
     from asdcli.pipeline.run import RunConfig, run_pipeline
 
+    removed_options(domain_aware, None)
+    bank = recipe_bank_config(recipe, k=k, score_norm=score_norm, density_k=density_k, density_k_target=density_k_target)
     console = stderr_console()
     ckpt = resolve_checkpoint(checkpoint)
     opts = finetune_options or {}
@@ -52,7 +60,7 @@ def command(
     frontend = EmbedConfig(checkpoint=ckpt, batch_size=finetune.batch_size, device=finetune.device,
                            seconds=finetune.seconds, channel=finetune.channel, num_workers=finetune.num_workers)
     cfg = RunConfig.create(data_root=data, run_dir=out, embed=frontend, embedding=embedding,
-                           finetune=None if no_finetune else finetune, bank=BankConfig(k=k, domain_aware=domain_aware),
+                           finetune=None if no_finetune else finetune, bank=bank,
                            plots=plots)  # fmt: skip
     result = run_pipeline(cfg, console)
     show_result(result, console)

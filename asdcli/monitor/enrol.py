@@ -19,7 +19,7 @@ import numpy as np
 
 from asdcli.artifacts import Embeddings, load_embeddings
 from asdcli.backend import knn
-from asdcli.backend.bank import THRESHOLD_SAMPLE, Bank, build_bank, fit_threshold
+from asdcli.backend.bank import Bank, build_bank, fit_prepared
 from asdcli.backend.score import check_compatible
 from asdcli.data.dataset import DOMAINS, discover_clips
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError
@@ -68,16 +68,9 @@ def enrolment_embeddings(bank: Bank, inputs: Sequence[Path], checkpoint: Path | 
 
 
 def _refit(bank: Bank, vectors: np.ndarray, domain: np.ndarray, filenames: np.ndarray) -> Bank:
-    """``bank`` with these prepared vectors; radii and threshold refitted as in build_bank."""
-    cfg, m = bank.config, len(vectors)
-    radii = knn.density_radii(vectors, cfg.density_norm) if cfg.density_norm else np.ones(m, dtype=np.float32)
-    grown = replace(bank, vectors=vectors, domain=domain, filenames=filenames, radii=radii)
-    rows = np.arange(m)
-    if m > THRESHOLD_SAMPLE:
-        rows = np.sort(np.random.default_rng(cfg.seed).choice(m, THRESHOLD_SAMPLE, replace=False))
-    loo = grown.score_prepared(vectors[rows], self_index=rows)
-    threshold, info = fit_threshold(loo, cfg.threshold_quantile)
-    return replace(grown, loo_scores=loo.astype(np.float32), threshold=threshold, threshold_info=info)
+    """``bank`` with these prepared vectors under its own mean/std; normalization and threshold refitted."""
+    return fit_prepared(vectors, domain, filenames, bank.mean, bank.std, bank.config, machine=bank.machine,
+                        section=bank.section, embedding_meta=bank.embedding_meta)
 
 
 def _restandardized(bank: Bank, new: Embeddings, domain: str, train: Embeddings, train_what: str) -> Bank:

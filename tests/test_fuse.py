@@ -1,0 +1,140 @@
+"""`asd fuse`: standardized by the banks' leave-one-out statistics, order-independent, read by `asd report`."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from asdcli.backend.bank import load_banks
+from asdcli.cli.main import app
+
+runner = CliRunner()
+
+
+def _ok(*args: object) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _error(*args: object) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def _scores(path: Path) -> dict[str, float]:
+    with path.open(newline="") as f:
+        return {row[0]: float(row[1]) for row in csv.reader(f)}
+
+
+@pytest.fixture(scope="module")
+def systems(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_checkpoint: Path) -> dict[str, Path]:
+    """Frozen `asd run` folder A, and system B = other banks (domain-zscore) on A's embeddings."""
+    root = tmp_path_factory.mktemp("fuse")
+    a = root / "a"
+    _ok("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", a, "--no-finetune", "--seconds", 1, "--device", "cpu")
+    b_banks, b_sub = root / "b" / "banks", root / "b" / "submission"
+    _ok("fit-bank", a / "embeddings" / "train.npz", "--out-dir", b_banks, "--score-norm", "domain-zscore")
+    runner.invoke(app, ["score", "--banks", str(b_banks), "--embeddings", str(a / "embeddings" / "test.npz"),
+                        "--submission-dir", str(b_sub)])
+    return {"a": a, "b": root / "b", "b_spec": Path(f"{b_sub}:{b_banks}"), "root": root}
+
+
+def test_fusing_a_system_with_itself_ranks_clips_as_the_system(systems: dict[str, Path], tmp_path: Path) -> None:
+    a = systems["a"]
+    _ok("fuse", a, a, "--out", tmp_path / "fused")
+    banks = load_banks(a / "banks")
+    for name in sorted(p.name for p in (a / "submission").glob("anomaly_score_*.csv")):
+        own, fused = _scores(a / "submission" / name), _scores(tmp_path / "fused" / name)
+        assert sorted(own) == sorted(fused)
+        names = sorted(own)
+        assert stats.spearmanr([own[n] for n in names], [fused[n] for n in names])[0] == pytest.approx(1.0)
+        machine, section = name.removeprefix("anomaly_score_").removesuffix("_test.csv").rsplit("_section_", 1)
+        mean, std = banks[(machine, section)].loo_stats
+        np.testing.assert_allclose([fused[n] for n in names], [(own[n] - mean) / std for n in names], rtol=1e-6, atol=1e-6)
+
+
+def test_fusing_two_systems_is_order_independent(systems: dict[str, Path], tmp_path: Path) -> None:
+    a, b = systems["a"], systems["b_spec"]
+    _ok("fuse", a, b, "--out", tmp_path / "ab")
+    _ok("fuse", b, a, "--out", tmp_path / "ba")
+    names = sorted(p.name for p in (tmp_path / "ab").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "ba").iterdir()) and len(names) == 6
+    for name in names:
+        assert (tmp_path / "ab" / name).read_bytes() == (tmp_path / "ba" / name).read_bytes()
+    # Weights move the fused scores towards the heavier system.
+    _ok("fuse", a, b, "--weights", "1,0", "--out", tmp_path / "a_only")
+    score = min(p.name for p in (tmp_path / "ab").glob("anomaly_score_*"))
+    banks = load_banks(systems["a"] / "banks")
+    key = score.removeprefix("anomaly_score_").removesuffix("_test.csv").rsplit("_section_", 1)
+    mean, std = banks[(key[0], key[1])].loo_stats
+    own = _scores(a / "submission" / score)
+    fused = _scores(tmp_path / "a_only" / score)
+    np.testing.assert_allclose([fused[n] for n in sorted(own)], [(own[n] - mean) / std for n in sorted(own)], atol=1e-6)
+
+
+def test_asd_report_reads_the_fused_folder(systems: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
+    _ok("fuse", systems["a"], systems["b_spec"], "--out", tmp_path / "fused")
+    out = _ok("report", tmp_path / "fused", "--data", synth_root, "--format", "csv")
+    assert "official score," in out and "precision (source)" in out  # decisions were read too
+
+
+def test_fuse_errors(systems: dict[str, Path], tmp_path: Path) -> None:
+    a = systems["a"]
+    assert "is not an `asd run` folder" in _error("fuse", tmp_path, "--out", tmp_path / "x")
+    assert "does not exist" in _error("fuse", tmp_path / "nope", "--out", tmp_path / "x")
+    assert "--weights has 1 value(s) for 2 systems" in _error("fuse", a, a, "--weights", "1", "--out", tmp_path / "x")
+    assert "comma-separated numbers" in _error("fuse", a, "--weights", "x", "--out", tmp_path / "x")
+    assert "not all 0" in _error("fuse", a, "--weights", "0", "--out", tmp_path / "x")
+    assert "is the submission folder of system" in _error("fuse", a, "--out", a / "submission")
+    # A system whose clips differ: one test clip fewer in one section.
+    c = tmp_path / "c"
+    shutil.copytree(a, c, ignore=shutil.ignore_patterns("embeddings", "finetune"))
+    score = min((c / "submission").glob("anomaly_score_*"))
+    score.write_text("".join(score.read_text().splitlines(keepends=True)[1:]))
+    machine = score.name.removeprefix("anomaly_score_").split("_section_")[0]
+    line = _error("fuse", a, c, "--out", tmp_path / "x")
+    assert f"{machine} section 00: the test clips of {c} differ" in line
+    # A machine/section only one system has.
+    score.unlink()
+    score.with_name(score.name.replace("anomaly_score_", "decision_result_")).unlink()
+    assert f"{machine} section 00 is scored by only one of" in _error("fuse", a, c, "--out", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_banks_without_statistics_are_an_error_naming_the_section(systems: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    c = tmp_path / "c"
+    shutil.copytree(systems["a"], c, ignore=shutil.ignore_patterns("embeddings", "finetune"))
+    bank = min((c / "banks").glob("bank_*.npz"))
+    with np.load(bank, allow_pickle=False) as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    np.savez(bank, **{**arrays, "meta": np.asarray(json.dumps({**meta, "loo_stats": None}))})
+    line = _error("fuse", systems["a"], c, "--out", tmp_path / "x")
+    assert f"The bank of {meta['machine']} section {meta['section']} in {c} has no leave-one-out statistics" in line
+
+
+def test_run_recipe_selects_the_back_end(systems: dict[str, Path], synth_root: Path, tiny_checkpoint: Path,
+                                         tmp_path: Path) -> None:  # fmt: skip
+    """`asd run --recipe density` fits density banks; an explicit --score-norm wins over the recipe."""
+    run = tmp_path / "run"
+    shutil.copytree(systems["a"], run)  # embeddings are up to date: only banks, scores and report are redone
+    base = ("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", run, "--no-finetune", "--seconds", 1,
+            "--device", "cpu")
+    _ok(*base, "--recipe", "density")
+    assert {b.config.score_norm for b in load_banks(run / "banks").values()} == {"density"}
+    _ok(*base, "--recipe", "density", "--score-norm", "none", "--k", "2")
+    assert {(b.config.score_norm, b.config.k) for b in load_banks(run / "banks").values()} == {("none", 2)}
+    assert "--recipe must be one of seed, density" in _error(*base, "--recipe", "best")
+    assert "--domain-aware was removed" in _error(*base, "--domain-aware")
