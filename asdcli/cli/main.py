@@ -63,7 +63,7 @@ def _root(
 
 
 def _register() -> None:
-    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, finetune_cmd, report_cmd, run_cmd, score_cmd
+    from asdcli.cli import bank_cmd, demo_cmd, embed_cmd, export_cmd, finetune_cmd, report_cmd, run_cmd, score_cmd
 
     for name, module in (
         ("finetune", finetune_cmd),
@@ -73,6 +73,7 @@ def _register() -> None:
         ("report", report_cmd),
         ("run", run_cmd),
         ("demo", demo_cmd),
+        ("export", export_cmd),
     ):
         app.command(name)(handle_errors(module.command))
 

@@ -30,6 +30,7 @@ def command(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (embedding clips only)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch when embedding."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or int8 (CPU) for embedding clips (default: the bank's)."),
 ) -> None:
     """Score clips against a bank: anomaly scores as challenge CSV (filename,score; no header) on stdout.
 
@@ -48,7 +49,7 @@ def command(
     if embeddings is not None:
         rows = _rows_from_file(the_bank, embeddings, all_rows)
     else:
-        rows = _embed(the_bank, clips or [], checkpoint, adapter, device, batch_size)
+        rows = _embed(the_bank, clips or [], checkpoint, adapter, device, batch_size, precision)
     scores = score_embeddings(the_bank, rows, what=str(embeddings or "the clips"))
     flags = decide(the_bank, scores)
     typer.echo(format_rows(rows.filenames, scores, flags, fmt, header), nl=False)
@@ -85,9 +86,9 @@ def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
 
 
 def _embed(bank: Bank, clips: List[Path], checkpoint: Optional[Path], adapter: Optional[Path], device: str,
-           batch_size: int) -> Embeddings:
+           batch_size: int, precision: Optional[str] = None) -> Embeddings:
     """Embed the clips as the bank's training clips were (checkpoint, adapter, embedding kind,
-    clip length and channel from its meta; --checkpoint/--adapter override, and a different
+    clip length, channel and precision from its meta; --checkpoint/--adapter/--precision override, and a different
     front end is then caught by the meta check before scoring)."""
     from asdcli.data.dataset import discover_clips
     from asdcli.frontend.embed import EMBEDDING_CHOICES, EmbedConfig, embed_clips
@@ -104,6 +105,7 @@ def _embed(bank: Bank, clips: List[Path], checkpoint: Optional[Path], adapter: O
     cfg = EmbedConfig(
         checkpoint=ckpt, adapter=adapter, embedding=kind, batch_size=batch_size, device=device,
         seconds=meta.get("clip_seconds", 10.0), channel=meta.get("channel"),
+        precision=precision or meta.get("precision", "fp32"),
     )
     return embed_clips(found, cfg)
 

@@ -24,6 +24,7 @@ from asdcli.device import resolve_device
 from asdcli.errors import AsdError, ConfigError
 from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.beats import LoadedBeats, load_beats, resolve_checkpoint
+from asdcli.frontend.quantize import check_precision, for_precision
 
 EMBEDDING_CHOICES = ("head", "pooled")
 POOLING = "mean"  # over all tokens of the last layer
@@ -40,7 +41,8 @@ class EmbedConfig:
     checkpoint: official BEATs checkpoint (None: $ASD_CHECKPOINT or the default cache path);
     adapter: `asd finetune` run folder; embedding: "head" or "pooled" (needs adapter, default head);
     seconds: clips are cut/zero-padded to this length (None: natural length, batch size 1);
-    channel: 0-based channel to keep (None: mean of channels); num_workers: DataLoader workers.
+    channel: 0-based channel to keep (None: mean of channels); num_workers: DataLoader workers;
+    precision: fp32, or int8 (CPU only: frontend.quantize).
     """
 
     checkpoint: Path | None
@@ -51,8 +53,10 @@ class EmbedConfig:
     seconds: float | None = 10.0
     channel: int | None = None
     num_workers: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.num_workers < 0:
@@ -152,7 +156,7 @@ def embed_clips(clips: Sequence[Clip], cfg: EmbedConfig, progress: Progress | No
     device = resolve_device(cfg.device)
     if device.type == "cuda" and state.num_processes > 1:
         device = state.device
-    module = module.to(device).eval()
+    module = for_precision(module.to(device).eval(), cfg.precision, device)
     with state.split_between_processes(list(range(len(clips)))) as mine:
         pairs = _embed_indices(module, clips, list(mine), cfg, device, progress)
     if state.num_processes > 1:
@@ -162,7 +166,7 @@ def embed_clips(clips: Sequence[Clip], cfg: EmbedConfig, progress: Progress | No
     meta.update(
         checkpoint_sha256=loaded.sha256, checkpoint_path=str(loaded.path), backbone_cfg=loaded.cfg,
         pooling=POOLING, frontend=FRONTEND, clip_seconds=cfg.seconds, sample_rate=SAMPLE_RATE,
-        channel=cfg.channel,
+        channel=cfg.channel, precision=cfg.precision,
     )  # fmt: skip
     return Embeddings(
         vectors=vectors,
@@ -265,7 +269,7 @@ def embed_inputs(clips: Sequence[Clip], cfg: EmbedConfig, checkpoint_sha256: str
 
     adapter = read_json(Path(cfg.adapter) / "run.json", what="run record")["adapter_id"] if cfg.adapter else None
     return {"checkpoint": checkpoint_sha256, "adapter": adapter, "embedding": cfg.embedding, "seconds": cfg.seconds,
-            "channel": cfg.channel, "clips": files_fingerprint([c.path for c in clips])}
+            "channel": cfg.channel, "precision": cfg.precision, "clips": files_fingerprint([c.path for c in clips])}
 
 
 def embed_resumable(clips: Sequence[Clip], cfg: EmbedConfig, work_dir: Path, prefix: str, key: str,
