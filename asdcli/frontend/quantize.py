@@ -69,7 +69,7 @@ def quantize_for_cpu(module: nn.Module) -> nn.Module:
         # torch.ao's eager dynamic quantization is deprecated in favour of torchao, but is the
         # fastest and most accurate int8 path on AVX2 CPUs without VNNI (see the README)
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(merged, names, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(merged, names, dtype=torch.qint8, inplace=True)  # on our copy
 
 
 def for_precision(module: nn.Module, precision: str, device: torch.device) -> nn.Module:
