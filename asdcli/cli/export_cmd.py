@@ -19,10 +19,9 @@ def command(
 ) -> None:
     """Export the embedder as one ONNX model: 16 kHz waveform (batch, samples) -> embeddings (batch, D).
 
-    The fbank is inside the model; batch size and clip length are free (at least 0.175 s). After the
-    export ONNX Runtime embeds random clips and is compared with asdcli's torch path (max abs diff
-    at most 1e-4 in fp32, cosine at least 0.99 with --int8); run it with `asd embed --onnx MODEL`.
-    Needs `pip install 'asdcli[onnx]'`.
+    The fbank is inside the model; batch size and clip length are free (at least 0.175 s).
+
+    After the export ONNX Runtime embeds random clips and is compared with asdcli's torch path (max abs diff at most 1e-4 in fp32, cosine at least 0.99 with --int8); nothing is written if it differs. Run the model with `asd embed --onnx MODEL`. Needs `pip install 'asdcli\\[onnx]'`.
     """
     from asdcli.frontend.beats import load_beats, resolve_checkpoint
     from asdcli.frontend.embed import EmbedConfig, build_embedder

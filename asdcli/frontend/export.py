@@ -31,13 +31,16 @@ from asdcli.frontend.features import HOP_SIZE, WINDOW_SIZE, beats_fbank
 from asdcli.frontend.quantize import merge_lora
 
 INPUT_NAME = "waveform"
-OUTPUT_NAME = "embeddings"  # not "embedding": the exporter names BEATs' nn.Embedding node so
+OUTPUT_NAME = "embeddings"  # not "embedding": that name is taken by the node of BEATs' nn.Embedding
 META_KEY = "asdcli"
 MIN_SAMPLES = WINDOW_SIZE + 15 * HOP_SIZE  # 16 fbank frames, one BEATs patch: 0.175 s
 OPSET = 20  # the first with a Gelu op; ONNX Runtime >= 1.16 runs it
 FP32_TOLERANCE = 1e-4  # max abs diff vs torch, in units of the largest output magnitude (>= 1)
 INT8_MIN_COSINE = 0.99
 INSTALL_HINT = "install ONNX Runtime with `pip install 'asdcli[onnx]'`"
+Progress = Callable[[int], None]  # called with the number of clips just finished
+_CLIP_FIELDS = (("filenames", "name"), ("paths", "path"), ("machine", "machine"), ("section", "section"),
+                ("domain", "domain"), ("split", "split"), ("label", "label"))  # Embeddings field, Clip attribute
 
 
 class WaveformEmbedder(nn.Module):
@@ -248,8 +251,6 @@ def load_onnx(path: Path, threads: int | None = None) -> tuple[Any, dict[str, An
     return session, json.loads(raw)
 
 
-Progress = Callable[[int], None]
-
 
 def embed_clips_onnx(clips: Sequence[Clip], model: Path, audio: AudioConfig, batch_size: int = 8,
                      progress: Progress | None = None, threads: int | None = None) -> Embeddings:  # fmt: skip
@@ -272,7 +273,3 @@ def embed_clips_onnx(clips: Sequence[Clip], model: Path, audio: AudioConfig, bat
         **{field: np.asarray([getattr(c, attr) for c in clips], dtype=str) for field, attr in _CLIP_FIELDS},
         meta=meta,
     )
-
-
-_CLIP_FIELDS = (("filenames", "name"), ("paths", "path"), ("machine", "machine"), ("section", "section"),
-                ("domain", "domain"), ("split", "split"), ("label", "label"))  # fmt: skip
