@@ -9,7 +9,7 @@ from asdcli import __version__
 from asdcli.cli.main import app
 
 runner = CliRunner()
-COMMANDS = ["finetune", "embed", "fit-bank", "score", "report", "run", "demo"]
+COMMANDS = ["finetune", "embed", "fit-bank", "score", "report", "run", "demo", "export"]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
