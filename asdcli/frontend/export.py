@@ -187,13 +187,14 @@ def export_onnx(module: nn.Module, meta: Mapping[str, Any], out: Path, int8: boo
     """
     onnx, ort = _onnx(), onnxruntime()
     out = Path(out)
+    parent = _writable_parent(out)  # before minutes of tracing
     module = module.cpu().eval()
     proto = _export_proto(module, min(seconds, 2.0))
     precision = "int8" if int8 else "fp32"
     full_meta = {**meta, "precision": precision, "runtime": "onnxruntime", "input": INPUT_NAME, "output": OUTPUT_NAME,
                  "sample_rate": SAMPLE_RATE, "min_samples": MIN_SAMPLES}  # fmt: skip
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(full_meta, sort_keys=True)})
-    with tempfile.TemporaryDirectory(dir=_writable_parent(out), prefix=f".{out.name}.") as tmp:
+    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{out.name}.") as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save_model(proto, str(path))
         if int8:
