@@ -119,7 +119,7 @@ def _export_proto(module: nn.Module, example_seconds: float) -> Any:
         program = torch.onnx.export(wrapper, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes=dims, opset_version=OPSET, dynamo=True, verbose=False)  # fmt: skip
     if program is None:  # only when f= is given, which it is not
-        raise ArtifactError("torch.onnx.export returned no program; use torch >= 2.9 (tested: 2.13 with onnxscript 0.7).")
+        raise ArtifactError("torch.onnx.export returned no program; this torch cannot export the model (tested: torch 2.13 with onnxscript 0.7).")
     return program.model_proto
 
 
