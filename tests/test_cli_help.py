@@ -10,7 +10,7 @@ from asdcli import __version__
 from asdcli.cli.main import app
 
 runner = CliRunner()
-COMMANDS = ["finetune", "embed", "fit-bank", "score", "report", "run", "demo", "package", "watch", "enrol"]
+COMMANDS = ["finetune", "embed", "fit-bank", "score", "report", "run", "demo", "package", "watch", "enrol", "fuse", "export"]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

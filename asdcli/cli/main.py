@@ -66,8 +66,8 @@ def _root(
 
 def _register() -> None:
     from asdcli.cli import (
-        bank_cmd, demo_cmd, embed_cmd, enrol_cmd, finetune_cmd, fuse_cmd, package_cmd, report_cmd, run_cmd, score_cmd,
-        watch_cmd,
+        bank_cmd, demo_cmd, embed_cmd, enrol_cmd, export_cmd, finetune_cmd, fuse_cmd, package_cmd, report_cmd, run_cmd,
+        score_cmd, watch_cmd,
     )
 
     for name, module in (
@@ -82,6 +82,7 @@ def _register() -> None:
         ("package", package_cmd),
         ("watch", watch_cmd),
         ("enrol", enrol_cmd),
+        ("export", export_cmd),
     ):
         app.command(name, cls=AsdCommand)(handle_errors(module.command))
 

@@ -40,6 +40,7 @@ def command(
     windows: Optional[Path] = typer.Option(None, "--windows", help="With --window: write filename,start_s,end_s,score,decision per window (CSV)."),
     how: str = typer.Option("max", "--aggregate", help="With --window: a recording's score is the max or mean of its window scores."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="With --window: timeline PNG of score vs time, threshold, anomalous stretches."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or int8 (CPU) for embedding clips (default: the bank's)."),
 ) -> None:
     """Score clips against a bank: anomaly scores as challenge CSV (filename,score; no header) on stdout.
 
@@ -64,7 +65,7 @@ def command(
     elif embeddings is not None:
         rows = _rows_from_file(the_bank, embeddings, all_rows)
     else:
-        rows = _embed(the_bank, clips or [], checkpoint, adapter, device, batch_size, skip_other_sections)
+        rows = _embed(the_bank, clips or [], checkpoint, adapter, device, batch_size, skip_other_sections, precision)
     if windowed is None:
         what = str(embeddings or "the clips")
         scores = score_embeddings(the_bank, rows, what=what)
@@ -133,10 +134,10 @@ def _bank_clips(bank: Bank, found: list[Clip], skip_other_sections: bool) -> lis
 
 
 def _embed(bank: Bank, clips: List[Path], checkpoint: Optional[Path], adapter: Optional[Path], device: str,
-           batch_size: int, skip_other_sections: bool) -> Embeddings:
+           batch_size: int, skip_other_sections: bool, precision: Optional[str] = None) -> Embeddings:
     """Embed the clips as the bank's training clips were (checkpoint, adapter, embedding kind,
-    layers, clip length and channel from its meta; --checkpoint/--adapter override, and a
-    different front end is then caught by the contract check before scoring)."""
+    layers, clip length, channel and precision from its front-end record; --checkpoint/--adapter/
+    --precision override, and a different front end is then caught by the contract check)."""
     from asdcli.data.dataset import discover_clips
     from asdcli.frontend.embed import EMBEDDING_CHOICES, EmbedConfig, embed_job
     from asdcli.frontend.spec import spec_of
@@ -159,6 +160,7 @@ def _embed(bank: Bank, clips: List[Path], checkpoint: Optional[Path], adapter: O
         checkpoint=ckpt, adapter=adapter, embedding=kind, batch_size=batch_size, device=device,
         seconds=spec.get("clip_seconds", 10.0), channel=spec.get("channel"),
         layers=str(spec.get("layers", "last")) if adapter is None else "last",
+        precision=precision or str(spec.get("precision", "fp32")),
     )
     return embed_job(found, cfg, stderr_console())[0]
 

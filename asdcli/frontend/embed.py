@@ -26,6 +26,7 @@ from asdcli.errors import ArtifactError, AsdError, ConfigError
 from asdcli.frontend.beats import BEATs, LoadedBeats, load_beats, resolve_checkpoint
 from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.spec import FEATURES, SPEC_KEY, FrontendSpec, cfg_sha256, frontend_differences
+from asdcli.frontend.quantize import check_precision, for_precision
 
 EMBEDDING_CHOICES = ("head", "pooled")
 POOLING = "mean"  # over all tokens of each pooled layer
@@ -43,6 +44,7 @@ class EmbedConfig:
     seconds: clips are cut/zero-padded to this length (None: natural length, batch size 1);
     channel: 0-based channel to keep (None: mean of channels); num_workers: DataLoader workers;
     layers: "last" or 1-based transformer layers whose token means are concatenated ("7,10").
+    precision: fp32, or int8 (CPU only: frontend.quantize).
     """
 
     checkpoint: Path | None
@@ -54,8 +56,10 @@ class EmbedConfig:
     channel: int | None = None
     num_workers: int = 0
     layers: str = "last"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.num_workers < 0:
@@ -163,7 +167,7 @@ def build_embedder(cfg: EmbedConfig) -> Embedder:
     spec = FrontendSpec(
         checkpoint_sha256=loaded.sha256, backbone_cfg_sha256=cfg_sha256(loaded.cfg),
         adapter_sha256=meta["adapter_id"], embedding=str(meta["embedding"]), layers=layers, pooling=POOLING,
-        clip_seconds=cfg.seconds, channel=cfg.channel, sample_rate=SAMPLE_RATE,
+        clip_seconds=cfg.seconds, channel=cfg.channel, sample_rate=SAMPLE_RATE, precision=cfg.precision,
     )  # fmt: skip
     meta.update({SPEC_KEY: spec.to_dict(), "checkpoint_path": os.fsdecode(loaded.path.resolve()),
                  "backbone_cfg": loaded.cfg})
@@ -171,7 +175,8 @@ def build_embedder(cfg: EmbedConfig) -> Embedder:
     device = resolve_device(cfg.device)
     if device.type == "cuda" and state.num_processes > 1:
         device = state.device
-    return Embedder(module.to(device).eval(), device, spec, meta, cfg.audio, cfg.batch_size, cfg.num_workers)
+    module = for_precision(module.to(device).eval(), cfg.precision, device)  # int8: quantized once per job
+    return Embedder(module, device, spec, meta, cfg.audio, cfg.batch_size, cfg.num_workers)
 
 
 def _unwrap_worker_error(e: AsdError) -> AsdError:
@@ -327,7 +332,7 @@ def embed_inputs(clips: Sequence[Clip], cfg: EmbedConfig, checkpoint_sha256: str
 
         adapter = adapter_id(Path(cfg.adapter))
     return {"checkpoint": checkpoint_sha256, "adapter": adapter, "embedding": cfg.embedding, "seconds": cfg.seconds,
-            "channel": cfg.channel, "layers": cfg.layers, "features": FEATURES,
+            "channel": cfg.channel, "layers": cfg.layers, "precision": cfg.precision, "features": FEATURES,
             "clips": files_fingerprint([c.path for c in clips])}
 
 
