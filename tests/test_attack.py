@@ -332,3 +332,39 @@ def test_package_folder_holds_what_the_zip_holds(fan: dict[str, Path], synth_roo
         return
     zipped = {Path(n).name for n in zipfile.ZipFile(out / "Doe_ACME_task2_1.zip").namelist()}
     assert {p.name for p in folder.iterdir()} == zipped
+
+
+# ---------------------------------------------------------------------------------------------
+# score files read back by `asd report` (issue 11 section 5)
+
+
+def _fan_scores(fan: dict[str, Path]) -> str:
+    result = _asd("score", "--bank", fan["bank"], "--embeddings", fan["test"])
+    _assert_ok(result)
+    return result.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="parse_rows strips file names: a clip named ' x.wav' written by `asd score` is unknown to report")
+def test_leading_space_clip_name_round_trips(fan: dict[str, Path], synth_root: Path, tiny_checkpoint: Path,
+                                            tmp_path: Path) -> None:  # fmt: skip
+    data = tmp_path / "data" / "fan" / "test"
+    data.mkdir(parents=True)
+    for i, clip in enumerate(sorted((synth_root / "fan" / "test").glob("*.wav"))):
+        shutil.copy(clip, data / ((" " if i == 0 else "") + clip.name))
+    scored = _asd("score", "--bank", fan["bank"], data, "--checkpoint", tiny_checkpoint, "--device", "cpu")
+    _assert_ok(scored)
+    assert scored.stdout.startswith(" section_00")  # the name as written, leading space kept
+    result = _asd("report", "-", "--machine", "fan", "--data", tmp_path / "data", "--format", "csv", input=scored.stdout)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.xfail(strict=True, reason="a row with 3 columns is read as filename,<2nd column>: 'name,label,score' scores the labels")
+def test_score_rows_with_extra_columns_are_an_error(fan: dict[str, Path], synth_root: Path) -> None:
+    """`filename,label,score` (a common hand-made layout) must not be evaluated as if column 2
+    were the score: that gives a perfect AUC from the labels, a silent wrong number."""
+    rows = []
+    for line in _fan_scores(fan).splitlines():
+        name, score = line.rsplit(",", 1)
+        rows.append(f"{name},{1 if '_anomaly_' in name else 0},{score}")
+    _assert_error(_asd("report", "-", "--machine", "fan", "--data", synth_root, "--format", "csv",
+                       input="\n".join(rows) + "\n"), "stdin line 1")  # fmt: skip
