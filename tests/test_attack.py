@@ -368,3 +368,14 @@ def test_score_rows_with_extra_columns_are_an_error(fan: dict[str, Path], synth_
         rows.append(f"{name},{1 if '_anomaly_' in name else 0},{score}")
     _assert_error(_asd("report", "-", "--machine", "fan", "--data", synth_root, "--format", "csv",
                        input="\n".join(rows) + "\n"), "stdin line 1")  # fmt: skip
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.xfail(strict=True, reason="stdout on a full disk: OSError ENOSPC escapes as a 70-line traceback (then the Abort AttributeError)")
+def test_full_stdout_is_one_error_line(fan: dict[str, Path]) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "asdcli", "score", "--bank", str(fan["bank"]), "--embeddings",
+                               str(fan["test"])], stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=120)  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr[-2000:]
