@@ -388,3 +388,42 @@ def test_npy_file_instead_of_npz_is_one_error_line(option: str, fan: dict[str, P
     np.save(npy, np.zeros((3, 4), np.float32))
     args = {"--embeddings": ("--bank", fan["bank"], "--embeddings", npy), "--bank": ("--bank", npy, "--embeddings", fan["test"])}
     _assert_error(_asd("score", *args[option]), str(npy))
+
+
+# ---------------------------------------------------------------------------------------------
+# `asd report` overwrites its other inputs (issue 11 section 2: an output that is an input)
+
+
+def _fan_submission(fan: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
+    banks = tmp_path / "banks"
+    banks.mkdir()
+    shutil.copy(fan["bank"], banks / "bank_fan_section_00.npz")
+    submission = tmp_path / "submission"
+    _assert_ok(_asd("score", "--banks", banks, "--embeddings", fan["test"], "--submission-dir", submission))
+    return submission, banks / "bank_fan_section_00.npz"
+
+
+@pytest.mark.xfail(strict=True, reason="report --out/--html only guard the score CSVs: a --data clip or a --banks bank is overwritten")
+@pytest.mark.parametrize("option,target", [("--out", "clip"), ("--html", "clip"), ("--out", "bank")])
+def test_report_output_never_overwrites_a_data_clip_or_bank(option: str, target: str, fan: dict[str, Path],
+                                                           synth_root: Path, tmp_path: Path) -> None:  # fmt: skip
+    """The clips under --data (their names are the ground truth) and the banks under --banks are
+    inputs of the report as much as the score files: writing the report over one destroys it."""
+    submission, bank = _fan_submission(fan, tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "fan", data / "fan")
+    victim = bank if target == "bank" else sorted((data / "fan" / "test").glob("*.wav"))[0]
+    before = victim.read_bytes()
+    result = _asd("report", submission, "--data", data, "--banks", bank.parent, option, victim, "--format", "csv")
+    assert victim.read_bytes() == before, f"{option} overwrote {victim.name}"
+    _assert_error(result, str(victim))
+
+
+@pytest.mark.xfail(strict=True, reason="report writes --ground-truth-out first, then fails on the submission: a failed command wrote files")
+def test_failed_report_writes_no_ground_truth(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
+    submission, _ = _fan_submission(fan, tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "bearing", data / "bearing")  # no ground truth for the submission's fan
+    out = tmp_path / "gt"
+    _assert_error(_asd("report", submission, "--data", data, "--ground-truth-out", out), "fan section 00")
+    assert not out.exists()
