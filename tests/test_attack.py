@@ -427,3 +427,17 @@ def test_failed_report_writes_no_ground_truth(fan: dict[str, Path], synth_root: 
     out = tmp_path / "gt"
     _assert_error(_asd("report", submission, "--data", data, "--ground-truth-out", out), "fan section 00")
     assert not out.exists()
+
+
+@pytest.mark.xfail(strict=True, reason="score --decisions is checked against the given paths only, not the clips found in a folder")
+def test_score_decisions_never_overwrite_a_clip_found_in_a_folder(fan: dict[str, Path], synth_root: Path,
+                                                                 tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
+    """`asd embed --out` already refuses a clip found in an input folder; `score --decisions` must too."""
+    test = tmp_path / "fan" / "test"
+    shutil.copytree(synth_root / "fan" / "test", test)
+    victim = sorted(test.glob("*.wav"))[0]
+    before = victim.read_bytes()
+    result = _asd("score", "--bank", fan["bank"], test, "--decisions", victim, "--checkpoint", tiny_checkpoint,
+                  "--device", "cpu")  # fmt: skip
+    assert victim.read_bytes() == before, "--decisions overwrote a scored clip"
+    _assert_error(result, "--decisions")
