@@ -61,8 +61,10 @@ def check_name_length(path: Path) -> None:
     """An AsdError when the last part of ``path`` is longer than a file name may be."""
     size = len(path.name.encode("utf-8", "surrogateescape"))
     if size > NAME_MAX:
-        raise AsdError(f"Cannot write {path}: its name is {size} bytes long, more than the {NAME_MAX} a file "
-                       "system allows. Choose a shorter output name.")
+        raise AsdError(
+            f"Cannot write {path}: its name is {size} bytes long, more than the {NAME_MAX} a file "
+            "system allows. Choose a shorter output name."
+        )
 
 
 def _create_temp(parent: Path, name: str) -> tuple[int, Path]:
@@ -90,7 +92,7 @@ def is_stale_temp(temp: str, name: str) -> bool:
     rename); one of the pid-less form ``.<name>.<hex8>.tmp`` of earlier asdcli versions is always stale."""
     if not (temp.startswith(".") and temp.endswith(_TEMP_SUFFIX)):
         return False
-    stem, _, tag = temp[1:-len(_TEMP_SUFFIX)].rpartition(".")
+    stem, _, tag = temp[1 : -len(_TEMP_SUFFIX)].rpartition(".")
     pid, _, token = tag.rpartition("-")
     if len(token) != 8 or any(c not in "0123456789abcdef" for c in token):
         return False
@@ -255,7 +257,9 @@ def json_meta(arrays: Mapping[str, np.ndarray], path: str | Path) -> dict[str, A
     except (KeyError, ValueError) as e:
         raise ArtifactError(f"{path} has no valid meta record. Re-create it.") from e
     if not isinstance(meta, dict):
-        raise ArtifactError(f"{path} has a malformed meta record (a JSON {type(meta).__name__}, not an object); re-create it.")
+        raise ArtifactError(
+            f"{path} has a malformed meta record (a JSON {type(meta).__name__}, not an object); re-create it."
+        )
     return meta
 
 
@@ -314,12 +318,16 @@ def load_embeddings(path: str | Path) -> Embeddings:
     arrays = load_npz(path, ("embeddings", "filenames", "meta"), what="embeddings file")
     meta = json_meta(arrays, path)
     if meta.get("schema_version") != EMBEDDINGS_SCHEMA:
-        raise ArtifactError(f"{path} has embeddings schema {meta.get('schema_version')!r}, this asdcli reads "
-                            f"{EMBEDDINGS_SCHEMA}; re-create it with `asd embed`.")
+        raise ArtifactError(
+            f"{path} has embeddings schema {meta.get('schema_version')!r}, this asdcli reads "
+            f"{EMBEDDINGS_SCHEMA}; re-create it with `asd embed`."
+        )
     raw = arrays["embeddings"]
     if raw.dtype.kind not in "fiu" or raw.ndim != 2 or raw.shape[1] == 0:
-        raise ArtifactError(f"{path}: embeddings must be a numeric 2-D array with at least one column, "
-                            f"got {raw.dtype} of shape {raw.shape}; re-create it with `asd embed`.")
+        raise ArtifactError(
+            f"{path}: embeddings must be a numeric 2-D array with at least one column, "
+            f"got {raw.dtype} of shape {raw.shape}; re-create it with `asd embed`."
+        )
     vectors = np.asarray(raw, dtype=np.float32)
     n = vectors.shape[0]
     fields = {}
@@ -331,6 +339,7 @@ def load_embeddings(path: str | Path) -> Embeddings:
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
         first = fields["paths"][bad][0] or fields["filenames"][bad][0]
-        raise ArtifactError(f"{path} holds NaN or Inf embeddings ({int(bad.sum())} rows, first {first}); "
-                            "re-create it with `asd embed`.")
+        raise ArtifactError(
+            f"{path} holds NaN or Inf embeddings ({int(bad.sum())} rows, first {first}); re-create it with `asd embed`."
+        )
     return Embeddings(vectors=vectors, meta=meta, **fields)

@@ -63,7 +63,9 @@ class PackageConfig:
     def __post_init__(self) -> None:
         check_team(self.team)
         if not 1 <= self.system <= 4:
-            raise ConfigError(f"--system must be 1, 2, 3 or 4 (the challenge takes up to 4 systems), got {self.system}.")
+            raise ConfigError(
+                f"--system must be 1, 2, 3 or 4 (the challenge takes up to 4 systems), got {self.system}."
+            )
 
     @property
     def label(self) -> str:
@@ -77,8 +79,10 @@ def locate(source: Path) -> tuple[Path, Path | None]:
     if source.is_dir() and any(source.glob("anomaly_score_*_test.csv")):
         run = source.parent if (source.parent / "banks").is_dir() else None
         return source, run
-    raise DataError(f"{source} is neither a run folder (with submission/) nor a submission folder "
-                    "(anomaly_score_*_test.csv); pass what `asd run` or `asd score --submission-dir` wrote.")
+    raise DataError(
+        f"{source} is neither a run folder (with submission/) nor a submission folder "
+        "(anomaly_score_*_test.csv); pass what `asd run` or `asd score --submission-dir` wrote."
+    )
 
 
 def expected_clips(data: Path | None, run: Path | None) -> dict[tuple[str, str], set[str]]:
@@ -109,8 +113,11 @@ def _check_file(path: Path, names: set[str], decisions: bool) -> None:
     seen = [e.name for e in rows]
     dups = sorted({n for n in seen if seen.count(n) > 1})
     extra, missing = sorted(set(seen) - names), sorted(names - set(seen))
-    for what, bad in (("listed more than once", dups), ("not test clips of the dataset", extra),
-                      ("test clips without a row", missing)):
+    for what, bad in (
+        ("listed more than once", dups),
+        ("not test clips of the dataset", extra),
+        ("test clips without a row", missing),
+    ):
         if bad:
             raise DataError(f"{path}: {len(bad)} {what}: {first_few(bad)}; every test clip needs exactly one row.")
 
@@ -163,8 +170,9 @@ def transformer_macs(cfg: Mapping[str, Any], seconds: float) -> int:
     frames = int(seconds * 100)  # 10 ms fbank hop
     patch = int(cfg.get("input_patch_size", 16))
     tokens = (frames // patch) * (128 // patch)
-    d, ffn, emb = (int(cfg.get(k, v)) for k, v in (("encoder_embed_dim", 768), ("encoder_ffn_embed_dim", 3072),
-                                                    ("embed_dim", 512)))
+    d, ffn, emb = (
+        int(cfg.get(k, v)) for k, v in (("encoder_embed_dim", 768), ("encoder_ffn_embed_dim", 3072), ("embed_dim", 512))
+    )
     layers = int(cfg.get("encoder_layers", 12))
     per_layer = tokens * (4 * d * d + 2 * d * ffn) + 2 * tokens * tokens * d
     return tokens * patch * patch * emb + (tokens * emb * d if emb != d else 0) + layers * per_layer
@@ -209,22 +217,39 @@ def system_meta(cfg: PackageConfig, run: Path | None) -> str:
     facts = _run_facts(run)
     emb = facts.get("embedding", {})
     backbone = emb.get("backbone_cfg") or {}
-    seconds = float(emb.get("clip_seconds", 10.0))
+    spec = emb.get("frontend") if isinstance(emb.get("frontend"), dict) else {}
+    seconds = float(spec.get("clip_seconds") or 10.0)
     ft = facts.get("finetune")
     bank = facts.get("bank")
     params = backbone_parameters(backbone) if backbone else None
     recipe = "BEATs embeddings (mean over tokens of the last layer), KNN cosine distance to the train clips"
     if ft is not None:
-        recipe = "BEATs fine-tuned with LoRA as a machine-type classifier (AAM softmax); head embeddings; " \
-                 "KNN cosine distance to the train clips"
+        recipe = (
+            "BEATs fine-tuned with LoRA as a machine-type classifier (AAM softmax); head embeddings; "
+            "KNN cosine distance to the train clips"
+        )
     if bank is not None:
-        recipe += f" (k={bank.k}{', domain-aware' if bank.domain_aware else ''})"
+        norm = f", score norm {bank.score_norm}" if bank.score_norm != "none" else ""
+        recipe += f" (k={bank.k}{norm})"
     meta = {
         "submission": {
-            "label": cfg.label, "name": FILL, "abbreviation": FILL,
-            "authors": [{"lastname": cfg.team.split("_")[0], "firstname": FILL, "email": FILL, "corresponding": True,
-                         "affiliation": {"abbreviation": cfg.team.split("_", 1)[1], "institute": FILL,
-                                         "department": FILL, "location": FILL}}],
+            "label": cfg.label,
+            "name": FILL,
+            "abbreviation": FILL,
+            "authors": [
+                {
+                    "lastname": cfg.team.split("_")[0],
+                    "firstname": FILL,
+                    "email": FILL,
+                    "corresponding": True,
+                    "affiliation": {
+                        "abbreviation": cfg.team.split("_", 1)[1],
+                        "institute": FILL,
+                        "department": FILL,
+                        "location": FILL,
+                    },
+                }
+            ],
         },
         "system": {
             "description": {
@@ -247,8 +272,10 @@ def system_meta(cfg: PackageConfig, run: Path | None) -> str:
         },
         "results": {"development_dataset": FILL},
     }
-    head = (f"# DCASE 2025 Task 2 system meta information for {cfg.label}, written by `asd package`.\n"
-            f"# Replace every \"{FILL}\"; MACS counts one forward pass over a {seconds:g} s clip.\n")
+    head = (
+        f"# DCASE 2025 Task 2 system meta information for {cfg.label}, written by `asd package`.\n"
+        f'# Replace every "{FILL}"; MACS counts one forward pass over a {seconds:g} s clip.\n'
+    )
     return head + "\n".join(_yaml_lines(meta)) + "\n"
 
 
@@ -277,8 +304,15 @@ def _augmentation(ft: Mapping[str, Any] | None) -> str:
     if ft is None:
         return "none"
     options = ft.get("config", {})
-    used = [name for name, on in (("SpecAugment", options.get("specaugment")), ("mixup", options.get("mixup")),
-                                  ("noise mixing", options.get("noise_mix"))) if on]
+    used = [
+        name
+        for name, on in (
+            ("SpecAugment", options.get("specaugment")),
+            ("mixup", options.get("mixup")),
+            ("noise mixing", options.get("noise_mix")),
+        )
+        if on
+    ]
     return ", ".join(used) or "none"
 
 

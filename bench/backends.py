@@ -24,14 +24,20 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from asdcli.artifacts import Embeddings, load_embeddings  # noqa: E402
-from asdcli.backend.bank import BankConfig, fit_banks, save_banks  # noqa: E402
-from asdcli.backend.score import write_submission  # noqa: E402
-from asdcli.evaluate.ground_truth import load_ground_truth  # noqa: E402
-from asdcli.evaluate.report import evaluate_submission  # noqa: E402
+from asdcli.artifacts import Embeddings, load_embeddings
+from asdcli.backend.bank import BankConfig, fit_banks, save_banks
+from asdcli.backend.score import write_submission
+from asdcli.evaluate.ground_truth import load_ground_truth
+from asdcli.evaluate.report import evaluate_submission
 
-SYNTH = {"machines": ("fan", "gearbox", "bearing", "valve"), "seconds": 2.0, "n_train_source": 100,
-         "n_train_target": 10, "n_test_per_cell": 10, "n_supplemental": 0}
+SYNTH = {
+    "machines": ("fan", "gearbox", "bearing", "valve"),
+    "seconds": 2.0,
+    "n_train_source": 100,
+    "n_train_target": 10,
+    "n_test_per_cell": 10,
+    "n_supplemental": 0,
+}
 VARIANTS: dict[str, BankConfig] = {
     "none (seed)": BankConfig(),
     "none, k = 3": BankConfig(k=3),
@@ -59,11 +65,17 @@ def make_run(work: Path, seed: int, ckpt: Path, finetune: bool) -> Path:
     if not (data / "asd-synth.json").is_file():
         make_dataset(data, SynthConfig(seed=seed, **SYNTH))  # type: ignore[arg-type]
     name = "finetuned" if finetune else "frozen"
-    ft = FinetuneConfig(checkpoint=ckpt, epochs=5, lr=1e-3, batch_size=16, seed=0, seconds=2.0, device="cpu",
-                        val_fraction=0.0) if finetune else None
+    ft = (
+        FinetuneConfig(
+            checkpoint=ckpt, epochs=5, lr=1e-3, batch_size=16, seed=0, seconds=2.0, device="cpu", val_fraction=0.0
+        )
+        if finetune
+        else None
+    )
     run = work / f"{name}-seed{seed}"
-    run_pipeline(RunConfig(data_root=data, run_dir=run, checkpoint=ckpt, finetune=ft, seconds=2.0, device="cpu",
-                           batch_size=16))
+    run_pipeline(
+        RunConfig(data_root=data, run_dir=run, checkpoint=ckpt, finetune=ft, seconds=2.0, device="cpu", batch_size=16)
+    )
     return run
 
 
@@ -88,8 +100,12 @@ def first_source_clips(train: Embeddings, n: int) -> Embeddings:
     return train.select(keep)
 
 
-def k_sweep(runs: dict[int, Path], work: Path, sizes: tuple[int, ...] = (25, 50, 100),
-            ks: tuple[int, ...] = (1, 2, 3, 4, 5, 7, 10)) -> None:
+def k_sweep(
+    runs: dict[int, Path],
+    work: Path,
+    sizes: tuple[int, ...] = (25, 50, 100),
+    ks: tuple[int, ...] = (1, 2, 3, 4, 5, 7, 10),
+) -> None:
     """Plain density with fixed K on banks of the first n source train clips (+ the 10 target
     ones) of each section: which K is best for which bank size (the default-K rule's evidence)."""
     from asdcli.backend.norm import default_density_k
@@ -144,15 +160,19 @@ def main() -> None:
             for name, cfg in VARIANTS.items():
                 out = work / "variants" / f"{front}-{seed}-{name.replace(' ', '_').replace(',', '')}"
                 results.setdefault(f"{front} | {name}", []).append(
-                    official(*embeddings(run), work / f"data-seed{seed}", cfg, out))
+                    official(*embeddings(run), work / f"data-seed{seed}", cfg, out)
+                )
         for name in ("none (seed)", "density, default K (3)", "domain-density, default K (3, 1)"):
             slug = name.replace(" ", "_").replace(",", "")
             if args.finetune:
                 systems = [work / "variants" / f"{f}-{seed}-{slug}" for f in ("frozen", "fine-tuned")]
                 results.setdefault(f"fused frozen + fine-tuned | {name}", []).append(
-                    fused(systems, work / f"data-seed{seed}", work / "fused" / f"ft-{seed}-{slug}"))
+                    fused(systems, work / f"data-seed{seed}", work / "fused" / f"ft-{seed}-{slug}")
+                )
         print(f"seed {seed} done", file=sys.stderr)
-    print(f"| front end | back end | official score, mean ± std over seeds {', '.join(map(str, args.seeds))} | per seed |")
+    print(
+        f"| front end | back end | official score, mean ± std over seeds {', '.join(map(str, args.seeds))} | per seed |"
+    )
     print("| --- | --- | --- | --- |")
     for key, values in results.items():
         v = np.asarray(values)

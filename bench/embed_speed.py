@@ -20,9 +20,9 @@ import time
 
 import torch
 
+from asdcli.frontend.beats import BEATs, BeatsConfig
 from asdcli.frontend.embed import MeanPooledBackbone
 from asdcli.frontend.features import beats_fbank
-from asdcli.frontend.beats import BEATs, BeatsConfig
 
 GFLOP_PER_CLIP = 98.7  # iter3 forward of one 10 s clip (496 tokens), 2 FLOPs per multiply-add
 SAMPLES = 160_000  # 10 s at 16 kHz
@@ -72,22 +72,36 @@ def main() -> None:
     achieved = GFLOP_PER_CLIP / per_clip
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
     out = sys.stderr if args.json else sys.stdout
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, {args.iters} iters",
-          file=out)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, {args.iters} iters",
+        file=out,
+    )
     print(f"forward (fbank + BEATs iter3 + pooling), 10 s clips: {per_clip:.3f} s/clip = {1 / per_clip:.2f} clips/s "
           f"(best of {args.iters}; all: {', '.join(f'{t:.2f}' for t in times)} s per batch)", file=out)  # fmt: skip
-    print(f"fp32 matmul peak (2048^3 torch.mm): {peak:.1f} GFLOP/s (before {peak_before:.1f}, after {peak_after:.1f})",
-          file=out)
+    print(
+        f"fp32 matmul peak (2048^3 torch.mm): {peak:.1f} GFLOP/s (before {peak_before:.1f}, after {peak_after:.1f})",
+        file=out,
+    )
     print(f"model: {achieved:.1f} GFLOP/s = {100 * achieved / peak:.0f} % of the matmul peak", file=out)
     print(f"peak RSS: {rss_mb:.0f} MiB", file=out)
     if args.json:
         result = {
-            "benchmark": "embed", "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "batch_size": args.batch_size, "iters": args.iters, "clip_seconds": SAMPLES / 16_000,
-            "gflop_per_clip": GFLOP_PER_CLIP, "batch_seconds": times, "s_per_clip": per_clip,
-            "clips_per_s": 1 / per_clip, "model_gflops": achieved, "matmul_gflops": peak,
-            "matmul_gflops_before": peak_before, "matmul_gflops_after": peak_after,
-            "pct_of_peak": 100 * achieved / peak, "peak_rss_mib": rss_mb,
+            "benchmark": "embed",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "batch_size": args.batch_size,
+            "iters": args.iters,
+            "clip_seconds": SAMPLES / 16_000,
+            "gflop_per_clip": GFLOP_PER_CLIP,
+            "batch_seconds": times,
+            "s_per_clip": per_clip,
+            "clips_per_s": 1 / per_clip,
+            "model_gflops": achieved,
+            "matmul_gflops": peak,
+            "matmul_gflops_before": peak_before,
+            "matmul_gflops_after": peak_after,
+            "pct_of_peak": 100 * achieved / peak,
+            "peak_rss_mib": rss_mb,
         }
         write_json(result, args.json)
 

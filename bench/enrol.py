@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from asdcli.artifacts import Embeddings  # noqa: E402
-from asdcli.backend.bank import fit_bank  # noqa: E402
-from asdcli.backend.score import score_vectors  # noqa: E402
-from asdcli.data.dataset import discover_clips  # noqa: E402
-from asdcli.frontend.embed import EmbedConfig, embed_clips  # noqa: E402
-from asdcli.monitor.enrol import enrol  # noqa: E402
-from asdcli.synth.sounds import SynthConfig, make_dataset  # noqa: E402
+from asdcli.artifacts import Embeddings
+from asdcli.backend.bank import fit_bank
+from asdcli.backend.score import score_vectors
+from asdcli.data.dataset import discover_clips
+from asdcli.frontend.embed import EmbedConfig, embed_clips
+from asdcli.monitor.enrol import enrol
+from asdcli.synth.sounds import SynthConfig, make_dataset
 
 
 def rates(bank: object, emb: Embeddings) -> dict[str, float]:
@@ -43,8 +43,11 @@ def rates(bank: object, emb: Embeddings) -> dict[str, float]:
         rows = test & (emb.domain == domain) & (emb.label == label)
         return float(flagged[rows].mean())
 
-    return {"target_false_alarms": share("target", "normal"), "target_detections": share("target", "anomaly"),
-            "source_false_alarms": share("source", "normal")}
+    return {
+        "target_false_alarms": share("target", "normal"),
+        "target_detections": share("target", "anomaly"),
+        "source_false_alarms": share("source", "normal"),
+    }
 
 
 def run_machine(machine: str, emb: Embeddings, n_enrol: int) -> dict[str, object]:
@@ -54,8 +57,14 @@ def run_machine(machine: str, emb: Embeddings, n_enrol: int) -> dict[str, object
     new = mine.select((mine.split == "train") & (mine.domain == "target"))
     new = new.select(np.arange(len(new)) < n_enrol)
     grown = enrol(bank, new, "target")
-    return {"machine": machine, "enrolled": len(new), "before": rates(bank, mine), "after": rates(grown, mine),
-            "threshold_before": bank.threshold, "threshold_after": grown.threshold}
+    return {
+        "machine": machine,
+        "enrolled": len(new),
+        "before": rates(bank, mine),
+        "after": rates(grown, mine),
+        "threshold_before": bank.threshold,
+        "threshold_after": grown.threshold,
+    }
 
 
 def main() -> None:
@@ -80,14 +89,25 @@ def main() -> None:
         emb = embed_clips(clips, EmbedConfig(checkpoint=ckpt, seconds=2.0, device="cpu"))
     results = [run_machine(m, emb, args.enrol) for m in args.machines]
     took = time.perf_counter() - start
-    print(f"Enrolling {args.enrol} target normal clips into a source-only bank ({'tiny random BEATs' if args.checkpoint is None else args.checkpoint.name}, "
-          f"{args.test} test clips per cell, {took:.0f} s)\n")
-    print("| machine | target false alarms before → after | target anomalies flagged before → after | source false alarms before → after | threshold before → after |")
+    print(
+        f"Enrolling {args.enrol} target normal clips into a source-only bank ({'tiny random BEATs' if args.checkpoint is None else args.checkpoint.name}, "
+        f"{args.test} test clips per cell, {took:.0f} s)\n"
+    )
+    print(
+        "| machine | target false alarms before → after | target anomalies flagged before → after | source false alarms before → after | threshold before → after |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for r in results:
         b, a = r["before"], r["after"]
-        cells = [f"{100 * b[k]:.0f} % → {100 * a[k]:.0f} %" for k in ("target_false_alarms", "target_detections", "source_false_alarms")]  # type: ignore[index]
-        print(f"| {r['machine']} | " + " | ".join(cells) + f" | {r['threshold_before']:.3f} → {r['threshold_after']:.3f} |")
+        cells = [
+            f"{100 * b[k]:.0f} % → {100 * a[k]:.0f} %"
+            for k in ("target_false_alarms", "target_detections", "source_false_alarms")
+        ]  # type: ignore[index]
+        print(
+            f"| {r['machine']} | "
+            + " | ".join(cells)
+            + f" | {r['threshold_before']:.3f} → {r['threshold_after']:.3f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"results": results, "seconds": took}, indent=2) + "\n")
 

@@ -65,9 +65,14 @@ def run_mode(mode: str, args: argparse.Namespace, queue: mp.Queue) -> None:
         base = _rss_mib("VmRSS")
         _reset_peak_rss()
     full = mode != "lora"
-    cfg = FinetuneConfig(checkpoint=Path("unused"), lora_rank=args.rank, lora_alpha=float(args.rank),
-                         mixed_precision=args.mixed_precision, full_finetune=full,
-                         layer_decay=args.layer_decay if mode == "full+decay" else 1.0)
+    cfg = FinetuneConfig(
+        checkpoint=Path("unused"),
+        lora_rank=args.rank,
+        lora_alpha=float(args.rank),
+        mixed_precision=args.mixed_precision,
+        full_finetune=full,
+        layer_decay=args.layer_decay if mode == "full+decay" else 1.0,
+    )
     model = build_model(BEATs(BeatsConfig()), 768, 7, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     trainer = make_trainer(model, cfg, Processes(rank=0, world=1, device=device), n_layers=12)
@@ -81,8 +86,16 @@ def run_mode(mode: str, args: argparse.Namespace, queue: mp.Queue) -> None:
         if step:
             times.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _rss_mib("VmHWM") - base
-    queue.put({"mode": mode, "trainable": sum(p.numel() for p in params), "step_s": min(times),
-               "peak_mib": peak, "device": str(device), "groups": len(trainer.optimizer.param_groups)})
+    queue.put(
+        {
+            "mode": mode,
+            "trainable": sum(p.numel() for p in params),
+            "step_s": min(times),
+            "peak_mib": peak,
+            "device": str(device),
+            "groups": len(trainer.optimizer.param_groups),
+        }
+    )
 
 
 def main() -> None:
@@ -106,24 +119,40 @@ def main() -> None:
         proc.join()
     b = args.batch_size
     out = sys.stderr if args.json else sys.stdout
-    print(f"BEATs iter3 size, random weights, {args.seconds:g} s clips, batch {b}, {results[0]['device']}, "
-          f"mixed precision {args.mixed_precision}, best of {args.steps} steps\n", file=out)
+    print(
+        f"BEATs iter3 size, random weights, {args.seconds:g} s clips, batch {b}, {results[0]['device']}, "
+        f"mixed precision {args.mixed_precision}, best of {args.steps} steps\n",
+        file=out,
+    )
     print("| mode | trainable params | step (s) | s / clip | peak MiB | peak MiB / clip |", file=out)
     print("|---|---|---|---|---|---|", file=out)
     for r in results:
-        print(f"| {r['mode']} | {r['trainable']:,} | {r['step_s']:.3f} | {r['step_s'] / b:.3f} | "
-              f"{r['peak_mib']:.0f} | {r['peak_mib'] / b:.0f} |", file=out)
+        print(
+            f"| {r['mode']} | {r['trainable']:,} | {r['step_s']:.3f} | {r['step_s'] / b:.3f} | "
+            f"{r['peak_mib']:.0f} | {r['peak_mib'] / b:.0f} |",
+            file=out,
+        )
     lora, full = results[0], results[1]
-    print(f"\nLoRA / full: peak memory {lora['peak_mib'] / full['peak_mib']:.2f}x (target <= 0.6x), "
-          f"step time {lora['step_s'] / full['step_s']:.2f}x", file=out)
+    print(
+        f"\nLoRA / full: peak memory {lora['peak_mib'] / full['peak_mib']:.2f}x (target <= 0.6x), "
+        f"step time {lora['step_s'] / full['step_s']:.2f}x",
+        file=out,
+    )
     if not args.json:
         print(json.dumps(results), file=sys.stderr)
         return
     result = {
-        "benchmark": "finetune", "seconds": args.seconds, "batch_size": b, "steps": args.steps,
-        "rank": args.rank, "layer_decay": args.layer_decay, "mixed_precision": args.mixed_precision, "device": lora["device"],
+        "benchmark": "finetune",
+        "seconds": args.seconds,
+        "batch_size": b,
+        "steps": args.steps,
+        "rank": args.rank,
+        "layer_decay": args.layer_decay,
+        "mixed_precision": args.mixed_precision,
+        "device": lora["device"],
         "modes": {r["mode"]: r for r in results},
-        "step_ratio": lora["step_s"] / full["step_s"], "memory_ratio": lora["peak_mib"] / full["peak_mib"],
+        "step_ratio": lora["step_s"] / full["step_s"],
+        "memory_ratio": lora["peak_mib"] / full["peak_mib"],
     }
     text = json.dumps(result, indent=2) + "\n"
     if args.json == "-":
@@ -142,8 +171,9 @@ def _result_of(proc: mp.process.BaseProcess, queue: mp.Queue, mode: str) -> dict
                 try:  # it may have put its result just before exiting
                     return queue.get(timeout=1.0)
                 except queue_mod.Empty:
-                    raise SystemExit(f"finetune_speed: the {mode} child exited with code {proc.exitcode} "
-                                     "before reporting") from None
+                    raise SystemExit(
+                        f"finetune_speed: the {mode} child exited with code {proc.exitcode} before reporting"
+                    ) from None
 
 
 if __name__ == "__main__":

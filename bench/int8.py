@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embed_speed import write_json  # noqa: E402
+from embed_speed import write_json
 
-from asdcli.frontend.beats import BEATs, BeatsConfig  # noqa: E402
-from asdcli.frontend.embed import MeanPooledBackbone  # noqa: E402
-from asdcli.frontend.export import cosine_rows  # noqa: E402
-from asdcli.frontend.features import beats_fbank  # noqa: E402
-from asdcli.frontend.quantize import quantize_for_cpu  # noqa: E402
+from asdcli.frontend.beats import BEATs, BeatsConfig
+from asdcli.frontend.embed import MeanPooledBackbone
+from asdcli.frontend.export import cosine_rows
+from asdcli.frontend.features import beats_fbank
+from asdcli.frontend.quantize import quantize_for_cpu
 
 SR = 16000
 
@@ -63,17 +63,20 @@ def interleaved_best(runs: dict[str, Callable[[], object]], iters: int) -> dict[
 
 def onnx_runs(model: torch.nn.Module, wave: np.ndarray, work: Path, threads: int) -> dict[str, Callable[[], object]]:
     """ONNX Runtime sessions of the exported model: fp32, int8 U8U8 (asd export --int8), int8 U8S8."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from asdcli.frontend.export import _exporting, _export_proto, _session, onnxruntime
-
-    import onnx
+    from asdcli.frontend.export import _export_proto, _exporting, _session, onnxruntime
 
     ort = onnxruntime()
     onnx.save_model(_export_proto(model, 2.0), str(work / "fp32.onnx"))
     with _exporting():
-        quantize_dynamic(work / "fp32.onnx", work / "u8u8.onnx", op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)
-        quantize_dynamic(work / "fp32.onnx", work / "u8s8.onnx", op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            work / "fp32.onnx", work / "u8u8.onnx", op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8
+        )
+        quantize_dynamic(
+            work / "fp32.onnx", work / "u8s8.onnx", op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8
+        )
     runs = {}
     for name in ("fp32", "u8u8", "u8s8"):
         session = _session(ort, work / f"{name}.onnx", threads)
@@ -141,7 +144,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--cosine-clips", type=int, default=8, help="10 s clips for the iter3 cosine")
-    parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime fp32 and int8 (needs the onnx extra)")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also time ONNX Runtime fp32 and int8 (needs the onnx extra)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset and tiny model (score part)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
     args = parser.parse_args()

@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from asdcli.backend import knn  # noqa: E402
+from asdcli.backend import knn
 
 
 def measure(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, float, np.ndarray]:
@@ -84,9 +84,13 @@ def json_row(r: dict[str, float]) -> dict[str, float | int | None]:
     """One bank size's results with explicit names and units (``None`` where scikit-learn was skipped)."""
     sk_qps = r.get("sk_qps")
     return {
-        "bank": int(r["m"]), "ours_qps": r["ours_qps"], "ours_peak_mib": r["ours_mem"],
-        "sklearn_qps": sk_qps, "sklearn_peak_mib": r.get("sk_mem"),
-        "speedup": r["ours_qps"] / sk_qps if sk_qps else None, "max_abs_diff": r.get("max_diff"),
+        "bank": int(r["m"]),
+        "ours_qps": r["ours_qps"],
+        "ours_peak_mib": r["ours_mem"],
+        "sklearn_qps": sk_qps,
+        "sklearn_peak_mib": r.get("sk_mem"),
+        "speedup": r["ours_qps"] / sk_qps if sk_qps else None,
+        "max_abs_diff": r.get("max_diff"),
     }
 
 
@@ -100,22 +104,31 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH", help="Also write the results as JSON to PATH ('-': stdout).")
     args = ap.parse_args()
     out = sys.stderr if args.json else sys.stdout
-    result = {"benchmark": "knn", "queries": args.queries, "dim": args.dim, "k": args.k,
-              "sizes": args.sizes, "rows": []}
+    result = {
+        "benchmark": "knn",
+        "queries": args.queries,
+        "dim": args.dim,
+        "k": args.k,
+        "sizes": args.sizes,
+        "rows": [],
+    }
     print(f"| bank M x {args.dim} | ours queries/s | sklearn queries/s | speed-up | ours peak MiB | sklearn peak MiB | max abs diff |", file=out)  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- |", file=out)
     for m in args.sizes:
         print(f"bank {m} ...", file=sys.stderr, flush=True)
         r = run(m, args.queries, args.dim, args.k, args.sklearn_max)
-        sk = (f"{r['sk_qps']:.0f} | {r['ours_qps'] / r['sk_qps']:.2f}x" if "sk_qps" in r else "skipped | -")
+        sk = f"{r['sk_qps']:.0f} | {r['ours_qps'] / r['sk_qps']:.2f}x" if "sk_qps" in r else "skipped | -"
         sk_mem = f"{r['sk_mem']:.0f}" if "sk_mem" in r else "-"
         diff = f"{r['max_diff']:.1e}" if "max_diff" in r else "-"
-        print(f"| {m:.0e} | {r['ours_qps']:.0f} | {sk} | {r['ours_mem']:.0f} | {sk_mem} | {diff} |", file=out, flush=True)
+        print(
+            f"| {m:.0e} | {r['ours_qps']:.0f} | {sk} | {r['ours_mem']:.0f} | {sk_mem} | {diff} |", file=out, flush=True
+        )
         result["rows"].append(json_row(r))
         if args.json and args.json != "-":
             write_json(result, args.json)
     if args.json == "-":
         write_json(result, "-")
+
 
 if __name__ == "__main__":
     main()

@@ -58,7 +58,9 @@ def make_bank(tmp: Path) -> Path:
 def peak_rss_mib(argv: list[str]) -> tuple[float, float, int]:
     """Run argv; (peak RSS MiB, wall seconds, exit status)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     return usage.ru_maxrss / 1024, time.perf_counter() - start, os.waitstatus_to_exitcode(status)
 
@@ -76,11 +78,25 @@ def main() -> None:
         for minutes in args.minutes:
             rec = tmp / "rec.wav"
             write_recording(rec, minutes)
-            argv = [sys.executable, "-m", "asdcli", "score", "--bank", str(bank), str(rec), "--window", "10", "--device", "cpu"]
+            argv = [
+                sys.executable,
+                "-m",
+                "asdcli",
+                "score",
+                "--bank",
+                str(bank),
+                str(rec),
+                "--window",
+                "10",
+                "--device",
+                "cpu",
+            ]
             rss, wall, code = peak_rss_mib(argv)
             if code != 0:
                 raise SystemExit(f"asd score failed on the {minutes:g} min recording (exit {code})")
-            print(f"| {minutes:g} min | {rec.stat().st_size / 1e6:.0f} | {rss:.0f} | {wall:.1f} | {minutes * 60 / wall:.0f}x |")
+            print(
+                f"| {minutes:g} min | {rec.stat().st_size / 1e6:.0f} | {rss:.0f} | {wall:.1f} | {minutes * 60 / wall:.0f}x |"
+            )
             rec.unlink()
 
 

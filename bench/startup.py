@@ -29,12 +29,12 @@ import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embed_speed import write_json  # noqa: E402
-from int8 import synth_waves  # noqa: E402
+from embed_speed import write_json
+from int8 import synth_waves
 
-from asdcli.frontend.beats import BEATs, BeatsConfig, load_beats, save_official_checkpoint  # noqa: E402
-from asdcli.frontend.embed import MeanPooledBackbone  # noqa: E402
-from asdcli.frontend.features import beats_fbank  # noqa: E402
+from asdcli.frontend.beats import BEATs, BeatsConfig, load_beats, save_official_checkpoint
+from asdcli.frontend.embed import MeanPooledBackbone
+from asdcli.frontend.features import beats_fbank
 
 CLIPS = 8
 SECONDS = 10.0

@@ -117,8 +117,10 @@ def bank_label(m: int) -> str:
 
 
 def embed_rows(e: dict[str, Any]) -> list[list[str]]:
-    case = (f"fbank + BEATs iter3 + mean pool, {e['clip_seconds']:g} s clips, batch {e['batch_size']}, "
-            f"{e['threads']} threads, best of {e['iters']}")
+    case = (
+        f"fbank + BEATs iter3 + mean pool, {e['clip_seconds']:g} s clips, batch {e['batch_size']}, "
+        f"{e['threads']} threads, best of {e['iters']}"
+    )
     return [[
         "embed (`asd embed` forward, cpu)", case,
         f"{num(e['clips_per_s'], 'clips/s')} ({num(e['model_gflops'], 'GFLOP/s')})",
@@ -151,9 +153,11 @@ def knn_rows(k: dict[str, Any]) -> list[list[str]]:
 def finetune_rows(f: dict[str, Any]) -> list[list[str]]:
     lora, full = f["modes"]["lora"], f["modes"]["full"]
     mp = "" if f["mixed_precision"] == "no" else f", {f['mixed_precision']}"
-    case = (f"BEATs iter3 train step, {f['seconds']:g} s clips, batch {f['batch_size']}, {f['device']}{mp}, "
-            f"best of {f['steps']}; LoRA r{f['rank']} ({lora['trainable']:,} trainable) vs full "
-            f"({full['trainable']:,})")
+    case = (
+        f"BEATs iter3 train step, {f['seconds']:g} s clips, batch {f['batch_size']}, {f['device']}{mp}, "
+        f"best of {f['steps']}; LoRA r{f['rank']} ({lora['trainable']:,} trainable) vs full "
+        f"({full['trainable']:,})"
+    )
     step_ratio = lora["step_s"] / full["step_s"]
     return [[
         "fine-tune (LoRA vs full)", case,

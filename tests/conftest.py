@@ -12,8 +12,13 @@ from asdcli.synth.sounds import SynthConfig, make_dataset
 # 3 machines (bearing with noAttribute names), 1 s clips, per machine: 6 source + 2 target train,
 # 3 clips per test cell (source/target x normal/anomaly), 1 supplemental machine + 1 noise clip.
 TINY_SYNTH = SynthConfig(
-    seed=0, machines=("fan", "gearbox", "bearing"), seconds=1.0,
-    n_train_source=6, n_train_target=2, n_test_per_cell=3, n_supplemental=1,
+    seed=0,
+    machines=("fan", "gearbox", "bearing"),
+    seconds=1.0,
+    n_train_source=6,
+    n_train_target=2,
+    n_test_per_cell=3,
+    n_supplemental=1,
 )
 
 

@@ -26,14 +26,22 @@ def piece(seconds: float, key: tuple[int, ...], anomalous: bool, machine: str, d
     return np.clip(normal + ANOMALY_GAIN * (bad - normal), -1, 1)
 
 
-def long_recording(seconds: float, key: tuple[int, ...], anomaly_from: float | None = None, machine: str = "fan",
-                   domain: str = "source", piece_s: float = 1.0) -> np.ndarray:
+def long_recording(
+    seconds: float,
+    key: tuple[int, ...],
+    anomaly_from: float | None = None,
+    machine: str = "fan",
+    domain: str = "source",
+    piece_s: float = 1.0,
+) -> np.ndarray:
     """(round(seconds * 16000),) float64: the machine running (``piece_s`` stretches of its normal
     sound, operating settings cycling as they vary in the field), and from ``anomaly_from``
     seconds on (a multiple of ``piece_s``) anomalous stretches."""
     n = round(seconds / piece_s)
-    parts = [piece(piece_s, (*key, j), anomaly_from is not None and j * piece_s >= anomaly_from, machine, domain, j)
-             for j in range(n)]
+    parts = [
+        piece(piece_s, (*key, j), anomaly_from is not None and j * piece_s >= anomaly_from, machine, domain, j)
+        for j in range(n)
+    ]
     return np.concatenate(parts)
 
 

@@ -65,9 +65,11 @@ def test_the_next_write_removes_temps_of_killed_writers_only(tmp_path: Path) -> 
     path = tmp_path / "bank.npz"
     dead, live = _dead_pid(), os.getppid()  # the parent (pytest's launcher) runs
     stale = [tmp_path / f".bank.npz.{dead}-0123abcd.tmp", tmp_path / ".bank.npz.0123abcd.tmp"]  # killed, older form
-    kept = [tmp_path / f".bank.npz.{live}-0123abcd.tmp",  # its writer still runs
-            tmp_path / f".other.npz.{dead}-0123abcd.tmp",  # another artifact's
-            tmp_path / f".bank.npz.{dead}-notahex.tmp"]  # not a temp name of asdcli
+    kept = [
+        tmp_path / f".bank.npz.{live}-0123abcd.tmp",  # its writer still runs
+        tmp_path / f".other.npz.{dead}-0123abcd.tmp",  # another artifact's
+        tmp_path / f".bank.npz.{dead}-notahex.tmp",
+    ]  # not a temp name of asdcli
     for p in [*stale, *kept]:
         p.write_bytes(b"partial")
     write_bytes_atomic(path, b"new")

@@ -116,7 +116,9 @@ SILENT_NAN_BANKS = [
 
 
 @pytest.mark.parametrize("change,needle", SILENT_NAN_BANKS)
-def test_tampered_bank_is_an_error_not_nan_scores(change: Change, needle: str, fan: dict[str, Path], tmp_path: Path) -> None:
+def test_tampered_bank_is_an_error_not_nan_scores(
+    change: Change, needle: str, fan: dict[str, Path], tmp_path: Path
+) -> None:
     bank = _edit_npz(fan["bank"], tmp_path / "bank.npz", change)
     _assert_error(_asd("score", "--bank", bank, "--embeddings", fan["test"]), str(bank), needle)
 
@@ -189,7 +191,9 @@ def test_malformed_adapter_config_is_one_error_line(key: str, value: object, ada
 # file names (issue 11 section 5)
 
 
-@pytest.mark.xfail(strict=True, reason="submission CSVs keep non-UTF-8 name bytes, but `asd report` reads them as strict UTF-8")
+@pytest.mark.xfail(
+    strict=True, reason="submission CSVs keep non-UTF-8 name bytes, but `asd report` reads them as strict UTF-8"
+)
 def test_non_utf8_clip_names_round_trip_through_the_submission_folder(fan: dict[str, Path], synth_root: Path,
                                                                       tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
     """`asd score --submission-dir` writes the name's bytes (as stdout does); `asd report` on that
@@ -215,9 +219,12 @@ def test_non_utf8_clip_names_round_trip_through_the_submission_folder(fan: dict[
 # stderr holds one Error line only
 
 
-@pytest.mark.xfail(strict=True, reason="`score --embeddings` prints 'Scored the N test clips ...' before the front-end check fails")
+@pytest.mark.xfail(
+    strict=True, reason="`score --embeddings` prints 'Scored the N test clips ...' before the front-end check fails"
+)
 def test_mismatched_embeddings_error_is_the_only_stderr_line(fan: dict[str, Path], tmp_path: Path) -> None:
     """A failed score says only why it failed; a line saying clips were 'Scored' is false."""
+
     def longer_clips(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> None:
         meta["frontend"]["clip_seconds"] = 2.0  # type: ignore[index]
 
@@ -230,7 +237,9 @@ def test_mismatched_embeddings_error_is_the_only_stderr_line(fan: dict[str, Path
     _assert_error(_asd("score", "--bank", fan["bank"], "--embeddings", other), "clip_seconds")
 
 
-@pytest.mark.xfail(strict=True, reason="float64 embeddings beyond float32 range print numpy's RuntimeWarning before the Error line")
+@pytest.mark.xfail(
+    strict=True, reason="float64 embeddings beyond float32 range print numpy's RuntimeWarning before the Error line"
+)
 def test_overflowing_embeddings_are_one_error_line(fan: dict[str, Path], tmp_path: Path) -> None:
     """Run as a process: pytest would capture the warning that a user sees on stderr."""
     emb = _edit_npz(fan["test"], tmp_path / "big.npz", _set_array("embeddings", lambda a: a.astype(np.float64) * 1e300))
@@ -242,7 +251,9 @@ def test_overflowing_embeddings_are_one_error_line(fan: dict[str, Path], tmp_pat
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "NaN or Inf" in lines[0], proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="the coverage warning of `asd report` is printed as literal '[yellow]Warning:[/]'")
+@pytest.mark.xfail(
+    strict=True, reason="the coverage warning of `asd report` is printed as literal '[yellow]Warning:[/]'"
+)
 def test_report_warning_has_no_literal_markup(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     """A submission covering fewer machines than the ground truth warns in plain words."""
     banks = tmp_path / "banks"
@@ -261,20 +272,26 @@ def test_report_warning_has_no_literal_markup(fan: dict[str, Path], synth_root: 
 
 
 @pytest.mark.parametrize("seconds", ["inf", "1e9"])
-def test_absurd_clip_length_is_one_error_line(seconds: str, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_absurd_clip_length_is_one_error_line(
+    seconds: str, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     clip = sorted((synth_root / "fan" / "test").glob("*.wav"))[0]
     _assert_error(_asd("embed", clip, "--out", tmp_path / "e.npz", "--checkpoint", tiny_checkpoint,
                        "--seconds", seconds, "--device", "cpu"), "--seconds")  # fmt: skip
 
 
 @pytest.mark.parametrize("seconds", ["0", "-1"])
-def test_too_short_clip_length_is_only_an_error(seconds: str, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_too_short_clip_length_is_only_an_error(
+    seconds: str, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     clip = sorted((synth_root / "fan" / "test").glob("*.wav"))[0]
     _assert_error(_asd("embed", clip, "--out", tmp_path / "e.npz", "--checkpoint", tiny_checkpoint,
                        "--seconds", seconds, "--device", "cpu"), "0.175")  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="a 250-character --out name: the parts folder name is too long -> OSError traceback")
+@pytest.mark.xfail(
+    strict=True, reason="a 250-character --out name: the parts folder name is too long -> OSError traceback"
+)
 def test_long_out_name_is_one_error_line(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     clip = sorted((synth_root / "fan" / "test").glob("*.wav"))[0]
     out = tmp_path / ("a" * 246 + ".npz")
@@ -286,7 +303,9 @@ def test_long_out_name_is_one_error_line(synth_root: Path, tiny_checkpoint: Path
 # asd report / asd package: outputs that do not say what they hold
 
 
-@pytest.mark.xfail(strict=True, reason="one submission given twice: two systems with the same label, tidy rows indistinguishable")
+@pytest.mark.xfail(
+    strict=True, reason="one submission given twice: two systems with the same label, tidy rows indistinguishable"
+)
 def test_report_systems_have_distinct_labels(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     """Each tidy row is keyed by (system, machine, section, metric); two systems must not share a label."""
     banks = tmp_path / "banks"
@@ -303,7 +322,10 @@ def test_report_systems_have_distinct_labels(fan: dict[str, Path], synth_root: P
     assert len(keys) == len(set(keys)), "two systems share a label"
 
 
-@pytest.mark.xfail(strict=True, reason="package re-run for fewer machines leaves the earlier score files in task2/<label>/, zip differs")
+@pytest.mark.xfail(
+    strict=True,
+    reason="package re-run for fewer machines leaves the earlier score files in task2/<label>/, zip differs",
+)
 def test_package_folder_holds_what_the_zip_holds(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     """The folder OUT/task2/<label>/ and the zip must hold the same files: a stale score file of an
     earlier package in the folder would be uploaded from the folder but not be in the zip."""
@@ -337,7 +359,10 @@ def _fan_scores(fan: dict[str, Path]) -> str:
     return result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="parse_rows strips file names: a clip named ' x.wav' written by `asd score` is unknown to report")
+@pytest.mark.xfail(
+    strict=True,
+    reason="parse_rows strips file names: a clip named ' x.wav' written by `asd score` is unknown to report",
+)
 def test_leading_space_clip_name_round_trips(fan: dict[str, Path], synth_root: Path, tiny_checkpoint: Path,
                                             tmp_path: Path) -> None:  # fmt: skip
     data = tmp_path / "data" / "fan" / "test"
@@ -347,11 +372,15 @@ def test_leading_space_clip_name_round_trips(fan: dict[str, Path], synth_root: P
     scored = _asd("score", "--bank", fan["bank"], data, "--checkpoint", tiny_checkpoint, "--device", "cpu")
     _assert_ok(scored)
     assert scored.stdout.startswith(" section_00")  # the name as written, leading space kept
-    result = _asd("report", "-", "--machine", "fan", "--data", tmp_path / "data", "--format", "csv", input=scored.stdout)
+    result = _asd(
+        "report", "-", "--machine", "fan", "--data", tmp_path / "data", "--format", "csv", input=scored.stdout
+    )
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.xfail(strict=True, reason="a row with 3 columns is read as filename,<2nd column>: 'name,label,score' scores the labels")
+@pytest.mark.xfail(
+    strict=True, reason="a row with 3 columns is read as filename,<2nd column>: 'name,label,score' scores the labels"
+)
 def test_score_rows_with_extra_columns_are_an_error(fan: dict[str, Path], synth_root: Path) -> None:
     """`filename,label,score` (a common hand-made layout) must not be evaluated as if column 2
     were the score: that gives a perfect AUC from the labels, a silent wrong number."""
@@ -364,7 +393,10 @@ def test_score_rows_with_extra_columns_are_an_error(fan: dict[str, Path], synth_
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.xfail(strict=True, reason="stdout on a full disk: OSError ENOSPC escapes as a 70-line traceback (then the Abort AttributeError)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="stdout on a full disk: OSError ENOSPC escapes as a 70-line traceback (then the Abort AttributeError)",
+)
 def test_full_stdout_is_one_error_line(fan: dict[str, Path]) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     with open("/dev/full", "w") as full:
@@ -374,12 +406,17 @@ def test_full_stdout_is_one_error_line(fan: dict[str, Path]) -> None:
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason="load_npz does `with np.load(...)`: a .npy file returns an ndarray -> TypeError traceback")
+@pytest.mark.xfail(
+    strict=True, reason="load_npz does `with np.load(...)`: a .npy file returns an ndarray -> TypeError traceback"
+)
 @pytest.mark.parametrize("option", ["--embeddings", "--bank"])
 def test_npy_file_instead_of_npz_is_one_error_line(option: str, fan: dict[str, Path], tmp_path: Path) -> None:
     npy = tmp_path / "vectors.npy"
     np.save(npy, np.zeros((3, 4), np.float32))
-    args = {"--embeddings": ("--bank", fan["bank"], "--embeddings", npy), "--bank": ("--bank", npy, "--embeddings", fan["test"])}
+    args = {
+        "--embeddings": ("--bank", fan["bank"], "--embeddings", npy),
+        "--bank": ("--bank", npy, "--embeddings", fan["test"]),
+    }
     _assert_error(_asd("score", *args[option]), str(npy))
 
 
@@ -396,7 +433,9 @@ def _fan_submission(fan: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
     return submission, banks / "bank_fan_section_00.npz"
 
 
-@pytest.mark.xfail(strict=True, reason="report --out/--html only guard the score CSVs: a --data clip or a --banks bank is overwritten")
+@pytest.mark.xfail(
+    strict=True, reason="report --out/--html only guard the score CSVs: a --data clip or a --banks bank is overwritten"
+)
 @pytest.mark.parametrize("option,target", [("--out", "clip"), ("--html", "clip"), ("--out", "bank")])
 def test_report_output_never_overwrites_a_data_clip_or_bank(option: str, target: str, fan: dict[str, Path],
                                                            synth_root: Path, tmp_path: Path) -> None:  # fmt: skip
@@ -412,7 +451,10 @@ def test_report_output_never_overwrites_a_data_clip_or_bank(option: str, target:
     _assert_error(result, str(victim))
 
 
-@pytest.mark.xfail(strict=True, reason="report writes --ground-truth-out first, then fails on the submission: a failed command wrote files")
+@pytest.mark.xfail(
+    strict=True,
+    reason="report writes --ground-truth-out first, then fails on the submission: a failed command wrote files",
+)
 def test_failed_report_writes_no_ground_truth(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     submission, _ = _fan_submission(fan, tmp_path)
     data = tmp_path / "data"
@@ -422,7 +464,9 @@ def test_failed_report_writes_no_ground_truth(fan: dict[str, Path], synth_root: 
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="score --decisions is checked against the given paths only, not the clips found in a folder")
+@pytest.mark.xfail(
+    strict=True, reason="score --decisions is checked against the given paths only, not the clips found in a folder"
+)
 def test_score_decisions_never_overwrite_a_clip_found_in_a_folder(fan: dict[str, Path], synth_root: Path,
                                                                  tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
     """`asd embed --out` already refuses a clip found in an input folder; `score --decisions` must too."""

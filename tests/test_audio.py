@@ -205,8 +205,9 @@ def _filter_error_bound(x: np.ndarray, orig_rate: int, new_rate: int) -> float:
 
 
 @pytest.mark.parametrize("rate", [48000, 44100, 22050, 104755, 8000, 16000])
-def test_reading_only_the_needed_frames_equals_resampling_the_whole_file(tmp_path: Path, rate: int,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reading_only_the_needed_frames_equals_resampling_the_whole_file(
+    tmp_path: Path, rate: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     total = 60 * rate  # one minute of stereo: a 30-minute file would ask for the same frames
     x = (0.3 * np.random.default_rng(rate).standard_normal((total, 2))).astype(np.float32)
     path = tmp_path / "long.wav"

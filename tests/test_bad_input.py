@@ -101,7 +101,16 @@ def _bytes(make: Callable[[], bytes]) -> Writer:
 def _header_only() -> bytes:
     """A canonical 44-byte PCM WAV header (16 kHz mono 16-bit) whose data chunk is empty."""
     fmt = struct.pack("<HHIIHH", 1, 1, SR, 2 * SR, 2, 16)
-    return b"RIFF" + struct.pack("<I", 36) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", 0)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", 0)
+    )
 
 
 def _corrupt(path: Path) -> None:
@@ -171,29 +180,48 @@ EIGHT = _tone(channels=8)
 AUDIO_ROWS = [
     pytest.param(_corrupt, (), Fails(("Cannot read", "as audio", "re-copy it or remove it")), id="corrupt-wav"),
     pytest.param(_bytes(bytes), (), Fails(("is empty (0 bytes)", "re-copy or delete it")), id="0-byte"),
-    pytest.param(_bytes(_header_only), (), Fails(("has no samples (header only)", "re-copy or delete it")),
-                 id="header-only"),
+    pytest.param(
+        _bytes(_header_only), (), Fails(("has no samples (header only)", "re-copy or delete it")), id="header-only"
+    ),
     pytest.param(_wav(_with(np.nan), subtype="FLOAT"), (), Fails(("contains NaN or Inf", "re-export it")), id="nan"),
     pytest.param(_wav(_with(np.inf), subtype="FLOAT"), (), Fails(("contains NaN or Inf", "re-export it")), id="inf"),
     pytest.param(_wav(np.zeros(SR)), (), Works(warning="is all zeros"), id="all-zero"),
-    pytest.param(_wav(_tone(0.1)), (), Fails(("is 0.100 s long, shorter than the 0.175 s", "remove it")),
-                 id="shorter-than-0.175s"),
-    pytest.param(_wav(_tone(0.175)), (), Works(same_as=_wav(np.pad(_tone(0.175), (0, SR - 2800)))),
-                 id="exactly-0.175s-padded"),
+    pytest.param(
+        _wav(_tone(0.1)),
+        (),
+        Fails(("is 0.100 s long, shorter than the 0.175 s", "remove it")),
+        id="shorter-than-0.175s",
+    ),
+    pytest.param(
+        _wav(_tone(0.175)), (), Works(same_as=_wav(np.pad(_tone(0.175), (0, SR - 2800)))), id="exactly-0.175s-padded"
+    ),
     pytest.param(_wav(_tone(60.0)), (), Works(same_as=_wav(_tone(60.0)[:SR])), id="60s-cut-to-seconds"),
-    pytest.param(_wav(EIGHT, subtype="FLOAT"), (), Works(same_as=_wav(EIGHT.mean(axis=1), subtype="FLOAT")),
-                 id="8-channel-mean"),
-    pytest.param(_wav(EIGHT, subtype="FLOAT"), ("--channel", "3"), Works(same_as=_wav(EIGHT[:, 3], subtype="FLOAT")),
-                 id="8-channel-pick"),
-    pytest.param(_wav(EIGHT), ("--channel", "8"), Fails(("has 8 channel(s), so --channel 8 does not exist", "use 0..7")),
-                 id="8-channel-pick-missing"),
+    pytest.param(
+        _wav(EIGHT, subtype="FLOAT"), (), Works(same_as=_wav(EIGHT.mean(axis=1), subtype="FLOAT")), id="8-channel-mean"
+    ),
+    pytest.param(
+        _wav(EIGHT, subtype="FLOAT"),
+        ("--channel", "3"),
+        Works(same_as=_wav(EIGHT[:, 3], subtype="FLOAT")),
+        id="8-channel-pick",
+    ),
+    pytest.param(
+        _wav(EIGHT),
+        ("--channel", "8"),
+        Fails(("has 8 channel(s), so --channel 8 does not exist", "use 0..7")),
+        id="8-channel-pick-missing",
+    ),
     pytest.param(_wav(_tone(), subtype="PCM_U8"), (), Works(), id="8-bit"),
     pytest.param(_wav(_tone(), subtype="PCM_24"), (), Works(), id="24-bit"),
     pytest.param(_wav(_tone(), subtype="FLOAT"), (), Works(same_as=_wav(_tone(), subtype="DOUBLE")), id="float"),
     pytest.param(_wav(_tone(rate=44100), rate=44100), (), Works(), id="44.1kHz"),
     pytest.param(_wav(_tone(rate=104755), rate=104755), (), Works(), id="104755Hz"),
-    pytest.param(_bytes(lambda: b"this is a text file, not audio\n" * 40), (),
-                 Fails(("Cannot read", "as audio", "re-copy it or remove it")), id="text-named-wav"),
+    pytest.param(
+        _bytes(lambda: b"this is a text file, not audio\n" * 40),
+        (),
+        Fails(("Cannot read", "as audio", "re-copy it or remove it")),
+        id="text-named-wav",
+    ),
 ]
 
 
@@ -264,8 +292,12 @@ def test_a_machine_folder_without_train_clips(synth_root: Path, tiny_checkpoint:
     _assert_kept(run / "run.json")
     _assert_ok(_embed([fan], tmp_path / "test.npz", tiny_checkpoint))
     bank = _guard(tmp_path / "bank" / "bank.npz")
-    _assert_error(_asd("fit-bank", tmp_path / "test.npz", "--out", bank),
-                  str(tmp_path / "test.npz"), "has no train clips (splits found: test)", "embed the train folder")
+    _assert_error(
+        _asd("fit-bank", tmp_path / "test.npz", "--out", bank),
+        str(tmp_path / "test.npz"),
+        "has no train clips (splits found: test)",
+        "embed the train folder",
+    )
     _assert_kept(bank)
 
 
@@ -291,7 +323,9 @@ def odd_names(synth_root: Path, tmp_path: Path) -> Path:
     return tmp_path / "odd"
 
 
-def test_unknown_file_names_are_kept_with_unknown_fields(odd_names: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_unknown_file_names_are_kept_with_unknown_fields(
+    odd_names: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     _assert_ok(_embed([odd_names], tmp_path / "emb.npz", tiny_checkpoint))
     emb = load_embeddings(tmp_path / "emb.npz")
     assert sorted(emb.filenames) == ["mystery.wav", "rec-03.wav", "take 1.wav", "take2.WAV"]
@@ -318,8 +352,12 @@ def test_stages_that_need_a_field_name_the_files_without_it(odd_names: Path, fan
     banks.mkdir()
     (banks / "bank_fan_section_00.npz").write_bytes(fan_bank.read_bytes())
     sub = tmp_path / "submission"
-    _assert_error(_asd("score", "--banks", banks, "--embeddings", tmp_path / "test.npz", "--submission-dir", sub),
-                  "needs the section of every clip", str(odd_names / "fan" / "test" / "mystery.wav"), "section_00_")
+    _assert_error(
+        _asd("score", "--banks", banks, "--embeddings", tmp_path / "test.npz", "--submission-dir", sub),
+        "needs the section of every clip",
+        str(odd_names / "fan" / "test" / "mystery.wav"),
+        "section_00_",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["banks", "odd", "test.npz"]
     loose = tmp_path / "loose"
     loose.mkdir()
@@ -345,8 +383,12 @@ def test_a_bank_of_another_dimension(fan_bank: Path, synth_root: Path, tiny_chec
     _assert_ok(_embed([synth_root / "fan" / "test"], test8, tiny_checkpoint, "--adapter", adapter_run))
     assert load_embeddings(test8).dim == 8
     decisions = _guard(tmp_path / "out" / "decisions.csv")
-    _assert_error(_asd("score", "--bank", fan_bank, "--embeddings", test8, "--decisions", decisions),
-                  "has dimension 64", f"{test8} has 8", "embed the test clips with the checkpoint and adapter")
+    _assert_error(
+        _asd("score", "--bank", fan_bank, "--embeddings", test8, "--decisions", decisions),
+        "has dimension 64",
+        f"{test8} has 8",
+        "embed the test clips with the checkpoint and adapter",
+    )
     _assert_kept(decisions)
 
 
@@ -354,8 +396,12 @@ def test_an_adapter_for_another_checkpoint(adapter_run: Path, tiny_checkpoint: P
                                            synth_root: Path, tmp_path: Path) -> None:  # fmt: skip
     out = _guard(tmp_path / "out" / "emb.npz")
     result = _embed([synth_root / "fan" / "test"], out, other_checkpoint, "--adapter", adapter_run)
-    _assert_error(result, f"Adapter {adapter_run} was fine-tuned from checkpoint {tiny_checkpoint}",
-                  f"not {other_checkpoint}", "Pass the same --checkpoint that `asd finetune` used")
+    _assert_error(
+        result,
+        f"Adapter {adapter_run} was fine-tuned from checkpoint {tiny_checkpoint}",
+        f"not {other_checkpoint}",
+        "Pass the same --checkpoint that `asd finetune` used",
+    )
     _assert_kept(out)
 
 
@@ -367,12 +413,18 @@ CHECKPOINT_ROWS = [
     pytest.param("truncated", ("is not a readable BEATs checkpoint", "re-download it"), id="truncated"),
     pytest.param("foreign", ("is not a BEATs checkpoint", "BEATs_iter3.pt"), id="torch-save-of-other-dict"),
     pytest.param("random", ("is not a readable BEATs checkpoint", "BEATs_iter3.pt"), id="random-bytes"),
-    pytest.param("missing", ("does not exist", "--checkpoint", "$ASD_CHECKPOINT", "~/.cache/asdcli/BEATs_iter3.pt"),
-                 id="missing-given"),
+    pytest.param(
+        "missing",
+        ("does not exist", "--checkpoint", "$ASD_CHECKPOINT", "~/.cache/asdcli/BEATs_iter3.pt"),
+        id="missing-given",
+    ),
     pytest.param("nan-weights", ("holds NaN or Inf values", "re-download it"), id="nan-weights"),
     pytest.param("int-dtype", ("holds torch.int64 values, not floating point",), id="integer-tensor"),
-    pytest.param("huge-cfg", ("its cfg describes a model of at least", "GB), but the file is", "re-download it"),
-                 id="cfg-of-a-huge-model"),
+    pytest.param(
+        "huge-cfg",
+        ("its cfg describes a model of at least", "GB), but the file is", "re-download it"),
+        id="cfg-of-a-huge-model",
+    ),
 ]
 
 
@@ -413,8 +465,12 @@ def test_no_checkpoint_anywhere_says_where_to_put_it(synth_root: Path, tmp_path:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     out = _guard(tmp_path / "out" / "emb.npz")
     default = tmp_path / "home" / ".cache" / "asdcli" / "BEATs_iter3.pt"
-    _assert_error(_embed([synth_root / "fan" / "test"], out, None),
-                  f"{default} (default) does not exist", "$ASD_CHECKPOINT", "~/.cache/asdcli/BEATs_iter3.pt")
+    _assert_error(
+        _embed([synth_root / "fan" / "test"], out, None),
+        f"{default} (default) does not exist",
+        "$ASD_CHECKPOINT",
+        "~/.cache/asdcli/BEATs_iter3.pt",
+    )
     monkeypatch.setenv("ASD_CHECKPOINT", str(tmp_path / "nowhere.pt"))
     _assert_error(_embed([synth_root / "fan" / "test"], out, None), f"{tmp_path / 'nowhere.pt'} (from $ASD_CHECKPOINT)")
     _assert_kept(out)
@@ -568,7 +624,9 @@ def test_embeddings_file_row(change: Callable[[dict[str, np.ndarray], dict[str, 
     _assert_kept(decisions)
 
 
-def test_an_edited_or_replaced_adapter_is_another_front_end(adapter_run: Path, synth_root: Path, tmp_path: Path) -> None:
+def test_an_edited_or_replaced_adapter_is_another_front_end(
+    adapter_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
     """The adapter's identity is the bytes of its config, weights and head, not what run.json says."""
     import json
     import shutil
@@ -593,13 +651,17 @@ def test_adapter_without_checkpoint_uses_the_recorded_one_sha_checked(adapter_ru
     clips = [synth_root / "fan" / "test"]
     _assert_ok(_embed(clips, tmp_path / "a.npz", None, "--adapter", adapter_run))
     _assert_ok(_embed(clips, tmp_path / "b.npz", tiny_checkpoint, "--adapter", adapter_run))
-    np.testing.assert_array_equal(load_embeddings(tmp_path / "a.npz").vectors, load_embeddings(tmp_path / "b.npz").vectors)
+    np.testing.assert_array_equal(
+        load_embeddings(tmp_path / "a.npz").vectors, load_embeddings(tmp_path / "b.npz").vectors
+    )
     run = tmp_path / "run"
     shutil.copytree(adapter_run, run)
     record = json.loads((run / "run.json").read_text())
     out = _guard(tmp_path / "out" / "emb.npz")
-    for path, needles in ((tmp_path / "moved.pt", ("moved.pt, which does not exist any more", "pass --checkpoint")),
-                          (other_checkpoint, (f"was fine-tuned from checkpoint {other_checkpoint}", "SHA-256"))):
+    for path, needles in (
+        (tmp_path / "moved.pt", ("moved.pt, which does not exist any more", "pass --checkpoint")),
+        (other_checkpoint, (f"was fine-tuned from checkpoint {other_checkpoint}", "SHA-256")),
+    ):
         (run / "run.json").write_text(json.dumps({**record, "checkpoint": {**record["checkpoint"], "path": str(path)}}))
         _assert_error(_embed(clips, out, None, "--adapter", run), str(run), *needles)
         _assert_kept(out)
@@ -700,7 +762,9 @@ def test_a_file_name_that_is_not_utf8(fan_bank: Path, synth_root: Path, tiny_che
     banks = tmp_path / "banks"
     banks.mkdir()
     (banks / "bank_fan_section_00.npz").write_bytes(fan_bank.read_bytes())
-    _assert_ok(_asd("score", "--banks", banks, "--embeddings", tmp_path / "test.npz", "--submission-dir", tmp_path / "sub"))
+    _assert_ok(
+        _asd("score", "--banks", banks, "--embeddings", tmp_path / "test.npz", "--submission-dir", tmp_path / "sub")
+    )
     assert (tmp_path / "sub" / "anomaly_score_fan_section_00_test.csv").read_bytes().startswith(raw + b",")
 
 
@@ -709,7 +773,9 @@ LAYERS_ROWS = [  # the tiny checkpoint has 2 transformer layers
     pytest.param(("--layers", "1,1"), ("--layers must be", "'1,1'"), id="layer-twice"),
     pytest.param(("--layers", "2,x"), ("--layers must be", "'2,x'"), id="layer-not-a-number"),
     pytest.param(("--layers", "3"), ("--layers 3:", "has 2 transformer layers (1..2)"), id="layer-too-deep"),
-    pytest.param(("--layers", "1", "--adapter", "ADAPTER"), ("--layers is for the frozen BEATs",), id="layers-with-adapter"),
+    pytest.param(
+        ("--layers", "1", "--adapter", "ADAPTER"), ("--layers is for the frozen BEATs",), id="layers-with-adapter"
+    ),
 ]
 
 
@@ -731,6 +797,8 @@ def test_layers_concatenate_in_the_given_order(synth_root: Path, tiny_checkpoint
     np.testing.assert_allclose(l21.vectors, np.concatenate([l2.vectors, l1.vectors], axis=1), rtol=0, atol=1e-6)
     assert l2.meta["frontend"]["layers"] == "last"  # the last layer, spelled out, is the default
     np.testing.assert_allclose(l2.vectors, last.vectors, rtol=0, atol=1e-6)  # same operations
+
+
 # clip length: --seconds is bounded before anything is allocated
 
 
@@ -773,7 +841,9 @@ def _alias(folder: Path) -> Path:
 
 
 LINK_ROWS = [
-    pytest.param(_dangling, ("is a symlink to", "which does not exist", "fix the link or remove it"), id="dangling-link"),
+    pytest.param(
+        _dangling, ("is a symlink to", "which does not exist", "fix the link or remove it"), id="dangling-link"
+    ),
     pytest.param(_looping, ("fix the link",), id="looping-link"),
     pytest.param(_alias, ("are the same file (a link to another clip)", "keep one of them"), id="link-to-another-clip"),
 ]
@@ -837,9 +907,24 @@ def test_a_250_character_output_name_works_and_a_longer_one_is_one_error(synth_r
                   "its name is 260 bytes long, more than the 255", "Choose a shorter output name")  # fmt: skip
 
 
-def test_run_embedding_without_fine_tuning_is_one_error(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    _assert_error(_asd("run", synth_root, "--out", tmp_path / "run", "--checkpoint", tiny_checkpoint, "--no-finetune",
-                       "--embedding", "pooled"), "--embedding chooses the fine-tuned model's vector", "--no-finetune")
+def test_run_embedding_without_fine_tuning_is_one_error(
+    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    _assert_error(
+        _asd(
+            "run",
+            synth_root,
+            "--out",
+            tmp_path / "run",
+            "--checkpoint",
+            tiny_checkpoint,
+            "--no-finetune",
+            "--embedding",
+            "pooled",
+        ),
+        "--embedding chooses the fine-tuned model's vector",
+        "--no-finetune",
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -860,6 +945,8 @@ def test_a_run_folder_holding_user_files_and_a_stale_lock(synth_root: Path, tiny
     assert result.exit_code == 0, result.output
     assert f"Took over the stale lock of asd run pid {child.pid}" in result.stderr
     assert all(p.read_bytes() == OLD for p in mine) and not (run / ".asd-run.lock").exists()
+
+
 # fine-tuning options, training that diverges, tampered run folders (issue 11 §3, §7)
 
 
@@ -882,7 +969,9 @@ FINETUNE_OPTION_ROWS = [
     pytest.param(("--warmup-fraction", "inf"), "--warmup-fraction must be in [0, 1)", id="warmup-inf"),
     pytest.param(("--subcentres", "0"), "--subcentres must be at least 1", id="subcentres-0"),
     pytest.param(("--layer-decay", "nan", "--full-finetune"), "--layer-decay must be in (0, 1]", id="layer-decay-nan"),
-    pytest.param(("--layer-decay", "0.5"), "--layer-decay 0.5 only applies with --full-finetune", id="layer-decay-lora"),
+    pytest.param(
+        ("--layer-decay", "0.5"), "--layer-decay 0.5 only applies with --full-finetune", id="layer-decay-lora"
+    ),
 ]
 
 
@@ -921,8 +1010,9 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_epoch(
     assert "resuming after epoch 1" in result.stderr and (run / "run.json").is_file()
 
 
-def _rewrite_safetensors(path: Path, change: Callable[[dict[str, torch.Tensor]], None],
-                         meta: dict[str, str] | None = None) -> None:
+def _rewrite_safetensors(
+    path: Path, change: Callable[[dict[str, torch.Tensor]], None], meta: dict[str, str] | None = None
+) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -952,32 +1042,70 @@ def _adapter_config(**change: object) -> Callable[[Path], None]:
     def edit(run: Path) -> None:
         path = run / "adapter" / "adapter_config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+
     return edit
 
 
 ADAPTER_FILE, HEAD_FILE = "adapter/adapter_model.safetensors", "head.safetensors"
 RUN_FOLDER_ROWS = [
-    pytest.param(_adapter_config(target_modules="q_proj"), "adapter/adapter_config.json",
-                 "has target_modules 'q_proj', not a list of module names", id="target-modules-string"),
-    pytest.param(_adapter_config(target_modules=".*_proj"), "adapter/adapter_config.json",
-                 "has target_modules '.*_proj'", id="target-modules-regex"),
+    pytest.param(
+        _adapter_config(target_modules="q_proj"),
+        "adapter/adapter_config.json",
+        "has target_modules 'q_proj', not a list of module names",
+        id="target-modules-string",
+    ),
+    pytest.param(
+        _adapter_config(target_modules=".*_proj"),
+        "adapter/adapter_config.json",
+        "has target_modules '.*_proj'",
+        id="target-modules-regex",
+    ),
     pytest.param(_adapter_config(r=0), "adapter/adapter_config.json", "has r 0, not an integer >= 1", id="r-0"),
-    pytest.param(_adapter_config(peft_type="IA3"), "adapter/adapter_config.json", "has peft_type 'IA3', not 'LORA'",
-                 id="other-peft-type"),
-    pytest.param(_adapter_config(lora_alpha=float("nan")), "adapter/adapter_config.json", "has lora_alpha nan",
-                 id="lora-alpha-nan"),
-    pytest.param(lambda run: _rewrite_safetensors(run / ADAPTER_FILE, _first_nan), ADAPTER_FILE, "holds NaN or Inf",
-                 id="adapter-nan"),
-    pytest.param(lambda run: _rewrite_safetensors(run / ADAPTER_FILE, _as_int), ADAPTER_FILE,
-                 "as torch.int32, not floating point", id="adapter-int"),
-    pytest.param(lambda run: _rewrite_safetensors(run / HEAD_FILE, _first_nan), HEAD_FILE, "holds NaN or Inf",
-                 id="head-nan"),
-    pytest.param(lambda run: _rewrite_safetensors(run / HEAD_FILE, _as_int), HEAD_FILE,
-                 "as torch.int32, not floating point", id="head-int"),
-    pytest.param(lambda run: _rewrite_safetensors(run / HEAD_FILE, _narrow_head, {"in_dim": "32"}), HEAD_FILE,
-                 "takes 32-d backbone features, but the checkpoint's backbone is 64-d", id="head-wrong-in-dim"),
-    pytest.param(lambda run: (run / "run.json").write_text("[1, 2]"), "run.json",
-                 "is not an `asd finetune` run record", id="run-json-list"),
+    pytest.param(
+        _adapter_config(peft_type="IA3"),
+        "adapter/adapter_config.json",
+        "has peft_type 'IA3', not 'LORA'",
+        id="other-peft-type",
+    ),
+    pytest.param(
+        _adapter_config(lora_alpha=float("nan")),
+        "adapter/adapter_config.json",
+        "has lora_alpha nan",
+        id="lora-alpha-nan",
+    ),
+    pytest.param(
+        lambda run: _rewrite_safetensors(run / ADAPTER_FILE, _first_nan),
+        ADAPTER_FILE,
+        "holds NaN or Inf",
+        id="adapter-nan",
+    ),
+    pytest.param(
+        lambda run: _rewrite_safetensors(run / ADAPTER_FILE, _as_int),
+        ADAPTER_FILE,
+        "as torch.int32, not floating point",
+        id="adapter-int",
+    ),
+    pytest.param(
+        lambda run: _rewrite_safetensors(run / HEAD_FILE, _first_nan), HEAD_FILE, "holds NaN or Inf", id="head-nan"
+    ),
+    pytest.param(
+        lambda run: _rewrite_safetensors(run / HEAD_FILE, _as_int),
+        HEAD_FILE,
+        "as torch.int32, not floating point",
+        id="head-int",
+    ),
+    pytest.param(
+        lambda run: _rewrite_safetensors(run / HEAD_FILE, _narrow_head, {"in_dim": "32"}),
+        HEAD_FILE,
+        "takes 32-d backbone features, but the checkpoint's backbone is 64-d",
+        id="head-wrong-in-dim",
+    ),
+    pytest.param(
+        lambda run: (run / "run.json").write_text("[1, 2]"),
+        "run.json",
+        "is not an `asd finetune` run record",
+        id="run-json-list",
+    ),
 ]
 
 
@@ -990,32 +1118,40 @@ def test_run_folder_row(tamper: Callable[[Path], None], file: str, needle: str, 
     shutil.copytree(adapter_run, run)
     tamper(run)
     out = _guard(tmp_path / "out" / "emb.npz")
-    _assert_error(_embed([synth_root / "fan" / "test"], out, tiny_checkpoint, "--adapter", run), str(run / file), needle)
+    _assert_error(
+        _embed([synth_root / "fan" / "test"], out, tiny_checkpoint, "--adapter", run), str(run / file), needle
+    )
     _assert_kept(out)
+
+
 # tampered or foreign bank files: one `asd score --bank` per row
 
 
 def _set(key: str, value: object) -> Callable[[dict, dict], None]:
     def tamper(arrays: dict, meta: dict) -> None:
         arrays[key] = np.asarray(value)
+
     return tamper
 
 
 def _edit(key: str, make: Callable[[np.ndarray], np.ndarray]) -> Callable[[dict, dict], None]:
     def tamper(arrays: dict, meta: dict) -> None:
         arrays[key] = make(np.array(arrays[key]))
+
     return tamper
 
 
 def _config(**changes: object) -> Callable[[dict, dict], None]:
     def tamper(arrays: dict, meta: dict) -> None:
         meta["config"].update(changes)
+
     return tamper
 
 
 def _meta(**changes: object) -> Callable[[dict, dict], None]:
     def tamper(arrays: dict, meta: dict) -> None:
         meta.update(changes)
+
     return tamper
 
 
@@ -1023,6 +1159,7 @@ def _at(index: tuple[int, ...], value: float) -> Callable[[np.ndarray], np.ndarr
     def change(a: np.ndarray) -> np.ndarray:
         a[index] = value
         return a
+
     return change
 
 
@@ -1047,13 +1184,17 @@ BANK_ROWS = [
     pytest.param(_config(k="3"), "--k must be an integer", id="k-a-string"),
     pytest.param(_config(k=2.5), "--k must be an integer", id="k-not-an-int"),
     pytest.param(_config(score_norm="density"), "its density K is missing", id="density-without-radii-k"),
-    pytest.param(_config(score_norm="domain-zscore"), "its source statistics are missing", id="zscore-without-statistics"),
+    pytest.param(
+        _config(score_norm="domain-zscore"), "its source statistics are missing", id="zscore-without-statistics"
+    ),
     pytest.param(_meta(schema_version=1), "has bank schema 1, this asdcli reads 2", id="old-schema"),
     pytest.param(_meta(config=[1, 2]), "'config' is not a JSON object", id="config-a-list"),
-    pytest.param(lambda arrays, meta: meta.clear() or meta.update(list_meta=True), "is not a bank file",
-                 id="meta-without-kind"),
-    pytest.param(_meta(loo_stats={"mean": "x", "std": 1.0}), "leave-one-out statistics are not finite",
-                 id="string-loo-stats"),
+    pytest.param(
+        lambda arrays, meta: meta.clear() or meta.update(list_meta=True), "is not a bank file", id="meta-without-kind"
+    ),
+    pytest.param(
+        _meta(loo_stats={"mean": "x", "std": 1.0}), "leave-one-out statistics are not finite", id="string-loo-stats"
+    ),
 ]
 
 
@@ -1080,15 +1221,22 @@ def test_bank_meta_that_is_not_an_object(fan_bank: Path, tmp_path: Path) -> None
     bad = tmp_path / "bad.npz"
     for meta in ("[1, 2]", "3", '"text"'):
         np.savez(bad, **{**arrays, "meta": np.asarray(meta)})
-        _assert_error(_asd("score", "--bank", bad, "--embeddings", fan_bank.parent / "train.npz", "--all"),
-                      str(bad), "not a JSON object")
+        _assert_error(
+            _asd("score", "--bank", bad, "--embeddings", fan_bank.parent / "train.npz", "--all"),
+            str(bad),
+            "not a JSON object",
+        )
 
 
 def test_a_bank_of_zero_column_embeddings_is_refused(tmp_path: Path) -> None:
     n = 4
     fields = {f: np.asarray([f"c{i}.wav" for i in range(n)]) for f in Embeddings.FIELDS}
-    fields.update(split=np.asarray(["train"] * n), machine=np.asarray(["fan"] * n), section=np.asarray(["00"] * n),
-                  domain=np.asarray(["source"] * n))
+    fields.update(
+        split=np.asarray(["train"] * n),
+        machine=np.asarray(["fan"] * n),
+        section=np.asarray(["00"] * n),
+        domain=np.asarray(["source"] * n),
+    )
     emb = tmp_path / "emb.npz"
     save_embeddings(emb, Embeddings(vectors=np.zeros((n, 0), np.float32), meta={}, **fields))
     _assert_error(_asd("fit-bank", emb, "--out", tmp_path / "bank.npz"), "at least one column", "re-create it")

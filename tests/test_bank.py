@@ -8,9 +8,9 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
+from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.backend import bank as B
 from asdcli.backend import knn
-from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.cli.main import app
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError, DataError
 
@@ -18,7 +18,9 @@ runner = CliRunner()
 META = {"checkpoint_sha256": "a" * 64, "adapter_id": "run-1", "embedding": "pooled"}
 
 
-def make_embeddings(groups=(("fan", "00"), ("valve", "00")), n_train=24, n_target=4, n_test=6, dim=12, seed=0) -> Embeddings:
+def make_embeddings(
+    groups=(("fan", "00"), ("valve", "00")), n_train=24, n_target=4, n_test=6, dim=12, seed=0
+) -> Embeddings:
     """Random vectors with DCASE fields: per machine/section n_train train clips (the last
     n_target of them target domain) and n_test test clips."""
     rng = np.random.default_rng(seed)
@@ -26,10 +28,14 @@ def make_embeddings(groups=(("fan", "00"), ("valve", "00")), n_train=24, n_targe
     for machine, section in groups:
         for split, n in (("train", n_train), ("test", n_test)):
             for i in range(n):
-                domain = "target" if (split == "train" and i >= n - n_target) or (split == "test" and i % 2) else "source"
+                domain = (
+                    "target" if (split == "train" and i >= n - n_target) or (split == "test" and i % 2) else "source"
+                )
                 label = "anomaly" if split == "test" and i % 3 == 0 else "normal"
                 name = f"section_{section}_{domain}_{split}_{label}_{i:04d}_a_{i}.wav"
-                for f, v in zip(Embeddings.FIELDS, (name, f"/d/{machine}/{split}/{name}", machine, section, domain, split, label)):
+                for f, v in zip(
+                    Embeddings.FIELDS, (name, f"/d/{machine}/{split}/{name}", machine, section, domain, split, label)
+                ):
                     cols[f].append(v)
     n = len(cols["filenames"])
     vecs = rng.standard_normal((n, dim)).astype(np.float32) * rng.uniform(0.5, 3, dim).astype(np.float32) + 2.0
@@ -101,10 +107,14 @@ def test_condense_source_keeps_every_target_vector() -> None:
     tgt = rows.domain == "target"
     assert len(bank) == 6 + 5
     assert list(bank.filenames[bank.domain == "target"]) == list(rows.filenames[tgt])
-    np.testing.assert_allclose(bank.vectors[bank.domain == "target"], knn.prepare(rows.vectors, bank.mean, bank.std)[tgt], atol=1e-6)
+    np.testing.assert_allclose(
+        bank.vectors[bank.domain == "target"], knn.prepare(rows.vectors, bank.mean, bank.std)[tgt], atol=1e-6
+    )
     assert all(f.startswith("kmeans_centre_") for f in bank.filenames[bank.domain == "source"])
     np.testing.assert_array_equal(B.fit_bank(emb, cfg, machine="fan").vectors, bank.vectors)  # seeded
-    assert not np.array_equal(B.fit_bank(emb, B.BankConfig(condense_source=6, seed=2), machine="fan").vectors, bank.vectors)
+    assert not np.array_equal(
+        B.fit_bank(emb, B.BankConfig(condense_source=6, seed=2), machine="fan").vectors, bank.vectors
+    )
     # More centres than source vectors: nothing to condense.
     assert len(B.fit_bank(emb, B.BankConfig(condense_source=1000), machine="fan")) == 40
 
@@ -118,7 +128,9 @@ def test_score_norms_are_applied_with_the_groups_they_define() -> None:
     np.testing.assert_allclose(dd.radii[tgt], knn.density_radii(dd.vectors[tgt], 2))
     assert dd.normalization == {"density_k": 3, "density_k_target": 2}
     d = lambda rows, scale: (np.clip(1 - q.astype(np.float64) @ dd.vectors[rows].T, 0, None) / scale).min(axis=1)  # noqa: E731
-    np.testing.assert_allclose(dd.score_prepared(q), np.minimum(d(src, dd.radii[src]), d(tgt, dd.radii[tgt])), atol=1e-6)
+    np.testing.assert_allclose(
+        dd.score_prepared(q), np.minimum(d(src, dd.radii[src]), d(tgt, dd.radii[tgt])), atol=1e-6
+    )
     plain = B.fit_bank(emb, B.BankConfig(score_norm="density", density_k=3), machine="fan")
     np.testing.assert_allclose(plain.radii, knn.density_radii(plain.vectors, 3))
     np.testing.assert_allclose(plain.score_prepared(q), d(np.arange(24), plain.radii), atol=1e-6)
@@ -139,11 +151,22 @@ def test_too_small_banks_are_clear_errors(cfg: B.BankConfig, n_train: int, error
         B.fit_bank(make_embeddings(n_train=n_train, n_target=0), cfg, machine="fan")
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"k": 0}, {"k": 2.5}, {"k": True}, {"condense_source": 0}, {"score_norm": "density", "density_k": 0},
-    {"score_norm": "zscore"}, {"density_k": 3}, {"score_norm": "density", "density_k_target": 2},
-    {"threshold_quantile": 1.0}, {"threshold_quantile": float("nan")}, {"seed": -1},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"k": 0},
+        {"k": 2.5},
+        {"k": True},
+        {"condense_source": 0},
+        {"score_norm": "density", "density_k": 0},
+        {"score_norm": "zscore"},
+        {"density_k": 3},
+        {"score_norm": "density", "density_k_target": 2},
+        {"threshold_quantile": 1.0},
+        {"threshold_quantile": float("nan")},
+        {"seed": -1},
+    ],
+)
 def test_invalid_options(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         B.BankConfig(**kwargs)
@@ -236,16 +259,41 @@ def test_cli_fit_bank_out_and_out_dir(tmp_path: Path) -> None:
     save_embeddings(emb_path, make_embeddings())
     r = runner.invoke(app, ["fit-bank", str(emb_path), "--out", str(tmp_path / "b.npz")])
     assert r.exit_code == 1 and "several machines" in r.output and "valve section 00" in r.output
-    r = runner.invoke(app, ["fit-bank", str(emb_path), "--machine", "fan", "--section", "00", "--out", str(tmp_path / "b.npz"),
-                            "--k", "2", "--score-norm", "domain-density", "--condense-source", "5", "--density-k", "2",
-                            "--threshold-quantile", "0.95", "--seed", "3"])
+    r = runner.invoke(
+        app,
+        [
+            "fit-bank",
+            str(emb_path),
+            "--machine",
+            "fan",
+            "--section",
+            "00",
+            "--out",
+            str(tmp_path / "b.npz"),
+            "--k",
+            "2",
+            "--score-norm",
+            "domain-density",
+            "--condense-source",
+            "5",
+            "--density-k",
+            "2",
+            "--threshold-quantile",
+            "0.95",
+            "--seed",
+            "3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     bank = B.load_bank(tmp_path / "b.npz")
     assert bank.config == B.BankConfig(2, "domain-density", 2, None, 5, 0.95, 3) and len(bank) == 9
     assert "fan section 00: 9 vectors" in r.output
     r = runner.invoke(app, ["fit-bank", str(emb_path), "--out-dir", str(tmp_path / "banks")])
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (tmp_path / "banks").iterdir()) == ["bank_fan_section_00.npz", "bank_valve_section_00.npz"]
+    assert sorted(p.name for p in (tmp_path / "banks").iterdir()) == [
+        "bank_fan_section_00.npz",
+        "bank_valve_section_00.npz",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
-from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.beats import (
     BEATs,
     BeatsConfig,
@@ -23,6 +22,7 @@ from asdcli.frontend.beats import (
     save_official_checkpoint,
     tiny_beats_config,
 )
+from asdcli.frontend.features import beats_fbank
 
 # The official-output fixtures are 1.3 MB of incompressible random weights each: read them in place,
 # from $ASD_FIXTURES or the shared/ folder beside the repository (where CI puts it).
@@ -130,7 +130,7 @@ def test_round_trip_eval_determinism_and_cached_buckets(tiny):
 
 
 def test_config_mistakes_change_the_output(tiny):
-    path, model = tiny
+    _path, model = tiny
     model.eval()
     fbank = beats_fbank(torch.randn(1, 16000) * 0.1)
     wrong = BEATs(BeatsConfig.from_dict({**tiny_beats_config(), "deep_norm": False})).eval()

@@ -10,7 +10,20 @@ from asdcli import __version__
 from asdcli.cli.main import app
 
 runner = CliRunner()
-COMMANDS = ["finetune", "embed", "fit-bank", "score", "report", "run", "demo", "package", "watch", "enrol", "fuse", "export"]
+COMMANDS = [
+    "finetune",
+    "embed",
+    "fit-bank",
+    "score",
+    "report",
+    "run",
+    "demo",
+    "package",
+    "watch",
+    "enrol",
+    "fuse",
+    "export",
+]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -42,21 +55,41 @@ def test_each_command_is_in_the_readme(name: str) -> None:
 
 # ---------------------------------------------------------------- usage errors: one line, exit 2
 
-@pytest.mark.parametrize(("args", "error", "command"), [
-    (["frobnicate"], "Error: No such command 'frobnicate'.", "asd"),
-    (["report", "--bnak"], "Error: No such option: --bnak (Possible options: --banks, --name).", "asd report"),
-    (["report", "-f", "xml", "x"], "Error: Invalid value for '--format' / '-f': 'xml' is not one of 'table', "
-     "'csv', 'json', 'official'.", "asd report"),
-    (["package", "run", "--team", "Doe ACME", "-o", "pkg"], "Error: Invalid value for '--team': must be "
-     "<Surname>_<INSTITUTE> (letters, digits, '-'), e.g. Doe_ACME; got 'Doe ACME'.", "asd package"),
-    (["score", "-f", "xml"], "Error: Invalid value for '--format' / '-f': 'xml' is not one of 'csv', 'jsonl'.",
-     "asd score"),
-    (["finetune", "--labels", "colour", "data"], "Error: Invalid value for '--labels': 'colour' is not one of "
-     "'machine', 'attribute', 'attribute+domain'.", "asd finetune"),
-    (["run"], "Error: Missing argument 'DATA'.", "asd run"),
-    (["embed", "x", "-o", "y.npz", "--batch-size", "many"], "Error: Invalid value for '--batch-size': expected a "
-     "valid integer, unable to parse string as an integer.", "asd embed"),
-])
+
+@pytest.mark.parametrize(
+    ("args", "error", "command"),
+    [
+        (["frobnicate"], "Error: No such command 'frobnicate'.", "asd"),
+        (["report", "--bnak"], "Error: No such option: --bnak (Possible options: --banks, --name).", "asd report"),
+        (
+            ["report", "-f", "xml", "x"],
+            "Error: Invalid value for '--format' / '-f': 'xml' is not one of 'table', 'csv', 'json', 'official'.",
+            "asd report",
+        ),
+        (
+            ["package", "run", "--team", "Doe ACME", "-o", "pkg"],
+            "Error: Invalid value for '--team': must be "
+            "<Surname>_<INSTITUTE> (letters, digits, '-'), e.g. Doe_ACME; got 'Doe ACME'.",
+            "asd package",
+        ),
+        (
+            ["score", "-f", "xml"],
+            "Error: Invalid value for '--format' / '-f': 'xml' is not one of 'csv', 'jsonl'.",
+            "asd score",
+        ),
+        (
+            ["finetune", "--labels", "colour", "data"],
+            "Error: Invalid value for '--labels': 'colour' is not one of 'machine', 'attribute', 'attribute+domain'.",
+            "asd finetune",
+        ),
+        (["run"], "Error: Missing argument 'DATA'.", "asd run"),
+        (
+            ["embed", "x", "-o", "y.npz", "--batch-size", "many"],
+            "Error: Invalid value for '--batch-size': expected a valid integer, unable to parse string as an integer.",
+            "asd embed",
+        ),
+    ],
+)
 def test_usage_error_is_one_line_and_a_hint(args: list[str], error: str, command: str) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
@@ -71,6 +104,7 @@ def test_no_arguments_shows_the_help() -> None:
 
 # ---------------------------------------------------------------- help: one placeholder style, plain text
 
+
 def _help(name: str) -> str:
     result = runner.invoke(app, [name, "--help"], terminal_width=80)
     assert result.exit_code == 0, result.output
@@ -80,7 +114,9 @@ def _help(name: str) -> str:
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_is_plain_text_with_one_placeholder_style(name: str) -> None:
     text = _help(name)
-    assert not any(mark in text for mark in ("╭", "│", "…", "<bool>", "<path>", "<str>", "<int", "list[", "{"[:0] + "<list"))
+    assert not any(
+        mark in text for mark in ("╭", "│", "…", "<bool>", "<path>", "<str>", "<int", "list[", "{"[:0] + "<list")
+    )
     assert all(len(line) <= 80 for line in text.splitlines())
     usage = text.splitlines()[0]
     assert re.fullmatch(r"Usage: asd [a-z-]+ \[OPTIONS\]( \[?[A-Z_]+\]?(\.\.\.)?)*", usage), usage
@@ -103,8 +139,12 @@ def test_choice_lists_match_the_library() -> None:
     from asdcli.finetune.config import LABEL_MODES, MIXED_PRECISION
     from asdcli.frontend.embed import EMBEDDING_CHOICES
 
-    assert TEXT_CHOICES == {"--labels": LABEL_MODES, "--mixed-precision": MIXED_PRECISION,
-                            "--embedding": EMBEDDING_CHOICES, "score --format": SCORE_FORMATS}
+    assert TEXT_CHOICES == {
+        "--labels": LABEL_MODES,
+        "--mixed-precision": MIXED_PRECISION,
+        "--embedding": EMBEDDING_CHOICES,
+        "score --format": SCORE_FORMATS,
+    }
 
 
 def test_demo_help_names_the_checkpoint_it_writes() -> None:
@@ -118,7 +158,7 @@ def test_demo_help_names_the_checkpoint_it_writes() -> None:
 def test_report_help_golden_usage_and_examples() -> None:
     text = _help("report")
     assert text.splitlines()[0] == "Usage: asd report [OPTIONS] [SUBMISSION]..."
-    examples = text[text.index("  Examples:"):text.index("Arguments:")].rstrip("\n").splitlines()
+    examples = text[text.index("  Examples:") : text.index("Arguments:")].rstrip("\n").splitlines()
     assert examples == [
         "  Examples:",
         "    asd report runs/a/submission --data data/dev",

@@ -18,27 +18,48 @@ from asdcli.errors import ConfigError, DataError
 
 # name -> (section, domain, split, label, index, attributes, kind, form)
 NAMES = [
-    ("section_00_source_train_normal_0000_car_A2_spd_28V_mic_1_noise_1.wav",
-     ("00", "source", "train", "normal", "0000",
-      (("car", "A2"), ("spd", "28V"), ("mic", "1"), ("noise", "1")), "", "dcase")),
-    ("section_00_target_train_normal_0009_pro_A_vel_12_loc_B.wav",
-     ("00", "target", "train", "normal", "0009", (("pro", "A"), ("vel", "12"), ("loc", "B")), "", "dcase")),
-    ("section_00_source_test_anomaly_0049_vol_12000.wav",
-     ("00", "source", "test", "anomaly", "0049", (("vol", "12000"),), "", "dcase")),
-    ("section_00_target_test_normal_0001_noAttribute.wav",
-     ("00", "target", "test", "normal", "0001", (), "", "dcase")),
-    ("section_00_source_train_normal_0123_m-n_W_v_0.5.wav",  # '-' and '.' in keys/values
-     ("00", "source", "train", "normal", "0123", (("m-n", "W"), ("v", "0.5")), "", "dcase")),
-    ("section_02_source_test_normal_0000.wav",  # 2021-2024, no attribute part
-     ("02", "source", "test", "normal", "0000", (), "", "dcase")),
-    ("section_00_source_train_normal_0000_A1Spd28VMic1.wav",  # lone token kept as a key
-     ("00", "source", "train", "normal", "0000", (("A1Spd28VMic1", ""),), "", "dcase")),
+    (
+        "section_00_source_train_normal_0000_car_A2_spd_28V_mic_1_noise_1.wav",
+        (
+            "00",
+            "source",
+            "train",
+            "normal",
+            "0000",
+            (("car", "A2"), ("spd", "28V"), ("mic", "1"), ("noise", "1")),
+            "",
+            "dcase",
+        ),
+    ),
+    (
+        "section_00_target_train_normal_0009_pro_A_vel_12_loc_B.wav",
+        ("00", "target", "train", "normal", "0009", (("pro", "A"), ("vel", "12"), ("loc", "B")), "", "dcase"),
+    ),
+    (
+        "section_00_source_test_anomaly_0049_vol_12000.wav",
+        ("00", "source", "test", "anomaly", "0049", (("vol", "12000"),), "", "dcase"),
+    ),
+    ("section_00_target_test_normal_0001_noAttribute.wav", ("00", "target", "test", "normal", "0001", (), "", "dcase")),
+    (
+        "section_00_source_train_normal_0123_m-n_W_v_0.5.wav",  # '-' and '.' in keys/values
+        ("00", "source", "train", "normal", "0123", (("m-n", "W"), ("v", "0.5")), "", "dcase"),
+    ),
+    (
+        "section_02_source_test_normal_0000.wav",  # 2021-2024, no attribute part
+        ("02", "source", "test", "normal", "0000", (), "", "dcase"),
+    ),
+    (
+        "section_00_source_train_normal_0000_A1Spd28VMic1.wav",  # lone token kept as a key
+        ("00", "source", "train", "normal", "0000", (("A1Spd28VMic1", ""),), "", "dcase"),
+    ),
     ("section_00_0000.wav", ("00", "", "", "", "0000", (), "", "anonymous")),
     ("section_00_0199.wav", ("00", "", "", "", "0199", (), "", "anonymous")),
     ("section_00_machine_0001_.wav", ("00", "", "supplemental", "", "0001", (), "machine", "supplemental")),
     ("section_00_noise_0042.wav", ("00", "", "supplemental", "", "0042", (), "noise", "supplemental")),
-    ("section_00_source_supplemental_machine_0003_vel_6.wav",
-     ("00", "source", "supplemental", "", "0003", (("vel", "6"),), "machine", "supplemental")),
+    (
+        "section_00_source_supplemental_machine_0003_vel_6.wav",
+        ("00", "source", "supplemental", "", "0003", (("vel", "6"),), "machine", "supplemental"),
+    ),
     ("normal_id_00_00000000.wav", ("00", "", "", "normal", "00000000", (), "", "dcase2020")),
     ("anomaly_id_06_00000123.wav", ("06", "", "", "anomaly", "00000123", (), "", "dcase2020")),
     ("id_05_00000000.wav", ("05", "", "", "", "00000000", (), "", "anonymous")),

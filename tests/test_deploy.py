@@ -54,7 +54,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _waves(n: int = 4, seconds: float = SECONDS, seed: int = 0) -> torch.Tensor:
-    return torch.from_numpy((0.1 * np.random.default_rng(seed).standard_normal((n, int(seconds * SR)))).astype(np.float32))
+    return torch.from_numpy(
+        (0.1 * np.random.default_rng(seed).standard_normal((n, int(seconds * SR)))).astype(np.float32)
+    )
 
 
 def _embed(module: nn.Module, wave: torch.Tensor) -> np.ndarray:
@@ -82,7 +84,11 @@ def test_int8_quantizes_the_transformer_linears_only_and_keeps_the_vectors(tiny_
     module = MeanPooledBackbone(load_beats(tiny_checkpoint).model).eval()
     quantized = quantize_for_cpu(module)
     kinds = {name: type(m).__name__ for name, m in quantized.named_modules()}
-    int8 = [n for n, k in kinds.items() if k == "Linear" and type(quantized.get_submodule(n)).__module__.startswith("torch.ao")]
+    int8 = [
+        n
+        for n, k in kinds.items()
+        if k == "Linear" and type(quantized.get_submodule(n)).__module__.startswith("torch.ao")
+    ]
     layers = load_beats(tiny_checkpoint).model.cfg.encoder_layers
     assert len(int8) == len(QUANTIZED_LINEARS) * layers
     assert all(n.rsplit(".", 1)[-1] in QUANTIZED_LINEARS for n in int8)
@@ -138,7 +144,9 @@ onnx_only = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    result = CliRunner().invoke(app, ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--seconds", "1"])
+    result = CliRunner().invoke(
+        app, ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--seconds", "1"]
+    )
     assert result.exit_code == 0, result.output
     diff = float(re.search(r"max abs diff ([0-9.e+-]+)\)", result.output).group(1))
     assert diff <= 1e-4
@@ -213,7 +221,7 @@ def test_readme_snippet_scores_like_asd_score(exported: Path, data_dir: Path, tm
     code = (snippet.group(1).replace('"model.onnx"', repr(str(exported))).replace('"bank.npz"', repr(str(bank)))
             .replace('"clip.wav"', repr(str(clip))).replace("SECONDS = 10", f"SECONDS = {SECONDS}"))  # fmt: skip
     namespace: dict[str, object] = {}
-    exec(compile(code, "README snippet", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, "README snippet", "exec"), namespace)
     from asdcli.data.audio import AudioConfig, load_clip
     from asdcli.frontend.export import load_onnx
 
@@ -228,10 +236,27 @@ def test_onnx_errors_are_one_line(exported: Path, data_dir: Path, tiny_checkpoin
                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     runner, clips = CliRunner(), str(data_dir / "fan" / "train")
     cases = [
-        (["embed", clips, "--onnx", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "e.npz")], "does not exist"),
-        (["embed", clips, "--onnx", str(exported), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "e.npz")],
-         "drop --checkpoint"),
-        (["embed", clips, "--onnx", str(tiny_checkpoint), "--out", str(tmp_path / "e.npz")], "not a readable ONNX model"),
+        (
+            ["embed", clips, "--onnx", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "e.npz")],
+            "does not exist",
+        ),
+        (
+            [
+                "embed",
+                clips,
+                "--onnx",
+                str(exported),
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--out",
+                str(tmp_path / "e.npz"),
+            ],
+            "drop --checkpoint",
+        ),
+        (
+            ["embed", clips, "--onnx", str(tiny_checkpoint), "--out", str(tmp_path / "e.npz")],
+            "not a readable ONNX model",
+        ),
         (["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path)], "is a folder"),
     ]
     for args, message in cases:

@@ -13,20 +13,23 @@ from torch import nn
 from typer.testing import CliRunner
 
 from asdcli.artifacts import load_embeddings
-from asdcli.data.audio import AudioConfig, load_clip
 from asdcli.cli.main import app
+from asdcli.data.audio import AudioConfig, load_clip
 from asdcli.data.dataset import discover_clips
 from asdcli.device import resolve_device
-from asdcli.frontend.embed import EmbedConfig, embed_clips
 from asdcli.errors import ConfigError
-from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.beats import load_beats, tiny_beats_config
 from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
+from asdcli.frontend.embed import EmbedConfig, embed_clips
+from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.spec import cfg_sha256
 
 SECONDS = 0.5
 NAMES = {
-    ("fan", "train"): ["section_00_source_train_normal_0000_m-n_W.wav", "section_00_target_train_normal_0001_m-n_X.wav"],
+    ("fan", "train"): [
+        "section_00_source_train_normal_0000_m-n_W.wav",
+        "section_00_target_train_normal_0001_m-n_X.wav",
+    ],
     ("fan", "test"): ["section_00_source_test_anomaly_0000_m-n_W.wav"],
     ("valve", "train"): ["section_00_source_train_normal_0000_pat_00_v1pat_01.wav"],
 }

@@ -4,6 +4,7 @@ round trip, resume equivalence, frozen backbone, CLI."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,9 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from asdcli.finetune.run_dir import load_adapter_embedder, read_run, write_run_artifacts
 from asdcli.cli.main import app
 from asdcli.data.dataset import Clip, discover_clips
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError
-from asdcli.frontend.features import beats_fbank
 from asdcli.finetune.loop import (
     FinetuneConfig,
     build_labels,
@@ -27,9 +26,11 @@ from asdcli.finetune.loop import (
     split_train_val,
     train_step,
 )
+from asdcli.finetune.run_dir import load_adapter_embedder, read_run, write_run_artifacts
 from asdcli.finetune.trainer import Processes, Trainer, make_trainer
 from asdcli.frontend.beats import load_beats, tiny_beats_config
 from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
+from asdcli.frontend.features import beats_fbank
 
 SR = 16000
 MACHINES = {"fan": (300.0, 0.03), "pump": (1200.0, 0.1), "valve": (3500.0, 0.4)}  # tone (Hz), level
@@ -66,8 +67,18 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(ckpt: Path, **kw: object) -> FinetuneConfig:
-    base = dict(checkpoint=ckpt, epochs=3, batch_size=8, lr=3e-3, seconds=1.0, val_fraction=0.25,
-                lora_rank=4, lora_alpha=8.0, embedding_dim=16, device="cpu")
+    base = dict(
+        checkpoint=ckpt,
+        epochs=3,
+        batch_size=8,
+        lr=3e-3,
+        seconds=1.0,
+        val_fraction=0.25,
+        lora_rank=4,
+        lora_alpha=8.0,
+        embedding_dim=16,
+        device="cpu",
+    )
     base.update(kw)
     return FinetuneConfig(**base)  # type: ignore[arg-type]
 
@@ -103,10 +114,15 @@ def test_loss_falls_and_held_out_accuracy_beats_chance(trained_run: Path) -> Non
 
 
 def test_artifacts_and_run_record(trained_run: Path, ckpt: Path) -> None:
-    for rel in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "head.safetensors",
-                "run.json", "state/state.safetensors"):
+    for rel in (
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "head.safetensors",
+        "run.json",
+        "state/state.safetensors",
+    ):
         assert (trained_run / rel).is_file(), rel
-    assert not [p for p in trained_run.rglob("*.tmp")]
+    assert not list(trained_run.rglob("*.tmp"))
     run = read_run(trained_run)
     assert run["checkpoint"]["sha256"] == load_beats(ckpt).sha256
     assert run["checkpoint"]["cfg"] == tiny_beats_config()
@@ -134,8 +150,12 @@ def test_adapter_round_trip_gives_identical_embeddings(ckpt: Path, tmp_path: Pat
     model.train()
     for _ in range(2):
         train_step(trainer, wave, torch.tensor([0, 1, 2, 0]), cfg)
-    record = {"schema_version": 1, "kind": "asdcli-finetune-run", "labels": {"mode": "machine"},
-              "checkpoint": {"path": str(ckpt), "sha256": loaded.sha256}}
+    record = {
+        "schema_version": 1,
+        "kind": "asdcli-finetune-run",
+        "labels": {"mode": "machine"},
+        "checkpoint": {"path": str(ckpt), "sha256": loaded.sha256},
+    }
     write_run_artifacts(tmp_path, model.backbone, model.head, model.classifier, record)
     model.eval()
     fbank = beats_fbank(torch.randn(3, SR) * 0.1)
@@ -257,7 +277,7 @@ def test_labels_and_split() -> None:
 def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
     lrs = [lr_at(s, 100, 1e-3, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-5
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:])) and lrs[-1] < 1e-5
 
 
 def test_config_rejects_bad_values(ckpt: Path) -> None:
@@ -269,9 +289,28 @@ def test_config_rejects_bad_values(ckpt: Path) -> None:
 
 def test_cli_finetune_writes_a_run(ckpt: Path, data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli_run"
-    args = ["finetune", str(data_root), "--checkpoint", str(ckpt), "--out", str(out), "--epochs", "1",
-            "--seconds", "1", "--batch-size", "12", "--lora-rank", "2", "--embedding-dim", "8", "--device", "cpu",
-            "--val-fraction", "0"]
+    args = [
+        "finetune",
+        str(data_root),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--seconds",
+        "1",
+        "--batch-size",
+        "12",
+        "--lora-rank",
+        "2",
+        "--embedding-dim",
+        "8",
+        "--device",
+        "cpu",
+        "--val-fraction",
+        "0",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     run = read_run(out)
@@ -294,11 +333,45 @@ def test_two_process_data_parallel_matches_one_process(ckpt: Path, data_root: Pa
     import subprocess
     import sys
 
-    common = ["finetune", str(data_root), "--checkpoint", str(ckpt), "--epochs", "2", "--seconds", "1",
-              "--lr", "3e-3", "--lora-rank", "4", "--lora-alpha", "8", "--lora-dropout", "0",
-              "--embedding-dim", "16", "--val-fraction", "0.25", "--device", "cpu"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "asdcli", *common, "--batch-size", "6", "--out", str(tmp_path / "ddp")]
+    common = [
+        "finetune",
+        str(data_root),
+        "--checkpoint",
+        str(ckpt),
+        "--epochs",
+        "2",
+        "--seconds",
+        "1",
+        "--lr",
+        "3e-3",
+        "--lora-rank",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--lora-dropout",
+        "0",
+        "--embedding-dim",
+        "16",
+        "--val-fraction",
+        "0.25",
+        "--device",
+        "cpu",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "asdcli",
+        *common,
+        "--batch-size",
+        "6",
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -35,8 +35,9 @@ from asdcli.frontend.beats import load_beats
 from asdcli.synth.sounds import SynthConfig, make_dataset
 
 
-def _clip(machine: str, attrs: tuple[tuple[str, str], ...] = (), domain: str = "source", kind: str = "",
-          split: str = "train") -> Clip:
+def _clip(
+    machine: str, attrs: tuple[tuple[str, str], ...] = (), domain: str = "source", kind: str = "", split: str = "train"
+) -> Clip:
     return Clip(Path(f"/d/{machine}/{split}/x.wav"), machine, "00", domain, split, "normal", "0000", attrs, kind)
 
 
@@ -44,10 +45,18 @@ def _clip(machine: str, attrs: tuple[tuple[str, str], ...] = (), domain: str = "
 
 
 def test_attribute_domain_labels_add_the_domain() -> None:
-    clips = [_clip("fan", (("vel", "6"),), "source"), _clip("fan", (("vel", "6"),), "target"),
-             _clip("bearing", (), "target"), _clip("fan", (("vel", "6"),), "", kind="machine", split="supplemental")]
+    clips = [
+        _clip("fan", (("vel", "6"),), "source"),
+        _clip("fan", (("vel", "6"),), "target"),
+        _clip("bearing", (), "target"),
+        _clip("fan", (("vel", "6"),), "", kind="machine", split="supplemental"),
+    ]
     assert [label_name(c, "attribute+domain") for c in clips] == [
-        "fan|vel_6|source", "fan|vel_6|target", "bearing|target", "fan|vel_6"]
+        "fan|vel_6|source",
+        "fan|vel_6|target",
+        "bearing|target",
+        "fan|vel_6",
+    ]
     assert [label_name(c, "attribute") for c in clips] == ["fan|vel_6", "fan|vel_6", "bearing", "fan|vel_6"]
     y, classes = build_labels(clips[:3], "attribute+domain")
     assert classes == ["bearing|target", "fan|vel_6|source", "fan|vel_6|target"] and y.tolist() == [1, 2, 0]
@@ -55,7 +64,10 @@ def test_attribute_domain_labels_add_the_domain() -> None:
 
 def test_root_labels_are_folder_names_lengthened_until_distinct() -> None:
     assert root_labels([Path("/data/2023/dev"), Path("/data/2024/dev"), Path("/data/2025/add")]) == [
-        "2023/dev", "2024/dev", "add"]
+        "2023/dev",
+        "2024/dev",
+        "add",
+    ]
     assert root_labels([Path("a/x/dev"), Path("b/x/dev")]) == ["a/x/dev", "b/x/dev"]
     assert root_labels([Path("dev"), Path("dev")]) == ["root0", "root1"]
     assert root_labels([Path("data/dev")]) == ["dev"]
@@ -64,8 +76,11 @@ def test_root_labels_are_folder_names_lengthened_until_distinct() -> None:
 def test_machine_names_are_namespaced_only_where_they_collide() -> None:
     roots = {"2023/dev": ["fan", "bearing"], "2024/dev": ["fan", "valve"]}
     assert machine_classes(roots, merge=False) == {
-        ("2023/dev", "fan"): "2023/dev/fan", ("2023/dev", "bearing"): "bearing",
-        ("2024/dev", "fan"): "2024/dev/fan", ("2024/dev", "valve"): "valve"}
+        ("2023/dev", "fan"): "2023/dev/fan",
+        ("2023/dev", "bearing"): "bearing",
+        ("2024/dev", "fan"): "2024/dev/fan",
+        ("2024/dev", "valve"): "valve",
+    }
     assert set(machine_classes(roots, merge=True).values()) == {"fan", "bearing", "valve"}
 
 
@@ -73,8 +88,18 @@ def test_machine_names_are_namespaced_only_where_they_collide() -> None:
 def second_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another synthetic dataset: fan (as in synth_root, other recordings) and valve."""
     root = tmp_path_factory.mktemp("synth2") / "add"
-    make_dataset(root, SynthConfig(seed=1, machines=("fan", "valve"), seconds=1.0, n_train_source=6,
-                                   n_train_target=2, n_test_per_cell=1, n_supplemental=1))
+    make_dataset(
+        root,
+        SynthConfig(
+            seed=1,
+            machines=("fan", "valve"),
+            seconds=1.0,
+            n_train_source=6,
+            n_train_target=2,
+            n_test_per_cell=1,
+            n_supplemental=1,
+        ),
+    )
     return root
 
 
@@ -94,7 +119,11 @@ def test_training_data_of_two_roots(synth_root: Path, second_root: Path) -> None
     assert merged.n_clean == 0 and not merged.noise and all(c.split == "train" for c in merged.clips)
     # the same root twice: its clips count once, under the first
     twice = training_data([sources[0], sources[0]], use_clean=False, noise_mix=False, merge_machines=False)
-    assert [r["n_train"] for r in twice.roots] == [24, 0] and {c.machine for c in twice.clips} == {"fan", "gearbox", "bearing"}
+    assert [r["n_train"] for r in twice.roots] == [24, 0] and {c.machine for c in twice.clips} == {
+        "fan",
+        "gearbox",
+        "bearing",
+    }
 
 
 # ------------------------------------------------------------------------------------ sub-centres
@@ -113,8 +142,10 @@ def test_subcentre_cosine_and_loss_match_hand_computation() -> None:
     torch.testing.assert_close(cos, torch.tensor(best), rtol=0, atol=1e-6)
     labels = torch.tensor([0, 1])
     m, s = 0.2, 30.0
-    rows = [[s * math.cos(math.acos(best[0][0]) + m), s * best[0][1]],
-            [s * best[1][0], s * math.cos(math.acos(best[1][1]) + m)]]
+    rows = [
+        [s * math.cos(math.acos(best[0][0]) + m), s * best[0][1]],
+        [s * best[1][0], s * math.cos(math.acos(best[1][1]) + m)],
+    ]
     torch.testing.assert_close(aam_logits(cos, labels, m, s), torch.tensor(rows), rtol=0, atol=1e-4)
     ce = [-rows[0][0] + math.log(sum(map(math.exp, rows[0]))), -rows[1][1] + math.log(sum(map(math.exp, rows[1])))]
     assert float(aam_loss(cos.detach(), labels, m, s)) == pytest.approx(sum(ce) / 2, abs=1e-3)
@@ -164,8 +195,20 @@ RECIPES = {
 
 
 def _cfg(ckpt: Path, **kw: object) -> FinetuneConfig:
-    base = dict(checkpoint=ckpt, epochs=2, batch_size=8, lr=3e-3, seconds=1.0, val_fraction=0.2, lora_rank=2,
-                lora_alpha=4.0, embedding_dim=8, device="cpu", mixup=0.4, specaugment=True)
+    base = dict(
+        checkpoint=ckpt,
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        seconds=1.0,
+        val_fraction=0.2,
+        lora_rank=2,
+        lora_alpha=4.0,
+        embedding_dim=8,
+        device="cpu",
+        mixup=0.4,
+        specaugment=True,
+    )
     base.update(kw)
     return FinetuneConfig(**base)  # type: ignore[arg-type]
 
@@ -180,8 +223,12 @@ def test_recipe_trains_and_resumes_to_the_same_weights(recipe: str, synth_root: 
                                                        tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
     cfg = _cfg(tiny_checkpoint, **RECIPES[recipe])
     roots = [synth_root, second_root] if recipe == "two-roots" else [synth_root]
-    data = training_data([(r, discover_clips([r])) for r in roots], use_clean=cfg.use_clean,
-                         noise_mix=cfg.noise_mix, merge_machines=cfg.merge_machines)
+    data = training_data(
+        [(r, discover_clips([r])) for r in roots],
+        use_clean=cfg.use_clean,
+        noise_mix=cfg.noise_mix,
+        merge_machines=cfg.merge_machines,
+    )
     ref = finetune(data, cfg, tmp_path / "ref")
 
     class Killed(Exception):
@@ -220,9 +267,29 @@ def test_full_finetune_changes_the_backbone_and_embed_reproduces_it(synth_root: 
     from asdcli.frontend.features import beats_fbank
 
     out = tmp_path / "full"
-    args = ["finetune", str(synth_root), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--epochs", "1",
-            "--seconds", "1", "--batch-size", "8", "--embedding-dim", "8", "--device", "cpu", "--full-finetune",
-            "--layer-decay", "0.8", "--lr", "1e-3"]
+    args = [
+        "finetune",
+        str(synth_root),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--seconds",
+        "1",
+        "--batch-size",
+        "8",
+        "--embedding-dim",
+        "8",
+        "--device",
+        "cpu",
+        "--full-finetune",
+        "--layer-decay",
+        "0.8",
+        "--lr",
+        "1e-3",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     trained = load_file(str(out / "backbone.safetensors"))
@@ -243,10 +310,35 @@ def test_full_finetune_changes_the_backbone_and_embed_reproduces_it(synth_root: 
 
 def test_cli_two_roots_with_merge(synth_root: Path, second_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "merged"
-    args = ["finetune", str(synth_root), str(second_root), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
-            "--epochs", "1", "--seconds", "1", "--batch-size", "16", "--lora-rank", "2", "--embedding-dim", "8",
-            "--device", "cpu", "--merge-machines", "--labels", "attribute+domain", "--subcentres", "2", "--use-clean",
-            "--num-workers", "0"]
+    args = [
+        "finetune",
+        str(synth_root),
+        str(second_root),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--seconds",
+        "1",
+        "--batch-size",
+        "16",
+        "--lora-rank",
+        "2",
+        "--embedding-dim",
+        "8",
+        "--device",
+        "cpu",
+        "--merge-machines",
+        "--labels",
+        "attribute+domain",
+        "--subcentres",
+        "2",
+        "--use-clean",
+        "--num-workers",
+        "0",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     run = read_run(out)
@@ -261,7 +353,21 @@ def test_use_clean_without_clean_clips_is_an_error(tiny_checkpoint: Path, synth_
         (data / machine / "train").mkdir(parents=True)
         for src in sorted((synth_root / machine / "train").iterdir())[:4]:
             (data / machine / "train" / src.name).write_bytes(src.read_bytes())
-    result = CliRunner().invoke(app, ["finetune", str(data), "--checkpoint", str(tiny_checkpoint), "--out",
-                                      str(tmp_path / "run"), "--device", "cpu", "--use-clean", "--seconds", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            str(data),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--use-clean",
+            "--seconds",
+            "1",
+        ],
+    )
     assert result.exit_code == 1 and "--use-clean needs supplemental clean machine clips" in result.output
     assert dataclasses.replace(_cfg(tiny_checkpoint), use_clean=False).use_clean is False

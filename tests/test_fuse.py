@@ -41,11 +41,33 @@ def systems(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_che
     """Frozen `asd run` folder A, and system B = other banks (domain-zscore) on A's embeddings."""
     root = tmp_path_factory.mktemp("fuse")
     a = root / "a"
-    _ok("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", a, "--no-finetune", "--seconds", 1, "--device", "cpu")
+    _ok(
+        "run",
+        synth_root,
+        "--checkpoint",
+        tiny_checkpoint,
+        "--out",
+        a,
+        "--no-finetune",
+        "--seconds",
+        1,
+        "--device",
+        "cpu",
+    )
     b_banks, b_sub = root / "b" / "banks", root / "b" / "submission"
     _ok("fit-bank", a / "embeddings" / "train.npz", "--out-dir", b_banks, "--score-norm", "domain-zscore")
-    runner.invoke(app, ["score", "--banks", str(b_banks), "--embeddings", str(a / "embeddings" / "test.npz"),
-                        "--submission-dir", str(b_sub)])
+    runner.invoke(
+        app,
+        [
+            "score",
+            "--banks",
+            str(b_banks),
+            "--embeddings",
+            str(a / "embeddings" / "test.npz"),
+            "--submission-dir",
+            str(b_sub),
+        ],
+    )
     return {"a": a, "b": root / "b", "b_spec": Path(f"{b_sub}:{b_banks}"), "root": root}
 
 
@@ -60,7 +82,9 @@ def test_fusing_a_system_with_itself_ranks_clips_as_the_system(systems: dict[str
         assert stats.spearmanr([own[n] for n in names], [fused[n] for n in names])[0] == pytest.approx(1.0)
         machine, section = name.removeprefix("anomaly_score_").removesuffix("_test.csv").rsplit("_section_", 1)
         mean, std = banks[(machine, section)].loo_stats
-        np.testing.assert_allclose([fused[n] for n in names], [(own[n] - mean) / std for n in names], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            [fused[n] for n in names], [(own[n] - mean) / std for n in names], rtol=1e-6, atol=1e-6
+        )
 
 
 def test_fusing_two_systems_is_order_independent(systems: dict[str, Path], tmp_path: Path) -> None:
@@ -130,8 +154,19 @@ def test_run_recipe_selects_the_back_end(systems: dict[str, Path], synth_root: P
     """`asd run --recipe density` fits density banks; an explicit --score-norm wins over the recipe."""
     run = tmp_path / "run"
     shutil.copytree(systems["a"], run)  # embeddings are up to date: only banks, scores and report are redone
-    base = ("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", run, "--no-finetune", "--seconds", 1,
-            "--device", "cpu")
+    base = (
+        "run",
+        synth_root,
+        "--checkpoint",
+        tiny_checkpoint,
+        "--out",
+        run,
+        "--no-finetune",
+        "--seconds",
+        1,
+        "--device",
+        "cpu",
+    )
     _ok(*base, "--recipe", "density")
     assert {b.config.score_norm for b in load_banks(run / "banks").values()} == {"density"}
     _ok(*base, "--recipe", "density", "--score-norm", "none", "--k", "2")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from asdcli.finetune.run_dir import read_run
 from asdcli.data.dataset import discover_clips
-from asdcli.frontend.embed import EmbedConfig, embed_clips
-from asdcli.finetune.loop import finetune
 from asdcli.finetune.config import FinetuneConfig
+from asdcli.finetune.loop import finetune
+from asdcli.finetune.run_dir import read_run
+from asdcli.frontend.embed import EmbedConfig, embed_clips
 
 pytestmark = [
     pytest.mark.gpu,
@@ -29,13 +29,16 @@ def test_cuda_embeddings_equal_cpu(synth_root: Path, tiny_checkpoint: Path) -> N
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_finetune_on_cuda(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path,
-                                          precision: str) -> None:
-    train = [c for c in discover_clips([synth_root], splits={"train"})]
-    cfg = FinetuneConfig(checkpoint=tiny_checkpoint, epochs=1, batch_size=8, seconds=1.0, device="cuda",
-                         mixed_precision=precision)
+def test_mixed_precision_finetune_on_cuda(
+    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, precision: str
+) -> None:
+    train = list(discover_clips([synth_root], splits={"train"}))
+    cfg = FinetuneConfig(
+        checkpoint=tiny_checkpoint, epochs=1, batch_size=8, seconds=1.0, device="cuda", mixed_precision=precision
+    )
     run = read_run(finetune(train, cfg, tmp_path / precision))
     assert np.isfinite(run["history"][0]["train_loss"])
-    emb = embed_clips(train[:4], EmbedConfig(checkpoint=tiny_checkpoint, adapter=tmp_path / precision,
-                                             device="cuda", seconds=1.0))
+    emb = embed_clips(
+        train[:4], EmbedConfig(checkpoint=tiny_checkpoint, adapter=tmp_path / precision, device="cuda", seconds=1.0)
+    )
     assert emb.vectors.dtype == np.float32 and np.isfinite(emb.vectors).all()

@@ -104,8 +104,9 @@ def test_seed_default_is_bit_identical_to_the_plain_search() -> None:
     b, q = _unit(rng, 300, 16), _unit(rng, 50, 16)
     np.testing.assert_array_equal(knn.score(q, b, [knn.Group()]), knn.knn_distances(q, b, 1)[:, 0])
     rows = np.arange(300)
-    np.testing.assert_array_equal(knn.score(b, b, [knn.Group()], self_index=rows),
-                                  knn.knn_distances(b, b, 1, self_index=rows)[:, 0])
+    np.testing.assert_array_equal(
+        knn.score(b, b, [knn.Group()], self_index=rows), knn.knn_distances(b, b, 1, self_index=rows)[:, 0]
+    )
 
 
 def test_density_norm_equalizes_dense_and_sparse_clusters() -> None:

@@ -53,7 +53,9 @@ def test_listed_layers_are_mean_pooled_and_concatenated_in_the_given_order(
     np.testing.assert_allclose(got, expected, atol=2e-4, rtol=0)
 
 
-def test_one_pass_stops_after_the_deepest_listed_layer(official: tuple[torch.nn.Module, torch.Tensor, np.ndarray]) -> None:
+def test_one_pass_stops_after_the_deepest_listed_layer(
+    official: tuple[torch.nn.Module, torch.Tensor, np.ndarray],
+) -> None:
     model, wave, _ = official
     calls = [0, 0, 0]
     hooks = [layer.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))

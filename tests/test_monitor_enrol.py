@@ -34,7 +34,9 @@ class Banked:
 def banked(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_checkpoint: Path) -> Banked:
     root = tmp_path_factory.mktemp("enrol")
     everything, source, bank = root / "all.npz", root / "source.npz", root / "bank.npz"
-    result = run("embed", synth_root / "fan" / "train", "--checkpoint", tiny_checkpoint, "--seconds", 1, "--out", everything)
+    result = run(
+        "embed", synth_root / "fan" / "train", "--checkpoint", tiny_checkpoint, "--seconds", 1, "--out", everything
+    )
     assert result.exit_code == 0, result.output
     emb = load_embeddings(everything)
     save_embeddings(source, emb.select(emb.domain == "source"))
@@ -98,7 +100,9 @@ def test_restandardize_refits_on_training_plus_new(banked: Banked, tmp_path: Pat
     expect = build_bank(raw.vectors, raw.domain, raw.filenames)
     got = load_bank(out)
     np.testing.assert_allclose(got.mean, expect.mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got.vectors, expect.vectors[np.argsort(raw.domain == "target", kind="stable")], atol=1e-5)
+    np.testing.assert_allclose(
+        got.vectors, expect.vectors[np.argsort(raw.domain == "target", kind="stable")], atol=1e-5
+    )
     assert got.embedding_meta["enrolments"][0]["restandardized"] is True
     wrong = run("enrol", banked.bank, *banked.target_clips, "--domain", "target", "--out", out,
                 "--restandardize", "--train", banked.everything.with_name("nothing.npz"))  # fmt: skip
@@ -116,11 +120,18 @@ def test_refusals(banked: Banked, tmp_path: Path, synth_root: Path) -> None:
     out = tmp_path / "x.npz"
     clip = banked.target_clips[0]
     other = make_tiny_checkpoint(tmp_path / "other.pt", seed=1)
-    _error(run("enrol", banked.bank, clip, "--domain", "target", "--out", out, "--checkpoint", other),
-           "different front ends (checkpoint_sha256", out)
+    _error(
+        run("enrol", banked.bank, clip, "--domain", "target", "--out", out, "--checkpoint", other),
+        "different front ends (checkpoint_sha256",
+        out,
+    )
     foreign = tmp_path / "foreign.npz"
     assert run("embed", clip, "--checkpoint", other, "--seconds", 1, "--out", foreign).exit_code == 0
-    _error(run("enrol", banked.bank, foreign, "--domain", "target", "--out", out), "different front ends (checkpoint_sha256", out)
+    _error(
+        run("enrol", banked.bank, foreign, "--domain", "target", "--out", out),
+        "different front ends (checkpoint_sha256",
+        out,
+    )
     anomaly = next((synth_root / "fan" / "test").glob("*_anomaly_*.wav"))
     _error(run("enrol", banked.bank, anomaly, "--domain", "target", "--out", out), "enrol normal clips only", out)
     _error(run("enrol", banked.bank, clip, "--domain", "elsewhere", "--out", out), "--domain must be one of", out)

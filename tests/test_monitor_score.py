@@ -129,13 +129,16 @@ def test_a_window_length_clip_scores_as_asd_score_does(plant: Plant, tmp_path: P
     assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--hop", "1"], "--hop needs --window"),
-    (["--plot", "x.png"], "--plot needs --window"),
-    (["--aggregate", "mean"], "--aggregate needs --window"),
-    (["--window", "1", "--aggregate", "median"], "--aggregate must be one of max, mean"),
-    (["--window", "0.01"], "--window must be at least"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hop", "1"], "--hop needs --window"),
+        (["--plot", "x.png"], "--plot needs --window"),
+        (["--aggregate", "mean"], "--aggregate needs --window"),
+        (["--window", "1", "--aggregate", "median"], "--aggregate must be one of max, mean"),
+        (["--window", "0.01"], "--window must be at least"),
+    ],
+)
 def test_window_option_errors(plant: Plant, args: list[str], message: str) -> None:
     result = run("score", "--bank", plant.bank, plant.normal, *args)
     assert result.exit_code == 1 and result.stdout == ""

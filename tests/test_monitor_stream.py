@@ -62,7 +62,7 @@ def test_channel_choice_and_bad_files(tmp_path: Path) -> None:
 
 def _windows(n: int, window_s: float, hop_s: float | None, block: int = 997) -> list[tuple[int, int, np.ndarray]]:
     x = np.arange(n, dtype=np.float32)
-    blocks = [x[i:i + block] for i in range(0, n, block)]
+    blocks = [x[i : i + block] for i in range(0, n, block)]
     return [(w.start, w.end, w.wave) for w in iter_windows(blocks, WindowSpec(window_s, hop_s))]
 
 
@@ -85,7 +85,7 @@ def test_window_hop_longer_than_window_and_exact_fit() -> None:
 def test_short_recording_is_one_zero_padded_window() -> None:
     [(s, e, wave)] = _windows(SR // 2, 1.0, None)
     assert (s, e) == (0, SR // 2) and wave.shape == (SR,)
-    assert not wave[SR // 2:].any()
+    assert not wave[SR // 2 :].any()
 
 
 def test_stream_memory_is_bounded_by_blocks_not_length(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_stream_memory_is_bounded_by_blocks_not_length(tmp_path: Path) -> None:
     tracemalloc.start()
     try:
         n = 0
-        for w in iter_windows(stream_16k(info, block_seconds=2.0), WindowSpec(2.0, 1.0)):
+        for _w in iter_windows(stream_16k(info, block_seconds=2.0), WindowSpec(2.0, 1.0)):
             n += 1
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -113,7 +113,16 @@ def test_aggregate_runs_and_streak() -> None:
     assert anomalous_runs(np.array([1, 1, 0, 0, 1, 0, 1, 1, 1])) == [(0, 2), (4, 5), (6, 9)]
     assert anomalous_runs(np.zeros(4)) == []
     streak = Streak(3)
-    assert [streak.update(b) for b in (1, 1, 0, 1, 1, 1, 1, 0)] == [False, False, False, False, False, True, True, False]
+    assert [streak.update(b) for b in (1, 1, 0, 1, 1, 1, 1, 0)] == [
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
     with pytest.raises(ConfigError, match="--min-consecutive"):
         Streak(0)
     with pytest.raises(ConfigError, match="--window"):

@@ -47,8 +47,14 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Setup:
     root = tmp_path_factory.mktemp("watch")
     for i in range(8):
-        write_wav(root / f"data/fan/train/section_00_source_train_normal_{i:04d}_x.wav", piece(1.0, (1, i), False, "fan", "source", i))
-    assert run("embed", root / "data", "--checkpoint", tiny_checkpoint, "--seconds", 1, "--out", root / "t.npz").exit_code == 0
+        write_wav(
+            root / f"data/fan/train/section_00_source_train_normal_{i:04d}_x.wav",
+            piece(1.0, (1, i), False, "fan", "source", i),
+        )
+    assert (
+        run("embed", root / "data", "--checkpoint", tiny_checkpoint, "--seconds", 1, "--out", root / "t.npz").exit_code
+        == 0
+    )
     assert run("fit-bank", root / "t.npz", "--out-dir", root / "banks").exit_code == 0
     bank_path = root / "banks/bank_fan_section_00.npz"
     bank = load_bank(bank_path)
@@ -86,7 +92,9 @@ def test_once_scores_what_is_there_and_a_restart_skips_the_logged(setup: Setup, 
     assert lines[1].startswith("ANOMALY fan/section_00_0001.wav")
     log = incoming / "asd-watch.csv"
     assert [(r["filename"], r["decision"]) for r in _log_rows(log)] == [
-        ("fan/section_00_0000.wav", "0"), ("fan/section_00_0001.wav", "1")]
+        ("fan/section_00_0000.wav", "0"),
+        ("fan/section_00_0001.wav", "1"),
+    ]
     _drop(incoming, "section_00_0002.wav", setup.good[1])
     again = run("watch", incoming, "--banks", setup.banks, "--once", "--poll", POLL)
     assert again.exit_code == 0 and again.stdout.splitlines() == [again.stdout.splitlines()[0]]
@@ -112,7 +120,7 @@ def test_files_appearing_during_the_run_and_a_partial_file(setup: Setup, tmp_pat
         slow.parent.mkdir(parents=True, exist_ok=True)
         with open(slow, "wb") as f:  # written over ~1.2 s: never unchanged between two looks
             for i in range(0, len(data), 1024):
-                f.write(data[i:i + 1024])
+                f.write(data[i : i + 1024])
                 f.flush()
                 time.sleep(0.04)
         time.sleep(1.0)  # two more looks see it complete
@@ -160,11 +168,14 @@ def test_min_consecutive_alarms_resume_after_a_restart(setup: Setup, tmp_path: P
     assert [Path(p).name for p in calls.read_text().split()] == ["section_00_0004.wav", "section_00_0005.wav"]
 
 
-@pytest.mark.parametrize(("program", "expect"), [
-    ("import sys; sys.exit(3)", "exited with status 3"),
-    ("import time; time.sleep(10)", "did not finish within 0.5 s"),
-    (None, "could not be started"),
-])
+@pytest.mark.parametrize(
+    ("program", "expect"),
+    [
+        ("import sys; sys.exit(3)", "exited with status 3"),
+        ("import time; time.sleep(10)", "did not finish within 0.5 s"),
+        (None, "could not be started"),
+    ],
+)
 def test_a_failing_on_anomaly_command_is_reported_not_fatal(setup: Setup, tmp_path: Path, program: str | None,
                                                             expect: str) -> None:  # fmt: skip
     incoming = tmp_path / "in"
@@ -199,7 +210,9 @@ def test_unmatched_and_unreadable_files_are_reported_once(setup: Setup, tmp_path
 def test_bank_choice_from_folder_and_section() -> None:
     from asdcli.monitor.watch import choose_bank
 
-    fan0, fan1, valve0 = (SimpleNamespace(machine=m, section=s) for m, s in (("fan", "00"), ("fan", "01"), ("valve", "00")))
+    fan0, fan1, valve0 = (
+        SimpleNamespace(machine=m, section=s) for m, s in (("fan", "00"), ("fan", "01"), ("valve", "00"))
+    )
     banks = {(b.machine, b.section): b for b in (fan0, fan1, valve0)}
     assert choose_bank(Path("fan/section_01_0003.wav"), banks) is fan1  # type: ignore[arg-type]
     assert choose_bank(Path("site2/valve/test/section_00_0003.wav"), banks) is valve0  # type: ignore[arg-type]
@@ -243,9 +256,11 @@ def test_ctrl_c_exits_0_and_bad_options(setup: Setup, tmp_path: Path, monkeypatc
     monkeypatch.setattr(Watcher, "run", interrupted)
     result = run("watch", tmp_path, "--banks", setup.banks)
     assert result.exit_code == 0 and "Stopped" in result.stderr
-    for args, message in ((("--banks", setup.banks, "--bank", "b.npz"), "exactly one of"),
-                          (("--banks", setup.banks, "--on-anomaly", "'unclosed"), "cannot be split"),
-                          (("--banks", setup.banks, "--min-consecutive", 0), "--min-consecutive")):
+    for args, message in (
+        (("--banks", setup.banks, "--bank", "b.npz"), "exactly one of"),
+        (("--banks", setup.banks, "--on-anomaly", "'unclosed"), "cannot be split"),
+        (("--banks", setup.banks, "--min-consecutive", 0), "--min-consecutive"),
+    ):
         bad = run("watch", tmp_path, *args)
         assert bad.exit_code == 1 and bad.stderr.startswith("Error: ") and message in bad.stderr, bad.stderr
     missing = run("watch", tmp_path / "nope", "--banks", setup.banks)

@@ -47,8 +47,14 @@ def test_none_is_the_nearest_cosine_distance() -> None:
 def test_density_divides_by_the_mean_distance_to_the_k_nearest_other_vectors() -> None:
     got, stats = scores("density", k_s=2)
     # r(f) over the whole bank, K = 2: 0 -> (10, 30); 10 -> (0, 30); 30 -> (40, 10); 40 -> (30, 10); 80 -> (120, 40); 120 -> (80, 40)
-    r = {0: (d(10) + d(30)) / 2, 10: (d(10) + d(20)) / 2, 30: (d(10) + d(20)) / 2, 40: (d(10) + d(30)) / 2,
-         80: (d(40) + d(40)) / 2, 120: (d(40) + d(80)) / 2}
+    r = {
+        0: (d(10) + d(30)) / 2,
+        10: (d(10) + d(20)) / 2,
+        30: (d(10) + d(20)) / 2,
+        40: (d(10) + d(30)) / 2,
+        80: (d(40) + d(40)) / 2,
+        120: (d(40) + d(80)) / 2,
+    }
     expected = [min(d(abs(q - f)) / r[f] for f in r) for q in (45, 100)]
     assert stats == {"density_k": 2}
     np.testing.assert_allclose(got, expected, atol=ATOL)
@@ -58,8 +64,10 @@ def test_domain_density_uses_each_domains_own_radii() -> None:
     got, stats = scores("domain-density", k_s=1, k_t=1)
     r_src = {0: d(10), 10: d(10), 30: d(20)}
     r_tgt = {40: d(40), 80: d(40), 120: d(40)}  # within the target bank only
-    expected = [min(min(d(abs(q - f)) / r for f, r in r_src.items()), min(d(abs(q - f)) / r for f, r in r_tgt.items()))
-                for q in (45, 100)]
+    expected = [
+        min(min(d(abs(q - f)) / r for f, r in r_src.items()), min(d(abs(q - f)) / r for f, r in r_tgt.items()))
+        for q in (45, 100)
+    ]
     assert stats == {"density_k": 1, "density_k_target": 1}
     np.testing.assert_allclose(got, expected, atol=ATOL)
     # Plain density with the same K: the sparse target vector at 40 degrees takes its radius
@@ -82,7 +90,10 @@ def test_domain_zscore_uses_each_domains_mean_and_the_target_std() -> None:
     assert stats["source"]["mean"] == pytest.approx(mu_s, abs=1e-6)
     assert stats["source"]["std"] == pytest.approx(float(np.std(loo_s)), abs=1e-6)
     assert stats["target"]["std"] == pytest.approx(sigma_t, rel=1e-3)
-    expected = [min((d(15) - mu_s) / sigma_t, (d(5) - mu_t) / sigma_t), min((d(70) - mu_s) / sigma_t, (d(20) - mu_t) / sigma_t)]
+    expected = [
+        min((d(15) - mu_s) / sigma_t, (d(5) - mu_t) / sigma_t),
+        min((d(70) - mu_s) / sigma_t, (d(20) - mu_t) / sigma_t),
+    ]
     np.testing.assert_allclose(got, expected, rtol=2e-3)
 
 
@@ -120,4 +131,8 @@ def test_statistics_never_see_test_clips() -> None:
     bank = B.build_bank(x, dom, names, B.BankConfig(score_norm="domain-zscore"))
     before = dict(bank.normalization)
     bank.score_prepared(knn.prepare(rng.standard_normal((50, 4)).astype(np.float32), bank.mean, bank.std))
-    assert bank.normalization == before == B.build_bank(x, dom, names, B.BankConfig(score_norm="domain-zscore")).normalization
+    assert (
+        bank.normalization
+        == before
+        == B.build_bank(x, dom, names, B.BankConfig(score_norm="domain-zscore")).normalization
+    )

@@ -32,9 +32,12 @@ def _submission(folder: Path, names: dict[str, list[str]]) -> Path:
     rng = np.random.default_rng(0)
     for m, clips in names.items():
         scores = rng.random(len(clips))
-        (folder / f"anomaly_score_{m}_section_00_test.csv").write_text("".join(f"{n},{s}\n" for n, s in zip(clips, scores)))
+        (folder / f"anomaly_score_{m}_section_00_test.csv").write_text(
+            "".join(f"{n},{s}\n" for n, s in zip(clips, scores))
+        )
         (folder / f"decision_result_{m}_section_00_test.csv").write_text(
-            "".join(f"{n},{int(s > 0.5)}\n" for n, s in zip(clips, scores)))
+            "".join(f"{n},{int(s > 0.5)}\n" for n, s in zip(clips, scores))
+        )
     return folder
 
 
@@ -45,8 +48,10 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _package(data: Path, sub: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return runner.invoke(app, ["package", str(sub), "--team", "Doe_ACME", "--system", "2", "--out", str(out),
-                               "--data", str(data), *extra])
+    return runner.invoke(
+        app,
+        ["package", str(sub), "--team", "Doe_ACME", "--system", "2", "--out", str(out), "--data", str(data), *extra],
+    )
 
 
 def test_package_layout_meta_and_zip(setup, tmp_path: Path) -> None:
@@ -57,11 +62,18 @@ def test_package_layout_meta_and_zip(setup, tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "pkg" / "Doe_ACME_task2_2.zip") as archive:
         listed = sorted(archive.namelist())
         meta = yaml.safe_load(archive.read("task2/Doe_ACME_task2_2/Doe_ACME_task2_2.meta.yaml"))
-        assert archive.read("task2/Doe_ACME_task2_2/anomaly_score_fan_section_00_test.csv") == (
-            sub / "anomaly_score_fan_section_00_test.csv").read_bytes()
-    assert listed == sorted(["task2/Doe_ACME_task2_2/Doe_ACME_task2_2.meta.yaml"] + [
-        f"task2/Doe_ACME_task2_2/{kind}_{m}_section_00_test.csv" for kind in ("anomaly_score", "decision_result")
-        for m in MACHINES])
+        assert (
+            archive.read("task2/Doe_ACME_task2_2/anomaly_score_fan_section_00_test.csv")
+            == (sub / "anomaly_score_fan_section_00_test.csv").read_bytes()
+        )
+    assert listed == sorted(
+        ["task2/Doe_ACME_task2_2/Doe_ACME_task2_2.meta.yaml"]
+        + [
+            f"task2/Doe_ACME_task2_2/{kind}_{m}_section_00_test.csv"
+            for kind in ("anomaly_score", "decision_result")
+            for m in MACHINES
+        ]
+    )
     assert meta["submission"]["label"] == "Doe_ACME_task2_2"
     assert meta["submission"]["authors"][0]["lastname"] == "Doe"
     assert meta["submission"]["authors"][0]["affiliation"]["abbreviation"] == "ACME"
@@ -69,12 +81,15 @@ def test_package_layout_meta_and_zip(setup, tmp_path: Path) -> None:
     assert (tmp_path / "pkg/task2/Doe_ACME_task2_2/decision_result_valve_section_00_test.csv").is_file()
 
 
-@pytest.mark.parametrize(("damage", "message"), [
-    (lambda sub: (sub / "decision_result_valve_section_00_test.csv").unlink(), "is missing"),
-    (lambda sub: _drop_first_row(sub / "anomaly_score_fan_section_00_test.csv"), "1 test clips without a row"),
-    (lambda sub: _set_first(sub / "anomaly_score_fan_section_00_test.csv", "nan"), "not a finite number"),
-    (lambda sub: _set_first(sub / "decision_result_fan_section_00_test.csv", "0.7"), "a decision must be 0 or 1"),
-])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda sub: (sub / "decision_result_valve_section_00_test.csv").unlink(), "is missing"),
+        (lambda sub: _drop_first_row(sub / "anomaly_score_fan_section_00_test.csv"), "1 test clips without a row"),
+        (lambda sub: _set_first(sub / "anomaly_score_fan_section_00_test.csv", "nan"), "not a finite number"),
+        (lambda sub: _set_first(sub / "decision_result_fan_section_00_test.csv", "0.7"), "a decision must be 0 or 1"),
+    ],
+)
 def test_incomplete_submissions_are_refused(setup, tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
     data, sub = setup
     damage(sub)
@@ -97,7 +112,9 @@ def test_macs_of_beats_iter3_on_a_10s_clip() -> None:
     # 1000 frames -> 62 x 8 = 496 tokens; patch conv 496*256*512, projection 496*512*768,
     # per layer 496*(4*768^2 + 2*768*3072) + 2*496^2*768, 12 layers
     tokens = 496
-    expected = tokens * 256 * 512 + tokens * 512 * 768 + 12 * (tokens * (4 * 768**2 + 2 * 768 * 3072) + 2 * tokens**2 * 768)
+    expected = (
+        tokens * 256 * 512 + tokens * 512 * 768 + 12 * (tokens * (4 * 768**2 + 2 * 768 * 3072) + 2 * tokens**2 * 768)
+    )
     assert transformer_macs({}, 10.0) == expected
     assert 40e9 < expected < 50e9
 
@@ -124,13 +141,23 @@ def test_meta_is_filled_from_the_run_folder(setup, tmp_path: Path) -> None:
     (run / "banks").mkdir()
     (run / "finetune").mkdir()
     cfg = tiny_beats_config()
-    bank = build_bank(np.random.default_rng(0).normal(size=(6, 4)), np.array(["source"] * 6),
-                      np.array([f"t{i}.wav" for i in range(6)]), machine="fan", section="00",
-                      embedding_meta={"backbone_cfg": cfg, "clip_seconds": 2.0, "checkpoint_path": "/x/tiny.pt"})
+    bank = build_bank(
+        np.random.default_rng(0).normal(size=(6, 4)),
+        np.array(["source"] * 6),
+        np.array([f"t{i}.wav" for i in range(6)]),
+        machine="fan",
+        section="00",
+        embedding_meta={"backbone_cfg": cfg, "frontend": {"clip_seconds": 2.0}, "checkpoint_path": "/x/tiny.pt"},
+    )
     save_bank(run / "banks" / "bank_fan_section_00.npz", bank)
-    (run / "finetune" / "run.json").write_text(json.dumps(
-        {"config": {"labels": "machine", "specaugment": True, "mixup": 0.4, "noise_mix": False},
-         "model": {"trainable_parameters": 1234}}))
+    (run / "finetune" / "run.json").write_text(
+        json.dumps(
+            {
+                "config": {"labels": "machine", "specaugment": True, "mixup": 0.4, "noise_mix": False},
+                "model": {"trainable_parameters": 1234},
+            }
+        )
+    )
     meta = yaml.safe_load(system_meta(PackageConfig(source=run, team="Doe_ACME", system=1, out=tmp_path), run))
     description, complexity = meta["system"]["description"], meta["system"]["complexity"]
     assert "LoRA" in description["machine_learning_method"] and "k=1" in description["machine_learning_method"]
@@ -141,5 +168,8 @@ def test_meta_is_filled_from_the_run_folder(setup, tmp_path: Path) -> None:
 
     backbone = sum(p.numel() for p in BEATs(BeatsConfig.from_dict(cfg)).parameters())  # built for real
     assert backbone_parameters(cfg) == backbone
-    assert complexity == {"total_parameters": backbone + 1234, "trainable_parameters": 1234,
-                          "MACS": transformer_macs(cfg, 2.0)}
+    assert complexity == {
+        "total_parameters": backbone + 1234,
+        "trainable_parameters": 1234,
+        "MACS": transformer_macs(cfg, 2.0),
+    }

@@ -26,8 +26,23 @@ MACHINES = ("bearing", "fan", "gearbox")
 
 
 def _run(data: Path, ckpt: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
-    args = ["run", str(data), "--checkpoint", str(ckpt), "--out", str(out), "--seconds", "1", "--epochs", "1",
-            "--batch-size", "8", "--device", "cpu", *extra]
+    args = [
+        "run",
+        str(data),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--seconds",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     return runner.invoke(app, args)
 
 
@@ -46,12 +61,16 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tin
 def test_run_writes_every_stage(finished_run: Path) -> None:
     sub = finished_run / "submission"
     names = sorted(p.name for p in sub.iterdir())
-    assert names == sorted([f"anomaly_score_{m}_section_00_test.csv" for m in MACHINES]
-                           + [f"decision_result_{m}_section_00_test.csv" for m in MACHINES])
+    assert names == sorted(
+        [f"anomaly_score_{m}_section_00_test.csv" for m in MACHINES]
+        + [f"decision_result_{m}_section_00_test.csv" for m in MACHINES]
+    )
     rows = (sub / "anomaly_score_fan_section_00_test.csv").read_text().splitlines()
     assert len(rows) == 12 and all(len(r.split(",")) == 2 for r in rows)  # 3 clips x 4 test cells
     assert (finished_run / "finetune" / "adapter" / "adapter_model.safetensors").is_file()
-    assert (finished_run / "embeddings" / "train.npz").is_file() and (finished_run / "embeddings" / "test.npz").is_file()
+    assert (finished_run / "embeddings" / "train.npz").is_file() and (
+        finished_run / "embeddings" / "test.npz"
+    ).is_file()
     assert sorted(p.name for p in (finished_run / "banks").iterdir()) == [f"bank_{m}_section_00.npz" for m in MACHINES]
     assert "official score" in (finished_run / "report.csv").read_text()
     for name in ("finetune", "embed", "fit-bank", "score"):
@@ -60,8 +79,9 @@ def test_run_writes_every_stage(finished_run: Path) -> None:
     assert not list(finished_run.rglob("*.tmp"))
 
 
-def test_rerun_skips_fresh_stages_and_prints_submission(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
-                                                       tmp_path: Path) -> None:
+def test_rerun_skips_fresh_stages_and_prints_submission(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = _mtimes(run / "submission") | _mtimes(run / "embeddings")
@@ -72,8 +92,9 @@ def test_rerun_skips_fresh_stages_and_prints_submission(finished_run: Path, synt
     assert _mtimes(run / "submission") | _mtimes(run / "embeddings") == before
 
 
-def test_other_device_or_workers_skips_every_stage(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
-                                                  tmp_path: Path) -> None:
+def test_other_device_or_workers_skips_every_stage(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     result = _run(synth_root, tiny_checkpoint, run, "--workers", "1", "--device", "auto")
@@ -81,8 +102,9 @@ def test_other_device_or_workers_skips_every_stage(finished_run: Path, synth_roo
     assert result.output.count("up to date, skipped") == 4
 
 
-def test_changed_bank_option_redoes_only_bank_and_score(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
-                                                        tmp_path: Path) -> None:
+def test_changed_bank_option_redoes_only_bank_and_score(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     embeddings = _mtimes(run / "embeddings")
@@ -91,8 +113,10 @@ def test_changed_bank_option_redoes_only_bank_and_score(finished_run: Path, synt
     assert "finetune: up to date" in result.output and "embed: up to date" in result.output
     assert "fit-bank: KNN banks" in result.output and "score: anomaly scores" in result.output
     assert _mtimes(run / "embeddings") == embeddings
-    assert json.loads((run / "stages" / "fit-bank.json").read_text())["key"] != json.loads(
-        (finished_run / "stages" / "fit-bank.json").read_text())["key"]
+    assert (
+        json.loads((run / "stages" / "fit-bank.json").read_text())["key"]
+        != json.loads((finished_run / "stages" / "fit-bank.json").read_text())["key"]
+    )
 
 
 def test_no_finetune_uses_frozen_backbone(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -106,8 +130,9 @@ def test_no_finetune_uses_frozen_backbone(synth_root: Path, tiny_checkpoint: Pat
     assert f"Run folder {run}:" in result.output and f"Artifacts in {run}:" in result.output
 
 
-def test_ctrl_c_during_finetune_resumes_after_last_epoch(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_during_finetune_resumes_after_last_epoch(
+    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_save_state = asdcli.finetune.loop.save_state
 
     def save_then_interrupt(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -128,8 +153,9 @@ def test_ctrl_c_during_finetune_resumes_after_last_epoch(synth_root: Path, tiny_
     assert (run / "stages" / "score.json").is_file()
 
 
-def test_ctrl_c_during_embed_leaves_no_partial_artifact(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
-                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_during_embed_leaves_no_partial_artifact(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "stages" / "embed.json").unlink()  # force the embed stage to run again
@@ -148,8 +174,9 @@ def test_ctrl_c_during_embed_leaves_no_partial_artifact(finished_run: Path, synt
     assert not (run / "stages" / "embed.json").exists()
 
 
-def test_changed_clip_redoes_everything_downstream(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
-                                                   tmp_path: Path) -> None:
+def test_changed_clip_redoes_everything_downstream(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     shutil.copytree(synth_root, data)
     run = tmp_path / "run"
@@ -228,9 +255,9 @@ def test_bad_test_clip_fails_before_fine_tuning(synth_root: Path, tiny_checkpoin
     assert not (tmp_path / "run" / "finetune").exists()
 
 
-def test_ctrl_c_during_embed_resumes_after_the_last_saved_part(finished_run: Path, synth_root: Path,
-                                                               tiny_checkpoint: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_during_embed_resumes_after_the_last_saved_part(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import asdcli.frontend.embed
 
     run = tmp_path / "run"
@@ -279,7 +306,9 @@ def _write_separable_dataset(root: Path) -> None:
                 x = 0.3 * np.sin(2 * np.pi * tone * t + rng.uniform(0, 2 * np.pi)) + 0.01 * rng.standard_normal(16000)
                 if label == "anomaly":
                     x += 0.3 * rng.standard_normal(16000)
-                sf.write(str(folder / f"section_00_{domain}_{split}_{label}_{i:04d}_a_1.wav"), x.astype(np.float32), 16000)
+                sf.write(
+                    str(folder / f"section_00_{domain}_{split}_{label}_{i:04d}_a_1.wav"), x.astype(np.float32), 16000
+                )
 
 
 def test_run_scores_anomalous_clips_higher_than_normal_ones(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -287,7 +316,9 @@ def test_run_scores_anomalous_clips_higher_than_normal_ones(tiny_checkpoint: Pat
     result = _run(tmp_path / "data", tiny_checkpoint, tmp_path / "run")
     assert result.exit_code == 0, result.output
     for machine in ("fan", "pump"):
-        rows = (tmp_path / "run" / "submission" / f"anomaly_score_{machine}_section_00_test.csv").read_text().splitlines()
+        rows = (
+            (tmp_path / "run" / "submission" / f"anomaly_score_{machine}_section_00_test.csv").read_text().splitlines()
+        )
         scores = {label: [float(r.split(",")[1]) for r in rows if f"_{label}_" in r] for label in ("normal", "anomaly")}
         assert len(scores["normal"]) == len(scores["anomaly"]) == 6
         assert np.mean(scores["anomaly"]) > np.mean(scores["normal"]), (machine, scores)
@@ -309,8 +340,9 @@ def _lock(run: Path, pid: int, host: str | None = None) -> Path:
     return lock
 
 
-def test_a_second_run_on_a_locked_folder_is_one_error(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
-                                                      tmp_path: Path) -> None:
+def test_a_second_run_on_a_locked_folder_is_one_error(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
@@ -321,15 +353,19 @@ def test_a_second_run_on_a_locked_folder_is_one_error(finished_run: Path, synth_
         finally:
             other.kill()
     assert result.exit_code == 1 and result.output.count("Error:") == 1
-    assert f"{run} is in use by another asd run (pid {other.pid}" in result.output and "choose another --out" in result.output
+    assert (
+        f"{run} is in use by another asd run (pid {other.pid}" in result.output
+        and "choose another --out" in result.output
+    )
     assert _mtimes(run) == before and lock.is_file()
     _lock(run, 1, host="elsewhere")
     result = _run(synth_root, tiny_checkpoint, run)
     assert result.exit_code == 1 and "host elsewhere" in result.output and f"delete {lock}" in result.output
 
 
-def test_a_stale_lock_is_taken_over_with_a_message(finished_run: Path, synth_root: Path, tiny_checkpoint: Path,
-                                                   tmp_path: Path) -> None:
+def test_a_stale_lock_is_taken_over_with_a_message(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     pid = _dead_pid()
@@ -340,12 +376,17 @@ def test_a_stale_lock_is_taken_over_with_a_message(finished_run: Path, synth_roo
     assert not (run / ".asd-run.lock").exists()
 
 
-def test_changed_options_remove_only_asdcli_files_from_finetune(finished_run: Path, synth_root: Path,
-                                                                 tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_changed_options_remove_only_asdcli_files_from_finetune(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    mine = [run / "finetune" / "notes.txt", run / "finetune" / "adapter" / "my-adapter.txt",
-            run / "finetune" / "state" / "keep.bin", run / "banks" / "my-bank-notes.txt"]
+    mine = [
+        run / "finetune" / "notes.txt",
+        run / "finetune" / "adapter" / "my-adapter.txt",
+        run / "finetune" / "state" / "keep.bin",
+        run / "banks" / "my-bank-notes.txt",
+    ]
     for path in mine:
         path.write_text("the user's\n")
     old_head = (run / "finetune" / "head.safetensors").read_bytes()
@@ -357,8 +398,9 @@ def test_changed_options_remove_only_asdcli_files_from_finetune(finished_run: Pa
     assert (run / "finetune" / "head.safetensors").read_bytes() != old_head
 
 
-def test_a_deleted_or_replaced_output_is_redone_not_skipped(finished_run: Path, synth_root: Path,
-                                                             tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_deleted_or_replaced_output_is_redone_not_skipped(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     score_file = run / "submission" / "anomaly_score_fan_section_00_test.csv"
@@ -375,12 +417,16 @@ def test_a_deleted_or_replaced_output_is_redone_not_skipped(finished_run: Path, 
     assert fan.read_bytes() == (finished_run / "banks" / fan.name).read_bytes()
 
 
-def test_temp_files_of_killed_writers_go_with_the_next_write(finished_run: Path, synth_root: Path,
-                                                             tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_temp_files_of_killed_writers_go_with_the_next_write(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     banks = run / "banks"
-    stale = [banks / f".bank_fan_section_00.npz.{_dead_pid()}-0123abcd.tmp", banks / ".bank_fan_section_00.npz.0123abcd.tmp"]
+    stale = [
+        banks / f".bank_fan_section_00.npz.{_dead_pid()}-0123abcd.tmp",
+        banks / ".bank_fan_section_00.npz.0123abcd.tmp",
+    ]
     for path in stale:
         path.write_bytes(b"half a bank")
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as writer:
@@ -401,15 +447,16 @@ def test_a_250_character_run_folder_name_works(synth_root: Path, tiny_checkpoint
     assert (run / "submission").is_dir()
 
 
-def test_a_deleted_head_is_rewritten_from_the_resume_state_not_retrained(finished_run: Path, synth_root: Path,
-                                                                         tiny_checkpoint: Path, tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_deleted_head_is_rewritten_from_the_resume_state_not_retrained(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "finetune" / "head.safetensors").unlink()
     record = json.loads((run / "stages" / "finetune.json").read_text())  # as an earlier version wrote it
-    (run / "stages" / "finetune.json").write_text(json.dumps({"schema_version": 1, "stage": "finetune",
-                                                               "key": record["key"], "outputs": []}))
+    (run / "stages" / "finetune.json").write_text(
+        json.dumps({"schema_version": 1, "stage": "finetune", "key": record["key"], "outputs": []})
+    )
     (run / "stages" / "finetune.started").write_text(record["key"] + "\n")
     steps: list[int] = []
     monkeypatch.setattr(asdcli.finetune.loop, "train_step", lambda *a, **k: steps.append(1))  # type: ignore[func-returns-value]
@@ -422,8 +469,9 @@ def test_a_deleted_head_is_rewritten_from_the_resume_state_not_retrained(finishe
     assert not (run / "stages" / "finetune.started").exists()
 
 
-def test_stale_embedding_parts_go_by_name_and_other_files_stay(finished_run: Path, synth_root: Path,
-                                                               tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_stale_embedding_parts_go_by_name_and_other_files_stay(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     stale = run / "embeddings" / ".parts-0123456789abcdef"

@@ -54,8 +54,9 @@ def _scores(machine: str, shift: float = 1.0) -> dict[str, float]:
     return {n: float(rng.normal() + shift * a - 0.3 * t) for n, a, t in _names()}
 
 
-def _write_sub(folder: Path, machines: tuple[str, ...] = ("fan", "valve"), shift: float = 1.0,
-               decisions: bool = True) -> dict[str, dict[str, float]]:
+def _write_sub(
+    folder: Path, machines: tuple[str, ...] = ("fan", "valve"), shift: float = 1.0, decisions: bool = True
+) -> dict[str, dict[str, float]]:
     folder.mkdir(parents=True, exist_ok=True)
     all_scores = {}
     for m in machines:
@@ -64,7 +65,8 @@ def _write_sub(folder: Path, machines: tuple[str, ...] = ("fan", "valve"), shift
         (folder / f"anomaly_score_{m}_section_00_test.csv").write_text("".join(f"{n},{v}\n" for n, v in s.items()))
         if decisions:
             (folder / f"decision_result_{m}_section_00_test.csv").write_text(
-                "".join(f"{n},{int(v > 0.5)}\n" for n, v in s.items()))
+                "".join(f"{n},{int(v > 0.5)}\n" for n, v in s.items())
+            )
     return all_scores
 
 
@@ -75,8 +77,12 @@ def _expected(scores: dict[str, float]) -> dict[str, float]:
     t = np.array([tg for _, _, tg in names])
     s = np.array([scores[n] for n, _, _ in names])
     src, tgt = (t == 0) | (y == 1), (t == 1) | (y == 1)
-    return {"AUC (source)": roc_auc_score(y[src], s[src]), "AUC (target)": roc_auc_score(y[tgt], s[tgt]),
-            "pAUC": roc_auc_score(y, s, max_fpr=0.1), "AUC (all)": roc_auc_score(y, s)}
+    return {
+        "AUC (source)": roc_auc_score(y[src], s[src]),
+        "AUC (target)": roc_auc_score(y[tgt], s[tgt]),
+        "pAUC": roc_auc_score(y, s, max_fpr=0.1),
+        "AUC (all)": roc_auc_score(y, s),
+    }
 
 
 @pytest.fixture()
@@ -87,6 +93,7 @@ def setup(tmp_path: Path) -> tuple[Path, Path, dict[str, dict[str, float]]]:
 
 
 # ---------------------------------------------------------------- ground truth
+
 
 def test_ground_truth_from_dev_names(tmp_path: Path) -> None:
     truth = ground_truth_from_data(_make_data(tmp_path / "data"))
@@ -101,8 +108,11 @@ def test_ground_truth_writer_round_trip(tmp_path: Path) -> None:
     truth = ground_truth_from_data(_make_data(tmp_path / "data"))
     paths = write_ground_truth(truth, tmp_path / "gt")
     assert len(paths) == 3 * 2
-    assert (tmp_path / "gt/ground_truth_domain/ground_truth_fan_section_00_test.csv").read_text().startswith(
-        "section_00_source_test_anomaly_0000_vel_0_loc_A.wav,0\n")
+    assert (
+        (tmp_path / "gt/ground_truth_domain/ground_truth_fan_section_00_test.csv")
+        .read_text()
+        .startswith("section_00_source_test_anomaly_0000_vel_0_loc_A.wav,0\n")
+    )
     back = read_ground_truth(tmp_path / "gt")
     for key, st in truth.sections.items():
         b = back.sections[key]
@@ -131,8 +141,7 @@ def test_anonymised_ground_truth_accepts_labelled_names_via_attributes(tmp_path:
     anon = [f"section_00_{i:04d}.wav" for i in range(len(names))]
     (gt / "ground_truth_data" / f).write_text("".join(f"{a},{y}\n" for a, (_, y, _) in zip(anon, names)))
     (gt / "ground_truth_domain" / f).write_text("".join(f"{a},{t}\n" for a, (_, _, t) in zip(anon, names)))
-    (gt / "ground_truth_attributes" / f).write_text(
-        "".join(f"{a},{n[:-4]},{n}\n" for a, (n, _, _) in zip(anon, names)))
+    (gt / "ground_truth_attributes" / f).write_text("".join(f"{a},{n[:-4]},{n}\n" for a, (n, _, _) in zip(anon, names)))
     scores = _scores("fan")
     sub = tmp_path / "sub"
     sub.mkdir()
@@ -144,6 +153,7 @@ def test_anonymised_ground_truth_accepts_labelled_names_via_attributes(tmp_path:
 
 
 # ---------------------------------------------------------------- CLI output
+
 
 def _tidy(text: str) -> dict[tuple[str, str, str, str], str]:
     rows = list(csv.reader(io.StringIO(text)))
@@ -184,8 +194,13 @@ def _bank(folder: Path, machine: str, seed: int) -> float:
     from asdcli.backend.bank import bank_filename, build_bank, save_bank
 
     rng = np.random.default_rng(seed)
-    bank = build_bank(rng.normal(size=(12, 4)), np.array(["source"] * 12), np.array([f"t{i}.wav" for i in range(12)]),
-                      machine=machine, section="00")
+    bank = build_bank(
+        rng.normal(size=(12, 4)),
+        np.array(["source"] * 12),
+        np.array([f"t{i}.wav" for i in range(12)]),
+        machine=machine,
+        section="00",
+    )
     save_bank(folder / bank_filename(machine, "00"), bank)
     return bank.threshold
 
@@ -201,12 +216,26 @@ def test_thresholds_come_from_the_banks_of_the_run(tmp_path: Path) -> None:
     table = _tidy(res.stdout)
     for m, thr in thresholds.items():
         assert float(table[("my-run (frozen BEATs)", m, "00", "decision threshold")]) == pytest.approx(thr, rel=1e-12)
-    named = runner.invoke(app, ["report", str(run / "submission"), "--data", str(data), "-f", "json",
-                                "--name", "frozen BEATs", "--banks", str(run / "banks")])
+    named = runner.invoke(
+        app,
+        [
+            "report",
+            str(run / "submission"),
+            "--data",
+            str(data),
+            "-f",
+            "json",
+            "--name",
+            "frozen BEATs",
+            "--banks",
+            str(run / "banks"),
+        ],
+    )
     records = json.loads(named.stdout)
     assert {r["system"] for r in records} == {"frozen BEATs"}
     assert [r["value"] for r in records if r["metric"] == "decision threshold"] == pytest.approx(
-        list(thresholds.values()), rel=1e-12)
+        list(thresholds.values()), rel=1e-12
+    )
 
 
 def test_official_format_keeps_the_evaluator_layout_and_epsilon(setup) -> None:
@@ -216,9 +245,12 @@ def test_official_format_keeps_the_evaluator_layout_and_epsilon(setup) -> None:
         flipped[n] = float(-a)  # every anomaly below every normal: AUC 0
     _fan_file(sub).write_text("".join(f"{n},{v}\n" for n, v in flipped.items()))
     official = runner.invoke(app, ["report", str(sub), "--data", str(data), "-f", "official"]).stdout.splitlines()
-    assert official[:2] == ["fan", "section,AUC (source),AUC (target),pAUC,pAUC (source),pAUC (target),"
-                            "precision (source),precision (target),recall (source),recall (target),"
-                            "F1 score (source),F1 score (target),AUC (all)"]
+    assert official[:2] == [
+        "fan",
+        "section,AUC (source),AUC (target),pAUC,pAUC (source),pAUC (target),"
+        "precision (source),precision (target),recall (source),recall (target),"
+        "F1 score (source),F1 score (target),AUC (all)",
+    ]
     values = [_expected(s)[c] for s in (flipped, scores["valve"]) for c in metrics.OFFICIAL_COLUMNS]
     assert min(values) == 0.0
     evaluator = scipy.stats.hmean(np.maximum(values, sys.float_info.epsilon))  # the evaluator's floor
@@ -254,12 +286,18 @@ def test_cli_stdin_pipe(setup) -> None:
 
 
 def test_names_with_comma_quote_newline_and_a_bom_round_trip(tmp_path: Path) -> None:
-    names = [("section_00_source_test_normal_0000_a,b.wav", 0, 0), ('section_00_source_test_anomaly_0000_q"x.wav', 1, 0),
-             ("section_00_target_test_normal_0000_line\nbreak.wav", 0, 1), ("section_00_target_test_anomaly_0000_ok.wav", 1, 1)]
+    names = [
+        ("section_00_source_test_normal_0000_a,b.wav", 0, 0),
+        ('section_00_source_test_anomaly_0000_q"x.wav', 1, 0),
+        ("section_00_target_test_normal_0000_line\nbreak.wav", 0, 1),
+        ("section_00_target_test_anomaly_0000_ok.wav", 1, 1),
+    ]
     gt = tmp_path / "gt"
     for sub in ("ground_truth_data", "ground_truth_domain"):
         (gt / sub).mkdir(parents=True)
-    with open(gt / "ground_truth_data/ground_truth_fan_section_00_test.csv", "w", newline="", encoding="utf-8-sig") as f:
+    with open(
+        gt / "ground_truth_data/ground_truth_fan_section_00_test.csv", "w", newline="", encoding="utf-8-sig"
+    ) as f:
         csv.writer(f).writerows((n, a) for n, a, _ in names)
     with open(gt / "ground_truth_domain/ground_truth_fan_section_00_test.csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows((n, t) for n, _, t in names)
@@ -272,7 +310,9 @@ def test_names_with_comma_quote_newline_and_a_bom_round_trip(tmp_path: Path) -> 
     assert _tidy(res.stdout)[("sub", "fan", "00", "AUC (all)")] == "1.0"
     back = read_ground_truth(gt)
     write_ground_truth(back, tmp_path / "gt2")
-    assert read_ground_truth(tmp_path / "gt2").sections[("fan", "00")].filenames == tuple(sorted(n for n, _, _ in names))
+    assert read_ground_truth(tmp_path / "gt2").sections[("fan", "00")].filenames == tuple(
+        sorted(n for n, _, _ in names)
+    )
 
 
 @pytest.mark.parametrize("target", ["score", "gt"])
@@ -298,8 +338,13 @@ def test_out_file_and_library_api(setup, tmp_path: Path) -> None:
     stdout = io.StringIO()
     report = report_submission(sub, data, out=out, stdout=stdout)
     records = json.loads(out.read_text())
-    assert records[-1] == {"system": "runA", "machine": "all", "section": "all", "metric": "official score",
-                           "value": pytest.approx(report.official_score)}
+    assert records[-1] == {
+        "system": "runA",
+        "machine": "all",
+        "section": "all",
+        "metric": "official score",
+        "value": pytest.approx(report.official_score),
+    }
     assert stdout.getvalue() == ""  # not a terminal and only --out asked: stdout stays clean
     table = io.StringIO()
     report_submission(sub, data, fmt="table", stdout=table)
@@ -319,13 +364,16 @@ def test_missing_section_and_undefined_metrics_warn(tmp_path: Path) -> None:
     st = truth.sections[("valve", "00")]
     sub = tmp_path / "sub3"
     sub.mkdir()
-    (sub / "anomaly_score_valve_section_00_test.csv").write_text("".join(f"{n},{i}\n" for i, n in enumerate(st.filenames)))
+    (sub / "anomaly_score_valve_section_00_test.csv").write_text(
+        "".join(f"{n},{i}\n" for i, n in enumerate(st.filenames))
+    )
     report = evaluate_submission(sub, truth)
     assert np.isnan(report.sections[0].metrics["AUC (target)"]) and np.isnan(report.official_score)
     assert any("undefined" in w for w in report.warnings)
 
 
 # ---------------------------------------------------------------- errors
+
 
 def _fan_file(sub: Path) -> Path:
     return sub / "anomaly_score_fan_section_00_test.csv"
@@ -411,7 +459,9 @@ def test_error_empty_folder_and_no_ground_truth(setup, tmp_path: Path) -> None:
 def test_baseline_file_names_are_recognised(setup) -> None:
     data, sub, scores = setup
     for p in sorted(sub.iterdir()):
-        p.rename(p.with_name(p.name.replace("_fan_", "_DCASE2025T2fan_").replace("_test.csv", "_test_seed13711_id(0_).csv")))
+        p.rename(
+            p.with_name(p.name.replace("_fan_", "_DCASE2025T2fan_").replace("_test.csv", "_test_seed13711_id(0_).csv"))
+        )
     report = evaluate_submission(sub, ground_truth_from_data(data))
     fan = report.of_machine("fan")[0]
     assert fan.decisions is not None
@@ -426,16 +476,34 @@ def test_error_messages_from_library(setup) -> None:
 
 # ---------------------------------------------------------------- plots
 
+
 def test_plots_written_and_non_empty(tmp_path: Path) -> None:
     data = _make_data(tmp_path / "data", machines=("fan",))
     _write_sub(tmp_path / "runA", machines=("fan",))
     _write_sub(tmp_path / "runB", machines=("fan",), shift=2.0, decisions=False)
-    res = runner.invoke(app, ["report", str(tmp_path / "runA"), str(tmp_path / "runB"), "--data", str(data),
-                              "--plots", str(tmp_path / "plots"), "-f", "csv"])
+    res = runner.invoke(
+        app,
+        [
+            "report",
+            str(tmp_path / "runA"),
+            str(tmp_path / "runB"),
+            "--data",
+            str(data),
+            "--plots",
+            str(tmp_path / "plots"),
+            "-f",
+            "csv",
+        ],
+    )
     assert res.exit_code == 0, res.output
     pngs = sorted(p.relative_to(tmp_path / "plots").as_posix() for p in (tmp_path / "plots").rglob("*.png"))
-    assert pngs == ["comparison.png", "runA/fan_section_00.png", "runA/summary.png",
-                    "runB/fan_section_00.png", "runB/summary.png"]
+    assert pngs == [
+        "comparison.png",
+        "runA/fan_section_00.png",
+        "runA/summary.png",
+        "runB/fan_section_00.png",
+        "runB/summary.png",
+    ]
     for p in (tmp_path / "plots").rglob("*.png"):
         blob = p.read_bytes()
         assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 10_000
@@ -472,15 +540,39 @@ def test_html_page_renders_in_a_headless_browser(tmp_path: Path) -> None:
         (tmp_path / name / "banks").mkdir()
         thresholds += [_bank(tmp_path / name / "banks", m, i) for i, m in enumerate(("fan", "valve"))]
     page = tmp_path / "report.html"
-    res = runner.invoke(app, ["report", str(tmp_path / "frozen/submission"), str(tmp_path / "lora/submission"),
-                              "--data", str(data), "--html", str(page), "-f", "json"])
+    res = runner.invoke(
+        app,
+        [
+            "report",
+            str(tmp_path / "frozen/submission"),
+            str(tmp_path / "lora/submission"),
+            "--data",
+            str(data),
+            "--html",
+            str(page),
+            "-f",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     text = page.read_text(encoding="utf-8")
     assert "<script" not in text and "http" not in text.split("<body>")[1]  # self-contained, nothing fetched
     probe = tmp_path / "probe.html"
     probe.write_text(text.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     seen = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
     assert seen["images"] == 7 and seen["decoded"] == 7  # 2 systems x (2 sections + summary) + comparison
     assert seen["tables"] == 4  # side by side, every value, one per system
@@ -524,7 +616,9 @@ def test_dev_and_eval_under_one_root_report_the_dev_machines_only(tmp_path: Path
         (eval_test / f"section_00_{i:04d}.wav").touch()
     sub = tmp_path / "run" / "submission"
     scores = _write_sub(sub, machines=("fan",))
-    (sub / "anomaly_score_ToyPet_section_00_test.csv").write_text("".join(f"section_00_{i:04d}.wav,{i}\n" for i in range(4)))
+    (sub / "anomaly_score_ToyPet_section_00_test.csv").write_text(
+        "".join(f"section_00_{i:04d}.wav,{i}\n" for i in range(4))
+    )
     truth = ground_truth_from_data(tmp_path / "root")
     assert truth.machines == ["fan"] and truth.unlabelled == ("ToyPet",)
     with pytest.raises(DataError, match="no labels"):
@@ -540,8 +634,20 @@ def test_html_page_without_a_browser(setup, tmp_path: Path) -> None:
     data, sub, _ = setup
     _write_sub(tmp_path / "b<&>", shift=3.0)
     page = tmp_path / "r.html"
-    res = runner.invoke(app, ["report", str(sub), str(tmp_path / "b<&>"), "--data", str(data), "--html", str(page),
-                              "-o", str(tmp_path / "r.csv")])
+    res = runner.invoke(
+        app,
+        [
+            "report",
+            str(sub),
+            str(tmp_path / "b<&>"),
+            "--data",
+            str(data),
+            "--html",
+            str(page),
+            "-o",
+            str(tmp_path / "r.csv"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     text = page.read_text(encoding="utf-8")
     assert text.count('src="data:image/png;base64,') == 7 and "<script" not in text
@@ -553,6 +659,9 @@ def test_run_summary_is_one_compact_line(setup) -> None:
 
     data, sub, scores = setup
     report = evaluate_submission(sub, ground_truth_from_data(data))
-    fan, valve = (100 * metrics.hmean([_expected(scores[m])[c] for c in metrics.OFFICIAL_COLUMNS]) for m in ("fan", "valve"))
+    fan, valve = (
+        100 * metrics.hmean([_expected(scores[m])[c] for c in metrics.OFFICIAL_COLUMNS]) for m in ("fan", "valve")
+    )
     assert run_summary(report) == [
-        f"Per machine (harmonic mean of AUC source, AUC target, pAUC, %): fan {fan:.2f}, valve {valve:.2f}"]
+        f"Per machine (harmonic mean of AUC source, AUC target, pAUC, %): fan {fan:.2f}, valve {valve:.2f}"
+    ]

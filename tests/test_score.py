@@ -8,18 +8,26 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.backend import bank as B
 from asdcli.backend import knn
 from asdcli.backend import score as S
-from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.cli.main import app
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError
 from asdcli.frontend.spec import FrontendSpec
 
 runner = CliRunner()
-SPEC = FrontendSpec(checkpoint_sha256="a" * 64, backbone_cfg_sha256="c" * 64, adapter_sha256="d" * 64,
-                    embedding="pooled", layers="last", pooling="mean", clip_seconds=10.0, channel=None,
-                    sample_rate=16000)
+SPEC = FrontendSpec(
+    checkpoint_sha256="a" * 64,
+    backbone_cfg_sha256="c" * 64,
+    adapter_sha256="d" * 64,
+    embedding="pooled",
+    layers="last",
+    pooling="mean",
+    clip_seconds=10.0,
+    channel=None,
+    sample_rate=16000,
+)
 META = {"frontend": SPEC.to_dict()}
 
 
@@ -45,7 +53,9 @@ def make_embeddings(groups=(("fan", "00"), ("valve", "00")), n_train=20, n_test=
                     cols[f].append(v)
                 off_plane = rng.standard_normal(dim) * (2.0 if label == "anomaly" else 0.05)
                 vecs.append(centre + rng.standard_normal(2) @ plane + off_plane)
-    return Embeddings(vectors=np.array(vecs, np.float32), meta=dict(META), **{f: np.array(v, dtype=str) for f, v in cols.items()})
+    return Embeddings(
+        vectors=np.array(vecs, np.float32), meta=dict(META), **{f: np.array(v, dtype=str) for f, v in cols.items()}
+    )
 
 
 @pytest.fixture
@@ -83,8 +93,9 @@ def test_decisions_use_the_bank_threshold(emb: Embeddings) -> None:
 
 def test_mismatched_embeddings_are_refused(emb: Embeddings) -> None:
     bank = B.fit_bank(emb, machine="fan")
-    other_dim = Embeddings(vectors=np.zeros((len(emb), 4), np.float32), meta=emb.meta,
-                           **{f: getattr(emb, f) for f in Embeddings.FIELDS})
+    other_dim = Embeddings(
+        vectors=np.zeros((len(emb), 4), np.float32), meta=emb.meta, **{f: getattr(emb, f) for f in Embeddings.FIELDS}
+    )
     with pytest.raises(ArtifactMismatch, match="dimension 10 but the embeddings has 4"):
         S.score_embeddings(bank, other_dim)
     other_ckpt = replace(emb, meta=meta_with(checkpoint_sha256="b" * 64))
@@ -118,7 +129,9 @@ def test_write_submission_folder(tmp_path: Path, emb: Embeddings) -> None:
     banks = B.fit_banks(emb)
     out = tmp_path / "sub"
     paths = S.write_submission(banks, emb, out)
-    expected = sorted(f"{kind}_{m}_section_00_test.csv" for kind in ("anomaly_score", "decision_result") for m in ("fan", "valve"))
+    expected = sorted(
+        f"{kind}_{m}_section_00_test.csv" for kind in ("anomaly_score", "decision_result") for m in ("fan", "valve")
+    )
     assert sorted(p.name for p in out.iterdir()) == expected == [p.name for p in paths]
     test = S.select_test(emb, "fan", "00")
     rows = _read(out / "anomaly_score_fan_section_00_test.csv")
@@ -151,8 +164,11 @@ def test_write_submission_checks_everything_first(tmp_path: Path, emb: Embedding
     out = tmp_path / "sub"
     with pytest.raises(DataError, match="No bank for valve section 00 \\(banks: fan section 00\\)"):
         S.write_submission([banks[("fan", "00")]], emb, out)
-    doubled = Embeddings(vectors=np.concatenate([emb.vectors, emb.vectors[-1:]]), meta=emb.meta,
-                         **{f: np.concatenate([getattr(emb, f), getattr(emb, f)[-1:]]) for f in Embeddings.FIELDS})
+    doubled = Embeddings(
+        vectors=np.concatenate([emb.vectors, emb.vectors[-1:]]),
+        meta=emb.meta,
+        **{f: np.concatenate([getattr(emb, f), getattr(emb, f)[-1:]]) for f in Embeddings.FIELDS},
+    )
     with pytest.raises(DataError, match="the same clip twice named"):
         S.write_submission(banks, doubled, out)
     with pytest.raises(DataError, match="no test clips"):
@@ -166,8 +182,18 @@ def test_write_submission_checks_everything_first(tmp_path: Path, emb: Embedding
 
 
 def test_cli_score_embeddings_to_stdout(files: dict[str, Path], emb: Embeddings, tmp_path: Path) -> None:
-    r = runner.invoke(app, ["score", "--bank", str(files["bank"]), "--embeddings", str(files["emb"]),
-                            "--decisions", str(tmp_path / "dec.csv")])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            "--bank",
+            str(files["bank"]),
+            "--embeddings",
+            str(files["emb"]),
+            "--decisions",
+            str(tmp_path / "dec.csv"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     test = S.select_test(emb, "fan", "00")
     rows = [line.split(",") for line in r.stdout.splitlines()]
@@ -178,7 +204,9 @@ def test_cli_score_embeddings_to_stdout(files: dict[str, Path], emb: Embeddings,
     dec = _read(tmp_path / "dec.csv")
     assert [int(d[1]) for d in dec] == S.decide(bank, expected).tolist()
     r = runner.invoke(app, ["score", "-b", str(files["bank"]), "-e", str(files["emb"]), "--all", "--header"])
-    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "filename,score" and len(r.stdout.splitlines()) == len(emb) + 1
+    assert (
+        r.exit_code == 0 and r.stdout.splitlines()[0] == "filename,score" and len(r.stdout.splitlines()) == len(emb) + 1
+    )
     r = runner.invoke(app, ["score", "-b", str(files["bank"]), "-e", str(files["emb"]), "--format", "jsonl"])
     recs = [json.loads(line) for line in r.stdout.splitlines()]
     assert r.exit_code == 0 and set(recs[0]) == {"filename", "score", "decision"} and len(recs) == len(test)
@@ -186,7 +214,9 @@ def test_cli_score_embeddings_to_stdout(files: dict[str, Path], emb: Embeddings,
 
 def test_cli_submission(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "submission"
-    r = runner.invoke(app, ["score", "--banks", str(files["banks"]), "--embeddings", str(files["emb"]), "--submission-dir", str(out)])
+    r = runner.invoke(
+        app, ["score", "--banks", str(files["banks"]), "--embeddings", str(files["emb"]), "--submission-dir", str(out)]
+    )
     assert r.exit_code == 0, r.output
     assert len(list(out.iterdir())) == 4 and "Wrote 4 files" in r.output
 
@@ -197,7 +227,10 @@ def test_cli_submission(files: dict[str, Path], tmp_path: Path) -> None:
         (["--embeddings", "EMB"], "exactly one of --bank"),
         (["--bank", "BANK", "--banks", "BANKS", "--embeddings", "EMB"], "exactly one of --bank"),
         (["--banks", "BANKS", "--embeddings", "EMB"], "--banks needs"),
-        (["--banks", "BANKS", "--embeddings", "EMB", "--submission-dir", "OUT", "--decisions", "OUT"], "--decisions is for --bank"),
+        (
+            ["--banks", "BANKS", "--embeddings", "EMB", "--submission-dir", "OUT", "--decisions", "OUT"],
+            "--decisions is for --bank",
+        ),
         (["--bank", "BANK", "--embeddings", "EMB", "--submission-dir", "OUT"], "--submission-dir needs --banks"),
         (["--bank", "BANK"], "either clips"),
         (["--bank", "BANK", "--embeddings", "NOPE"], "does not exist"),
@@ -208,9 +241,19 @@ def test_cli_submission(files: dict[str, Path], tmp_path: Path) -> None:
 def test_cli_score_errors(files: dict[str, Path], tmp_path: Path, args: list[str], match: str) -> None:
     pump = make_embeddings(groups=(("pump", "00"),))
     B.save_bank(tmp_path / "pump.npz", B.fit_bank(pump))
-    B.save_bank(tmp_path / "other.npz", B.fit_bank(replace(make_embeddings(), meta=meta_with(checkpoint_sha256="f" * 64)), machine="fan"))
-    subst = {"EMB": files["emb"], "BANK": files["bank"], "BANKS": files["banks"], "OUT": tmp_path / "o",
-             "NOPE": tmp_path / "nope.npz", "BANK2": tmp_path / "pump.npz", "BANK3": tmp_path / "other.npz"}
+    B.save_bank(
+        tmp_path / "other.npz",
+        B.fit_bank(replace(make_embeddings(), meta=meta_with(checkpoint_sha256="f" * 64)), machine="fan"),
+    )
+    subst = {
+        "EMB": files["emb"],
+        "BANK": files["bank"],
+        "BANKS": files["banks"],
+        "OUT": tmp_path / "o",
+        "NOPE": tmp_path / "nope.npz",
+        "BANK2": tmp_path / "pump.npz",
+        "BANK3": tmp_path / "other.npz",
+    }
     r = runner.invoke(app, ["score", *[str(subst.get(a, a)) for a in args]])
     assert r.exit_code == 1, r.output
     assert "Error:" in r.output and match in r.output and "Traceback" not in r.output
@@ -235,8 +278,8 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     pytest.importorskip("asdcli.frontend.embed")  # the front end may land after the back end
     from asdcli.data.dataset import discover_clips
-    from asdcli.frontend.embed import EmbedConfig, embed_clips
     from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
+    from asdcli.frontend.embed import EmbedConfig, embed_clips
 
     root = tmp_path_factory.mktemp("onthefly")
     paths = {"data": root / "fan"}
@@ -249,9 +292,15 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for i in range(n):
             wave = 0.3 * np.sin(2 * np.pi * (300 + 50 * i + (400 if label == "anomaly" else 0)) * t)
             wave += 0.05 * rng.standard_normal(t.size)
-            sf.write(paths["data"] / split / f"section_00_source_{split}_{label}_{i:04d}_a_1.wav", wave.astype(np.float32), 16000)
-    train = embed_clips(discover_clips([paths["data"]], splits={"train"}),
-                        EmbedConfig(checkpoint=paths["ckpt1"], device="cpu", seconds=0.5))
+            sf.write(
+                paths["data"] / split / f"section_00_source_{split}_{label}_{i:04d}_a_1.wav",
+                wave.astype(np.float32),
+                16000,
+            )
+    train = embed_clips(
+        discover_clips([paths["data"]], splits={"train"}),
+        EmbedConfig(checkpoint=paths["ckpt1"], device="cpu", seconds=0.5),
+    )
     paths["bank"] = root / "bank.npz"
     B.save_bank(paths["bank"], B.fit_bank(train))
     return paths
@@ -264,8 +313,10 @@ def test_cli_score_embeds_clips_with_the_banks_checkpoint(tiny_setup: dict[str, 
     r = runner.invoke(app, ["score", "--bank", str(tiny_setup["bank"]), str(tiny_setup["data"]), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     rows = [line.split(",") for line in r.stdout.splitlines()]
-    test = embed_clips(discover_clips([tiny_setup["data"]], splits={"test"}),
-                       EmbedConfig(checkpoint=tiny_setup["ckpt1"], device="cpu", seconds=0.5))
+    test = embed_clips(
+        discover_clips([tiny_setup["data"]], splits={"test"}),
+        EmbedConfig(checkpoint=tiny_setup["ckpt1"], device="cpu", seconds=0.5),
+    )
     assert [row[0] for row in rows] == list(test.filenames)  # a folder contributes its test clips only
     expected = S.score_embeddings(B.load_bank(tiny_setup["bank"]), test)
     np.testing.assert_allclose([float(row[1]) for row in rows], expected, rtol=1e-5, atol=1e-6)
@@ -275,7 +326,18 @@ def test_cli_score_embeds_clips_with_the_banks_checkpoint(tiny_setup: dict[str, 
 
 
 def test_cli_score_with_another_checkpoint_is_a_mismatch(tiny_setup: dict[str, Path]) -> None:
-    r = runner.invoke(app, ["score", "--bank", str(tiny_setup["bank"]), str(tiny_setup["data"]),
-                            "--checkpoint", str(tiny_setup["ckpt2"]), "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            "--bank",
+            str(tiny_setup["bank"]),
+            str(tiny_setup["data"]),
+            "--checkpoint",
+            str(tiny_setup["ckpt2"]),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 1 and "different front ends (checkpoint_sha256" in r.output and "Traceback" not in r.output
     assert r.stdout.count(",") == 0  # no scores were printed

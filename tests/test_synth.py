@@ -17,8 +17,15 @@ from asdcli.data.dataset import Clip, discover_clips, parse_filename
 from asdcli.errors import ConfigError, DataError
 from asdcli.synth.sounds import MACHINES, SynthConfig, count_clips, make_dataset
 
-SMALL = SynthConfig(machines=("valve", "fan"), seconds=0.5, n_train_source=3, n_train_target=1,
-                    n_test_per_cell=1, n_supplemental=1, hidden_attributes=("valve",))
+SMALL = SynthConfig(
+    machines=("valve", "fan"),
+    seconds=0.5,
+    n_train_source=3,
+    n_train_target=1,
+    n_test_per_cell=1,
+    n_supplemental=1,
+    hidden_attributes=("valve",),
+)
 
 
 def test_layout_names_and_counts(synth_root: Path) -> None:
@@ -36,8 +43,9 @@ def test_layout_names_and_counts(synth_root: Path) -> None:
     assert all(parse_filename(c.name).form in ("dcase", "supplemental") for c in clips)
     fan_train = [c for c in clips if c.machine == "fan" and c.split == "train"]
     assert {c.attribute_dict["loc"] for c in fan_train if c.domain == "target"} == {"B"}
-    assert all(c.attributes == () and "noAttribute" in c.name for c in clips
-               if c.machine == "bearing" and c.kind != "noise")
+    assert all(
+        c.attributes == () and "noAttribute" in c.name for c in clips if c.machine == "bearing" and c.kind != "noise"
+    )
     assert (synth_root / "asd-synth.json").is_file()
 
 
@@ -79,13 +87,16 @@ def test_every_machine_type_renders_finite_audio(tmp_path: Path) -> None:
         assert wave.shape == (8000,) and np.isfinite(wave).all() and 0 < np.abs(wave).max() <= 0.91
 
 
-@pytest.mark.parametrize(("bad", "match"), [
-    (dict(machines=("pump",)), "Unknown synthetic machine"),
-    (dict(machines=()), "Unknown synthetic machine"),
-    (dict(seconds=0.1), "--seconds"),
-    (dict(n_train_source=0), "counts"),
-    (dict(n_test_per_cell=-1), "counts"),
-])
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (dict(machines=("pump",)), "Unknown synthetic machine"),
+        (dict(machines=()), "Unknown synthetic machine"),
+        (dict(seconds=0.1), "--seconds"),
+        (dict(n_train_source=0), "counts"),
+        (dict(n_test_per_cell=-1), "counts"),
+    ],
+)
 def test_config_validation(bad: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         SynthConfig(**bad)
@@ -103,7 +114,7 @@ def test_anomalies_and_target_domain_differ_on_log_spectrum(synth_root: Path) ->
         train = np.stack([_log_spectrum(c) for c in mine if c.split == "train" and c.domain == "source"])
         mean, std = train.mean(axis=0), train.std(axis=0) + 1e-3
 
-        def distance(c: Clip) -> float:
+        def distance(c: Clip, mean: np.ndarray = mean, std: np.ndarray = std) -> float:
             return float(np.sqrt(np.mean(((_log_spectrum(c) - mean) / std) ** 2)))
 
         test = [c for c in mine if c.split == "test" and c.domain == "source"]

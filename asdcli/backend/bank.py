@@ -51,8 +51,11 @@ class BankConfig:
         _int_option("--k", self.k, 1)
         if self.score_norm not in norm.SCORE_NORMS:
             raise ConfigError(f"--score-norm must be one of {', '.join(norm.SCORE_NORMS)}, got {self.score_norm!r}.")
-        for option, value in (("--density-k", self.density_k), ("--density-k-target", self.density_k_target),
-                              ("--condense-source", self.condense_source)):
+        for option, value in (
+            ("--density-k", self.density_k),
+            ("--density-k-target", self.density_k_target),
+            ("--condense-source", self.condense_source),
+        ):
             if value is not None:
                 _int_option(option, value, 1)
         if self.density_k is not None and self.score_norm not in ("density", "domain-density"):
@@ -74,7 +77,9 @@ class BankConfig:
             raise ArtifactError(f"{what}: its bank options are not a JSON object; re-run `asd fit-bank`.")
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ArtifactError(f"{what} has unknown bank options {sorted(unknown)}; it was made by another asdcli version.")
+            raise ArtifactError(
+                f"{what} has unknown bank options {sorted(unknown)}; it was made by another asdcli version."
+            )
         try:
             return cls(**d)
         except ConfigError as e:
@@ -165,8 +170,9 @@ def build_bank(
     prepared = knn.prepare(vectors, mean, std)
     if cfg.condense_source is not None:
         prepared, domain, filenames = _condense(prepared, domain, filenames, cfg.condense_source, cfg.seed)
-    return fit_prepared(prepared, domain, filenames, mean, std, cfg, machine=machine, section=section,
-                        embedding_meta=embedding_meta)
+    return fit_prepared(
+        prepared, domain, filenames, mean, std, cfg, machine=machine, section=section, embedding_meta=embedding_meta
+    )
 
 
 def fit_prepared(
@@ -188,17 +194,32 @@ def fit_prepared(
     m = prepared.shape[0]
     if cfg.k > m:
         raise ConfigError(f"--k {cfg.k} needs at least {cfg.k} bank vectors; the bank of {name} has {m}.")
-    radii, stats = norm.fit_normalization(prepared, domain, cfg.score_norm, cfg.density_k, cfg.density_k_target,
-                                          cfg.k, cfg.seed, name)
+    radii, stats = norm.fit_normalization(
+        prepared, domain, cfg.score_norm, cfg.density_k, cfg.density_k_target, cfg.k, cfg.seed, name
+    )
     rows = norm.sample_rows(np.arange(m), cfg.seed, THRESHOLD_SAMPLE)
     groups = norm.score_groups(cfg.score_norm, domain, radii, stats)
     loo = knn.score(prepared[rows], prepared, groups, cfg.k, self_index=rows).astype(np.float32)
     threshold, info = fit_threshold(loo, cfg.threshold_quantile)
     finite = loo[np.isfinite(loo)].astype(np.float64)
-    return Bank(mean=mean, std=std, vectors=prepared, domain=domain, filenames=filenames, radii=radii,
-                loo_rows=rows.astype(np.int64), loo_scores=loo, threshold=threshold, config=cfg,
-                normalization=stats, loo_stats=(float(finite.mean()), float(finite.std())), machine=machine,
-                section=section, embedding_meta=dict(embedding_meta or {}), threshold_info=info)
+    return Bank(
+        mean=mean,
+        std=std,
+        vectors=prepared,
+        domain=domain,
+        filenames=filenames,
+        radii=radii,
+        loo_rows=rows.astype(np.int64),
+        loo_scores=loo,
+        threshold=threshold,
+        config=cfg,
+        normalization=stats,
+        loo_stats=(float(finite.mean()), float(finite.std())),
+        machine=machine,
+        section=section,
+        embedding_meta=dict(embedding_meta or {}),
+        threshold_info=info,
+    )
 
 
 def _condense(
@@ -261,10 +282,14 @@ def select_group(
     pairs = train_groups(emb)
     if not pairs:
         splits = sorted({s or "unknown" for s in emb.split})
-        raise DataError(f"{what} has no train clips (splits found: {', '.join(splits) or 'none'}); embed the train folder.")
+        raise DataError(
+            f"{what} has no train clips (splits found: {', '.join(splits) or 'none'}); embed the train folder."
+        )
     chosen = [p for p in pairs if (machine is None or p[0] == machine) and (section is None or p[1] == section)]
     if not chosen:
-        raise DataError(f"{what} has no train clips of machine {machine or 'any'} section {section or 'any'}; it holds {_describe(pairs)}.")
+        raise DataError(
+            f"{what} has no train clips of machine {machine or 'any'} section {section or 'any'}; it holds {_describe(pairs)}."
+        )
     if len(chosen) > 1:
         raise ConfigError(
             f"{what} holds train clips of several machines/sections ({_describe(chosen)}); "
@@ -307,8 +332,11 @@ def fit_banks(
 def bank_meta(bank: Bank) -> dict[str, Any]:
     """The JSON meta record stored in a bank file."""
     counts = {str(d) or "unknown": int((bank.domain == d).sum()) for d in np.unique(bank.domain)}
-    loo_stats = None if bank.loo_stats is None else {"mean": bank.loo_stats[0], "std": bank.loo_stats[1],
-                                                       "n": int(bank.loo_scores.size)}
+    loo_stats = (
+        None
+        if bank.loo_stats is None
+        else {"mean": bank.loo_stats[0], "std": bank.loo_stats[1], "n": int(bank.loo_scores.size)}
+    )
     return {
         "schema_version": BANK_SCHEMA,
         "kind": BANK_KIND,
@@ -367,13 +395,20 @@ def load_bank(path: str | Path) -> Bank:
     thr = meta.get("threshold", {})
     stats = meta.get("loo_stats")
     return Bank(
-        mean=arrays["mean"].astype(np.float32), std=arrays["std"].astype(np.float32),
-        vectors=np.ascontiguousarray(arrays["vectors"], dtype=np.float32), domain=domain,
-        filenames=arrays["filenames"].astype(str), radii=arrays["radii"].astype(np.float32),
-        loo_rows=arrays["loo_rows"].astype(np.int64), loo_scores=arrays["loo_scores"].astype(np.float32),
-        threshold=float(arrays["threshold"]), config=cfg, normalization=normalization,
+        mean=arrays["mean"].astype(np.float32),
+        std=arrays["std"].astype(np.float32),
+        vectors=np.ascontiguousarray(arrays["vectors"], dtype=np.float32),
+        domain=domain,
+        filenames=arrays["filenames"].astype(str),
+        radii=arrays["radii"].astype(np.float32),
+        loo_rows=arrays["loo_rows"].astype(np.int64),
+        loo_scores=arrays["loo_scores"].astype(np.float32),
+        threshold=float(arrays["threshold"]),
+        config=cfg,
+        normalization=normalization,
         loo_stats=None if stats is None else (float(stats["mean"]), float(stats["std"])),
-        machine=str(meta.get("machine", "")), section=str(meta.get("section", "")),
+        machine=str(meta.get("machine", "")),
+        section=str(meta.get("section", "")),
         embedding_meta=dict(meta.get("embedding", {})),
         threshold_info={k: v for k, v in thr.items() if k != "value"},
     )

@@ -73,7 +73,9 @@ def check_arrays(arrays: dict[str, np.ndarray], path: str | Path) -> None:
         raise _fail(path, "vectors are not L2-normalized")
 
 
-def check_options(meta: dict[str, Any], score_norm: str, k: int, domain: np.ndarray, path: str | Path) -> dict[str, Any]:
+def check_options(
+    meta: dict[str, Any], score_norm: str, k: int, domain: np.ndarray, path: str | Path
+) -> dict[str, Any]:
     """The bank options fit the bank; returns the normalization record."""
     m = domain.shape[0]
     if k > m:

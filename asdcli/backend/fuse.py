@@ -43,8 +43,10 @@ def system_paths(spec: str) -> tuple[Path, Path]:
     if folder.is_dir():
         sub, banks = folder / "submission", folder / "banks"
         if not (sub.is_dir() and banks.is_dir()):
-            raise ConfigError(f"{folder} is not an `asd run` folder (it needs submission/ and banks/); "
-                              "or pass SUBMISSION_DIR:BANKS_DIR.")
+            raise ConfigError(
+                f"{folder} is not an `asd run` folder (it needs submission/ and banks/); "
+                "or pass SUBMISSION_DIR:BANKS_DIR."
+            )
         return sub, banks
     if ":" in spec:
         sub_text, banks_text = spec.rsplit(":", 1)
@@ -85,16 +87,20 @@ def _standardizer(bank: Bank, system: str) -> tuple[float, float]:
         raise DataError(f"The bank of {bank.name} in {system} has no leave-one-out statistics; re-run `asd fit-bank`.")
     mean, std = bank.loo_stats
     if not std > 0:
-        raise DataError(f"The leave-one-out scores of the bank of {bank.name} in {system} have no spread; "
-                        "it cannot be standardized for fusion.")
+        raise DataError(
+            f"The leave-one-out scores of the bank of {bank.name} in {system} have no spread; "
+            "it cannot be standardized for fusion."
+        )
     return mean, std
 
 
 def _loo_by_clip(bank: Bank, system: str) -> dict[str, float]:
     """The bank's standardized leave-one-out scores keyed by train clip name."""
     if bank.config.condense_source is not None and any(f.startswith("kmeans_centre_") for f in bank.filenames):
-        raise DataError(f"The bank of {bank.name} in {system} holds k-means centres (--condense-source); "
-                        "fusion needs the leave-one-out scores of train clips.")
+        raise DataError(
+            f"The bank of {bank.name} in {system} holds k-means centres (--condense-source); "
+            "fusion needs the leave-one-out scores of train clips."
+        )
     mean, std = _standardizer(bank, system)
     names = bank.filenames[bank.loo_rows]
     return {str(n): (float(v) - mean) / std for n, v in zip(names, bank.loo_scores)}
@@ -111,8 +117,10 @@ def _same_clips(sets: Sequence[set[str]], specs: Sequence[str], what: str, key: 
     for spec, clips in zip(specs[1:], sets[1:]):
         if clips != sets[0]:
             diff = sorted(clips ^ sets[0])
-            raise DataError(f"{key[0]} section {key[1]}: the {what} of {spec} differ from those of {specs[0]} "
-                            f"({len(diff)} clip(s), e.g. {diff[0]}); fuse systems of the same clips.")
+            raise DataError(
+                f"{key[0]} section {key[1]}: the {what} of {spec} differ from those of {specs[0]} "
+                f"({len(diff)} clip(s), e.g. {diff[0]}); fuse systems of the same clips."
+            )
 
 
 def check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -141,8 +149,9 @@ def fuse_section(systems: Sequence[System], key: Key, weights: Sequence[float], 
     return format_rows(names, fused), format_decisions(names, (fused > threshold).astype(np.int8))
 
 
-def fuse(specs: Sequence[str], out_dir: str | Path, weights: Sequence[float] | None = None,
-         quantile: float = 0.9) -> list[Path]:
+def fuse(
+    specs: Sequence[str], out_dir: str | Path, weights: Sequence[float] | None = None, quantile: float = 0.9
+) -> list[Path]:
     """Fuse the systems ``specs`` into the challenge folder ``out_dir``; returns the written paths."""
     if len(specs) < 1:
         raise ConfigError("Give at least one SYSTEM to fuse.")
@@ -157,8 +166,10 @@ def fuse(specs: Sequence[str], out_dir: str | Path, weights: Sequence[float] | N
         missing = sorted(set(systems[0].scores) ^ set(system.scores))
         if missing:
             m, s = missing[0]
-            raise DataError(f"{m} section {s} is scored by only one of {systems[0].name} and {system.name}; "
-                            "fuse systems of the same machines and sections.")
+            raise DataError(
+                f"{m} section {s} is scored by only one of {systems[0].name} and {system.name}; "
+                "fuse systems of the same machines and sections."
+            )
     files: dict[str, str] = {}
     for key in sorted(systems[0].scores):
         score_name, decision_name = submission_names(*key)

@@ -217,8 +217,12 @@ def score(
 
 
 def _mean_distance(
-    queries: np.ndarray, vectors: np.ndarray, k: int, scale: np.ndarray | None,
-    self_pos: np.ndarray | None, chunks: dict[str, int],
+    queries: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    scale: np.ndarray | None,
+    self_pos: np.ndarray | None,
+    chunks: dict[str, int],
 ) -> np.ndarray:
     """Mean of the min(k, usable) smallest (scaled) distances per query; inf without a usable row."""
     m = vectors.shape[0]
@@ -229,12 +233,21 @@ def _mean_distance(
             continue
         q = queries if mask.all() else queries[mask]
         si = None if excluded is None else excluded[mask]
-        out[mask] = knn_distances(q, vectors, min(k, usable), scale=scale, self_index=si,
-                                  query_chunk=chunks["query_chunk"], bank_chunk=chunks["bank_chunk"]).mean(axis=1)
+        out[mask] = knn_distances(
+            q,
+            vectors,
+            min(k, usable),
+            scale=scale,
+            self_index=si,
+            query_chunk=chunks["query_chunk"],
+            bank_chunk=chunks["bank_chunk"],
+        ).mean(axis=1)
     return out
 
 
-def density_radii(bank: np.ndarray, k: int, *, query_chunk: int = QUERY_CHUNK, bank_chunk: int = BANK_CHUNK) -> np.ndarray:
+def density_radii(
+    bank: np.ndarray, k: int, *, query_chunk: int = QUERY_CHUNK, bank_chunk: int = BANK_CHUNK
+) -> np.ndarray:
     """Each bank row's mean cosine distance to its ``k`` nearest other bank rows, floored.
 
     Chunked like every search here: memory is bounded whatever M (no M x M matrix).
@@ -248,8 +261,9 @@ def density_radii(bank: np.ndarray, k: int, *, query_chunk: int = QUERY_CHUNK, b
     (M,) float32 radii, floored at ``max(DENSITY_FLOOR_REL * mean, DENSITY_FLOOR_ABS)``.
     """
     n = bank.shape[0]
-    radii = knn_distances(bank, bank, k, self_index=np.arange(n), query_chunk=query_chunk,
-                          bank_chunk=bank_chunk).mean(axis=1)
+    radii = knn_distances(bank, bank, k, self_index=np.arange(n), query_chunk=query_chunk, bank_chunk=bank_chunk).mean(
+        axis=1
+    )
     return floored(radii, DENSITY_FLOOR_REL, DENSITY_FLOOR_ABS)
 
 

@@ -62,8 +62,14 @@ def domain_rows(domain: np.ndarray, score_norm: str, name: str) -> tuple[np.ndar
 
 
 def fit_normalization(
-    vectors: np.ndarray, domain: np.ndarray, score_norm: str, density_k: int | None,
-    density_k_target: int | None, k: int, seed: int, name: str,
+    vectors: np.ndarray,
+    domain: np.ndarray,
+    score_norm: str,
+    density_k: int | None,
+    density_k_target: int | None,
+    k: int,
+    seed: int,
+    name: str,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Radii (M,) float32 (all 1 without density) and the statistics record of ``score_norm``.
 
@@ -114,8 +120,10 @@ def score_groups(score_norm: str, domain: np.ndarray, radii: np.ndarray, stats: 
     if score_norm == "domain-density":
         return [knn.Group(rows=src, scale=radii[src]), knn.Group(rows=tgt, scale=radii[tgt])]
     sigma = float(stats["target"]["std"])
-    return [knn.Group(rows=src, shift=float(stats["source"]["mean"]), divisor=sigma),
-            knn.Group(rows=tgt, shift=float(stats["target"]["mean"]), divisor=sigma)]
+    return [
+        knn.Group(rows=src, shift=float(stats["source"]["mean"]), divisor=sigma),
+        knn.Group(rows=tgt, shift=float(stats["target"]["mean"]), divisor=sigma),
+    ]
 
 
 def check_stats(score_norm: str, stats: Any, domain: np.ndarray, k: int) -> str | None:

@@ -12,8 +12,10 @@ RECIPES: dict[str, BankConfig] = {
     "seed": BankConfig(),  # the seed's method: standardized cosine 1-NN
     "density": BankConfig(score_norm="density"),  # best on the synthetic benchmark (README)
 }
-RECIPE_HELP = ("seed = standardized cosine 1-NN (the seed's method); density = --score-norm density "
-               "with the default K rule (best in bench/backends.py)")
+RECIPE_HELP = (
+    "seed = standardized cosine 1-NN (the seed's method); density = --score-norm density "
+    "with the default K rule (best in bench/backends.py)"
+)
 
 
 def recipe_bank_config(name: str, **overrides: Any) -> BankConfig:

@@ -29,7 +29,9 @@ from asdcli.frontend.spec import check_same_frontend
 SCORE_FORMATS = ("csv", "jsonl")
 
 
-def check_compatible(bank: Bank, emb: Embeddings, what_bank: str = "the bank", what_emb: str = "the embeddings") -> None:
+def check_compatible(
+    bank: Bank, emb: Embeddings, what_bank: str = "the bank", what_emb: str = "the embeddings"
+) -> None:
     """Raise ArtifactMismatch when ``emb`` was not made like the bank's training embeddings."""
     if emb.dim != bank.dim:
         raise ArtifactMismatch(
@@ -43,7 +45,9 @@ def score_vectors(bank: Bank, vectors: np.ndarray) -> np.ndarray:
     """Anomaly scores of raw embeddings ``vectors`` (N, D): (N,) float32, higher = more anomalous."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != bank.dim:
-        raise ArtifactMismatch(f"Embeddings of shape {vectors.shape} do not fit the bank of {bank.name} (dimension {bank.dim}).")
+        raise ArtifactMismatch(
+            f"Embeddings of shape {vectors.shape} do not fit the bank of {bank.name} (dimension {bank.dim})."
+        )
     if vectors.shape[0] == 0:
         return np.zeros(0, dtype=np.float32)
     return bank.score_prepared(knn.prepare(vectors, bank.mean, bank.std))
@@ -72,7 +76,7 @@ def test_groups(emb: Embeddings) -> list[tuple[str, str]]:
 
 
 def format_score(x: float) -> str:
-    return "%.9g" % float(x)
+    return f"{float(x):.9g}"
 
 
 def _csv_text(rows: Iterable[Iterable[object]]) -> str:
@@ -120,8 +124,10 @@ def check_unique_names(emb: Embeddings, what: str) -> None:
         if j != i:
             a, b = emb.paths[j] or name, emb.paths[i] or name
             same = "the same clip twice" if a == b else "two clips"
-            raise DataError(f"{what} holds {same} named {name} ({a} and {b}); outputs name clips by file name, "
-                            "so embed each clip once and score folders with equal names separately.")
+            raise DataError(
+                f"{what} holds {same} named {name} ({a} and {b}); outputs name clips by file name, "
+                "so embed each clip once and score folders with equal names separately."
+            )
 
 
 def write_decisions(path: str | Path, filenames: Iterable[str], decisions: np.ndarray) -> None:
@@ -177,7 +183,9 @@ def submission_files(
 
 
 def write_submission(
-    banks: Mapping[tuple[str, str], Bank] | Iterable[Bank], test_emb: Embeddings, out_dir: str | Path,
+    banks: Mapping[tuple[str, str], Bank] | Iterable[Bank],
+    test_emb: Embeddings,
+    out_dir: str | Path,
     what: str = "the test embeddings",
 ) -> list[Path]:
     """Write the challenge folder: ``anomaly_score_<m>_section_<SS>_test.csv`` and

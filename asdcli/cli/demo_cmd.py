@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -21,9 +20,13 @@ REAL_COMMAND = "asd run data/dev --checkpoint BEATs_iter3.pt --out runs/dev"
 
 
 def command(
-    out: Path = typer.Option(DEFAULT_DEMO_DIR, "--out", "-o", help="Demo folder: data/, beats_tiny_random_seed<SEED>.pt and run/."),
-    make_data: Optional[Path] = typer.Option(
-        None, "--make-data", metavar="DIR",
+    out: Path = typer.Option(
+        DEFAULT_DEMO_DIR, "--out", "-o", help="Demo folder: data/, beats_tiny_random_seed<SEED>.pt and run/."
+    ),
+    make_data: Path | None = typer.Option(
+        None,
+        "--make-data",
+        metavar="DIR",
         help="Only write a synthetic DCASE-2025-layout dataset (DIR/<machine>/{train,test,supplemental}) and exit.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic dataset, the random model and fine-tuning."),
@@ -59,8 +62,12 @@ def command(
     checkpoint = out / f"beats_tiny_random_seed{seed}.pt"
     if not checkpoint.is_file():
         make_tiny_checkpoint(checkpoint, seed)
-        console.print(f"Wrote a randomly initialised tiny BEATs (2 layers, 64-d) in the official format: {checkpoint}",
-                      highlight=False, soft_wrap=True, markup=False)
+        console.print(
+            f"Wrote a randomly initialised tiny BEATs (2 layers, 64-d) in the official format: {checkpoint}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
     finetune = FinetuneConfig(checkpoint=checkpoint, epochs=epochs, lr=DEMO_LR, seed=seed)
     frontend = EmbedConfig(checkpoint=checkpoint, seconds=seconds, device="cpu")
     cfg = RunConfig.create(data_root=data, run_dir=out / "run", embed=frontend, finetune=finetune, plots=True)
@@ -71,7 +78,8 @@ def command(
         "tiny BEATs on synthetic sounds[/]: they show the pipeline works, not how well it detects anomalies.\n"
         f"Plots: {escape(str(out / 'run' / 'plots'))}. On the real task, with BEATs_iter3.pt from the microsoft/unilm BEATs page "
         f"and the DCASE 2025 Task 2 development data:\n  {REAL_COMMAND}",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -84,7 +92,11 @@ def _synthesize(root: Path, seed: int, seconds: float, console: Console, reuse: 
 
     cfg = SynthConfig(seed=seed, seconds=seconds)
     marker = root / MARKER
-    if reuse and marker.is_file() and read_json(marker) == {"generator": "asdcli.synth.sounds", **_jsonable(asdict(cfg))}:
+    if (
+        reuse
+        and marker.is_file()
+        and read_json(marker) == {"generator": "asdcli.synth.sounds", **_jsonable(asdict(cfg))}
+    ):
         console.print(f"Synthetic dataset in {root} is up to date.", highlight=False, markup=False)
         return
     with make_progress(console) as progress:

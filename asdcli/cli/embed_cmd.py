@@ -19,21 +19,49 @@ if TYPE_CHECKING:
 
 
 def command(
-    inputs: list[Path] = typer.Argument(..., help="Wav files, machine/split folders or dataset roots (all machines).", show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="Output embeddings file (.npz), written atomically.", show_default=False),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Official BEATs checkpoint (.pt). Default: with --adapter the one its run recorded, else $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt."),
-    adapter: Path | None = typer.Option(None, "--adapter", help="Run folder of `asd finetune`: embed with the fine-tuned model."),
-    embedding: str | None = typer.Option(None, "--embedding", help="With --adapter: 'head' (default, the classifier's embedding) or 'pooled' (token mean of the adapted backbone)."),
+    inputs: list[Path] = typer.Argument(
+        ..., help="Wav files, machine/split folders or dataset roots (all machines).", show_default=False
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output embeddings file (.npz), written atomically.", show_default=False
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Official BEATs checkpoint (.pt). Default: with --adapter the one its run recorded, else $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt.",
+    ),
+    adapter: Path | None = typer.Option(
+        None, "--adapter", help="Run folder of `asd finetune`: embed with the fine-tuned model."
+    ),
+    embedding: str | None = typer.Option(
+        None,
+        "--embedding",
+        help="With --adapter: 'head' (default, the classifier's embedding) or 'pooled' (token mean of the adapted backbone).",
+    ),
     batch_size: int = typer.Option(8, "--batch-size", help="Clips per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (cuda:N) or mps."),
     seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds."),
-    channel: int | None = typer.Option(None, "--channel", help="Keep this 0-based channel of multi-channel files (default: mean of channels)."),
+    channel: int | None = typer.Option(
+        None, "--channel", help="Keep this 0-based channel of multi-channel files (default: mean of channels)."
+    ),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes that read audio."),
-    layers: str = typer.Option("last", "--layers", help="Frozen BEATs: 'last', or 1-based transformer layers (e.g. 7,10) whose token means are concatenated in that order."),
-    window: float | None = typer.Option(None, "--window", help="A row per window of this many seconds (start_s/end_s recorded), for long recordings."),
-    hop: float | None = typer.Option(None, "--hop", help="With --window: seconds between window starts (default: the window)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, or int8 (CPU only: int8 transformer linear layers, about 1.5x faster)."),
-    onnx: Path | None = typer.Option(None, "--onnx", help="Embed with this `asd export` model in ONNX Runtime (CPU) instead of torch."),
+    layers: str = typer.Option(
+        "last",
+        "--layers",
+        help="Frozen BEATs: 'last', or 1-based transformer layers (e.g. 7,10) whose token means are concatenated in that order.",
+    ),
+    window: float | None = typer.Option(
+        None, "--window", help="A row per window of this many seconds (start_s/end_s recorded), for long recordings."
+    ),
+    hop: float | None = typer.Option(
+        None, "--hop", help="With --window: seconds between window starts (default: the window)."
+    ),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32, or int8 (CPU only: int8 transformer linear layers, about 1.5x faster)."
+    ),
+    onnx: Path | None = typer.Option(
+        None, "--onnx", help="Embed with this `asd export` model in ONNX Runtime (CPU) instead of torch."
+    ),
 ) -> None:
     """Embed clips with BEATs (optionally a fine-tuned adapter) into an .npz file.
 
@@ -70,8 +98,9 @@ def command(
                       f"({rate_text(len(emb), took)}) -> {out}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
 
 
-def _embed_onnx(clips: list[Clip], cfg: EmbedConfig, model: Path, out: Path, torch_options: tuple[object, ...],
-                console: Console) -> Embeddings:
+def _embed_onnx(
+    clips: list[Clip], cfg: EmbedConfig, model: Path, out: Path, torch_options: tuple[object, ...], console: Console
+) -> Embeddings:
     """Embed with an exported ONNX model and write ``out`` (not resumable: one pass, one write)."""
     from accelerate import PartialState
 
@@ -81,8 +110,10 @@ def _embed_onnx(clips: list[Clip], cfg: EmbedConfig, model: Path, out: Path, tor
     from asdcli.frontend.export import embed_clips_onnx
 
     if any(o is not None for o in torch_options) or cfg.precision != "fp32" or cfg.device not in ("auto", "cpu"):
-        raise ConfigError("--onnx MODEL already holds the checkpoint, adapter, embedding and precision and runs "
-                          "on CPU: drop --checkpoint, --adapter, --embedding, --precision and --device.")
+        raise ConfigError(
+            "--onnx MODEL already holds the checkpoint, adapter, embedding and precision and runs "
+            "on CPU: drop --checkpoint, --adapter, --embedding, --precision and --device."
+        )
     if PartialState().num_processes > 1:
         raise ConfigError("--onnx runs in one process; run it without `accelerate launch`.")
     with _progress_bar(console, len(clips)) as advance:

@@ -11,14 +11,31 @@ from asdcli.errors import ConfigError
 
 
 def command(
-    bank_path: Path = typer.Argument(..., metavar="BANK", help="Bank .npz to start from (left untouched unless --out names it).", show_default=False),
-    inputs: list[Path] = typer.Argument(..., metavar="CLIPS_OR_EMBEDDINGS...", help="Normal clips (.wav, folders) of the new condition, or embeddings .npz made like the bank's.", show_default=False),
-    domain: str = typer.Option(..., "--domain", help="Domain of the enrolled clips: target or source.", show_default=False),
+    bank_path: Path = typer.Argument(
+        ..., metavar="BANK", help="Bank .npz to start from (left untouched unless --out names it).", show_default=False
+    ),
+    inputs: list[Path] = typer.Argument(
+        ...,
+        metavar="CLIPS_OR_EMBEDDINGS...",
+        help="Normal clips (.wav, folders) of the new condition, or embeddings .npz made like the bank's.",
+        show_default=False,
+    ),
+    domain: str = typer.Option(
+        ..., "--domain", help="Domain of the enrolled clips: target or source.", show_default=False
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="The new bank .npz, written atomically.", show_default=False),
-    restandardize: bool = typer.Option(False, "--restandardize", help="Refit mean/std on the training plus the new embeddings (needs --train)."),
-    train: Path | None = typer.Option(None, "--train", help="With --restandardize: the embeddings .npz the bank was fitted on."),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="BEATs checkpoint for embedding clips (default: the bank's)."),
-    adapter: Path | None = typer.Option(None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."),
+    restandardize: bool = typer.Option(
+        False, "--restandardize", help="Refit mean/std on the training plus the new embeddings (needs --train)."
+    ),
+    train: Path | None = typer.Option(
+        None, "--train", help="With --restandardize: the embeddings .npz the bank was fitted on."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="BEATs checkpoint for embedding clips (default: the bank's)."
+    ),
+    adapter: Path | None = typer.Option(
+        None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch when embedding."),
 ) -> None:
@@ -32,7 +49,9 @@ def command(
     from asdcli.monitor.enrol import enrol, enrolment_embeddings
 
     if restandardize != (train is not None):
-        raise ConfigError("--restandardize needs --train EMB.npz (the embeddings the bank was fitted on), and --train needs --restandardize.")
+        raise ConfigError(
+            "--restandardize needs --train EMB.npz (the embeddings the bank was fitted on), and --train needs --restandardize."
+        )
     bank = load_bank(bank_path)
     new = enrolment_embeddings(bank, inputs, checkpoint, adapter, device, batch_size)
     train_emb = load_embeddings(train) if train is not None else None
@@ -40,4 +59,8 @@ def command(
     save_bank(out, grown)
     stderr_console().print(
         f"{bank.name}: enrolled {len(new)} {domain} embedding(s); {len(bank)} -> {len(grown)} vectors, "
-        f"threshold {bank.threshold:.4g} -> {grown.threshold:.4g} -> {out}", markup=False, highlight=False, soft_wrap=True)
+        f"threshold {bank.threshold:.4g} -> {grown.threshold:.4g} -> {out}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

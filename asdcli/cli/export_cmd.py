@@ -10,12 +10,24 @@ from asdcli.console import stderr_console
 
 
 def command(
-    out: Path = typer.Option(..., "--out", "-o", help="Output ONNX model (.onnx), written only after it was verified.", show_default=False),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Official BEATs checkpoint (.pt). Default: $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt."),
-    adapter: Path | None = typer.Option(None, "--adapter", help="Run folder of `asd finetune`: export the fine-tuned model, LoRA merged."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output ONNX model (.onnx), written only after it was verified.", show_default=False
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Official BEATs checkpoint (.pt). Default: $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt.",
+    ),
+    adapter: Path | None = typer.Option(
+        None, "--adapter", help="Run folder of `asd finetune`: export the fine-tuned model, LoRA merged."
+    ),
     embedding: str | None = typer.Option(None, "--embedding", help="With --adapter: 'head' (default) or 'pooled'."),
-    int8: bool = typer.Option(False, "--int8", help="Quantize the linear layers to int8 with ONNX Runtime (dynamic, U8U8)."),
-    seconds: float = typer.Option(10.0, "--seconds", help="Length of the random clips the ONNX model is checked on against torch."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Quantize the linear layers to int8 with ONNX Runtime (dynamic, U8U8)."
+    ),
+    seconds: float = typer.Option(
+        10.0, "--seconds", help="Length of the random clips the ONNX model is checked on against torch."
+    ),
 ) -> None:
     """Export the embedder as one ONNX model: 16 kHz waveform (batch, samples) -> embeddings (batch, D).
 
@@ -33,5 +45,7 @@ def command(
     stderr_console().print(
         f"Exported {'int8' if int8 else 'fp32'} {result.meta['embedding_dim']}-d embedder -> {out} "
         f"(ONNX Runtime vs torch on {result.clips} random clips: {check})",
-        markup=False, highlight=False, soft_wrap=True,
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )

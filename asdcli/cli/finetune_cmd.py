@@ -16,12 +16,17 @@ from asdcli.finetune.config import DEFAULT_RUN_DIR, FinetuneConfig
 
 @with_finetune_options()
 def command(
-    data: list[Path] = typer.Argument(..., help="Dataset root(s) (DATA/<machine>/train/...), machine or train folders."),
+    data: list[Path] = typer.Argument(
+        ..., help="Dataset root(s) (DATA/<machine>/train/...), machine or train folders."
+    ),
     checkpoint: Path | None = typer.Option(
-        None, "--checkpoint",
+        None,
+        "--checkpoint",
         help="Official BEATs checkpoint (.pt). Default: $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt.",
     ),
-    out: Path = typer.Option(DEFAULT_RUN_DIR, "--out", "-o", help="Run folder for the adapter, head, run.json and resume state."),
+    out: Path = typer.Option(
+        DEFAULT_RUN_DIR, "--out", "-o", help="Run folder for the adapter, head, run.json and resume state."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out after its last finished epoch."),
     finetune_options: dict[str, Any] | None = None,
 ) -> None:
@@ -46,8 +51,12 @@ def command(
     for root in data:
         clips = discover_clips([root])
         if not any(c.split == "train" for c in clips):
-            found = ", ".join(f"{n} {split}" for split, n in sorted(Counter(c.split or "unsplit" for c in clips).items()))
-            raise DataError(f"{root} holds no train clips (only {found}); asd finetune trains on DATA/<machine>/train/*.wav.")
+            found = ", ".join(
+                f"{n} {split}" for split, n in sorted(Counter(c.split or "unsplit" for c in clips).items())
+            )
+            raise DataError(
+                f"{root} holds no train clips (only {found}); asd finetune trains on DATA/<machine>/train/*.wav."
+            )
         sources.append((root, clips))
     train = training_data(sources, use_clean=cfg.use_clean, noise_mix=cfg.noise_mix, merge_machines=cfg.merge_machines)
     run_dir = finetune(train, cfg, out, resume=resume, console=stderr_console())

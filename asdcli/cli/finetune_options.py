@@ -30,12 +30,18 @@ def _parameters(skip: frozenset[str]) -> list[inspect.Parameter]:
             option = typer.Option(f.default, flag, help=f.metadata["help"])
         else:
             option = typer.Option(f.default, flag, help=f.metadata["help"], show_default=f.default is not None)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=hints[f.name]))
+        params.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hints[f.name])
+        )
         if alias:  # an older spelling: accepted, not shown
-            params.append(inspect.Parameter(_ALIAS_PREFIX + f.name, inspect.Parameter.KEYWORD_ONLY,
-                                            default=typer.Option(None, alias, hidden=True),
-                                            annotation=typing.Optional[hints[f.name]]))
+            params.append(
+                inspect.Parameter(
+                    _ALIAS_PREFIX + f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=typer.Option(None, alias, hidden=True),
+                    annotation=typing.Optional[hints[f.name]],  # noqa: UP045 (a runtime type object)
+                )
+            )
     return params
 
 
@@ -43,6 +49,7 @@ def with_finetune_options(*, skip: tuple[str, ...] = ()) -> Callable[[Callable[.
     """Add an option for every FinetuneConfig field but ``checkpoint`` and ``skip`` to a Typer
     command; the command gets them as one dict keyword argument ``finetune_options`` (field ->
     value), ready for ``FinetuneConfig(checkpoint=..., **finetune_options)``."""
+
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         own = inspect.signature(command, eval_str=True)
         added = _parameters(frozenset(skip))
@@ -54,7 +61,7 @@ def with_finetune_options(*, skip: tuple[str, ...] = ()) -> Callable[[Callable[.
             for name in [n for n in options if n.startswith(_ALIAS_PREFIX)]:
                 value = options.pop(name)
                 if value is not None:
-                    options[name[len(_ALIAS_PREFIX):]] = value
+                    options[name[len(_ALIAS_PREFIX) :]] = value
             return command(*args, **kwargs, **{FINETUNE_OPTIONS: options})
 
         kept = [p for p in own.parameters.values() if p.name != FINETUNE_OPTIONS]

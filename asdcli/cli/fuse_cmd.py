@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,10 +14,16 @@ def command(
     systems: list[str] = typer.Argument(
         ..., help="Systems to fuse: `asd run` folders (with banks/ and submission/) or SUBMISSION_DIR:BANKS_DIR."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Write the fused challenge folder here (new, or holding only submission files)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weight per system, e.g. 2,1 (default: equal)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Write the fused challenge folder here (new, or holding only submission files)."
+    ),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Comma-separated weight per system, e.g. 2,1 (default: equal)."
+    ),
     threshold_quantile: float = typer.Option(
-        0.9, "--threshold-quantile", help="Decision threshold = this quantile of a gamma fit to the fused leave-one-out scores."
+        0.9,
+        "--threshold-quantile",
+        help="Decision threshold = this quantile of a gamma fit to the fused leave-one-out scores.",
     ),
 ) -> None:
     """Fuse systems without labels: per machine/section, standardize each system's test scores with
@@ -30,12 +35,13 @@ def command(
     from asdcli.backend.fuse import fuse
 
     paths = fuse(systems, out, _weights(weights), threshold_quantile)
-    stderr_console().print(f"Fused {len(systems)} systems into {len(paths)} files in {out}",
-                           markup=False, highlight=False, soft_wrap=True)
+    stderr_console().print(
+        f"Fused {len(systems)} systems into {len(paths)} files in {out}", markup=False, highlight=False, soft_wrap=True
+    )
     typer.echo(str(out))
 
 
-def _weights(text: Optional[str]) -> Optional[list[float]]:
+def _weights(text: str | None) -> list[float] | None:
     if text is None:
         return None
     try:

@@ -59,15 +59,27 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
 ) -> None:
     """First-shot unsupervised anomalous sound detection (DCASE 2025 Task 2)."""
 
 
 def _register() -> None:
     from asdcli.cli import (
-        bank_cmd, demo_cmd, embed_cmd, enrol_cmd, export_cmd, finetune_cmd, fuse_cmd, package_cmd, report_cmd, run_cmd,
-        score_cmd, watch_cmd,
+        bank_cmd,
+        demo_cmd,
+        embed_cmd,
+        enrol_cmd,
+        export_cmd,
+        finetune_cmd,
+        fuse_cmd,
+        package_cmd,
+        report_cmd,
+        run_cmd,
+        score_cmd,
+        watch_cmd,
     )
 
     for name, module in (

@@ -20,35 +20,74 @@ class ReportFormat(str, Enum):
 
 def command(
     submissions: list[str] = typer.Argument(
-        None, metavar="SUBMISSION", show_default=False,
+        None,
+        metavar="SUBMISSION",
+        show_default=False,
         help="Submission folders (anomaly_score_<machine>_section_<SS>_test.csv [+ decision_result_...]), "
         "single score CSVs, or - to read 'filename,score' lines from stdin (with --machine).",
     ),
     ground_truth: Path | None = typer.Option(
-        None, "--ground-truth", "-g", metavar="DIR", help="Official ground-truth folder (ground_truth_data/, "
+        None,
+        "--ground-truth",
+        "-g",
+        metavar="DIR",
+        help="Official ground-truth folder (ground_truth_data/, "
         "ground_truth_domain/, optional ground_truth_attributes/). Wins over --data.",
     ),
-    data: Path | None = typer.Option(None, "--data", "-d", metavar="DIR", help="Dataset root: labels and domains "
-                                     "come from the test file names (dev data)."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        "-d",
+        metavar="DIR",
+        help="Dataset root: labels and domains come from the test file names (dev data).",
+    ),
     machine: str | None = typer.Option(None, "--machine", "-m", help="Machine of scores read from stdin (-)."),
     fmt: ReportFormat | None = typer.Option(
-        None, "--format", "-f", help="stdout format: table, csv (tidy: system,machine,section,metric,value), json "
+        None,
+        "--format",
+        "-f",
+        help="stdout format: table, csv (tidy: system,machine,section,metric,value), json "
         "(the same records) or official (the evaluator's result.csv layout). Default: table on a terminal, csv "
-        "when piped."),
-    name: list[str] | None = typer.Option(None, "--name", "-n", help="Display name of each submission, in order "
-                                          "(default: the run folder's name, else the folder's)."),
+        "when piped.",
+    ),
+    name: list[str] | None = typer.Option(
+        None,
+        "--name",
+        "-n",
+        help="Display name of each submission, in order (default: the run folder's name, else the folder's).",
+    ),
     banks: list[Path] | None = typer.Option(
-        None, "--banks", metavar="DIR", help="Bank folder of each submission, in order: its decision thresholds "
-        "go into the tables and plots (default: RUN/banks for a RUN/submission folder)."),
-    plots: Path | None = typer.Option(None, "--plots", metavar="DIR", help="Write PNG plots (ROC, score "
-                                      "histograms, summary, comparison) into this folder."),
-    html: Path | None = typer.Option(None, "--html", metavar="FILE", help="Write one self-contained HTML page "
-                                     "(tables, every plot, systems side by side) to this file."),
-    out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="Also write the result to this file "
-                                    "(.json -> json, .txt -> table, else csv, unless --format)."),
+        None,
+        "--banks",
+        metavar="DIR",
+        help="Bank folder of each submission, in order: its decision thresholds "
+        "go into the tables and plots (default: RUN/banks for a RUN/submission folder).",
+    ),
+    plots: Path | None = typer.Option(
+        None,
+        "--plots",
+        metavar="DIR",
+        help="Write PNG plots (ROC, score histograms, summary, comparison) into this folder.",
+    ),
+    html: Path | None = typer.Option(
+        None,
+        "--html",
+        metavar="FILE",
+        help="Write one self-contained HTML page (tables, every plot, systems side by side) to this file.",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        metavar="FILE",
+        help="Also write the result to this file (.json -> json, .txt -> table, else csv, unless --format).",
+    ),
     ground_truth_out: Path | None = typer.Option(
-        None, "--ground-truth-out", metavar="DIR", help="Write the official ground-truth CSVs of the --data test "
-        "clips into this folder."),
+        None,
+        "--ground-truth-out",
+        metavar="DIR",
+        help="Write the official ground-truth CSVs of the --data test clips into this folder.",
+    ),
 ) -> None:
     """Compute the official DCASE metrics: AUC (source/target/all), pAUC, precision/recall/F1 per domain, and the official score (harmonic mean of every AUC (source), AUC (target) and pAUC).
 
@@ -68,12 +107,22 @@ def command(
     stdin_text = None
     if "-" in subs:
         if sys.stdin.isatty():
-            raise ConfigError("'-' reads scores from stdin, but stdin is a terminal; pipe them in, e.g. "
-                              "`asd score ... | asd report - --machine fan --data DATA`.")
+            raise ConfigError(
+                "'-' reads scores from stdin, but stdin is a terminal; pipe them in, e.g. "
+                "`asd score ... | asd report - --machine fan --data DATA`."
+            )
         stdin_text = sys.stdin.read()
     cfg = ReportConfig(
-        submissions=subs, ground_truth=ground_truth, data=data, machine=machine,
-        fmt=fmt.value if fmt is not None else None, plots=plots, out=out, ground_truth_out=ground_truth_out,
-        names=tuple(name or ()), banks=tuple(banks or ()), html=html,
+        submissions=subs,
+        ground_truth=ground_truth,
+        data=data,
+        machine=machine,
+        fmt=fmt.value if fmt is not None else None,
+        plots=plots,
+        out=out,
+        ground_truth_out=ground_truth_out,
+        names=tuple(name or ()),
+        banks=tuple(banks or ()),
+        html=html,
     )
     run_report(cfg, stdin_text=stdin_text)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from asdcli.cli.finetune_options import with_finetune_options
 from asdcli.backend.recipes import RECIPE_HELP
+from asdcli.cli.finetune_options import with_finetune_options
 from asdcli.console import stderr_console
 from asdcli.finetune.config import FinetuneConfig
 
@@ -17,21 +17,37 @@ if TYPE_CHECKING:
 
     from asdcli.pipeline.run import RunResult
 
+
 @with_finetune_options(skip=("merge_machines", "use_clean"))  # one root; clean clips not passed on yet
 def command(
-    data: Path = typer.Argument(..., help="Dataset root: DATA/<machine>/{train,test,supplemental}/ (dev or eval data)."),
+    data: Path = typer.Argument(
+        ..., help="Dataset root: DATA/<machine>/{train,test,supplemental}/ (dev or eval data)."
+    ),
     checkpoint: Path | None = typer.Option(
-        None, "--checkpoint",
+        None,
+        "--checkpoint",
         help="Official BEATs checkpoint (.pt). Default: $ASD_CHECKPOINT or ~/.cache/asdcli/BEATs_iter3.pt.",
     ),
-    out: Path = typer.Option(Path("runs/run"), "--out", "-o", help="Run folder; re-running continues it and skips finished stages."),
-    no_finetune: bool = typer.Option(False, "--no-finetune", help="Skip fine-tuning: frozen BEATs, mean-pooled tokens."),
+    out: Path = typer.Option(
+        Path("runs/run"), "--out", "-o", help="Run folder; re-running continues it and skips finished stages."
+    ),
+    no_finetune: bool = typer.Option(
+        False, "--no-finetune", help="Skip fine-tuning: frozen BEATs, mean-pooled tokens."
+    ),
     embedding: str | None = typer.Option(None, "--embedding", help="Fine-tuned vector: 'head' (default) or 'pooled'."),
     recipe: str = typer.Option("seed", "--recipe", help="Back-end recipe: " + RECIPE_HELP + "."),
-    k: int | None = typer.Option(None, "--k", min=1, help="Bank score = mean of the K smallest distances (recipe's: 1)."),
-    score_norm: str | None = typer.Option(None, "--score-norm", help="none, density, domain-density or domain-zscore (as fit-bank; default: the recipe's)."),
+    k: int | None = typer.Option(
+        None, "--k", min=1, help="Bank score = mean of the K smallest distances (recipe's: 1)."
+    ),
+    score_norm: str | None = typer.Option(
+        None,
+        "--score-norm",
+        help="none, density, domain-density or domain-zscore (as fit-bank; default: the recipe's).",
+    ),
     density_k: int | None = typer.Option(None, "--density-k", min=1, help="K of the density radii (as fit-bank)."),
-    density_k_target: int | None = typer.Option(None, "--density-k-target", min=1, help="K of the target radii (as fit-bank)."),
+    density_k_target: int | None = typer.Option(
+        None, "--density-k-target", min=1, help="K of the target radii (as fit-bank)."
+    ),
     domain_aware: bool = typer.Option(False, "--domain-aware", hidden=True),
     plots: bool = typer.Option(False, "--plots", help="Also write ROC/histogram PNGs to RUN_DIR/plots/."),
     finetune_options: dict[str, Any] | None = None,
@@ -52,13 +68,21 @@ def command(
     from asdcli.pipeline.run import RunConfig, run_pipeline
 
     removed_options(domain_aware, None)
-    bank = recipe_bank_config(recipe, k=k, score_norm=score_norm, density_k=density_k, density_k_target=density_k_target)
+    bank = recipe_bank_config(
+        recipe, k=k, score_norm=score_norm, density_k=density_k, density_k_target=density_k_target
+    )
     console = stderr_console()
     ckpt = resolve_checkpoint(checkpoint)
     opts = finetune_options or {}
     finetune = FinetuneConfig(checkpoint=ckpt, **opts)  # validated even with --no-finetune: --seconds etc. are shared
-    frontend = EmbedConfig(checkpoint=ckpt, batch_size=finetune.batch_size, device=finetune.device,
-                           seconds=finetune.seconds, channel=finetune.channel, num_workers=finetune.num_workers)
+    frontend = EmbedConfig(
+        checkpoint=ckpt,
+        batch_size=finetune.batch_size,
+        device=finetune.device,
+        seconds=finetune.seconds,
+        channel=finetune.channel,
+        num_workers=finetune.num_workers,
+    )
     cfg = RunConfig.create(data_root=data, run_dir=out, embed=frontend, embedding=embedding,
                            finetune=None if no_finetune else finetune, bank=bank,
                            plots=plots)  # fmt: skip
@@ -73,10 +97,17 @@ def show_result(result: RunResult, console: Console) -> None:
 
     if result.report is not None:
         show_report(result.report, console)
-        console.print(f"[bold]Official score: {100 * result.report.official_score:.2f}[/] "
-                      "(harmonic mean of AUC source, AUC target and pAUC over machines, in %)", highlight=False, soft_wrap=True)
-    made = [name for name in ("finetune/", "embeddings/", "banks/", "submission/", "report.csv", "plots/", "stages/")
-            if (result.run_dir / name.rstrip("/")).exists()]
+        console.print(
+            f"[bold]Official score: {100 * result.report.official_score:.2f}[/] "
+            "(harmonic mean of AUC source, AUC target and pAUC over machines, in %)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    made = [
+        name
+        for name in ("finetune/", "embeddings/", "banks/", "submission/", "report.csv", "plots/", "stages/")
+        if (result.run_dir / name.rstrip("/")).exists()
+    ]
     console.print(f"Artifacts in {result.run_dir}: {' '.join(made)}", highlight=False, soft_wrap=True, markup=False)
     if result.submission_dir is not None:
         typer.echo(str(result.submission_dir))

@@ -3,44 +3,84 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 
 from asdcli.artifacts import Embeddings, check_not_input, load_embeddings
 from asdcli.backend.bank import Bank, load_bank, load_banks
-from asdcli.backend.score import (SCORE_FORMATS, check_unique_names, decide, format_rows, score_embeddings,
-                                  select_test, write_decisions, write_submission)  # fmt: skip
+from asdcli.backend.score import (
+    SCORE_FORMATS,
+    check_unique_names,
+    decide,
+    format_rows,
+    score_embeddings,
+    select_test,  # fmt: skip
+    write_decisions,
+    write_submission,
+)
 from asdcli.console import is_terminal, stderr_console
 from asdcli.data.dataset import Clip
+from asdcli.errors import ConfigError, DataError
 from asdcli.monitor.options import window_options
 from asdcli.monitor.render import print_score_table
-from asdcli.errors import ConfigError, DataError
 
 
 def command(
-    clips: Optional[List[Path]] = typer.Argument(
+    clips: list[Path] | None = typer.Argument(
         None, help="Clips to embed and score: .wav files (all scored) or folders (their test clips)."
     ),
-    bank: Optional[Path] = typer.Option(None, "--bank", "-b", help="Bank .npz from `asd fit-bank --out`."),
-    banks: Optional[Path] = typer.Option(None, "--banks", help="Folder of banks from `asd fit-bank --out-dir` (with --submission-dir)."),
-    embeddings: Optional[Path] = typer.Option(None, "--embeddings", "-e", help="Score this embeddings .npz instead of embedding clips."),
-    all_rows: bool = typer.Option(False, "--all", help="With --embeddings: score every row, not only the bank's machine/section test clips."),
-    submission_dir: Optional[Path] = typer.Option(None, "--submission-dir", help="With --banks: write the challenge's CSV files into this folder."),
-    fmt: str = typer.Option("csv", "--format", "-f", help="stdout format: csv (filename,score) or jsonl (filename, score, decision)."),
+    bank: Path | None = typer.Option(None, "--bank", "-b", help="Bank .npz from `asd fit-bank --out`."),
+    banks: Path | None = typer.Option(
+        None, "--banks", help="Folder of banks from `asd fit-bank --out-dir` (with --submission-dir)."
+    ),
+    embeddings: Path | None = typer.Option(
+        None, "--embeddings", "-e", help="Score this embeddings .npz instead of embedding clips."
+    ),
+    all_rows: bool = typer.Option(
+        False, "--all", help="With --embeddings: score every row, not only the bank's machine/section test clips."
+    ),
+    submission_dir: Path | None = typer.Option(
+        None, "--submission-dir", help="With --banks: write the challenge's CSV files into this folder."
+    ),
+    fmt: str = typer.Option(
+        "csv", "--format", "-f", help="stdout format: csv (filename,score) or jsonl (filename, score, decision)."
+    ),
     header: bool = typer.Option(False, "--header", help="Start the CSV with a filename,score header line."),
-    decisions: Optional[Path] = typer.Option(None, "--decisions", help="Also write filename,0|1 decisions (1 = score above the bank's threshold)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="BEATs checkpoint for embedding clips (default: the bank's)."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."),
+    decisions: Path | None = typer.Option(
+        None, "--decisions", help="Also write filename,0|1 decisions (1 = score above the bank's threshold)."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="BEATs checkpoint for embedding clips (default: the bank's)."
+    ),
+    adapter: Path | None = typer.Option(
+        None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (embedding clips only)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch when embedding."),
-    skip_other_sections: bool = typer.Option(False, "--skip-other-sections", help="Skip clips of another machine/section than the bank's (counted on stderr) instead of failing."),
-    window: Optional[float] = typer.Option(None, "--window", help="Score long recordings window by window: window length in seconds."),
-    hop: Optional[float] = typer.Option(None, "--hop", help="With --window: seconds between window starts (default: the window)."),
-    windows: Optional[Path] = typer.Option(None, "--windows", help="With --window: write filename,start_s,end_s,score,decision per window (CSV)."),
-    how: str = typer.Option("max", "--aggregate", help="With --window: a recording's score is the max or mean of its window scores."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="With --window: timeline PNG of score vs time, threshold, anomalous stretches."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or int8 (CPU) for embedding clips (default: the bank's)."),
+    skip_other_sections: bool = typer.Option(
+        False,
+        "--skip-other-sections",
+        help="Skip clips of another machine/section than the bank's (counted on stderr) instead of failing.",
+    ),
+    window: float | None = typer.Option(
+        None, "--window", help="Score long recordings window by window: window length in seconds."
+    ),
+    hop: float | None = typer.Option(
+        None, "--hop", help="With --window: seconds between window starts (default: the window)."
+    ),
+    windows: Path | None = typer.Option(
+        None, "--windows", help="With --window: write filename,start_s,end_s,score,decision per window (CSV)."
+    ),
+    how: str = typer.Option(
+        "max", "--aggregate", help="With --window: a recording's score is the max or mean of its window scores."
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="With --window: timeline PNG of score vs time, threshold, anomalous stretches."
+    ),
+    precision: str | None = typer.Option(
+        None, "--precision", help="fp32 or int8 (CPU) for embedding clips (default: the bank's)."
+    ),
 ) -> None:
     """Score clips against a bank: anomaly scores as challenge CSV (filename,score; no header) on stdout.
 
@@ -53,7 +93,9 @@ def command(
     if banks is not None:
         assert embeddings is not None and submission_dir is not None
         paths = write_submission(load_banks(banks), load_embeddings(embeddings), submission_dir, what=str(embeddings))
-        stderr_console().print(f"Wrote {len(paths)} files to {submission_dir}", markup=False, highlight=False, soft_wrap=True)
+        stderr_console().print(
+            f"Wrote {len(paths)} files to {submission_dir}", markup=False, highlight=False, soft_wrap=True
+        )
         return
     assert bank is not None
     the_bank = load_bank(bank)
@@ -61,7 +103,9 @@ def command(
     if windowed is not None:
         from asdcli.monitor.windowed import score_windowed
 
-        names, scores = score_windowed(the_bank, clips or [], windowed, checkpoint, adapter, device, batch_size, stderr_console())
+        names, scores = score_windowed(
+            the_bank, clips or [], windowed, checkpoint, adapter, device, batch_size, stderr_console()
+        )
     elif embeddings is not None:
         rows = _rows_from_file(the_bank, embeddings, all_rows)
     else:
@@ -82,8 +126,13 @@ def command(
 
 
 def _check_modes(
-    clips: Optional[List[Path]], bank: Optional[Path], banks: Optional[Path], embeddings: Optional[Path],
-    submission_dir: Optional[Path], fmt: str, decisions: Optional[Path],
+    clips: list[Path] | None,
+    bank: Path | None,
+    banks: Path | None,
+    embeddings: Path | None,
+    submission_dir: Path | None,
+    fmt: str,
+    decisions: Path | None,
 ) -> None:
     if fmt not in SCORE_FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(SCORE_FORMATS)}, got {fmt!r}.")
@@ -107,34 +156,54 @@ def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
     if len(rows) == 0:
         raise DataError(f"{path} has no test clips of {bank.name}; pass --all to score every row.")
     if len(rows) < len(emb):
-        stderr_console().print(f"Scored the {len(rows)} test clips of {bank.name} in {path}; skipped {len(emb) - len(rows)} "
-                               "other rows (--all scores every row).", markup=False, highlight=False, soft_wrap=True)
+        stderr_console().print(
+            f"Scored the {len(rows)} test clips of {bank.name} in {path}; skipped {len(emb) - len(rows)} "
+            "other rows (--all scores every row).",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     return rows
 
 
 def _bank_clips(bank: Bank, found: list[Clip], skip_other_sections: bool) -> list[Clip]:
     """The clips of the bank's machine/section; a clip whose known machine or section differs is
     an error (or skipped, counted on stderr, with ``skip_other_sections``)."""
+
     def other(c: Clip) -> bool:
         return bool(c.machine and c.machine != bank.machine) or bool(c.section and c.section != bank.section)
 
     others = [c for c in found if other(c)]
     if others and not skip_other_sections:
         first = others[0]
-        raise DataError(f"{len(others)} clip(s) are not of the bank's {bank.name}, e.g. {first.path} "
-                        f"({first.machine or '?'} section {first.section or '?'}); pass the clips of that "
-                        "machine/section, or --skip-other-sections to skip them.")
+        raise DataError(
+            f"{len(others)} clip(s) are not of the bank's {bank.name}, e.g. {first.path} "
+            f"({first.machine or '?'} section {first.section or '?'}); pass the clips of that "
+            "machine/section, or --skip-other-sections to skip them."
+        )
     kept = [c for c in found if not other(c)]
     if not kept:
         raise DataError(f"None of the {len(found)} clip(s) is of the bank's {bank.name}; nothing to score.")
     if others:
-        stderr_console().print(f"Skipped {len(others)} clip(s) of other machines/sections than {bank.name}.",
-                               markup=False, highlight=False, soft_wrap=True)
+        stderr_console().print(
+            f"Skipped {len(others)} clip(s) of other machines/sections than {bank.name}.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     return kept
 
 
-def _embed(bank: Bank, clips: List[Path], checkpoint: Optional[Path], adapter: Optional[Path], device: str,
-           batch_size: int, skip_other_sections: bool, precision: Optional[str] = None) -> Embeddings:
+def _embed(
+    bank: Bank,
+    clips: list[Path],
+    checkpoint: Path | None,
+    adapter: Path | None,
+    device: str,
+    batch_size: int,
+    skip_other_sections: bool,
+    precision: str | None = None,
+) -> Embeddings:
     """Embed the clips as the bank's training clips were (checkpoint, adapter, embedding kind,
     layers, clip length, channel and precision from its front-end record; --checkpoint/--adapter/
     --precision override, and a different front end is then caught by the contract check)."""
@@ -149,22 +218,29 @@ def _embed(bank: Bank, clips: List[Path], checkpoint: Optional[Path], adapter: O
     meta: dict[str, Any] = bank.embedding_meta
     spec = spec_of(meta, f"The bank of {bank.name}")
     if spec is None:
-        raise ConfigError(f"The bank of {bank.name} does not record its front end (made by an older asdcli); "
-                          "re-fit it from embeddings made with this asdcli.")
+        raise ConfigError(
+            f"The bank of {bank.name} does not record its front end (made by an older asdcli); "
+            "re-fit it from embeddings made with this asdcli."
+        )
     ckpt = checkpoint or _meta_path(meta, "checkpoint_path")
     if ckpt is None:
         raise ConfigError(f"The bank of {bank.name} does not record its checkpoint; pass --checkpoint.")
     adapter = adapter or _meta_path(meta, "adapter_path")
     kind = spec.get("embedding") if adapter is not None and spec.get("embedding") in EMBEDDING_CHOICES else None
     cfg = EmbedConfig(
-        checkpoint=ckpt, adapter=adapter, embedding=kind, batch_size=batch_size, device=device,
-        seconds=spec.get("clip_seconds", 10.0), channel=spec.get("channel"),
+        checkpoint=ckpt,
+        adapter=adapter,
+        embedding=kind,
+        batch_size=batch_size,
+        device=device,
+        seconds=spec.get("clip_seconds", 10.0),
+        channel=spec.get("channel"),
         layers=str(spec.get("layers", "last")) if adapter is None else "last",
         precision=precision or str(spec.get("precision", "fp32")),
     )
     return embed_job(found, cfg, stderr_console())[0]
 
 
-def _meta_path(meta: dict[str, Any], key: str) -> Optional[Path]:
+def _meta_path(meta: dict[str, Any], key: str) -> Path | None:
     value = meta.get(key)
     return Path(value) if value else None

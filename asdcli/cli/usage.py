@@ -21,8 +21,15 @@ from typer.core import TyperCommand, TyperGroup
 
 USAGE_EXIT = 2
 _PLACEHOLDERS = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
-_CLICK_PLACEHOLDERS = {"text": "TEXT", "integer": "INTEGER", "float": "FLOAT", "path": "PATH",
-                       "integer range": "INTEGER", "float range": "FLOAT", "boolean": "BOOLEAN"}
+_CLICK_PLACEHOLDERS = {
+    "text": "TEXT",
+    "integer": "INTEGER",
+    "float": "FLOAT",
+    "path": "PATH",
+    "integer range": "INTEGER",
+    "float range": "FLOAT",
+    "boolean": "BOOLEAN",
+}
 
 
 # Text options that take one of a fixed set of values, checked at parse time like an Enum option
@@ -133,7 +140,8 @@ class AsdCommand(TyperCommand):
             value = ctx.params.get(param.name)
             if choices and value is not None and value not in choices:
                 raise _click_exceptions().BadParameter(
-                    f"{value!r} is not one of {', '.join(repr(c) for c in choices)}.", ctx=ctx, param=param)
+                    f"{value!r} is not one of {', '.join(repr(c) for c in choices)}.", ctx=ctx, param=param
+                )
         return rest
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
@@ -180,9 +188,15 @@ def _abort_class(click_exceptions: Any) -> type[BaseException]:
 class AsdGroup(TyperGroup):
     """The `asd` group: renders every usage error with :func:`show_usage_error`, exit 2."""
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
-             complete_var: str | None = None, standalone_mode: bool = True, windows_expand_args: bool = True,
-             **extra: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         click_exceptions = _click_exceptions()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)

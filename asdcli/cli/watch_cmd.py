@@ -11,16 +11,36 @@ from asdcli.errors import ConfigError
 
 
 def command(
-    folder: Path = typer.Argument(..., help="Folder the recorder writes into (watched with its sub-folders).", show_default=False),
-    banks: Path | None = typer.Option(None, "--banks", help="Folder of banks from `asd fit-bank --out-dir`: each file's bank from its machine folder and DCASE section."),
+    folder: Path = typer.Argument(
+        ..., help="Folder the recorder writes into (watched with its sub-folders).", show_default=False
+    ),
+    banks: Path | None = typer.Option(
+        None,
+        "--banks",
+        help="Folder of banks from `asd fit-bank --out-dir`: each file's bank from its machine folder and DCASE section.",
+    ),
     bank: Path | None = typer.Option(None, "--bank", "-b", help="Score every file against this one bank instead."),
-    log: Path | None = typer.Option(None, "--log", help="Append time,filename,score,threshold,decision rows here (default: FOLDER/asd-watch.csv)."),
+    log: Path | None = typer.Option(
+        None, "--log", help="Append time,filename,score,threshold,decision rows here (default: FOLDER/asd-watch.csv)."
+    ),
     once: bool = typer.Option(False, "--once", help="Score the complete files that are there, then exit (for cron)."),
-    min_consecutive: int = typer.Option(1, "--min-consecutive", help="Alarm only after this many anomalous files in a row (per bank)."),
-    on_anomaly: str | None = typer.Option(None, "--on-anomaly", help="Run this program on an alarm, with the file path appended (split like a shell line, never run by a shell)."),
-    command_timeout: float = typer.Option(30.0, "--command-timeout", help="Seconds before --on-anomaly's program is stopped."),
-    poll: float = typer.Option(2.0, "--poll", help="Seconds between looks at the folder; a file is complete once unchanged between two looks."),
-    window: float | None = typer.Option(None, "--window", help="Score each file window by window with this length (default: the bank's clip length)."),
+    min_consecutive: int = typer.Option(
+        1, "--min-consecutive", help="Alarm only after this many anomalous files in a row (per bank)."
+    ),
+    on_anomaly: str | None = typer.Option(
+        None,
+        "--on-anomaly",
+        help="Run this program on an alarm, with the file path appended (split like a shell line, never run by a shell).",
+    ),
+    command_timeout: float = typer.Option(
+        30.0, "--command-timeout", help="Seconds before --on-anomaly's program is stopped."
+    ),
+    poll: float = typer.Option(
+        2.0, "--poll", help="Seconds between looks at the folder; a file is complete once unchanged between two looks."
+    ),
+    window: float | None = typer.Option(
+        None, "--window", help="Score each file window by window with this length (default: the bank's clip length)."
+    ),
     hop: float | None = typer.Option(None, "--hop", help="Seconds between window starts (default: the window)."),
     how: str = typer.Option("max", "--aggregate", help="A file's score: max or mean of its window scores."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="BEATs checkpoint (default: the bank's)."),

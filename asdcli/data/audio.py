@@ -89,13 +89,16 @@ def _header_only(path: Path) -> AudioError:
 
 
 def _too_short(path: Path, seconds: float) -> AudioError:
-    return AudioError(f"{path} is {seconds:.3f} s long, shorter than the {MIN_SECONDS} s BEATs needs; "
-                      "remove it from the data folder.")
+    return AudioError(
+        f"{path} is {seconds:.3f} s long, shorter than the {MIN_SECONDS} s BEATs needs; remove it from the data folder."
+    )
 
 
 def _no_channel(path: Path, channels: int, channel: int) -> AudioError:
-    return AudioError(f"{path} has {channels} channel(s), so --channel {channel} does not exist; "
-                      f"use 0..{channels - 1} or leave it unset to average the channels.")
+    return AudioError(
+        f"{path} has {channels} channel(s), so --channel {channel} does not exist; "
+        f"use 0..{channels - 1} or leave it unset to average the channels."
+    )
 
 
 def _sf_name(path: Path) -> str | bytes:
@@ -240,16 +243,19 @@ def load_clip(path: Path | str, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
         if total / rate < MIN_SECONDS:
             raise _too_short(path, total / rate)
         if cfg.num_samples is None and total / rate > MAX_SECONDS:
-            raise AudioError(f"{path} is {total / rate:.1f} s long, more than the {MAX_SECONDS:g} s the front end "
-                             "takes at once; pass --seconds to use its beginning.")
+            raise AudioError(
+                f"{path} is {total / rate:.1f} s long, more than the {MAX_SECONDS:g} s the front end "
+                "takes at once; pass --seconds to use its beginning."
+            )
         wanted = total if cfg.num_samples is None else input_frames_for(cfg.num_samples, rate, cfg.sample_rate)
         data = _read(audio, path, min(wanted, total))
     if not np.isfinite(data).all():
         raise AudioError(f"{path} contains NaN or Inf samples; re-export it as PCM WAV.")
     wave = resample(_to_mono(data, path, cfg.channel), rate, cfg.sample_rate)
     if not wave.any():
-        warnings.warn(f"{path} is all zeros (silence); its embedding carries no information.",
-                      AudioWarning, stacklevel=2)
+        warnings.warn(
+            f"{path} is all zeros (silence); its embedding carries no information.", AudioWarning, stacklevel=2
+        )
     return fit_length(wave, cfg.num_samples)
 
 

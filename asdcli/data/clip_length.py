@@ -22,6 +22,8 @@ def check_clip_seconds(seconds: float | None) -> None:
     if seconds is None:
         return
     if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and MIN_SECONDS <= seconds <= MAX_SECONDS):
-        raise ConfigError(f"--seconds must be a clip length from {MIN_SECONDS} to {MAX_SECONDS:g} s, got {seconds}; "
-                          "BEATs attention memory grows with the square of the length, so longer recordings are "
-                          "scored in windows.")
+        raise ConfigError(
+            f"--seconds must be a clip length from {MIN_SECONDS} to {MAX_SECONDS:g} s, got {seconds}; "
+            "BEATs attention memory grows with the square of the length, so longer recordings are "
+            "scored in windows."
+        )

@@ -32,8 +32,12 @@ NO_ATTRIBUTE = "noAttribute"
 # root/dev_data/raw/<machine>/train is three levels below the root; one more for slack.
 _MAX_DEPTH = 4
 
-_HEADER = {**{d: "domain" for d in DOMAINS}, **{s: "split" for s in SPLITS},
-           **{lab: "label" for lab in LABELS}, **{k: "kind" for k in KINDS}}
+_HEADER = {
+    **dict.fromkeys(DOMAINS, "domain"),
+    **dict.fromkeys(SPLITS, "split"),
+    **dict.fromkeys(LABELS, "label"),
+    **dict.fromkeys(KINDS, "kind"),
+}
 
 EXPECTED_LAYOUT = (
     "expected DATA/<machine>/{train,test,supplemental}/*.wav, the official "
@@ -127,9 +131,14 @@ def _parse_section_form(tokens: list[str]) -> ParsedName:
     else:
         form, split = "unknown", fields.get("split", "")
     return ParsedName(
-        section=tokens[1], domain=fields.get("domain", ""), split=split,
-        label=fields.get("label", ""), index=rest[i],
-        attributes=_parse_attributes(rest[i + 1:]), kind=kind, form=form,
+        section=tokens[1],
+        domain=fields.get("domain", ""),
+        split=split,
+        label=fields.get("label", ""),
+        index=rest[i],
+        attributes=_parse_attributes(rest[i + 1 :]),
+        kind=kind,
+        form=form,
     )
 
 
@@ -158,9 +167,15 @@ def make_clip(path: Path, machine: str = "", folder_split: str = "") -> Clip:
     """Build a Clip from a path; the name's split wins, the folder's split fills in when absent."""
     p = parse_filename(path.name)
     return Clip(
-        path=path, machine=machine, section=p.section, domain=p.domain,
-        split=p.split or folder_split, label=p.label, index=p.index,
-        attributes=p.attributes, kind=p.kind,
+        path=path,
+        machine=machine,
+        section=p.section,
+        domain=p.domain,
+        split=p.split or folder_split,
+        label=p.label,
+        index=p.index,
+        attributes=p.attributes,
+        kind=p.kind,
     )
 
 
@@ -173,8 +188,9 @@ def _check_link(path: Path) -> None:
     try:
         target = path.resolve(strict=True)
     except FileNotFoundError as e:
-        raise DataError(f"{path} is a symlink to {os.readlink(path)}, which does not exist; fix the link or "
-                        "remove it.") from e
+        raise DataError(
+            f"{path} is a symlink to {os.readlink(path)}, which does not exist; fix the link or remove it."
+        ) from e
     except RuntimeError as e:  # Python < 3.13: a symlink loop
         raise DataError(f"{path} is a symlink loop; fix the link or remove it.") from e
     except OSError as e:  # ELOOP on Python >= 3.13, permissions, ...
@@ -213,8 +229,9 @@ def _find_machine_dirs(root: Path) -> list[Path]:
     found: list[Path] = []
 
     def unreadable(e: OSError) -> None:
-        raise DataError(f"Cannot list {e.filename}: {e.strerror}; check its permissions (its clips would be "
-                        "missing).") from e
+        raise DataError(
+            f"Cannot list {e.filename}: {e.strerror}; check its permissions (its clips would be missing)."
+        ) from e
 
     for dirpath, dirnames, _ in os.walk(root, onerror=unreadable, followlinks=True):  # depth-limited: no endless loop
         here = Path(dirpath)
@@ -317,10 +334,14 @@ def missing_field_error(field: str, stage: str, files: Sequence[str], *, show: i
     """The DataError saying that ``files`` (paths or names) lack ``field``, which ``stage`` needs."""
     names = ", ".join(files[:show])
     more = f" and {len(files) - show} more" if len(files) > show else ""
-    hint = ("put the clips in DATA/<machine>/{train,test}/" if field == "machine"
-            else "use official DCASE names such as section_00_source_test_normal_0000_<attributes>.wav")
-    return DataError(f"{stage} needs the {field} of every clip, but {len(files)} clip(s) have none: "
-                     f"{names}{more}; {hint}.")
+    hint = (
+        "put the clips in DATA/<machine>/{train,test}/"
+        if field == "machine"
+        else "use official DCASE names such as section_00_source_test_normal_0000_<attributes>.wav"
+    )
+    return DataError(
+        f"{stage} needs the {field} of every clip, but {len(files)} clip(s) have none: {names}{more}; {hint}."
+    )
 
 
 def group_by_machine(clips: Iterable[Clip]) -> dict[str, list[Clip]]:
@@ -331,8 +352,18 @@ def group_by_machine(clips: Iterable[Clip]) -> dict[str, list[Clip]]:
     return groups
 
 
-COUNT_COLUMNS = ("machine", "train source", "train target", "test source normal", "test source anomaly",
-                 "test target normal", "test target anomaly", "test unlabelled", "supplemental", "other")
+COUNT_COLUMNS = (
+    "machine",
+    "train source",
+    "train target",
+    "test source normal",
+    "test source anomaly",
+    "test target normal",
+    "test target anomaly",
+    "test unlabelled",
+    "supplemental",
+    "other",
+)
 
 
 def count_clips_table(clips: Iterable[Clip]) -> list[tuple[str, ...]]:

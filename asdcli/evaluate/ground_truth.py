@@ -94,13 +94,18 @@ class GroundTruth:
             )
         have = ", ".join(f"{m} section {s}" for m, s in sorted(self.sections)) or "none"
         sec = "" if section is None else f" section {section}"
-        raise DataError(f"{what}: no ground truth for {machine}{sec} in {self.origin} (it has: {first_few(have.split(', '))}).")
+        raise DataError(
+            f"{what}: no ground truth for {machine}{sec} in {self.origin} (it has: {first_few(have.split(', '))})."
+        )
 
 
-def _make_truth(machine: str, section: str, rows: Iterable[tuple[str, int, int, str]], aliases: Mapping[str, str]) -> SectionTruth:
+def _make_truth(
+    machine: str, section: str, rows: Iterable[tuple[str, int, int, str]], aliases: Mapping[str, str]
+) -> SectionTruth:
     ordered = sorted(rows)
     return SectionTruth(
-        machine=machine, section=section,
+        machine=machine,
+        section=section,
         filenames=tuple(r[0] for r in ordered),
         anomaly=np.array([r[1] for r in ordered], dtype=np.int8),
         target=np.array([r[2] for r in ordered], dtype=np.int8),
@@ -138,12 +143,16 @@ def ground_truth_from_clips(clips: Iterable[Clip], origin: str) -> GroundTruth:
         names = [c.name for c in group]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise DataError(f"Test clip name(s) {first_few(dup)} occur more than once for {machine} in {origin}; keep one copy.")
+            raise DataError(
+                f"Test clip name(s) {first_few(dup)} occur more than once for {machine} in {origin}; keep one copy."
+            )
         rows = [(c.name, int(c.label == "anomaly"), int(c.domain == "target"), _stem(c.name)) for c in group]
         sections[(machine, section)] = _make_truth(machine, section, rows, {})
     if not sections and not unlabelled:
         raise DataError(f"No test clips in {origin}; point --data at a dataset with <machine>/test/ folders.")
-    return GroundTruth(sections=sections, origin=origin, unlabelled=tuple(sorted(unlabelled - {m for m, _ in sections})))
+    return GroundTruth(
+        sections=sections, origin=origin, unlabelled=tuple(sorted(unlabelled - {m for m, _ in sections}))
+    )
 
 
 def ground_truth_from_data(data_root: Path | str) -> GroundTruth:

@@ -16,16 +16,31 @@ from asdcli.evaluate.render import pct
 from asdcli.evaluate.report import SystemReport
 
 METRIC_MEANINGS = (
-    ("official score", "Harmonic mean of AUC (source), AUC (target) and pAUC over every machine and section: "
-     "the challenge's ranking number; one weak value pulls it down."),
-    ("AUC (source)", "Chance that an anomalous clip (of either domain) scores higher than a normal clip of the "
-     "source domain; 50 % is guessing, 100 % is perfect."),
-    ("AUC (target)", "The same against the normal clips of the target domain (few training clips): how well "
-     "one detector serves the shifted conditions."),
-    ("pAUC", f"AUC restricted to false positive rates up to {metrics.MAX_FPR:g} (McClish-standardised, 50 % = "
-     "chance): how well anomalies are found while few normal clips are flagged."),
-    ("precision / recall / F1", "From the 0/1 decisions (score above the bank's threshold): share of flagged "
-     "clips that are anomalous, share of anomalies flagged, and their harmonic mean, per domain."),
+    (
+        "official score",
+        "Harmonic mean of AUC (source), AUC (target) and pAUC over every machine and section: "
+        "the challenge's ranking number; one weak value pulls it down.",
+    ),
+    (
+        "AUC (source)",
+        "Chance that an anomalous clip (of either domain) scores higher than a normal clip of the "
+        "source domain; 50 % is guessing, 100 % is perfect.",
+    ),
+    (
+        "AUC (target)",
+        "The same against the normal clips of the target domain (few training clips): how well "
+        "one detector serves the shifted conditions.",
+    ),
+    (
+        "pAUC",
+        f"AUC restricted to false positive rates up to {metrics.MAX_FPR:g} (McClish-standardised, 50 % = "
+        "chance): how well anomalies are found while few normal clips are flagged.",
+    ),
+    (
+        "precision / recall / F1",
+        "From the 0/1 decisions (score above the bank's threshold): share of flagged "
+        "clips that are anomalous, share of anomalies flagged, and their harmonic mean, per domain.",
+    ),
 )
 
 _STYLE = """
@@ -47,8 +62,9 @@ def _e(text: object) -> str:
 def _cells(values: Sequence[float], best: bool) -> str:
     finite = [v for v in values if not math.isnan(v)]
     top = max(finite) if best and len(finite) > 1 else None
-    return "".join(f'<td class="best">{pct(v)}</td>' if top is not None and v == top else f"<td>{pct(v)}</td>"
-                   for v in values)
+    return "".join(
+        f'<td class="best">{pct(v)}</td>' if top is not None and v == top else f"<td>{pct(v)}</td>" for v in values
+    )
 
 
 def comparison_table(reports: Sequence[SystemReport]) -> str:
@@ -56,13 +72,21 @@ def comparison_table(reports: Sequence[SystemReport]) -> str:
     machines = sorted({m for r in reports for m in r.machines})
     nan = float("nan")
     head = "".join(f"<th>{_e(r.name)}</th>" for r in reports)
-    rows = [f'<tr><td class="label">{_e(m)}</td>'
-            + _cells([r.machine_score(m)["harmonic mean"] if m in r.machines else nan for r in reports], True)
-            + "</tr>" for m in machines]
-    rows.append('<tr class="total"><td class="label">official score</td>'
-                + _cells([r.official_score for r in reports], True) + "</tr>")
-    return (f'<table id="comparison"><caption>Score per machine in % (harmonic mean of AUC source, AUC target, '
-            f"pAUC; best in bold green)</caption><tr><th>machine</th>{head}</tr>{''.join(rows)}</table>")
+    rows = [
+        f'<tr><td class="label">{_e(m)}</td>'
+        + _cells([r.machine_score(m)["harmonic mean"] if m in r.machines else nan for r in reports], True)
+        + "</tr>"
+        for m in machines
+    ]
+    rows.append(
+        '<tr class="total"><td class="label">official score</td>'
+        + _cells([r.official_score for r in reports], True)
+        + "</tr>"
+    )
+    return (
+        f'<table id="comparison"><caption>Score per machine in % (harmonic mean of AUC source, AUC target, '
+        f"pAUC; best in bold green)</caption><tr><th>machine</th>{head}</tr>{''.join(rows)}</table>"
+    )
 
 
 def metric_table(reports: Sequence[SystemReport]) -> str:
@@ -73,42 +97,62 @@ def metric_table(reports: Sequence[SystemReport]) -> str:
     rows = []
     for machine, section in keys:
         for col in metrics.OFFICIAL_COLUMNS:
-            values = [nan if (machine, section) not in found else found[(machine, section)].metrics[col]
-                      for found in by_system]
-            rows.append(f'<tr><td class="label">{_e(machine)} section {_e(section)}</td><td class="label">{_e(col)}'
-                        f"</td>{_cells(values, True)}</tr>")
+            values = [
+                nan if (machine, section) not in found else found[(machine, section)].metrics[col]
+                for found in by_system
+            ]
+            rows.append(
+                f'<tr><td class="label">{_e(machine)} section {_e(section)}</td><td class="label">{_e(col)}'
+                f"</td>{_cells(values, True)}</tr>"
+            )
     head = "".join(f"<th>{_e(r.name)}</th>" for r in reports)
-    return (f'<table id="metrics"><caption>Every value of the official score, in %</caption>'
-            f"<tr><th>machine / section</th><th>metric</th>{head}</tr>{''.join(rows)}</table>")
+    return (
+        f'<table id="metrics"><caption>Every value of the official score, in %</caption>'
+        f"<tr><th>machine / section</th><th>metric</th>{head}</tr>{''.join(rows)}</table>"
+    )
 
 
 def system_table(report: SystemReport) -> str:
     """One system: a row per machine/section with every AUC/pAUC and, with decisions, F1."""
-    cols = list(metrics.OFFICIAL_COLUMNS) + ["AUC (all)"] + (
-        ["F1 score (source)", "F1 score (target)"] if report.has_decisions else [])
+    cols = (
+        list(metrics.OFFICIAL_COLUMNS)
+        + ["AUC (all)"]
+        + (["F1 score (source)", "F1 score (target)"] if report.has_decisions else [])
+    )
     head = "".join(f"<th>{_e(c)}</th>" for c in cols) + "<th>threshold</th>"
     rows = []
     for r in report.sections:
         threshold = "" if r.threshold is None else f"{r.threshold:.4g}"
-        rows.append(f'<tr><td class="label">{_e(r.machine)} section {_e(r.section)}</td>'
-                    + _cells([r.metrics[c] for c in cols], False) + f"<td>{threshold}</td></tr>")
+        rows.append(
+            f'<tr><td class="label">{_e(r.machine)} section {_e(r.section)}</td>'
+            + _cells([r.metrics[c] for c in cols], False)
+            + f"<td>{threshold}</td></tr>"
+        )
     summary = report.summary()["harmonic mean"]
-    rows.append('<tr class="total"><td class="label">harmonic mean</td>' + _cells([summary[c] for c in cols], False)
-                + "<td></td></tr>")
+    rows.append(
+        '<tr class="total"><td class="label">harmonic mean</td>'
+        + _cells([summary[c] for c in cols], False)
+        + "<td></td></tr>"
+    )
     return f"<table><tr><th>machine / section</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def _image(name: str, png: bytes) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return f'<figure><img alt="{_e(name)}" src="data:image/png;base64,{data}"><figcaption>{_e(name)}</figcaption></figure>'
+    return (
+        f'<figure><img alt="{_e(name)}" src="data:image/png;base64,{data}"><figcaption>{_e(name)}</figcaption></figure>'
+    )
 
 
 def html_page(reports: Sequence[SystemReport]) -> str:
     """The whole page as one string."""
     meanings = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in METRIC_MEANINGS)
     plots = {rel: png_bytes(fig) for rel, fig in figures(reports)}
-    parts = [f"<h1>Anomalous sound detection report: {', '.join(_e(r.name) for r in reports)}</h1>",
-             "<h2>Systems side by side</h2>", comparison_table(reports)]
+    parts = [
+        f"<h1>Anomalous sound detection report: {', '.join(_e(r.name) for r in reports)}</h1>",
+        "<h2>Systems side by side</h2>",
+        comparison_table(reports),
+    ]
     if "comparison.png" in plots:
         parts.append(_image("comparison.png", plots.pop("comparison.png")))
     parts += [metric_table(reports), "<h2>What the numbers mean</h2>", f"<dl>{meanings}</dl>"]
@@ -118,7 +162,8 @@ def html_page(reports: Sequence[SystemReport]) -> str:
         mine = [rel for rel in plots if len(reports) == 1 or rel.startswith(safe_name(report.name) + "/")]
         parts += [_image(rel, plots[rel]) for rel in mine]
     body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>asd report</title>'
-            f"<style>{_STYLE}</style></head>\n<body>\n{body}\n<p><small>Made by asdcli {_e(__version__)} "
-            "(`asd report --html`).</small></p>\n</body></html>\n")
-
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>asd report</title>'
+        f"<style>{_STYLE}</style></head>\n<body>\n{body}\n<p><small>Made by asdcli {_e(__version__)} "
+        "(`asd report --html`).</small></p>\n</body></html>\n"
+    )

@@ -34,9 +34,18 @@ DOMAINS = ("source", "target")
 
 # Per machine/section columns, in the order of the baseline's result files (plus AUC (all)).
 COLUMNS = (
-    "AUC (source)", "AUC (target)", "AUC (all)", "pAUC", "pAUC (source)", "pAUC (target)",
-    "precision (source)", "precision (target)", "recall (source)", "recall (target)",
-    "F1 score (source)", "F1 score (target)",
+    "AUC (source)",
+    "AUC (target)",
+    "AUC (all)",
+    "pAUC",
+    "pAUC (source)",
+    "pAUC (target)",
+    "precision (source)",
+    "precision (target)",
+    "recall (source)",
+    "recall (target)",
+    "F1 score (source)",
+    "F1 score (target)",
 )
 # The values that enter the official score, for every machine/section.
 OFFICIAL_COLUMNS = ("AUC (source)", "AUC (target)", "pAUC")
@@ -192,4 +201,3 @@ def column_means(rows: Iterable[Mapping[str, float]], columns: Iterable[str] = C
         "arithmetic mean": {c: amean(r[c] for r in rows) for c in cols},
         "harmonic mean": {c: hmean(r[c] for r in rows) for c in cols},
     }
-

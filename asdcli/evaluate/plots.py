@@ -68,10 +68,21 @@ def _roc_axes(ax: Axes, r: SectionResult) -> None:
         if 0 < y.sum() < y.size:
             fpr, tpr, _ = roc_curve(y, s)
             key = "AUC (all)" if domain == "all" else f"AUC ({domain})"
-            ax.plot(fpr, tpr, color=_COLORS[domain], lw=2 if domain != "all" else 1.2,
-                    ls="-" if domain != "all" else "--", label=f"{domain}: AUC {_pct(r.metrics[key])}")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="share of normal clips flagged (false positive rate)",
-           ylabel="share of anomalies found (true positive rate)", title="ROC: domain normals vs all anomalies")
+            ax.plot(
+                fpr,
+                tpr,
+                color=_COLORS[domain],
+                lw=2 if domain != "all" else 1.2,
+                ls="-" if domain != "all" else "--",
+                label=f"{domain}: AUC {_pct(r.metrics[key])}",
+            )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="share of normal clips flagged (false positive rate)",
+        ylabel="share of anomalies found (true positive rate)",
+        title="ROC: domain normals vs all anomalies",
+    )
     _legend_below(ax)
     ax.grid(alpha=0.3)
 
@@ -86,8 +97,13 @@ def _hist_axes(ax: Axes, r: SectionResult, domain: str, bins: np.ndarray) -> Non
     title = f"{domain} domain: anomaly scores"
     if r.threshold is not None:
         flagged = int(np.sum(r.scores[in_domain] > r.threshold))
-        ax.axvline(r.threshold, color="black", ls="--", lw=1.5,
-                   label=f"decision threshold {r.threshold:.4g} ({flagged} of {int(in_domain.sum())} flagged)")
+        ax.axvline(
+            r.threshold,
+            color="black",
+            ls="--",
+            lw=1.5,
+            label=f"decision threshold {r.threshold:.4g} ({flagged} of {int(in_domain.sum())} flagged)",
+        )
     else:
         title += " (no threshold: pass --banks)"
     ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="number of clips", title=title)
@@ -106,15 +122,20 @@ def section_figure(report: SystemReport, r: SectionResult) -> Figure:
     for ax, domain in zip(axes[1:], metrics.DOMAINS):
         _hist_axes(ax, r, domain, bins)
     m = r.metrics
-    fig.suptitle(f"{report.name} | {r.machine} section {r.section}: AUC source {_pct(m['AUC (source)'])}, "
-                 f"AUC target {_pct(m['AUC (target)'])}, pAUC {_pct(m['pAUC'])} (%)", fontsize=13)
+    fig.suptitle(
+        f"{report.name} | {r.machine} section {r.section}: AUC source {_pct(m['AUC (source)'])}, "
+        f"AUC target {_pct(m['AUC (target)'])}, pAUC {_pct(m['pAUC'])} (%)",
+        fontsize=13,
+    )
     fig.tight_layout()
     return fig
 
 
 def _bar_labels(report: SystemReport) -> list[str]:
-    return [r.machine if len(report.of_machine(r.machine)) == 1 else f"{r.machine}\nsec {r.section}"
-            for r in report.sections]
+    return [
+        r.machine if len(report.of_machine(r.machine)) == 1 else f"{r.machine}\nsec {r.section}"
+        for r in report.sections
+    ]
 
 
 def summary_figure(report: SystemReport) -> Figure:
@@ -127,15 +148,23 @@ def summary_figure(report: SystemReport) -> Figure:
     for k, (col, color) in enumerate(zip(metrics.OFFICIAL_COLUMNS, _BAR_COLORS)):
         vals = np.array([100 * r.metrics[col] for r in report.sections])
         bars = ax.bar(x + (k - 1) * width, np.nan_to_num(vals), width, color=color, label=col)
-        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1,
-                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8})
+        ax.bar_label(
+            bars,
+            labels=[_pct(v / 100, 1) for v in vals],
+            fontsize=7,
+            padding=1,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8},
+        )
     official = report.official_score
     ax.axhline(50, color="grey", ls=":", lw=1, label="chance (50)")
     if not np.isnan(official):
         ax.axhline(100 * official, color="black", ls="--", lw=1.2, label=f"official score {_pct(official)}")
     ax.set_xticks(x, _bar_labels(report))
-    ax.set(ylim=(0, 105), ylabel="AUC / pAUC (%)", title=f"{report.name}: official score {_pct(official)} "
-           f"(harmonic mean of {3 * n} values)")
+    ax.set(
+        ylim=(0, 105),
+        ylabel="AUC / pAUC (%)",
+        title=f"{report.name}: official score {_pct(official)} (harmonic mean of {3 * n} values)",
+    )
     _legend_below(ax, ncol=5, offset=-0.12)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -151,14 +180,26 @@ def comparison_figure(reports: Sequence[SystemReport]) -> Figure:
     width = 0.8 / len(reports)
     for k, r in enumerate(reports):
         vals = np.array([100 * r.machine_score(m)["harmonic mean"] if m in r.machines else np.nan for m in machines])
-        bars = ax.bar(x + (k - (len(reports) - 1) / 2) * width, np.nan_to_num(vals), width,
-                      label=f"{r.name} (official {_pct(r.official_score)})")
-        ax.bar_label(bars, labels=[_pct(v / 100, 1) for v in vals], fontsize=7, padding=1,
-                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8})
+        bars = ax.bar(
+            x + (k - (len(reports) - 1) / 2) * width,
+            np.nan_to_num(vals),
+            width,
+            label=f"{r.name} (official {_pct(r.official_score)})",
+        )
+        ax.bar_label(
+            bars,
+            labels=[_pct(v / 100, 1) for v in vals],
+            fontsize=7,
+            padding=1,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8},
+        )
     ax.axhline(50, color="grey", ls=":", lw=1)
     ax.set_xticks(x, machines)
-    ax.set(ylim=(0, 105), ylabel="machine score (%)\n(harmonic mean of AUC source, AUC target, pAUC)",
-           title="Systems compared per machine")
+    ax.set(
+        ylim=(0, 105),
+        ylabel="machine score (%)\n(harmonic mean of AUC source, AUC target, pAUC)",
+        title="Systems compared per machine",
+    )
     _legend_below(ax, ncol=min(3, len(reports)), offset=-0.1)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

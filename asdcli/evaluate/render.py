@@ -25,15 +25,19 @@ from asdcli.evaluate.tidy import COLUMNS, format_value, json_value, official_row
 
 FORMATS = ("table", "csv", "json", "official")
 _TABLE_COLUMNS = ("AUC (source)", "AUC (target)", "AUC (all)", "pAUC", "pAUC (source)", "pAUC (target)")
-_SHORT = {"AUC (source)": "AUC src", "AUC (target)": "AUC tgt", "AUC (all)": "AUC all", "pAUC": "pAUC",
-          "pAUC (source)": "pAUC src", "pAUC (target)": "pAUC tgt"}
+_SHORT = {
+    "AUC (source)": "AUC src",
+    "AUC (target)": "AUC tgt",
+    "AUC (all)": "AUC all",
+    "pAUC": "pAUC",
+    "pAUC (source)": "pAUC src",
+    "pAUC (target)": "pAUC tgt",
+}
 
 
 def pct(v: float) -> str:
     """A fraction as a percentage with two decimals; ``n/a`` when undefined, 0.00 for the epsilon floor."""
     return "n/a" if math.isnan(v) else f"{100.0 * without_epsilon(v):.2f}"
-
-
 
 
 def to_csv(reports: Sequence[SystemReport]) -> str:
@@ -65,6 +69,7 @@ def to_official(reports: Sequence[SystemReport]) -> str:
 
 # ---------------------------------------------------------------- Rich tables
 
+
 def _row_label(report: SystemReport, machine: str, section: str) -> str:
     return escape(machine if len(report.of_machine(machine)) == 1 and section == "00" else f"{machine} sec {section}")
 
@@ -72,16 +77,22 @@ def _row_label(report: SystemReport, machine: str, section: str) -> str:
 def system_table(report: SystemReport) -> Table:
     """One system: a row per machine/section, per-column means, and the official score."""
     cols = list(_TABLE_COLUMNS)
-    table = Table(title=f"{escape(report.name)}: AUC / pAUC in % (pAUC: FPR <= {metrics.MAX_FPR:g}, McClish)",
-                  caption="src/tgt: the domain's normals + all anomalies. h-mean: of AUC src, AUC tgt, pAUC",
-                  header_style="bold", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=f"{escape(report.name)}: AUC / pAUC in % (pAUC: FPR <= {metrics.MAX_FPR:g}, McClish)",
+        caption="src/tgt: the domain's normals + all anomalies. h-mean: of AUC src, AUC tgt, pAUC",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+    )
     table.add_column("machine", no_wrap=True)
     for c in cols:
         table.add_column(_SHORT[c].replace(" ", "\n"), justify="right", no_wrap=True)
     table.add_column("h-mean", justify="right", style="bold", no_wrap=True)
     for r in report.sections:
-        table.add_row(_row_label(report, r.machine, r.section), *(pct(r.metrics[c]) for c in cols),
-                      pct(metrics.hmean(r.official_values())))
+        table.add_row(
+            _row_label(report, r.machine, r.section),
+            *(pct(r.metrics[c]) for c in cols),
+            pct(metrics.hmean(r.official_values())),
+        )
     summary = report.summary()
     table.add_section()
     table.add_row("a-mean", *(pct(summary["arithmetic mean"][c]) for c in cols), "")
@@ -94,8 +105,11 @@ def system_table(report: SystemReport) -> Table:
 def decision_table(report: SystemReport) -> Table:
     """One system's precision, recall and F1 per domain (from the decision files), in %."""
     cols = metrics.DECISION_COLUMNS
-    table = Table(title=f"{escape(report.name)}: decisions, in % (each domain's own clips)", header_style="bold",
-                  box=box.SIMPLE_HEAD)
+    table = Table(
+        title=f"{escape(report.name)}: decisions, in % (each domain's own clips)",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+    )
     table.add_column("machine", no_wrap=True)
     for c in cols:
         table.add_column(c.replace(" score", "").replace(" (", "\n("), justify="right", no_wrap=True)
@@ -116,8 +130,9 @@ def _best_marks(values: list[float]) -> list[str]:
 
 def comparison_table(reports: Sequence[SystemReport]) -> Table:
     """Several systems: one column per system, rows per machine and metric, best value per row ★."""
-    table = Table(title="Systems compared: AUC / pAUC in % (★ = best in the row)", header_style="bold",
-                  box=box.SIMPLE_HEAD)
+    table = Table(
+        title="Systems compared: AUC / pAUC in % (★ = best in the row)", header_style="bold", box=box.SIMPLE_HEAD
+    )
     table.add_column("machine", no_wrap=True)
     table.add_column("metric", no_wrap=True)
     for r in reports:
@@ -145,6 +160,7 @@ def tables(reports: Sequence[SystemReport]) -> list[Table]:
 
 
 # ---------------------------------------------------------------- output
+
 
 def render(reports: Sequence[SystemReport], fmt: str, stream: IO[str], width: int | None = None) -> None:
     """Write the reports to ``stream`` as ``table``, ``csv``, ``json`` or ``official``."""

@@ -30,7 +30,8 @@ from asdcli.evaluate.ground_truth import GroundTruth, SectionTruth, first_few
 
 # Also matches the baseline's own names, anomaly_score_DCASE2025T2fan_section_00_test_seed13711_id(0_).csv.
 _SCORE_NAME = re.compile(
-    r"^anomaly_score_(?:DCASE20\d\dT2)?(?P<machine>.+?)_section_(?P<section>\d+)_test(?P<tag>.*)\.csv$")
+    r"^anomaly_score_(?:DCASE20\d\dT2)?(?P<machine>.+?)_section_(?P<section>\d+)_test(?P<tag>.*)\.csv$"
+)
 STDIN = "-"
 
 
@@ -86,8 +87,11 @@ class SystemReport:
     def official_score(self) -> float:
         """hmean of every section's AUC (source), AUC (target) and pAUC (epsilon-floored)."""
         s = self.sections
-        return metrics.official_score([r.metrics["AUC (source)"] for r in s],
-                                      [r.metrics["AUC (target)"] for r in s], [r.metrics["pAUC"] for r in s])
+        return metrics.official_score(
+            [r.metrics["AUC (source)"] for r in s],
+            [r.metrics["AUC (target)"] for r in s],
+            [r.metrics["pAUC"] for r in s],
+        )
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per-column arithmetic and harmonic means over every machine/section."""
@@ -104,6 +108,7 @@ class SystemReport:
 
 
 # ---------------------------------------------------------------- reading score files
+
 
 def _is_header(row: Sequence[str]) -> bool:
     return bool(row) and row[0].strip().lower() in ("filename", "file_name", "file")
@@ -213,22 +218,28 @@ def align(entries: Sequence[Entry], truth: SectionTruth, what: str) -> np.ndarra
     if dups:
         raise DataError(f"{what}: {len(dups)} clip(s) listed more than once: {first_few(dups)}; keep one row per clip.")
     if unknown:
-        raise DataError(f"{what}: {len(unknown)} name(s) are not test clips of {sec}: {first_few(unknown)}; "
-                        "use the bare test file names (extra or misspelled rows are not allowed).")
+        raise DataError(
+            f"{what}: {len(unknown)} name(s) are not test clips of {sec}: {first_few(unknown)}; "
+            "use the bare test file names (extra or misspelled rows are not allowed)."
+        )
     missing = [truth.filenames[i] for i in range(len(truth)) if i not in seen]
     if missing:
-        raise DataError(f"{what}: {len(missing)} of {len(truth)} test clips of {sec} have no row: {first_few(missing)}; "
-                        "every test clip needs exactly one row.")
+        raise DataError(
+            f"{what}: {len(missing)} of {len(truth)} test clips of {sec} have no row: {first_few(missing)}; "
+            "every test clip needs exactly one row."
+        )
     return values
 
 
-def evaluate_section(truth: SectionTruth, scores: np.ndarray, decisions: np.ndarray | None = None,
-                     threshold: float | None = None) -> SectionResult:
+def evaluate_section(
+    truth: SectionTruth, scores: np.ndarray, decisions: np.ndarray | None = None, threshold: float | None = None
+) -> SectionResult:
     """All metrics of one machine/section from aligned (N,) scores and optional 0/1 decisions."""
     d = None if decisions is None else decisions.astype(np.int8)
     values = metrics.section_metrics(truth.anomaly, scores, truth.target, d)
-    return SectionResult(truth.machine, truth.section, values, truth.filenames, scores, truth.anomaly, truth.target,
-                         d, threshold)
+    return SectionResult(
+        truth.machine, truth.section, values, truth.filenames, scores, truth.anomaly, truth.target, d, threshold
+    )
 
 
 def _undefined_warnings(results: Sequence[SectionResult], system: str) -> list[str]:
@@ -236,8 +247,10 @@ def _undefined_warnings(results: Sequence[SectionResult], system: str) -> list[s
     for r in results:
         bad = [c for c in metrics.OFFICIAL_COLUMNS + ("AUC (all)",) if math.isnan(r.metrics[c])]
         if bad:
-            out.append(f"{system}: {', '.join(bad)} of {r.machine} section {r.section} undefined "
-                       "(the clips lack normals or anomalies of a domain); the official score is n/a.")
+            out.append(
+                f"{system}: {', '.join(bad)} of {r.machine} section {r.section} undefined "
+                "(the clips lack normals or anomalies of a domain); the official score is n/a."
+            )
     return out
 
 
@@ -245,13 +258,21 @@ def _coverage_warnings(done: set[tuple[str, str]], truth: GroundTruth, system: s
     missing = sorted(set(truth.sections) - done)
     if not missing:
         return []
-    return [(f"{system} has no scores for {first_few([f'{m} section {s}' for m, s in missing])}; "
-             f"its official score covers only the {len(done)} machine/section(s) it has.")]
+    return [
+        (
+            f"{system} has no scores for {first_few([f'{m} section {s}' for m, s in missing])}; "
+            f"its official score covers only the {len(done)} machine/section(s) it has."
+        )
+    ]
 
 
-def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | None = None,
-                        thresholds: Mapping[tuple[str, str], float] | None = None,
-                        skip_unlabelled: bool = False) -> SystemReport:
+def evaluate_submission(
+    submission: Path | str,
+    truth: GroundTruth,
+    name: str | None = None,
+    thresholds: Mapping[tuple[str, str], float] | None = None,
+    skip_unlabelled: bool = False,
+) -> SystemReport:
     """Evaluate a submission folder against ``truth``; ``thresholds`` (from :func:`bank_thresholds`)
     are recorded with each machine/section's result. With ``skip_unlabelled`` the score files of
     machines whose test names carry no labels (evaluation data next to dev data) are left out,
@@ -270,11 +291,15 @@ def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | 
             continue
         key = (m["machine"], m["section"])
         if key in found:
-            raise DataError(f"{folder} holds two score files for {key[0]} section {key[1]}: {found[key].name}, {path.name}.")
+            raise DataError(
+                f"{folder} holds two score files for {key[0]} section {key[1]}: {found[key].name}, {path.name}."
+            )
         found[key] = path
     if not found:
-        raise DataError(f"{folder} holds no anomaly_score_<machine>_section_<SS>_test.csv file; "
-                        "point asd report at the folder that `asd score --submission-dir` (or `asd run`) wrote.")
+        raise DataError(
+            f"{folder} holds no anomaly_score_<machine>_section_<SS>_test.csv file; "
+            "point asd report at the folder that `asd score --submission-dir` (or `asd run`) wrote."
+        )
     system = name or folder.name or str(folder)
     skipped = sorted({m for m, _ in found if m in truth.unlabelled}) if skip_unlabelled else []
     found = {k: v for k, v in found.items() if k[0] not in skipped}
@@ -289,8 +314,10 @@ def evaluate_submission(submission: Path | str, truth: GroundTruth, name: str | 
         results.append(evaluate_section(st, scores, decisions, (thresholds or {}).get((machine, section))))
     warnings = _undefined_warnings(results, system) + _coverage_warnings(set(found), truth, system)
     if skipped:
-        warnings.append(f"{system}: {', '.join(skipped)} not evaluated: their test file names carry no labels "
-                        "(evaluation data); their score files are the challenge submission.")
+        warnings.append(
+            f"{system}: {', '.join(skipped)} not evaluated: their test file names carry no labels "
+            "(evaluation data); their score files are the challenge submission."
+        )
     return SystemReport(system, str(folder), tuple(results), tuple(warnings))
 
 
@@ -332,8 +359,12 @@ def system_names(paths: Sequence[str], given: Sequence[str] = ()) -> list[str]:
 
 
 def evaluate_all(
-    submissions: Sequence[str], truth: GroundTruth, machine: str | None = None, stdin_text: str | None = None,
-    names: Sequence[str] = (), thresholds: Sequence[Mapping[tuple[str, str], float] | None] = (),
+    submissions: Sequence[str],
+    truth: GroundTruth,
+    machine: str | None = None,
+    stdin_text: str | None = None,
+    names: Sequence[str] = (),
+    thresholds: Sequence[Mapping[tuple[str, str], float] | None] = (),
 ) -> list[SystemReport]:
     """Evaluate several submissions: folders, single score files, or ``-`` (``stdin_text``,
     one machine named by ``machine``); ``names`` and ``thresholds`` are one per submission."""
@@ -350,8 +381,9 @@ def evaluate_all(
             report = evaluate_score_file(Path(sub), truth, machine)
         else:
             report = evaluate_submission(sub, truth, name, thr)
-        reports.append(report if report.name == name else SystemReport(name, report.path, report.sections,
-                                                                        report.warnings))
+        reports.append(
+            report if report.name == name else SystemReport(name, report.path, report.sections, report.warnings)
+        )
     return reports
 
 

@@ -97,8 +97,10 @@ def check_outputs(cfg: ReportConfig) -> None:
     inputs = {p.resolve(): p for p in _input_files(cfg)}
     for option, out in (("--out", cfg.out), ("--html", cfg.html)):
         if out is not None and out.resolve() in inputs:
-            raise ConfigError(f"{option} {out} is one of the report's inputs ({inputs[out.resolve()]}); "
-                              "write the result to another file.")
+            raise ConfigError(
+                f"{option} {out} is one of the report's inputs ({inputs[out.resolve()]}); "
+                "write the result to another file."
+            )
 
 
 def _thresholds(cfg: ReportConfig) -> list[dict[tuple[str, str], float] | None]:
@@ -137,8 +139,12 @@ def run_report(
     if cfg.ground_truth_out is not None:
         truth = load_ground_truth(cfg.ground_truth, cfg.data)
         paths = write_ground_truth(truth, cfg.ground_truth_out)
-        console.print(f"Wrote {len(paths)} ground-truth files for {len(truth.sections)} machine/section(s) "
-                      f"to {cfg.ground_truth_out}", highlight=False, markup=False)
+        console.print(
+            f"Wrote {len(paths)} ground-truth files for {len(truth.sections)} machine/section(s) "
+            f"to {cfg.ground_truth_out}",
+            highlight=False,
+            markup=False,
+        )
     if not cfg.submissions:
         return []
     reports = evaluate_reports(cfg, stdin_text)
@@ -186,8 +192,11 @@ def report_submission(
     """Evaluate one submission folder against the labelled test names under ``data_root`` (or the
     official CSVs in ``ground_truth``), render it and return it (``.official_score`` etc.)."""
     cfg = ReportConfig(
-        submissions=(str(submission_dir),), ground_truth=None if ground_truth is None else Path(ground_truth),
-        data=None if data_root is None else Path(data_root), fmt=fmt,
-        plots=None if plots_dir is None else Path(plots_dir), out=None if out is None else Path(out),
+        submissions=(str(submission_dir),),
+        ground_truth=None if ground_truth is None else Path(ground_truth),
+        data=None if data_root is None else Path(data_root),
+        fmt=fmt,
+        plots=None if plots_dir is None else Path(plots_dir),
+        out=None if out is None else Path(out),
     )
     return run_report(cfg, stdout=stdout, console=console)[0]

@@ -100,6 +100,7 @@ def json_value(row: TidyRow) -> float | int | None:
 
 # ---------------------------------------------------------------- the evaluator's layout
 
+
 def _official_num(v: float) -> str:
     return "" if math.isnan(v) else f"{v:.10g}"
 
@@ -111,13 +112,16 @@ def official_rows(report: SystemReport) -> list[list[str]]:
     rows: list[list[str]] = []
     for machine in report.machines:
         rows += [[machine], ["section", *OFFICIAL_COLUMNS]]
-        rows += [[r.section, *(_official_num(r.metrics[c]) for c in OFFICIAL_COLUMNS)] for r in report.of_machine(machine)]
+        rows += [
+            [r.section, *(_official_num(r.metrics[c]) for c in OFFICIAL_COLUMNS)] for r in report.of_machine(machine)
+        ]
         for label, values in report.machine_summary(machine).items():
             rows.append([label, *(_official_num(values[c]) for c in OFFICIAL_COLUMNS)])
         rows.append([])
     rows.append(["summary", *OFFICIAL_COLUMNS])
     for label, values in report.summary().items():
-        rows.append([f"{label} over all machine types and sections",
-                     *(_official_num(values[c]) for c in OFFICIAL_COLUMNS)])
+        rows.append(
+            [f"{label} over all machine types and sections", *(_official_num(values[c]) for c in OFFICIAL_COLUMNS)]
+        )
     rows += [[], [OFFICIAL_SCORE, _official_num(report.official_score)]]
     return rows

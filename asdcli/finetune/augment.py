@@ -35,8 +35,10 @@ def spec_augment(fbank: torch.Tensor, generator: torch.Generator | None = None) 
     """
     b, t, f = fbank.shape
     keep = torch.ones(b, t, f, dtype=torch.bool, device=fbank.device)
-    for axis, n_masks, width in ((1, SPEC_TIME_MASKS, max(1, int(t * SPEC_TIME_WIDTH))),
-                                 (2, SPEC_FREQ_MASKS, SPEC_FREQ_WIDTH)):
+    for axis, n_masks, width in (
+        (1, SPEC_TIME_MASKS, max(1, int(t * SPEC_TIME_WIDTH))),
+        (2, SPEC_FREQ_MASKS, SPEC_FREQ_WIDTH),
+    ):
         size = t if axis == 1 else f
         for _ in range(n_masks):
             w = torch.randint(0, width + 1, (b,), generator=generator)
@@ -48,8 +50,9 @@ def spec_augment(fbank: torch.Tensor, generator: torch.Generator | None = None) 
     return torch.where(keep, fbank, fill)
 
 
-def mixup(fbank: torch.Tensor, labels: torch.Tensor, alpha: float,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def mixup(
+    fbank: torch.Tensor, labels: torch.Tensor, alpha: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Mix each clip with another of the batch: lam*x + (1-lam)*x[perm], lam ~ Beta(alpha, alpha).
 
     ``generator`` (CPU) gives the permutation and the seed of the Beta draw (torch's Beta sampler

@@ -42,23 +42,39 @@ class FinetuneConfig:
     warmup_fraction: float = field(default=0.05, metadata=cli("Share of the steps with linear warm-up."))
     seed: int = field(default=0, metadata=cli("Seed of initialisation, split, order and augmentation."))
     seconds: float = field(default=10.0, metadata=cli("Cut or zero-pad every clip to this many seconds."))
-    channel: int | None = field(default=None, metadata=cli(
-        "Keep this 0-based channel of multi-channel files (default: mean of channels)."))
+    channel: int | None = field(
+        default=None, metadata=cli("Keep this 0-based channel of multi-channel files (default: mean of channels).")
+    )
     val_fraction: float = field(default=0.1, metadata=cli("Share of each class held out for the accuracy."))
-    labels: str = field(default="machine", metadata=cli(
-        "Classes: 'machine', 'attribute' (machine + attributes) or 'attribute+domain' (and the domain)."))
-    merge_machines: bool = field(default=False, metadata=cli(
-        "With several dataset roots: one class per machine name across roots (default: a machine name "
-        "found under two roots is two classes, ROOT/machine)."))
-    subcentres: int = field(default=1, metadata=cli(
-        "Sub-centre AAM: K weight vectors per class, the logit is the best of them (1 = plain AAM)."))
-    use_clean: bool = field(default=False, metadata=cli(
-        "Train on the supplemental clean machine clips (`_machine_` names) as extra normal clips."))
-    full_finetune: bool = field(default=False, metadata=cli(
-        "Train every backbone weight instead of LoRA (saved as backbone.safetensors)."))
-    layer_decay: float = field(default=1.0, metadata=cli(
-        "With --full-finetune: the head learns at lr, encoder layer i (1 = lowest) of L at "
-        "lr * decay^(L + 1 - i), the patch embedding at lr * decay^(L + 1) (1 = no decay)."))
+    labels: str = field(
+        default="machine",
+        metadata=cli("Classes: 'machine', 'attribute' (machine + attributes) or 'attribute+domain' (and the domain)."),
+    )
+    merge_machines: bool = field(
+        default=False,
+        metadata=cli(
+            "With several dataset roots: one class per machine name across roots (default: a machine name "
+            "found under two roots is two classes, ROOT/machine)."
+        ),
+    )
+    subcentres: int = field(
+        default=1,
+        metadata=cli("Sub-centre AAM: K weight vectors per class, the logit is the best of them (1 = plain AAM)."),
+    )
+    use_clean: bool = field(
+        default=False,
+        metadata=cli("Train on the supplemental clean machine clips (`_machine_` names) as extra normal clips."),
+    )
+    full_finetune: bool = field(
+        default=False, metadata=cli("Train every backbone weight instead of LoRA (saved as backbone.safetensors).")
+    )
+    layer_decay: float = field(
+        default=1.0,
+        metadata=cli(
+            "With --full-finetune: the head learns at lr, encoder layer i (1 = lowest) of L at "
+            "lr * decay^(L + 1 - i), the patch embedding at lr * decay^(L + 1) (1 = no decay)."
+        ),
+    )
     lora_rank: int = field(default=64, metadata=cli("LoRA rank on q_proj/k_proj/v_proj of every layer."))
     lora_alpha: float = field(default=64.0, metadata=cli("LoRA alpha (scaling alpha/rank)."))
     lora_dropout: float = field(default=0.1, metadata=cli("Dropout on the LoRA input."))
@@ -67,13 +83,18 @@ class FinetuneConfig:
     scale: float = field(default=30.0, metadata=cli("AAM logit scale."))
     specaugment: bool = field(default=False, metadata=cli("Mask 2 time and 2 mel bands per clip."))
     mixup: float = field(default=0.0, metadata=cli("Mixup Beta(alpha, alpha) on fbank; 0 = off (try 0.4)."))
-    noise_mix: bool = field(default=False, metadata=cli(
-        "Mix supplemental noise-only clips (`_noise_` names) into half the clips at 5-20 dB SNR."))
+    noise_mix: bool = field(
+        default=False,
+        metadata=cli("Mix supplemental noise-only clips (`_noise_` names) into half the clips at 5-20 dB SNR."),
+    )
     mixed_precision: str = field(default="no", metadata=cli("'no', 'bf16' or 'fp16' (fbank stays fp32)."))
-    device: str = field(default="auto", metadata=cli(
-        "auto, cpu, cuda (cuda:N) or mps (under accelerate launch each process uses its own GPU)."))
-    num_workers: int = field(default=0, metadata=cli(
-        "DataLoader processes that read audio.", flag="--workers", alias="--num-workers"))
+    device: str = field(
+        default="auto",
+        metadata=cli("auto, cpu, cuda (cuda:N) or mps (under accelerate launch each process uses its own GPU)."),
+    )
+    num_workers: int = field(
+        default=0, metadata=cli("DataLoader processes that read audio.", flag="--workers", alias="--num-workers")
+    )
 
     def __post_init__(self) -> None:
         for message in _problems(self):
@@ -98,6 +119,7 @@ def _finite(x: float) -> bool:
 
 def _problems(c: FinetuneConfig) -> list[str]:
     """Every invalid option as one sentence naming its flag (empty when the config is valid)."""
+
     def bad(name: str, rule: str) -> str:
         return f"{option_flag(name)} must be {rule}, got {getattr(c, name)!r}."
 
@@ -111,8 +133,10 @@ def _problems(c: FinetuneConfig) -> list[str]:
         (c.labels in LABEL_MODES, bad("labels", f"one of {', '.join(LABEL_MODES)}")),
         (c.subcentres >= 1, bad("subcentres", "at least 1")),
         (_finite(c.layer_decay) and 0.0 < c.layer_decay <= 1.0, bad("layer_decay", "in (0, 1]")),
-        (c.layer_decay == 1.0 or c.full_finetune,
-         f"--layer-decay {c.layer_decay!r} only applies with --full-finetune (LoRA trains no backbone layer)."),
+        (
+            c.layer_decay == 1.0 or c.full_finetune,
+            f"--layer-decay {c.layer_decay!r} only applies with --full-finetune (LoRA trains no backbone layer).",
+        ),
         (c.lora_rank >= 1, bad("lora_rank", "at least 1")),
         (_finite(c.lora_alpha) and c.lora_alpha > 0, bad("lora_alpha", "a finite number > 0")),
         (_finite(c.lora_dropout) and 0.0 <= c.lora_dropout < 1.0, bad("lora_dropout", "in [0, 1)")),

@@ -68,8 +68,9 @@ class CosineClassifier(nn.Module):
             return cos.view(-1, self.n_classes, self.subcentres).amax(dim=-1)  # (B, C)
 
 
-def aam_logits(cos: torch.Tensor, labels: torch.Tensor, margin: float = DEFAULT_MARGIN,
-               scale: float = DEFAULT_SCALE) -> torch.Tensor:
+def aam_logits(
+    cos: torch.Tensor, labels: torch.Tensor, margin: float = DEFAULT_MARGIN, scale: float = DEFAULT_SCALE
+) -> torch.Tensor:
     """AAM-softmax logits from cosines.
 
     Parameters
@@ -99,7 +100,8 @@ def aam_logits(cos: torch.Tensor, labels: torch.Tensor, margin: float = DEFAULT_
     return logits * scale
 
 
-def aam_loss(cos: torch.Tensor, labels: torch.Tensor, margin: float = DEFAULT_MARGIN,
-             scale: float = DEFAULT_SCALE) -> torch.Tensor:
+def aam_loss(
+    cos: torch.Tensor, labels: torch.Tensor, margin: float = DEFAULT_MARGIN, scale: float = DEFAULT_SCALE
+) -> torch.Tensor:
     """Mean cross-entropy of the AAM-softmax logits: cos (B, C), labels (B,) -> scalar."""
     return F.cross_entropy(aam_logits(cos, labels, margin, scale), labels)

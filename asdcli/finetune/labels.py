@@ -51,7 +51,7 @@ def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
     train, val = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = min(int(round(fraction * len(idx))), len(idx) - 1)
+        n_val = min(round(fraction * len(idx)), len(idx) - 1)
         val.extend(idx[:n_val].tolist())
         train.extend(idx[n_val:].tolist())
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
@@ -82,8 +82,11 @@ def machine_classes(machines_by_root: Mapping[str, Sequence[str]], merge: bool) 
     for machines in machines_by_root.values():
         for m in set(machines):
             seen[m] = seen.get(m, 0) + 1
-    return {(root, m): m if merge or seen[m] == 1 else f"{root}/{m}"
-            for root, machines in machines_by_root.items() for m in machines}
+    return {
+        (root, m): m if merge or seen[m] == 1 else f"{root}/{m}"
+        for root, machines in machines_by_root.items()
+        for m in machines
+    }
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,9 @@ class TrainingData:
     roots: tuple[Mapping[str, Any], ...] = ()
 
 
-def training_data(sources: Sequence[tuple[Path, Sequence[Clip]]], *, use_clean: bool, noise_mix: bool,
-                  merge_machines: bool) -> TrainingData:
+def training_data(
+    sources: Sequence[tuple[Path, Sequence[Clip]]], *, use_clean: bool, noise_mix: bool, merge_machines: bool
+) -> TrainingData:
     """Select and label the clips of each ``(root, clips found under it)``.
 
     Train clips always; supplemental clean clips with ``use_clean``; noise-only clips with
@@ -119,19 +123,33 @@ def training_data(sources: Sequence[tuple[Path, Sequence[Clip]]], *, use_clean: 
     picked: list[tuple[list[Clip], list[Clip], list[Clip]]] = []
     for i, (_, clips) in enumerate(sources):
         mine = [c for c in clips if owner[c.path.resolve()] == i]
-        picked.append(([c for c in mine if c.split == "train"],
-                       [c for c in mine if use_clean and c.kind == "machine"],
-                       [c for c in mine if noise_mix and c.kind == "noise"]))
-    classes = machine_classes({labels[i]: sorted({c.machine for c in tr + cl})
-                               for i, (tr, cl, _) in enumerate(picked)}, merge_machines)
+        picked.append(
+            (
+                [c for c in mine if c.split == "train"],
+                [c for c in mine if use_clean and c.kind == "machine"],
+                [c for c in mine if noise_mix and c.kind == "noise"],
+            )
+        )
+    classes = machine_classes(
+        {labels[i]: sorted({c.machine for c in tr + cl}) for i, (tr, cl, _) in enumerate(picked)}, merge_machines
+    )
     out: list[Clip] = []
     records: list[dict[str, Any]] = []
     for i, ((root, _), (train, clean, noise)) in enumerate(zip(sources, picked)):
         rename = {m: classes[(labels[i], m)] for m in {c.machine for c in train + clean}}
         out += [dataclasses.replace(c, machine=rename[c.machine]) for c in train + clean]
-        records.append({"path": str(root), "label": labels[i], "n_train": len(train), "n_clean": len(clean),
-                        "n_noise": len(noise), "machines": dict(sorted(rename.items())),
-                        "fingerprint": files_fingerprint([c.path for c in train + clean + noise])})
+        records.append(
+            {
+                "path": str(root),
+                "label": labels[i],
+                "n_train": len(train),
+                "n_clean": len(clean),
+                "n_noise": len(noise),
+                "machines": dict(sorted(rename.items())),
+                "fingerprint": files_fingerprint([c.path for c in train + clean + noise]),
+            }
+        )
     noise_all = tuple(c for _, _, noise in picked for c in noise)
-    return TrainingData(clips=tuple(out), noise=noise_all, n_clean=sum(len(cl) for _, cl, _ in picked),
-                        roots=tuple(records))
+    return TrainingData(
+        clips=tuple(out), noise=noise_all, n_clean=sum(len(cl) for _, cl, _ in picked), roots=tuple(records)
+    )

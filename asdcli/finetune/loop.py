@@ -66,8 +66,19 @@ if TYPE_CHECKING:
     from asdcli.frontend.beats.checkpoint import LoadedBeats
 
 # what tests and callers import from here besides finetune()
-__all__ = ["FinetuneConfig", "LabelledClips", "TrainingData", "build_labels", "build_model", "finetune",
-           "label_clips", "lr_at", "resume_key", "split_train_val", "train_step"]
+__all__ = [
+    "FinetuneConfig",
+    "LabelledClips",
+    "TrainingData",
+    "build_labels",
+    "build_model",
+    "finetune",
+    "label_clips",
+    "lr_at",
+    "resume_key",
+    "split_train_val",
+    "train_step",
+]
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,10 @@ def label_clips(clips: Sequence[Clip], cfg: FinetuneConfig) -> LabelledClips:
     require_field(clips, "machine", "asd finetune")
     labels, classes = build_labels(clips, cfg.labels)
     if len(classes) < 2:
-        raise DataError(f"Fine-tuning needs at least two classes, found only {classes}: point at a dataset "
-                        "with several machines or use --labels attribute.")
+        raise DataError(
+            f"Fine-tuning needs at least two classes, found only {classes}: point at a dataset "
+            "with several machines or use --labels attribute."
+        )
     train, val = split_train_val(labels, cfg.val_fraction, cfg.seed)
     return LabelledClips(tuple(clips), labels, classes, train, val)
 
@@ -114,37 +127,56 @@ def resume_key(cfg: FinetuneConfig, data: LabelledClips, sha256: str) -> str:
 
 def _check_out_dir(out_dir: Path, resume: bool) -> None:
     if not resume and ((out_dir / STATE_FILE).exists() or (out_dir / RUN_FILE).exists()):
-        raise ConfigError(f"{out_dir} already holds a fine-tuning run; pass --resume to continue it "
-                          "or choose another --out.")
+        raise ConfigError(
+            f"{out_dir} already holds a fine-tuning run; pass --resume to continue it or choose another --out."
+        )
 
 
 def _resume_state(out_dir: Path, key: str) -> TrainState | None:
     state = load_state(out_dir)
     if state is not None and state.record.get("key") != key:
-        raise ConfigError(f"{out_dir / STATE_FILE} was made with other options, training clips or checkpoint; "
-                          "re-run with the original options or choose another --out.")
+        raise ConfigError(
+            f"{out_dir / STATE_FILE} was made with other options, training clips or checkpoint; "
+            "re-run with the original options or choose another --out."
+        )
     return state
 
 
-def _as_training_data(data: TrainingData | Sequence[Clip], noise_clips: Sequence[Clip], cfg: FinetuneConfig,
-                      ) -> TrainingData:
+def _as_training_data(
+    data: TrainingData | Sequence[Clip],
+    noise_clips: Sequence[Clip],
+    cfg: FinetuneConfig,
+) -> TrainingData:
     if not isinstance(data, TrainingData):
         if cfg.use_clean:
-            raise ConfigError("--use-clean needs the supplemental clips of each dataset root: use `asd finetune "
-                              "--use-clean`, then `asd embed --adapter RUN_DIR`.")
+            raise ConfigError(
+                "--use-clean needs the supplemental clips of each dataset root: use `asd finetune "
+                "--use-clean`, then `asd embed --adapter RUN_DIR`."
+            )
         data = TrainingData(clips=tuple(data), noise=tuple(noise_clips) if cfg.noise_mix else ())
     if cfg.noise_mix and not data.noise:
-        raise DataError("--noise-mix needs supplemental noise-only clips (names with `_noise_`) in "
-                        "<machine>/supplemental/, and none were found.")
+        raise DataError(
+            "--noise-mix needs supplemental noise-only clips (names with `_noise_`) in "
+            "<machine>/supplemental/, and none were found."
+        )
     if cfg.use_clean and not data.n_clean:
-        raise DataError("--use-clean needs supplemental clean machine clips (names with `_machine_`) in "
-                        "<machine>/supplemental/, and none were found.")
+        raise DataError(
+            "--use-clean needs supplemental clean machine clips (names with `_machine_`) in "
+            "<machine>/supplemental/, and none were found."
+        )
     return data
 
 
-def finetune(data: TrainingData | Sequence[Clip], cfg: FinetuneConfig, out_dir: Path, *,
-             noise_clips: Sequence[Clip] = (), resume: bool = False, console: Console | None = None,
-             on_step: StepHook | None = None) -> Path:
+def finetune(
+    data: TrainingData | Sequence[Clip],
+    cfg: FinetuneConfig,
+    out_dir: Path,
+    *,
+    noise_clips: Sequence[Clip] = (),
+    resume: bool = False,
+    console: Console | None = None,
+    on_step: StepHook | None = None,
+) -> Path:
     """Fine-tune BEATs with AAM softmax and write the run folder ``out_dir``.
 
     Parameters
@@ -191,9 +223,11 @@ def finetune(data: TrainingData | Sequence[Clip], cfg: FinetuneConfig, out_dir: 
         return out_dir
     trainer = _build_trainer(loaded, len(clips.classes), cfg, procs, state, out_dir)
     if say:
-        say(f"Fine-tuning on {len(clips.train)} clips ({len(clips.val)} held out), {len(clips.classes)} classes, "
+        say(
+            f"Fine-tuning on {len(clips.train)} clips ({len(clips.val)} held out), {len(clips.classes)} classes, "
             f"{count_parameters(trainer.model, True):,} trainable parameters, {procs.world} process(es) on "
-            f"{procs.device}" + (f", resuming after epoch {start}" if start else "") + ".")
+            f"{procs.device}" + (f", resuming after epoch {start}" if start else "") + "."
+        )
     progress = make_progress(shown_console) if shown_console is not None else None
     shown = show_warnings(shown_console, AudioWarning) if shown_console is not None else contextlib.nullcontext()
     with shown, progress if progress is not None else contextlib.nullcontext():
@@ -210,8 +244,9 @@ def finetune(data: TrainingData | Sequence[Clip], cfg: FinetuneConfig, out_dir: 
     return out_dir
 
 
-def _build_trainer(loaded: LoadedBeats, n_classes: int, cfg: FinetuneConfig, procs: Processes,
-                   state: TrainState | None, out_dir: Path) -> Trainer:
+def _build_trainer(
+    loaded: LoadedBeats, n_classes: int, cfg: FinetuneConfig, procs: Processes, state: TrainState | None, out_dir: Path
+) -> Trainer:
     model = build_model(loaded.model, loaded.model.cfg.encoder_embed_dim, n_classes, cfg)
     if state is not None:
         restore_params(model, state.params, out_dir / STATE_FILE)
@@ -231,8 +266,16 @@ def _train_set(clips: LabelledClips, noise: Sequence[Clip], cfg: FinetuneConfig,
     return train
 
 
-def _train_epoch(trainer: Trainer, clips: LabelledClips, noise: Sequence[Clip], cfg: FinetuneConfig, epoch: int,
-                 progress: Progress | None, on_step: StepHook | None, out_dir: Path) -> EpochTotals:
+def _train_epoch(
+    trainer: Trainer,
+    clips: LabelledClips,
+    noise: Sequence[Clip],
+    cfg: FinetuneConfig,
+    epoch: int,
+    progress: Progress | None,
+    on_step: StepHook | None,
+    out_dir: Path,
+) -> EpochTotals:
     """One pass over this process's batches of epoch ``epoch``."""
     procs = trainer.procs
     steps = len(epoch_batches(len(clips.train), cfg.batch_size, cfg.seed, 0, procs.rank, procs.world))
@@ -251,100 +294,168 @@ def _train_epoch(trainer: Trainer, clips: LabelledClips, noise: Sequence[Clip], 
             try:
                 loss, ok = train_step(trainer, wave.to(procs.device), y, cfg, generator)
             except NonFiniteLoss as e:
-                raise _diverged(f"the loss became {e.args[0]} at epoch {epoch + 1}, step {i + 1}", epoch, out_dir) from None
+                raise _diverged(
+                    f"the loss became {e.args[0]} at epoch {epoch + 1}, step {i + 1}", epoch, out_dir
+                ) from None
             loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
             if progress is not None and task is not None:
                 rate = seen * procs.world / max(time.perf_counter() - t0, 1e-9)
-                progress.update(task, advance=1,
-                                rate=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%} {rate:.1f} clips/s")
+                progress.update(
+                    task, advance=1, rate=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%} {rate:.1f} clips/s"
+                )
             if on_step is not None:
                 on_step(epoch, i)
     return EpochTotals(epoch, loss_sum, correct, seen, time.perf_counter() - t0)
 
 
 def _diverged(what: str, epoch: int, out_dir: Path) -> TrainingError:
-    kept = (f"{out_dir / STATE_FILE} keeps the state after epoch {epoch} (--resume continues from it)"
-            if epoch else "no epoch had finished, so no state was kept")
-    return TrainingError(f"Fine-tuning stopped: {what}; {kept}. Lower --lr (or --scale, --mixup) and "
-                         "start again with another --out.")
+    kept = (
+        f"{out_dir / STATE_FILE} keeps the state after epoch {epoch} (--resume continues from it)"
+        if epoch
+        else "no epoch had finished, so no state was kept"
+    )
+    return TrainingError(
+        f"Fine-tuning stopped: {what}; {kept}. Lower --lr (or --scale, --mixup) and start again with another --out."
+    )
 
 
 def _held_out(trainer: Trainer, clips: LabelledClips, cfg: FinetuneConfig) -> tuple[float, int, int]:
     """Loss sum, correct predictions and count on this process's share of the held-out clips."""
-    mine = clips.val[trainer.procs.rank::trainer.procs.world]
+    mine = clips.val[trainer.procs.rank :: trainer.procs.world]
     audio = AudioConfig(seconds=cfg.seconds, channel=cfg.channel)
-    loader = DataLoader(ClipDataset([clips.clips[i] for i in mine], audio), batch_size=cfg.batch_size,
-                        num_workers=cfg.num_workers)
+    loader = DataLoader(
+        ClipDataset([clips.clips[i] for i in mine], audio), batch_size=cfg.batch_size, num_workers=cfg.num_workers
+    )
     return evaluate(trainer, loader, torch.from_numpy(clips.labels[mine]), cfg)
 
 
 def _epoch_entry(trainer: Trainer, totals: EpochTotals, held_out: tuple[float, int, int]) -> dict[str, Any]:
     """Train and held-out loss/accuracy of one epoch, summed over all processes."""
     loss, correct, seen, v_loss, v_correct, v_n = trainer.procs.sum(
-        [totals.loss_sum, totals.correct, totals.seen, *held_out])
+        [totals.loss_sum, totals.correct, totals.seen, *held_out]
+    )
     return {
         "epoch": totals.epoch + 1,
-        "train_loss": loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-        "val_loss": v_loss / v_n if v_n else None, "val_accuracy": v_correct / v_n if v_n else None,
-        "seconds": round(totals.seconds, 3), "clips_per_second": round(seen / max(totals.seconds, 1e-9), 3),
+        "train_loss": loss / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "val_loss": v_loss / v_n if v_n else None,
+        "val_accuracy": v_correct / v_n if v_n else None,
+        "seconds": round(totals.seconds, 3),
+        "clips_per_second": round(seen / max(totals.seconds, 1e-9), 3),
     }
 
 
-def _save_epoch(trainer: Trainer, out_dir: Path, key: str, history: list[dict[str, Any]], cfg: FinetuneConfig,
-                epoch: int) -> None:
+def _save_epoch(
+    trainer: Trainer, out_dir: Path, key: str, history: list[dict[str, Any]], cfg: FinetuneConfig, epoch: int
+) -> None:
     """The resume state after ``epoch`` (main process), unless a weight went non-finite."""
     if not trainable_weights_finite(trainer.model):
         raise _diverged(f"a weight became NaN or Inf during epoch {epoch + 1}", epoch, out_dir)
     if trainer.procs.is_main:
         scaler = trainer.scaler.state_dict() if trainer.scaler is not None else None
-        save_state(out_dir, trainer.model, trainer.optimizer, {
-            "epochs_done": epoch + 1, "key": key, "history": history, "seed": cfg.seed, "scaler": scaler,
-            "rng": "augmentation and dropout generators seeded from (seed, epoch, process) at every epoch start"})
+        save_state(
+            out_dir,
+            trainer.model,
+            trainer.optimizer,
+            {
+                "epochs_done": epoch + 1,
+                "key": key,
+                "history": history,
+                "seed": cfg.seed,
+                "scaler": scaler,
+                "rng": "augmentation and dropout generators seeded from (seed, epoch, process) at every epoch start",
+            },
+        )
     trainer.procs.wait()
 
 
 def _versions() -> dict[str, str]:
-    return {"asdcli": __version__, "torch": torch.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__, "python": platform.python_version()}
+    return {
+        "asdcli": __version__,
+        "torch": torch.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _model_record(cfg: FinetuneConfig, trainer: Trainer) -> dict[str, Any]:
     head = trainer.model.head
-    backbone = ({"kind": "full", "layer_decay": cfg.layer_decay,
-                 "backbone_mode": "every weight trained, eval mode (dropout and layerdrop off)"}
-                if cfg.full_finetune else
-                {"kind": "lora", "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                                          "targets": list(LORA_TARGETS)},
-                 "backbone_mode": "frozen, eval mode (dropout and layerdrop off); LoRA dropout on"})
-    return {"backbone_dim": head.in_dim, "hidden_dim": head.hidden_dim, "embedding_dim": head.embedding_dim,
-            **backbone, "aam": {"margin": cfg.margin, "scale": cfg.scale, "subcentres": cfg.subcentres},
-            "trainable_parameters": count_parameters(trainer.model, trainable_only=True),
-            "default_embedding": "head"}
+    backbone = (
+        {
+            "kind": "full",
+            "layer_decay": cfg.layer_decay,
+            "backbone_mode": "every weight trained, eval mode (dropout and layerdrop off)",
+        }
+        if cfg.full_finetune
+        else {
+            "kind": "lora",
+            "lora": {
+                "rank": cfg.lora_rank,
+                "alpha": cfg.lora_alpha,
+                "dropout": cfg.lora_dropout,
+                "targets": list(LORA_TARGETS),
+            },
+            "backbone_mode": "frozen, eval mode (dropout and layerdrop off); LoRA dropout on",
+        }
+    )
+    return {
+        "backbone_dim": head.in_dim,
+        "hidden_dim": head.hidden_dim,
+        "embedding_dim": head.embedding_dim,
+        **backbone,
+        "aam": {"margin": cfg.margin, "scale": cfg.scale, "subcentres": cfg.subcentres},
+        "trainable_parameters": count_parameters(trainer.model, trainable_only=True),
+        "default_embedding": "head",
+    }
 
 
-def _run_record(cfg: FinetuneConfig, clips: LabelledClips, data: TrainingData, loaded: Any, trainer: Trainer,
-                history: list[dict[str, Any]]) -> dict[str, Any]:
+def _run_record(
+    cfg: FinetuneConfig,
+    clips: LabelledClips,
+    data: TrainingData,
+    loaded: Any,
+    trainer: Trainer,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
     n = len(clips.classes)
     return {
-        "schema_version": RUN_SCHEMA, "kind": RUN_KIND,
+        "schema_version": RUN_SCHEMA,
+        "kind": RUN_KIND,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": cfg.to_dict(),
         "checkpoint": {"path": str(loaded.path), "sha256": loaded.sha256, "cfg": loaded.cfg},
-        "labels": {"mode": cfg.labels, "classes": clips.classes,
-                   "train_counts": np.bincount(clips.labels[clips.train], minlength=n).tolist(),
-                   "val_counts": np.bincount(clips.labels[clips.val], minlength=n).tolist()},
-        "data": {"n_train": len(clips.train), "n_val": len(clips.val), "n_noise": len(data.noise),
-                 "n_clean": data.n_clean, "machines": sorted({c.machine for c in clips.clips}),
-                 "roots": [dict(r) for r in data.roots]},
+        "labels": {
+            "mode": cfg.labels,
+            "classes": clips.classes,
+            "train_counts": np.bincount(clips.labels[clips.train], minlength=n).tolist(),
+            "val_counts": np.bincount(clips.labels[clips.val], minlength=n).tolist(),
+        },
+        "data": {
+            "n_train": len(clips.train),
+            "n_val": len(clips.val),
+            "n_noise": len(data.noise),
+            "n_clean": data.n_clean,
+            "machines": sorted({c.machine for c in clips.clips}),
+            "roots": [dict(r) for r in data.roots],
+        },
         "model": _model_record(cfg, trainer),
-        "optimizer": {"name": "Adam", "lr": cfg.lr, "schedule": "linear warm-up then cosine to 0",
-                      "warmup_fraction": cfg.warmup_fraction},
-        "seed": cfg.seed, "world_size": trainer.procs.world, "versions": _versions(),
+        "optimizer": {
+            "name": "Adam",
+            "lr": cfg.lr,
+            "schedule": "linear warm-up then cosine to 0",
+            "warmup_fraction": cfg.warmup_fraction,
+        },
+        "seed": cfg.seed,
+        "world_size": trainer.procs.world,
+        "versions": _versions(),
         "history": history,
     }
 
 
 def _format_entry(e: dict[str, Any], epochs: int) -> str:
     val = f", held-out loss {e['val_loss']:.3f} acc {e['val_accuracy']:.1%}" if e["val_loss"] is not None else ""
-    return (f"epoch {e['epoch']}/{epochs}: loss {e['train_loss']:.3f} acc {e['train_accuracy']:.1%}{val} "
-            f"({e['clips_per_second']:.1f} clips/s)")
+    return (
+        f"epoch {e['epoch']}/{epochs}: loss {e['train_loss']:.3f} acc {e['train_accuracy']:.1%}{val} "
+        f"({e['clips_per_second']:.1f} clips/s)"
+    )

@@ -41,8 +41,13 @@ def make_lora_config(rank: int, alpha: float, dropout: float, targets: tuple[str
         raise ConfigError(f"--lora-rank must be at least 1, got {rank}.")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"--lora-dropout must be in [0, 1), got {dropout}.")
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),  # type: ignore[arg-type]
-                      bias="none")  # peft types lora_alpha as int; it takes a float
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(targets),  # type: ignore[arg-type]
+        bias="none",
+    )  # peft types lora_alpha as int; it takes a float
 
 
 def inject_lora(backbone: nn.Module, lora_cfg: LoraConfig) -> PeftModel:
@@ -102,8 +107,10 @@ def check_weights(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     """ArtifactError naming ``path`` when a stored weight is not floating point or not finite."""
     for name, t in tensors.items():
         if not t.is_floating_point():
-            raise ArtifactError(f"{path} holds {name} as {t.dtype}, not floating point: it was not written by "
-                                "`asd finetune`. Re-run `asd finetune`.")
+            raise ArtifactError(
+                f"{path} holds {name} as {t.dtype}, not floating point: it was not written by "
+                "`asd finetune`. Re-run `asd finetune`."
+            )
         if not bool(torch.isfinite(t).all()):
             raise ArtifactError(f"{path} holds NaN or Inf in {name}. Re-run `asd finetune` (with a lower --lr).")
 
@@ -112,9 +119,12 @@ def check_adapter_config(config: Any, path: Path) -> None:
     """ArtifactError unless ``config`` (adapter_config.json) is a LoRA config of the kind asdcli
     writes: peft_type LORA, r >= 1, a finite lora_alpha > 0 and target_modules a list of module
     names (peft reads a string as a regular expression over every module's name)."""
+
     def fail(what: str) -> ArtifactError:
-        return ArtifactError(f"{path} {what}; asd finetune writes a LoRA config with target_modules "
-                             f"{list(LORA_TARGETS)}. Re-run `asd finetune`.")
+        return ArtifactError(
+            f"{path} {what}; asd finetune writes a LoRA config with target_modules "
+            f"{list(LORA_TARGETS)}. Re-run `asd finetune`."
+        )
 
     if not isinstance(config, dict):
         raise fail("is not a JSON object")

@@ -59,8 +59,9 @@ def seeded_torch_rng(seed: int, device: torch.device | None = None) -> Iterator[
         yield
 
 
-def build_model(backbone: nn.Module, backbone_dim: int, n_classes: int, cfg: FinetuneConfig,
-                lora: bool | None = None) -> FinetuneModel:
+def build_model(
+    backbone: nn.Module, backbone_dim: int, n_classes: int, cfg: FinetuneConfig, lora: bool | None = None
+) -> FinetuneModel:
     """The seeded model: LoRA injected into ``backbone`` (in place), or with ``cfg.full_finetune``
     (or ``lora=False``) every backbone weight trainable."""
     full = cfg.full_finetune if lora is None else not lora

@@ -66,8 +66,9 @@ def head_tensors(head: EmbeddingHead, classifier: CosineClassifier) -> dict[str,
     return out
 
 
-def write_run_artifacts(run_dir: Path, backbone: nn.Module, head: EmbeddingHead, classifier: CosineClassifier,
-                        record: dict[str, Any]) -> None:
+def write_run_artifacts(
+    run_dir: Path, backbone: nn.Module, head: EmbeddingHead, classifier: CosineClassifier, record: dict[str, Any]
+) -> None:
     """Write adapter/ (a LoRA backbone) or backbone.safetensors (a fully fine-tuned one),
     head.safetensors and finally run.json (last, so it marks a complete run)."""
     from peft import PeftModel
@@ -78,8 +79,13 @@ def write_run_artifacts(run_dir: Path, backbone: nn.Module, head: EmbeddingHead,
     else:
         weights = {k: v.detach().float().cpu().contiguous() for k, v in backbone_tensors(backbone).items()}
         write_bytes_atomic(run_dir / BACKBONE_FILE, save(weights))
-    meta = {"in_dim": str(head.in_dim), "hidden_dim": str(head.hidden_dim), "embedding_dim": str(head.embedding_dim),
-            "n_classes": str(classifier.n_classes), "subcentres": str(classifier.subcentres)}
+    meta = {
+        "in_dim": str(head.in_dim),
+        "hidden_dim": str(head.hidden_dim),
+        "embedding_dim": str(head.embedding_dim),
+        "n_classes": str(classifier.n_classes),
+        "subcentres": str(classifier.subcentres),
+    }
     write_bytes_atomic(run_dir / HEAD_FILE, save(head_tensors(head, classifier), metadata=meta))
     write_json_atomic(run_dir / RUN_FILE, {**record, "adapter_id": adapter_id(run_dir)})
 
@@ -101,8 +107,11 @@ def is_full_finetune(run: Mapping[str, Any]) -> bool:
 def model_files(run_dir: Path, full: bool) -> list[Path]:
     """The files that define a run's fine-tuned model (besides the checkpoint), in a fixed order."""
     run_dir = Path(run_dir)
-    backbone = [run_dir / BACKBONE_FILE] if full else [run_dir / ADAPTER_DIR / ADAPTER_CONFIG,
-                                                       run_dir / ADAPTER_DIR / ADAPTER_WEIGHTS]
+    backbone = (
+        [run_dir / BACKBONE_FILE]
+        if full
+        else [run_dir / ADAPTER_DIR / ADAPTER_CONFIG, run_dir / ADAPTER_DIR / ADAPTER_WEIGHTS]
+    )
     return [*backbone, run_dir / HEAD_FILE]
 
 
@@ -116,7 +125,9 @@ def adapter_id(run_dir: Path) -> str:
         try:
             data = f.read_bytes()
         except FileNotFoundError as e:
-            raise ArtifactNotFound(f"Adapter file {f} does not exist. Re-run `asd finetune` for this run folder.") from e
+            raise ArtifactNotFound(
+                f"Adapter file {f} does not exist. Re-run `asd finetune` for this run folder."
+            ) from e
         except OSError as e:
             raise ArtifactError(f"Cannot read adapter file {f}: {e.strerror}.") from e
         h.update(f"{f.name}\0{len(data)}\0".encode())
@@ -132,8 +143,10 @@ def recorded_checkpoint(run_dir: Path) -> Path:
     if not isinstance(path, str) or not path:
         raise ArtifactError(f"{Path(run_dir) / RUN_FILE} does not record its checkpoint; pass --checkpoint.")
     if not Path(path).is_file():
-        raise ArtifactNotFound(f"Adapter {run_dir} was fine-tuned from checkpoint {path}, which does not exist any "
-                               "more; pass --checkpoint with that file (its SHA-256 is checked).")
+        raise ArtifactNotFound(
+            f"Adapter {run_dir} was fine-tuned from checkpoint {path}, which does not exist any "
+            "more; pass --checkpoint with that file (its SHA-256 is checked)."
+        )
     return Path(path)
 
 
@@ -174,11 +187,15 @@ def load_head(run_dir: Path, in_dim: int | None = None) -> tuple[EmbeddingHead, 
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"Head file {path} is corrupt or incomplete ({e}). Re-run `asd finetune`.") from e
     if in_dim is not None and head.in_dim != in_dim:
-        raise ArtifactMismatch(f"Head file {path} takes {head.in_dim}-d backbone features, but the checkpoint's "
-                               f"backbone is {in_dim}-d. Use the checkpoint the run was fine-tuned from.")
+        raise ArtifactMismatch(
+            f"Head file {path} takes {head.in_dim}-d backbone features, but the checkpoint's "
+            f"backbone is {in_dim}-d. Use the checkpoint the run was fine-tuned from."
+        )
     if classifier.ndim != 2 or classifier.shape[1] != head.embedding_dim:
-        raise ArtifactError(f"Head file {path} holds classifier weights of shape {tuple(classifier.shape)} for "
-                            f"{head.embedding_dim}-d embeddings. Re-run `asd finetune`.")
+        raise ArtifactError(
+            f"Head file {path} holds classifier weights of shape {tuple(classifier.shape)} for "
+            f"{head.embedding_dim}-d embeddings. Re-run `asd finetune`."
+        )
     return head.eval(), classifier
 
 
@@ -195,8 +212,10 @@ def load_full_backbone(backbone: nn.Module, path: Path) -> nn.Module:
     differ = set(own) ^ set(weights)
     wrong = [k for k in set(own) & set(weights) if own[k].shape != weights[k].shape]
     if differ or wrong:
-        raise ArtifactError(f"Backbone file {path} does not fit this checkpoint's model ({len(differ)} tensors "
-                            f"missing or extra, {len(wrong)} of another shape). Use the checkpoint it was fine-tuned from.")
+        raise ArtifactError(
+            f"Backbone file {path} does not fit this checkpoint's model ({len(differ)} tensors "
+            f"missing or extra, {len(wrong)} of another shape). Use the checkpoint it was fine-tuned from."
+        )
     with torch.no_grad():
         for name, tensor in own.items():
             tensor.copy_(weights[name])

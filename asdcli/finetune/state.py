@@ -52,7 +52,7 @@ def derive_seed(*parts: int) -> int:
 
 def lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
     """Learning rate at optimizer step ``step`` of ``total``: linear warm-up, then cosine to 0."""
-    warmup = max(1, int(round(warmup_fraction * total)))
+    warmup = max(1, round(warmup_fraction * total))
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -66,10 +66,10 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
     span = batch_size * world
     batches = []
     for start in range(0, n, span):
-        chunk = order[start:start + span]
+        chunk = order[start : start + span]
         if len(chunk) < span and world > 1:
             break
-        mine = chunk[rank * batch_size:(rank + 1) * batch_size]
+        mine = chunk[rank * batch_size : (rank + 1) * batch_size]
         if mine:
             batches.append(mine)
     return batches
@@ -100,7 +100,7 @@ def load_state(run_dir: Path) -> TrainState | None:
         raise ArtifactError(f"Resume state {path} is corrupt ({e}). Delete it to start the run again.") from e
     if record.get("schema_version") != STATE_SCHEMA:
         raise ArtifactError(f"Resume state {path} has schema {record.get('schema_version')}; delete it to restart.")
-    params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
+    params = {k[len("param.") :]: v for k, v in tensors.items() if k.startswith("param.")}
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -114,8 +114,10 @@ def restore_params(model: nn.Module, params: dict[str, torch.Tensor], path: Path
     """Copy saved trainable weights into ``model``; the set of names must match exactly."""
     own = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(own) != set(params):
-        raise ArtifactError(f"Resume state {path} does not fit this model ({len(set(own) ^ set(params))} "
-                            "tensors differ). Delete it or use the options the run was started with.")
+        raise ArtifactError(
+            f"Resume state {path} does not fit this model ({len(set(own) ^ set(params))} "
+            "tensors differ). Delete it or use the options the run was started with."
+        )
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(params[name].to(p.device, p.dtype))

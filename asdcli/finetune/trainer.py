@@ -117,8 +117,13 @@ def _all_finite(loss: torch.Tensor, procs: Processes) -> bool:
     return bool(ok.item())
 
 
-def train_step(trainer: Trainer, wave: torch.Tensor, labels: torch.Tensor, cfg: FinetuneConfig,
-               generator: torch.Generator | None = None) -> tuple[float, int]:
+def train_step(
+    trainer: Trainer,
+    wave: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: FinetuneConfig,
+    generator: torch.Generator | None = None,
+) -> tuple[float, int]:
     """One optimizer step on a batch of waves (B, N); returns (loss, correct predictions).
 
     ``generator`` (CPU) draws the SpecAugment masks and the mixup pairs. Raises NonFiniteLoss,
@@ -163,4 +168,3 @@ def evaluate(trainer: Trainer, loader: DataLoader, labels: torch.Tensor, cfg: Fi
         correct += int((cos.argmax(1) == y).sum())
         n += len(y)
     return loss_sum, correct, n
-

@@ -25,8 +25,8 @@ from asdcli.device import resolve_device
 from asdcli.errors import ArtifactError, AsdError, ConfigError
 from asdcli.frontend.beats import BEATs, LoadedBeats, load_beats, resolve_checkpoint
 from asdcli.frontend.features import beats_fbank
-from asdcli.frontend.spec import FEATURES, SPEC_KEY, FrontendSpec, cfg_sha256, frontend_differences
 from asdcli.frontend.quantize import check_precision, for_precision
+from asdcli.frontend.spec import FEATURES, SPEC_KEY, FrontendSpec, cfg_sha256, frontend_differences
 
 EMBEDDING_CHOICES = ("head", "pooled")
 POOLING = "mean"  # over all tokens of each pooled layer
@@ -169,8 +169,9 @@ def build_embedder(cfg: EmbedConfig) -> Embedder:
         adapter_sha256=meta["adapter_id"], embedding=str(meta["embedding"]), layers=layers, pooling=POOLING,
         clip_seconds=cfg.seconds, channel=cfg.channel, sample_rate=SAMPLE_RATE, precision=cfg.precision,
     )  # fmt: skip
-    meta.update({SPEC_KEY: spec.to_dict(), "checkpoint_path": os.fsdecode(loaded.path.resolve()),
-                 "backbone_cfg": loaded.cfg})
+    meta.update(
+        {SPEC_KEY: spec.to_dict(), "checkpoint_path": os.fsdecode(loaded.path.resolve()), "backbone_cfg": loaded.cfg}
+    )
     state = PartialState()
     device = resolve_device(cfg.device)
     if device.type == "cuda" and state.num_processes > 1:
@@ -235,8 +236,10 @@ def embed(embedder: Embedder, clips: Sequence[Clip], progress: Progress | None =
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
         first = clips[int(np.flatnonzero(bad)[0])].path
-        raise ArtifactError(f"The embedding of {first} is NaN or Inf ({int(bad.sum())} clips): checkpoint "
-                            f"{embedder.meta['checkpoint_path']} or the adapter computes non-finite values; check them.")
+        raise ArtifactError(
+            f"The embedding of {first} is NaN or Inf ({int(bad.sum())} clips): checkpoint "
+            f"{embedder.meta['checkpoint_path']} or the adapter computes non-finite values; check them."
+        )
     return Embeddings(
         vectors=vectors,
         filenames=np.asarray([c.name for c in clips], dtype=str),
@@ -293,8 +296,9 @@ def embed_with_progress(embedder: Embedder, clips: Sequence[Clip], console: Any 
         return embed(embedder, clips, progress=advance)
 
 
-def embed_in_parts(embedder: Embedder, clips: Sequence[Clip], parts_dir: Path, console: Any | None = None,
-                   chunk: int | None = None) -> Embeddings:
+def embed_in_parts(
+    embedder: Embedder, clips: Sequence[Clip], parts_dir: Path, console: Any | None = None, chunk: int | None = None
+) -> Embeddings:
     """:func:`embed` in parts of ``chunk`` (default EMBED_CHUNK) clips, each saved atomically to
     ``parts_dir/NNNNN.npz``.
 
@@ -309,10 +313,13 @@ def embed_in_parts(embedder: Embedder, clips: Sequence[Clip], parts_dir: Path, c
     parts: list[Embeddings] = []
     with _progress_bar(console, len(clips)) as advance:
         for i, first in enumerate(range(0, len(clips), chunk)):
-            piece, path = clips[first:first + chunk], parts_dir / f"{i:05d}.npz"
+            piece, path = clips[first : first + chunk], parts_dir / f"{i:05d}.npz"
             emb = load_embeddings(path) if path.is_file() else None
-            if (emb is not None and list(emb.paths) == [os.fsdecode(c.path) for c in piece]
-                    and not frontend_differences(emb.meta.get(SPEC_KEY), embedder.spec.to_dict())):
+            if (
+                emb is not None
+                and list(emb.paths) == [os.fsdecode(c.path) for c in piece]
+                and not frontend_differences(emb.meta.get(SPEC_KEY), embedder.spec.to_dict())
+            ):
                 advance(len(piece), computed=False)
             else:
                 emb = embed(embedder, piece, progress=advance)
@@ -331,9 +338,17 @@ def embed_inputs(clips: Sequence[Clip], cfg: EmbedConfig, checkpoint_sha256: str
         from asdcli.finetune.run_dir import adapter_id
 
         adapter = adapter_id(Path(cfg.adapter))
-    return {"checkpoint": checkpoint_sha256, "adapter": adapter, "embedding": cfg.embedding, "seconds": cfg.seconds,
-            "channel": cfg.channel, "layers": cfg.layers, "precision": cfg.precision, "features": FEATURES,
-            "clips": files_fingerprint([c.path for c in clips])}
+    return {
+        "checkpoint": checkpoint_sha256,
+        "adapter": adapter,
+        "embedding": cfg.embedding,
+        "seconds": cfg.seconds,
+        "channel": cfg.channel,
+        "layers": cfg.layers,
+        "precision": cfg.precision,
+        "features": FEATURES,
+        "clips": files_fingerprint([c.path for c in clips]),
+    }
 
 
 def long_clip_notice(durations: Sequence[float], seconds: float | None) -> str | None:
@@ -343,12 +358,15 @@ def long_clip_notice(durations: Sequence[float], seconds: float | None) -> str |
     extra = [d - seconds for d in durations if d > seconds + 1.0 / SAMPLE_RATE]
     if not extra:
         return None
-    return (f"Notice: {len(extra)} clip(s) are longer than --seconds {seconds:g}; only their first {seconds:g} s "
-            f"are used, {sum(extra):.1f} s of audio in all is ignored.")
+    return (
+        f"Notice: {len(extra)} clip(s) are longer than --seconds {seconds:g}; only their first {seconds:g} s "
+        f"are used, {sum(extra):.1f} s of audio in all is ignored."
+    )
 
 
-def prepare_job(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = None,
-                durations: Sequence[float] | None = None) -> Embedder:
+def prepare_job(
+    clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = None, durations: Sequence[float] | None = None
+) -> Embedder:
     """Start an embedding job: read every clip's header once (a bad clip fails now, not after most
     of the work; ``durations`` from an earlier probe of the same clips skip it), say on
     ``console`` how much audio longer clips lose, and build the embedder."""
@@ -369,9 +387,13 @@ def parts_prefix(out: Path) -> str:
     return f".{shortened(out.name, len('..parts-') + 16)}.parts-"
 
 
-def embed_job(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = None,
-              parts_in: tuple[Path, str] | None = None,
-              durations: Sequence[float] | None = None) -> tuple[Embeddings, Path | None]:
+def embed_job(
+    clips: Sequence[Clip],
+    cfg: EmbedConfig,
+    console: Any | None = None,
+    parts_in: tuple[Path, str] | None = None,
+    durations: Sequence[float] | None = None,
+) -> tuple[Embeddings, Path | None]:
     """One embedding job: :func:`prepare_job`, then :func:`embed` with a progress bar.
 
     ``parts_in`` = (folder, prefix): single-process jobs save resumable parts in
@@ -397,9 +419,14 @@ def embed_job(clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = Non
     return embed_in_parts(embedder, clips, parts, console), parts
 
 
-def embed_to_file(clips: Sequence[Clip], cfg: EmbedConfig, outputs: Mapping[Path, str | None],
-                  console: Any | None = None, parts_in: tuple[Path, str] | None = None,
-                  durations: Sequence[float] | None = None) -> Embeddings:
+def embed_to_file(
+    clips: Sequence[Clip],
+    cfg: EmbedConfig,
+    outputs: Mapping[Path, str | None],
+    console: Any | None = None,
+    parts_in: tuple[Path, str] | None = None,
+    durations: Sequence[float] | None = None,
+) -> Embeddings:
     """:func:`embed_job`, then write each ``outputs`` path (atomically, main process only) with
     the rows of its split (None: all rows) and remove the saved parts. Returns all rows."""
     from accelerate import PartialState

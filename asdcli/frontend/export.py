@@ -41,8 +41,15 @@ FP32_TOLERANCE = 1e-4  # max abs diff vs torch, in units of the largest output m
 INT8_MIN_COSINE = 0.99
 INSTALL_HINT = "install ONNX Runtime with `pip install 'asdcli[onnx]'`"
 Progress = Callable[[int], None]  # called with the number of clips just finished
-_CLIP_FIELDS = (("filenames", "name"), ("paths", "path"), ("machine", "machine"), ("section", "section"),
-                ("domain", "domain"), ("split", "split"), ("label", "label"))  # Embeddings field, Clip attribute
+_CLIP_FIELDS = (
+    ("filenames", "name"),
+    ("paths", "path"),
+    ("machine", "machine"),
+    ("section", "section"),
+    ("domain", "domain"),
+    ("split", "split"),
+    ("label", "label"),
+)  # Embeddings field, Clip attribute
 
 
 class WaveformEmbedder(nn.Module):
@@ -113,7 +120,9 @@ def _export_proto(module: nn.Module, example_seconds: float) -> Any:
         program = torch.onnx.export(wrapper, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes=dims, opset_version=OPSET, dynamo=True, verbose=False)  # fmt: skip
     if program is None:  # only when f= is given, which it is not
-        raise ArtifactError("torch.onnx.export returned no program; this torch cannot export the model (tested: torch 2.13 with onnxscript 0.7).")
+        raise ArtifactError(
+            "torch.onnx.export returned no program; this torch cannot export the model (tested: torch 2.13 with onnxscript 0.7)."
+        )
     return program.model_proto
 
 
@@ -243,13 +252,14 @@ def load_onnx(path: Path, threads: int | None = None) -> tuple[Any, dict[str, An
     try:
         session = _session(ort, path, threads)
     except Exception as e:  # onnxruntime raises its own untyped Fail/InvalidProtobuf errors
-        raise ArtifactError(f"{path} is not a readable ONNX model ({str(e).splitlines()[0][:160]}); re-export it.") from e
+        raise ArtifactError(
+            f"{path} is not a readable ONNX model ({str(e).splitlines()[0][:160]}); re-export it."
+        ) from e
     raw = session.get_modelmeta().custom_metadata_map.get(META_KEY)
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if raw is None or names != ([INPUT_NAME], [OUTPUT_NAME]):
         raise ArtifactError(f"{path} is not a model written by `asd export` (no {META_KEY} metadata); re-export it.")
     return session, json.loads(raw)
-
 
 
 def embed_clips_onnx(clips: Sequence[Clip], model: Path, audio: AudioConfig, batch_size: int = 8,
@@ -263,7 +273,7 @@ def embed_clips_onnx(clips: Sequence[Clip], model: Path, audio: AudioConfig, bat
     step = batch_size if audio.seconds is not None else 1  # natural lengths differ: one at a time
     vectors = []
     for first in range(0, len(clips), step):
-        batch = np.stack([load_clip(c.path, audio) for c in clips[first:first + step]]).astype(np.float32)
+        batch = np.stack([load_clip(c.path, audio) for c in clips[first : first + step]]).astype(np.float32)
         vectors.append(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
         if progress is not None:
             progress(len(batch))

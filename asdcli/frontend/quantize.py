@@ -52,7 +52,9 @@ def _transformer_linears(module: nn.Module) -> set[str]:
     return {
         name
         for name, m in module.named_modules()
-        if isinstance(m, nn.Linear) and ".encoder.layers." in f".{name}" and name.rsplit(".", 1)[-1] in QUANTIZED_LINEARS
+        if isinstance(m, nn.Linear)
+        and ".encoder.layers." in f".{name}"
+        and name.rsplit(".", 1)[-1] in QUANTIZED_LINEARS
     }
 
 

@@ -69,8 +69,17 @@ def enrolment_embeddings(bank: Bank, inputs: Sequence[Path], checkpoint: Path | 
 
 def _refit(bank: Bank, vectors: np.ndarray, domain: np.ndarray, filenames: np.ndarray) -> Bank:
     """``bank`` with these prepared vectors under its own mean/std; normalization and threshold refitted."""
-    return fit_prepared(vectors, domain, filenames, bank.mean, bank.std, bank.config, machine=bank.machine,
-                        section=bank.section, embedding_meta=bank.embedding_meta)
+    return fit_prepared(
+        vectors,
+        domain,
+        filenames,
+        bank.mean,
+        bank.std,
+        bank.config,
+        machine=bank.machine,
+        section=bank.section,
+        embedding_meta=bank.embedding_meta,
+    )
 
 
 def _restandardized(bank: Bank, new: Embeddings, domain: str, train: Embeddings, train_what: str) -> Bank:
@@ -80,8 +89,10 @@ def _restandardized(bank: Bank, new: Embeddings, domain: str, train: Embeddings,
     known = set(rows.filenames) | set(new.filenames)
     missing = [f for f in bank.filenames if f not in known and not f.startswith("kmeans_centre_")]
     if missing:
-        raise ArtifactMismatch(f"{train_what} lacks {len(missing)} of the bank's clips ({', '.join(missing[:3])}); "
-                               "pass the embeddings the bank was fitted on (and earlier enrolled clips).")
+        raise ArtifactMismatch(
+            f"{train_what} lacks {len(missing)} of the bank's clips ({', '.join(missing[:3])}); "
+            "pass the embeddings the bank was fitted on (and earlier enrolled clips)."
+        )
     check_compatible(bank, rows, f"The bank of {bank.name}", train_what)
     old = rows.select(~np.isin(rows.filenames, new.filenames))
     vectors = np.concatenate([old.vectors, new.vectors])

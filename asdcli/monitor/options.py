@@ -39,7 +39,8 @@ def window_options(window: float | None, hop: float | None, how: str, windows_cs
     if window is None:
         given = [name for name, v in (("--hop", hop), ("--windows", windows_csv), ("--plot", plot)) if v is not None]
         if given or how != "max":
-            raise ConfigError(f"{', '.join(given) or '--aggregate'} needs --window SECONDS "
-                              "(score long recordings window by window).")
+            raise ConfigError(
+                f"{', '.join(given) or '--aggregate'} needs --window SECONDS (score long recordings window by window)."
+            )
         return None
     return WindowedScoring(window, hop, how, windows_csv, plot)

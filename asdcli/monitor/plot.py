@@ -31,13 +31,24 @@ def _panel(ax: Axes, rec: RecordingScores) -> None:
     centre = (rec.start_s + rec.end_s) / 2 / scale
     flags = rec.decisions
     for n, (i, j) in enumerate(anomalous_runs(flags)):
-        ax.axvspan(rec.start_s[i] / scale, rec.end_s[j - 1] / scale, color="#d62728", alpha=0.18, lw=0,
-                   label="windows above the threshold" if n == 0 else None)
-    ax.plot(centre, rec.scores, color="#1f77b4", lw=1.2, marker="." if len(centre) <= 200 else None,
-            label="window score")
+        ax.axvspan(
+            rec.start_s[i] / scale,
+            rec.end_s[j - 1] / scale,
+            color="#d62728",
+            alpha=0.18,
+            lw=0,
+            label="windows above the threshold" if n == 0 else None,
+        )
+    ax.plot(
+        centre, rec.scores, color="#1f77b4", lw=1.2, marker="." if len(centre) <= 200 else None, label="window score"
+    )
     ax.axhline(rec.threshold, color="#d62728", ls="--", lw=1, label=f"threshold {rec.threshold:.4g}")
-    ax.set(xlabel=f"time ({unit}, window centre)", ylabel="anomaly score", xlim=(0, float(rec.end_s.max()) / scale),
-           title=f"{rec.filename}: {int(flags.sum())} of {len(flags)} windows above the threshold")
+    ax.set(
+        xlabel=f"time ({unit}, window centre)",
+        ylabel="anomaly score",
+        xlim=(0, float(rec.end_s.max()) / scale),
+        title=f"{rec.filename}: {int(flags.sum())} of {len(flags)} windows above the threshold",
+    )
     ax.legend(loc="upper left", fontsize=8)
 
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from asdcli.frontend.spec import check_same_frontend
 from asdcli.backend.bank import Bank
 from asdcli.backend.score import score_vectors
+from asdcli.frontend.spec import check_same_frontend
 from asdcli.monitor.embedder import Embedder
 from asdcli.monitor.stream import BLOCK_SECONDS, RecordingInfo, recording_info, stream_16k
 from asdcli.monitor.windows import WindowSpec, iter_windows

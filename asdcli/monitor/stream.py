@@ -37,8 +37,9 @@ class StreamResampler:
         g = math.gcd(orig_rate, new_rate)
         self.up, self.down = new_rate // g, orig_rate // g
         self.half_len = 10 * max(self.up, self.down)  # resample_poly's filter half length
-        self.taps = None if self.passthrough else firwin(2 * self.half_len + 1, 1.0 / max(self.up, self.down),
-                                                          window=KAISER)
+        self.taps = (
+            None if self.passthrough else firwin(2 * self.half_len + 1, 1.0 / max(self.up, self.down), window=KAISER)
+        )
         self.buf = np.zeros(0, dtype=np.float64)
         self.buf_start = 0  # input index of buf[0], a multiple of down
         self.received = 0  # inputs pushed so far
@@ -69,12 +70,12 @@ class StreamResampler:
             return np.zeros(0, dtype=np.float32)
         y = resample_poly(self.buf, self.up, self.down, window=self.taps)
         offset = self.buf_start * self.up // self.down
-        out = y[self.next_out - offset:stop - offset].astype(np.float32)
+        out = y[self.next_out - offset : stop - offset].astype(np.float32)
         self.next_out = stop
         # keep the inputs the next output still needs, from a multiple of down
         first_needed = max(0, -(-(stop * self.down - self.half_len) // self.up))
         new_start = max(self.buf_start, first_needed // self.down * self.down)
-        self.buf = self.buf[new_start - self.buf_start:]
+        self.buf = self.buf[new_start - self.buf_start :]
         self.buf_start = new_start
         return out
 

@@ -52,7 +52,9 @@ class WatchConfig:
 
     def __post_init__(self) -> None:
         if not self.folder.is_dir():
-            raise ConfigError(f"Watched folder {self.folder} does not exist or is not a folder; create it or fix the path.")
+            raise ConfigError(
+                f"Watched folder {self.folder} does not exist or is not a folder; create it or fix the path."
+            )
         if self.min_consecutive < 1:
             raise ConfigError(f"--min-consecutive must be at least 1, got {self.min_consecutive}.")
         if not self.poll_s > 0 or not self.command_timeout_s > 0:
@@ -74,6 +76,7 @@ def parse_command(text: str | None) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------------------------- the log
 
+
 @dataclass
 class ScoreLog:
     """The append-only CSV log; ``rows`` holds what it had when opened plus what was appended."""
@@ -93,8 +96,9 @@ class ScoreLog:
             log._append("\n")  # fence off a torn last row
         reader = csv.DictReader(io.StringIO(complete))
         if tuple(reader.fieldnames or ()) != LOG_COLUMNS:
-            raise ConfigError(f"{log.path} is not an `asd watch` log (header {reader.fieldnames}); "
-                              "choose another --log file.")
+            raise ConfigError(
+                f"{log.path} is not an `asd watch` log (header {reader.fieldnames}); choose another --log file."
+            )
         log.rows = [r for r in reader if r.get("decision") in ("0", "1")]
         return log
 
@@ -122,6 +126,7 @@ class ScoreLog:
 
 
 # ------------------------------------------------------------------------------ finding files
+
 
 class FileTracker:
     """Audio files under a folder that are complete: same (size, mtime) as at the previous look."""
@@ -219,8 +224,10 @@ class Watcher:
             bank = choose_bank(Path(rel), self.banks)
             if bank is None:
                 if path not in self.unmatched:
-                    self.warn(f"No bank for {rel}: name it section_SS_... inside a folder named after its machine, "
-                              "or pass --bank.")
+                    self.warn(
+                        f"No bank for {rel}: name it section_SS_... inside a folder named after its machine, "
+                        "or pass --bank."
+                    )
                     self.unmatched.add(path)
                 continue
             scored += self._score(path, rel, bank)

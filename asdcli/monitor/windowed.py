@@ -96,8 +96,14 @@ def window_embeddings(clips: Sequence[Clip], cfg: EmbedConfig, spec: WindowSpec,
         info = recording_info(clip.path, cfg.channel)
         with position_bar(console, info) as position:
             batches = list(embed_windows(info, embedder, spec, cfg.batch_size, cfg.channel, position))
-        rows.append((clip, np.concatenate([b.start_s for b in batches]), np.concatenate([b.end_s for b in batches]),
-                     np.concatenate([b.vectors for b in batches])))
+        rows.append(
+            (
+                clip,
+                np.concatenate([b.start_s for b in batches]),
+                np.concatenate([b.end_s for b in batches]),
+                np.concatenate([b.vectors for b in batches]),
+            )
+        )
     window = {"window_s": spec.window_s, "hop_s": spec.hop / spec.sample_rate}
     emb = _window_embeddings(rows, {**embedder.meta, "window": window})
     return emb, np.concatenate([r[1] for r in rows]), np.concatenate([r[2] for r in rows])
@@ -111,15 +117,22 @@ def embed_windowed(clips: Sequence[Clip], cfg: EmbedConfig, spec: WindowSpec, ou
     return emb
 
 
-def _window_embeddings(rows: Sequence[tuple[Clip, np.ndarray, np.ndarray, np.ndarray]], meta: dict[str, Any]) -> Embeddings:
+def _window_embeddings(
+    rows: Sequence[tuple[Clip, np.ndarray, np.ndarray, np.ndarray]], meta: dict[str, Any]
+) -> Embeddings:
     def column(get: Callable[[Clip], str]) -> np.ndarray:
         return np.concatenate([np.full(len(r[1]), get(r[0]), dtype=object) for r in rows]).astype(str)
 
     return Embeddings(
         vectors=np.concatenate([r[3] for r in rows]).astype(np.float32),
-        filenames=column(lambda c: c.name), paths=column(lambda c: str(c.path)),
-        machine=column(lambda c: c.machine), section=column(lambda c: c.section), domain=column(lambda c: c.domain),
-        split=column(lambda c: c.split), label=column(lambda c: c.label), meta=meta,
+        filenames=column(lambda c: c.name),
+        paths=column(lambda c: str(c.path)),
+        machine=column(lambda c: c.machine),
+        section=column(lambda c: c.section),
+        domain=column(lambda c: c.domain),
+        split=column(lambda c: c.split),
+        label=column(lambda c: c.label),
+        meta=meta,
     )
 
 

@@ -67,12 +67,12 @@ def iter_windows(blocks: Iterable[np.ndarray], spec: WindowSpec) -> Iterator[Win
         total = p_start + len(pending)
         while next_start + w <= total:
             i = next_start - p_start
-            yield Window(next_start, next_start + w, pending[i:i + w].copy())
+            yield Window(next_start, next_start + w, pending[i : i + w].copy())
             last_end = next_start + w
             next_start += h
         keep_from = min(next_start, total - w)  # the last w samples serve the tail window
         if keep_from > p_start:
-            pending = pending[keep_from - p_start:]
+            pending = pending[keep_from - p_start :]
             p_start = keep_from
     total = p_start + len(pending)
     if last_end == 0:  # no full window: the whole recording, padded
@@ -80,7 +80,7 @@ def iter_windows(blocks: Iterable[np.ndarray], spec: WindowSpec) -> Iterator[Win
         wave[:total] = pending[:w]
         yield Window(0, min(total, w), wave)
     elif last_end < total:
-        yield Window(total - w, total, pending[len(pending) - w:].copy())
+        yield Window(total - w, total, pending[len(pending) - w :].copy())
 
 
 def check_window_length(spec: WindowSpec, bank_clip_seconds: float | None, bank_name: str) -> None:
@@ -89,8 +89,10 @@ def check_window_length(spec: WindowSpec, bank_clip_seconds: float | None, bank_
     if bank_clip_seconds is None or abs(spec.window_s - float(bank_clip_seconds)) < 1e-6:
         return
     seconds = f"{float(bank_clip_seconds):g}"
-    raise ConfigError(f"--window {spec.window_s:g} s differs from the {seconds} s clips the bank of {bank_name} was "
-                      f"built from; use --window {seconds} or build the bank from {spec.window_s:g} s windows.")
+    raise ConfigError(
+        f"--window {spec.window_s:g} s differs from the {seconds} s clips the bank of {bank_name} was "
+        f"built from; use --window {seconds} or build the bank from {spec.window_s:g} s windows."
+    )
 
 
 def aggregate(scores: np.ndarray, how: str = "max") -> float:

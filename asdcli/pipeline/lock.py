@@ -36,9 +36,14 @@ def _holder(lock: Path) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError, UnicodeDecodeError):
         record = None
-    if not isinstance(record, dict) or not isinstance(record.get("pid"), int) or not isinstance(record.get("host"), str):
-        raise RunFolderLocked(f"{lock} is not an asd run lock file; if no asd run uses {lock.parent}, delete it "
-                              "and run again.")
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("pid"), int)
+        or not isinstance(record.get("host"), str)
+    ):
+        raise RunFolderLocked(
+            f"{lock} is not an asd run lock file; if no asd run uses {lock.parent}, delete it and run again."
+        )
     return record
 
 
@@ -48,7 +53,9 @@ def _try_create(lock: Path, record: dict[str, Any]) -> bool:
     try:
         tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
     except OSError as e:
-        raise AsdError(f"Cannot write in the run folder {lock.parent}: {e.strerror or e}. Choose a writable --out.") from e
+        raise AsdError(
+            f"Cannot write in the run folder {lock.parent}: {e.strerror or e}. Choose a writable --out."
+        ) from e
     try:
         os.link(tmp, lock)
         return True
@@ -75,8 +82,9 @@ def _take_over(lock: Path, holder: dict[str, Any]) -> bool:
     moved = _holder(aside)
     aside.unlink(missing_ok=True)
     if moved != holder:  # another run took it over and locked it between our read and rename
-        raise RunFolderLocked(f"{lock.parent} was just locked by another asd run; wait for it to finish or "
-                              "choose another --out.")
+        raise RunFolderLocked(
+            f"{lock.parent} was just locked by another asd run; wait for it to finish or choose another --out."
+        )
     return True
 
 
@@ -93,11 +101,15 @@ def acquire(run_dir: Path, say: Callable[[str], None]) -> Path:
             continue
         pid, where, since = holder["pid"], holder["host"], holder.get("started", "?")
         if where != host:
-            raise RunFolderLocked(f"{run_dir} is locked by asd run pid {pid} on host {where} (since {since}); "
-                                  f"if that run is no longer active, delete {lock} and run again.")
+            raise RunFolderLocked(
+                f"{run_dir} is locked by asd run pid {pid} on host {where} (since {since}); "
+                f"if that run is no longer active, delete {lock} and run again."
+            )
         if pid_alive(pid) and pid != os.getpid():
-            raise RunFolderLocked(f"{run_dir} is in use by another asd run (pid {pid}, since {since}); wait for "
-                                  "it to finish or choose another --out.")
+            raise RunFolderLocked(
+                f"{run_dir} is in use by another asd run (pid {pid}, since {since}); wait for "
+                "it to finish or choose another --out."
+            )
         if _take_over(lock, holder):
             say(f"Took over the stale lock of asd run pid {pid} (started {since}, no longer running) on {run_dir}.")
     raise RunFolderLocked(f"Could not lock {run_dir}: other asd runs keep taking {lock}; run one at a time.")

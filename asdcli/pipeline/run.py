@@ -66,13 +66,15 @@ class RunConfig:
     run_dir: Path
     embed: EmbedConfig
     finetune: FinetuneConfig | None
-    bank: BankConfig = BankConfig()
+    bank: BankConfig = BankConfig()  # noqa: RUF009 (frozen: one shared default is safe)
     plots: bool = False
 
     def __post_init__(self) -> None:
         if self.embed.adapter != (None if self.finetune is None else self.finetune_dir):
-            raise ConfigError(f"The embedding adapter of asd run is its own fine-tuning folder {self.finetune_dir}, "
-                              "or none with --no-finetune.")
+            raise ConfigError(
+                f"The embedding adapter of asd run is its own fine-tuning folder {self.finetune_dir}, "
+                "or none with --no-finetune."
+            )
         if self.embed.checkpoint is None:
             raise ConfigError("asd run needs a resolved --checkpoint.")
         AudioConfig(seconds=self.embed.seconds, channel=self.embed.channel)  # --seconds in range, before any work
@@ -94,15 +96,24 @@ class RunConfig:
         return self.run_dir / "finetune"
 
     @classmethod
-    def create(cls, data_root: Path, run_dir: Path, embed: EmbedConfig, finetune: FinetuneConfig | None,
-               bank: BankConfig = BankConfig(), plots: bool = False, embedding: str | None = None) -> RunConfig:
+    def create(
+        cls,
+        data_root: Path,
+        run_dir: Path,
+        embed: EmbedConfig,
+        finetune: FinetuneConfig | None,
+        bank: BankConfig = BankConfig(),
+        plots: bool = False,
+        embedding: str | None = None,
+    ) -> RunConfig:
         """A RunConfig whose ``embed`` (given without adapter) gets the run's fine-tuning folder as
         its adapter and ``embedding`` ("head" or "pooled") as the fine-tuned vector to use."""
         if finetune is None and embedding is not None:
             raise ConfigError("--embedding chooses the fine-tuned model's vector; drop it with --no-finetune.")
         adapter = None if finetune is None else run_dir / "finetune"
-        return cls(data_root, run_dir, dataclasses.replace(embed, adapter=adapter, embedding=embedding), finetune,
-                   bank, plots)
+        return cls(
+            data_root, run_dir, dataclasses.replace(embed, adapter=adapter, embedding=embedding), finetune, bank, plots
+        )
 
 
 @dataclass(frozen=True)
@@ -135,8 +146,13 @@ class StageRunner:
     def header(name: str) -> str:
         return f"[bold][{STAGE_NAMES.index(name) + 1}/{len(STAGE_NAMES)}] {name}[/]"
 
-    def run(self, name: str, inputs: dict[str, Any], what: str,
-            work: Callable[[Stage], tuple[Sequence[Path], dict[str, Any]]]) -> Stage:
+    def run(
+        self,
+        name: str,
+        inputs: dict[str, Any],
+        what: str,
+        work: Callable[[Stage], tuple[Sequence[Path], dict[str, Any]]],
+    ) -> Stage:
         """Run stage ``name`` unless it is fresh; ``work`` returns its output files and details."""
         stage = Stage(self.run_dir, name, stage_key(inputs))
         head = self.header(name)
@@ -160,20 +176,24 @@ def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
     test = [c for c in clips if c.split == "test"]
     noise = [c for c in clips if c.kind == "noise"]
     if not train:
-        raise DataError(f"{data_root} holds no train clips (DATA/<machine>/train/*.wav); "
-                        "point asd run at a dataset root.")
+        raise DataError(
+            f"{data_root} holds no train clips (DATA/<machine>/train/*.wav); point asd run at a dataset root."
+        )
     for field in ("machine", "section"):
         require_field(train, field, "asd run")
     machines_with_train = {c.machine for c in train}
     orphans = sorted({c.machine for c in test} - machines_with_train)
     if orphans:
-        raise DataError(f"Machine(s) {', '.join(orphans)} under {data_root} have test clips but no train clips; "
-                        "add their train/ folder or remove them.")
+        raise DataError(
+            f"Machine(s) {', '.join(orphans)} under {data_root} have test clips but no train clips; "
+            "add their train/ folder or remove them."
+        )
     return train, test, noise
 
 
-def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_sha: str,
-                    runner: StageRunner) -> tuple[Path, Stage]:
+def _finetune_stage(
+    cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_sha: str, runner: StageRunner
+) -> tuple[Path, Stage]:
     """Fine-tune into RUN_DIR/finetune. A run started with the same key resumes after its last
     finished epoch; one of another key (options, clips, checkpoint) is removed first (its files
     only: anything else in the folder stays)."""
@@ -184,8 +204,11 @@ def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_s
     assert ft is not None
     out = cfg.finetune_dir
     used_noise = noise if ft.noise_mix else []
-    inputs = {"checkpoint": ckpt_sha, "options": ft.key(),
-              "clips": files_fingerprint([c.path for c in [*train, *used_noise]])}
+    inputs = {
+        "checkpoint": ckpt_sha,
+        "options": ft.key(),
+        "clips": files_fingerprint([c.path for c in [*train, *used_noise]]),
+    }
 
     def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
         from asdcli.finetune.loop import finetune
@@ -193,15 +216,20 @@ def _finetune_stage(cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_s
         if not stage.started_with_same_key():
             removed = remove_finetune_files(out)
             if removed:
-                runner.say(f"Removed {removed} file(s) of an earlier fine-tuning run with other options or clips "
-                           f"from {out}.")
+                runner.say(
+                    f"Removed {removed} file(s) of an earlier fine-tuning run with other options or clips from {out}."
+                )
         else:  # same key: keep the resume state, rewrite the final files if one was deleted or changed
             remove_own_files([out / RUN_FILE])
         remove_own_files([stage.record_path.with_suffix(".started")])  # the sidecar of earlier versions
         stage.mark_started()
         finetune(train, ft, out, noise_clips=used_noise, resume=True, console=runner.console)
-        return [out / ADAPTER_DIR / ADAPTER_WEIGHTS, out / ADAPTER_DIR / ADAPTER_CONFIG, out / HEAD_FILE,
-                out / RUN_FILE], {}
+        return [
+            out / ADAPTER_DIR / ADAPTER_WEIGHTS,
+            out / ADAPTER_DIR / ADAPTER_CONFIG,
+            out / HEAD_FILE,
+            out / RUN_FILE,
+        ], {}
 
     stage = runner.run("finetune", inputs, f"LoRA fine-tuning, {ft.epochs} epoch(s), labels={ft.labels} -> {out}",
                        work)  # fmt: skip
@@ -217,8 +245,14 @@ def _embed_stage(cfg: RunConfig, clips: list[Clip], durations: list[float], adap
     inputs = {**embed_inputs(clips, ecfg, ckpt_sha), "finetune": upstream}
 
     def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
-        emb = embed_to_file(clips, ecfg, {train_path: "train", test_path: "test"}, runner.console,
-                            parts_in=(out, ".parts-"), durations=durations)
+        emb = embed_to_file(
+            clips,
+            ecfg,
+            {train_path: "train", test_path: "test"},
+            runner.console,
+            parts_in=(out, ".parts-"),
+            durations=durations,
+        )
         return [train_path, test_path], {"clips": len(emb), "dim": emb.dim}
 
     what = "fine-tuned embeddings" if adapter else "frozen BEATs embeddings (mean-pooled)"
@@ -273,9 +307,13 @@ def _report_stage(cfg: RunConfig, submission: Path, runner: StageRunner) -> Syst
 
     out = cfg.run_dir / "report.csv"
     runner.say(f": official metrics -> {out}", runner.header("report"))
-    report = evaluate_submission(submission, load_ground_truth(None, cfg.data_root),
-                                 name=default_name(str(submission)), thresholds=bank_thresholds(cfg.run_dir / "banks"),
-                                 skip_unlabelled=True)
+    report = evaluate_submission(
+        submission,
+        load_ground_truth(None, cfg.data_root),
+        name=default_name(str(submission)),
+        thresholds=bank_thresholds(cfg.run_dir / "banks"),
+        skip_unlabelled=True,
+    )
     for warning in report.warnings:
         runner.say(warning, "[yellow]Warning:[/] ")
     write_text_atomic(out, render_text([report], "csv"))
@@ -297,8 +335,10 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
     from accelerate import PartialState
 
     if PartialState().num_processes > 1:
-        raise ConfigError("asd run is single-process; under accelerate launch run `asd finetune` and `asd embed` "
-                          "instead, then fit-bank/score on one process.")
+        raise ConfigError(
+            "asd run is single-process; under accelerate launch run `asd finetune` and `asd embed` "
+            "instead, then fit-bank/score on one process."
+        )
     train, test, noise = _clips(cfg.data_root)
     durations = probe_clips([*train, *test], cfg.embed.channel)  # a bad test clip fails now, not after fine-tuning
     try:
@@ -310,12 +350,15 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
         return _run_stages(cfg, train, test, noise, durations, runner)
 
 
-def _run_stages(cfg: RunConfig, train: list[Clip], test: list[Clip], noise: list[Clip], durations: list[float],
-                runner: StageRunner) -> RunResult:
+def _run_stages(
+    cfg: RunConfig, train: list[Clip], test: list[Clip], noise: list[Clip], durations: list[float], runner: StageRunner
+) -> RunResult:
     ckpt_sha = cached_sha256(cfg.checkpoint)
     n_machines = len({c.machine for c in train})
-    runner.say(f"Run folder {cfg.run_dir}: {len(train)} train and {len(test)} test clips of {n_machines} machine(s) "
-               f"under {cfg.data_root}.")
+    runner.say(
+        f"Run folder {cfg.run_dir}: {len(train)} train and {len(test)} test clips of {n_machines} machine(s) "
+        f"under {cfg.data_root}."
+    )
     adapter, upstream = None, "off"
     if cfg.finetune is not None:
         adapter, finetuned = _finetune_stage(cfg, train, noise, ckpt_sha, runner)
@@ -332,12 +375,16 @@ def _run_stages(cfg: RunConfig, train: list[Clip], test: list[Clip], noise: list
             report = _report_stage(cfg, submission, runner)
         unlabelled = sorted({c.machine for c in test} - labelled)
         if unlabelled:
-            runner.say(f"No labels in the test file names of {', '.join(unlabelled)} (eval data), so no report for "
-                       f"them: their files in {submission} are the challenge submission; pack them with "
-                       f"`asd package {cfg.run_dir} --data EVAL_ROOT --team NAME --system N --out DIR`.")
+            runner.say(
+                f"No labels in the test file names of {', '.join(unlabelled)} (eval data), so no report for "
+                f"them: their files in {submission} are the challenge submission; pack them with "
+                f"`asd package {cfg.run_dir} --data EVAL_ROOT --team NAME --system N --out DIR`."
+            )
     else:
-        runner.say(f"No test clips under {cfg.data_root}: banks are in {cfg.run_dir / 'banks'}; score later with "
-                   "`asd score --banks`.")
+        runner.say(
+            f"No test clips under {cfg.data_root}: banks are in {cfg.run_dir / 'banks'}; score later with "
+            "`asd score --banks`."
+        )
     return RunResult(cfg.run_dir, submission, report, tuple(runner.ran), tuple(runner.skipped))
 
 

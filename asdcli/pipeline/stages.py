@@ -105,5 +105,14 @@ class Stage:
             if stamp is None:
                 raise FileNotFoundError(f"stage {self.name} did not write {path}")
             stamps[Path(path).relative_to(self.run_dir).as_posix()] = stamp
-        write_json_atomic(self.record_path, {"schema_version": STAGE_SCHEMA, "stage": self.name, "key": self.key,
-                                             "status": DONE, "outputs": stamps, **(dict(details) if details else {})})
+        write_json_atomic(
+            self.record_path,
+            {
+                "schema_version": STAGE_SCHEMA,
+                "stage": self.name,
+                "key": self.key,
+                "status": DONE,
+                "outputs": stamps,
+                **(dict(details) if details else {}),
+            },
+        )

@@ -54,8 +54,10 @@ class SynthConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.machines) - set(MACHINES))
         if unknown or not self.machines:
-            raise ConfigError(f"Unknown synthetic machine(s) {', '.join(unknown) or '(none given)'}; "
-                              f"choose from {', '.join(MACHINES)}.")
+            raise ConfigError(
+                f"Unknown synthetic machine(s) {', '.join(unknown) or '(none given)'}; "
+                f"choose from {', '.join(MACHINES)}."
+            )
         if not 0.175 <= self.seconds <= 60:
             raise ConfigError(f"--seconds must be between 0.175 and 60, got {self.seconds}.")
         counts = (self.n_train_source, self.n_train_target, self.n_test_per_cell, self.n_supplemental)
@@ -64,6 +66,7 @@ class SynthConfig:
 
 
 # ---------------------------------------------------------------- signal building blocks
+
 
 @dataclass(frozen=True)
 class _Ctx:
@@ -87,7 +90,7 @@ def _drift(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
     """A slow random curve in [-1, 1] (speed drift, level wander), computed on a coarse grid."""
     f = rng.uniform(0.05, 0.6, 3)[:, None]
     ph = rng.uniform(0, 2 * np.pi, 3)[:, None]
-    coarse = t[:: _COARSE] if t.size > _COARSE else t[:1]
+    coarse = t[::_COARSE] if t.size > _COARSE else t[:1]
     curve = np.sin(2 * np.pi * f * coarse + ph).mean(axis=0)
     return np.interp(t, coarse, curve)
 
@@ -144,6 +147,7 @@ def _bearing_defect(rng: np.random.Generator, ctx: _Ctx, order: float = 3.58) ->
 
 
 # ---------------------------------------------------------------- machine models
+
 
 def _fan(rng: np.random.Generator, ctx: _Ctx, attrs: dict[str, str]) -> np.ndarray:
     blades = 7
@@ -248,25 +252,39 @@ class _Machine:
 
 
 MACHINES: dict[str, _Machine] = {
-    "fan": _Machine(_fan, lambda a: float(a["vel"]),
-                    ((("vel", "20"), ("loc", "A")), (("vel", "24"), ("loc", "A")), (("vel", "28"), ("loc", "A"))),
-                    ((("vel", "34"), ("loc", "B")),),
-                    (_imbalance, _bearing_anomaly, _squeal_anomaly)),
-    "gearbox": _Machine(_gearbox, lambda a: 12 * float(a["volt"]),
-                        ((("volt", "1.0"), ("wt", "100")), (("volt", "1.3"), ("wt", "150")),
-                         (("volt", "1.6"), ("wt", "100"))),
-                        ((("volt", "2.2"), ("wt", "250")),),
-                        (_broken_tooth, _wear, _bearing_anomaly)),
-    "bearing": _Machine(_bearing, lambda a: float(a["vel"]),
-                        ((("vel", "15"),), (("vel", "18"),), (("vel", "21"),)), ((("vel", "27"),),),
-                        (_bearing_anomaly, _inner_race, _squeal_anomaly)),
-    "valve": _Machine(_valve, lambda a: 10.0,
-                      ((("pat", "00"), ("v", "1")), (("pat", "01"), ("v", "1"))), ((("pat", "02"), ("v", "2")),),
-                      (_leak, _stick, _chatter)),
+    "fan": _Machine(
+        _fan,
+        lambda a: float(a["vel"]),
+        ((("vel", "20"), ("loc", "A")), (("vel", "24"), ("loc", "A")), (("vel", "28"), ("loc", "A"))),
+        ((("vel", "34"), ("loc", "B")),),
+        (_imbalance, _bearing_anomaly, _squeal_anomaly),
+    ),
+    "gearbox": _Machine(
+        _gearbox,
+        lambda a: 12 * float(a["volt"]),
+        ((("volt", "1.0"), ("wt", "100")), (("volt", "1.3"), ("wt", "150")), (("volt", "1.6"), ("wt", "100"))),
+        ((("volt", "2.2"), ("wt", "250")),),
+        (_broken_tooth, _wear, _bearing_anomaly),
+    ),
+    "bearing": _Machine(
+        _bearing,
+        lambda a: float(a["vel"]),
+        ((("vel", "15"),), (("vel", "18"),), (("vel", "21"),)),
+        ((("vel", "27"),),),
+        (_bearing_anomaly, _inner_race, _squeal_anomaly),
+    ),
+    "valve": _Machine(
+        _valve,
+        lambda a: 10.0,
+        ((("pat", "00"), ("v", "1")), (("pat", "01"), ("v", "1"))),
+        ((("pat", "02"), ("v", "2")),),
+        (_leak, _stick, _chatter),
+    ),
 }
 
 
 # ---------------------------------------------------------------- clips and files
+
 
 def _background(rng: np.random.Generator, ctx: _Ctx, domain: str) -> np.ndarray:
     if domain == "source":
@@ -275,8 +293,17 @@ def _background(rng: np.random.Generator, ctx: _Ctx, domain: str) -> np.ndarray:
     return _unit(_colored(rng, ctx.t.size, 2.0) + 0.5 * _colored(rng, ctx.t.size, 1.0) + 0.4 * _unit(hum))
 
 
-def render_clip(cfg: SynthConfig, machine: str, attrs: Attrs, domain: str, *, anomaly: bool = False,
-                background: bool = True, machine_sound: bool = True, key: tuple[int, ...] = ()) -> np.ndarray:
+def render_clip(
+    cfg: SynthConfig,
+    machine: str,
+    attrs: Attrs,
+    domain: str,
+    *,
+    anomaly: bool = False,
+    background: bool = True,
+    machine_sound: bool = True,
+    key: tuple[int, ...] = (),
+) -> np.ndarray:
     """One clip as float64 (N,) in [-1, 1]; a pure function of ``(cfg.seed, machine, key)`` and the rest.
 
     ``domain`` picks the background (source: pink noise at 15-20 dB SNR; target: brown noise and
@@ -324,10 +351,18 @@ def _plan(cfg: SynthConfig, machine: str) -> list[tuple[str, dict]]:
                 plan.append((f"test/{name}", dict(attrs=attrs, domain=domain, anomaly=bool(lab), key=(1, d, lab, i))))
     for i in range(cfg.n_supplemental):
         attrs = model.source[i % len(model.source)]
-        plan.append((f"supplemental/section_00_machine_{i:04d}_{_attr_text(cfg, machine, attrs)}.wav",
-                     dict(attrs=attrs, domain="source", background=False, key=(2, 0, i))))
-        plan.append((f"supplemental/section_00_noise_{i:04d}_.wav",
-                     dict(attrs=attrs, domain="target", machine_sound=False, key=(2, 1, i))))
+        plan.append(
+            (
+                f"supplemental/section_00_machine_{i:04d}_{_attr_text(cfg, machine, attrs)}.wav",
+                dict(attrs=attrs, domain="source", background=False, key=(2, 0, i)),
+            )
+        )
+        plan.append(
+            (
+                f"supplemental/section_00_noise_{i:04d}_.wav",
+                dict(attrs=attrs, domain="target", machine_sound=False, key=(2, 1, i)),
+            )
+        )
     return plan
 
 
@@ -358,8 +393,11 @@ def _prepare_root(root: Path) -> None:
         raise DataError(f"{root} is not empty and holds no {MARKER}; give a new or empty folder.")
 
 
-def make_dataset(root: Path | str, cfg: SynthConfig = SynthConfig(), progress: Callable[[int], None] | None = None,
-                 ) -> list[Path]:
+def make_dataset(
+    root: Path | str,
+    cfg: SynthConfig = SynthConfig(),
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
     """Write a synthetic DCASE-2025-layout dataset under ``root``.
 
     Writes ``root/<machine>/{train,test,supplemental}/*.wav`` (16-bit PCM, ``cfg.sample_rate``)

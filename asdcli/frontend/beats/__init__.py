@@ -19,10 +19,10 @@ from asdcli.frontend.beats.checkpoint import (
 from asdcli.frontend.beats.config import BeatsConfig, tiny_beats_config
 
 __all__ = [
-    "BEATs",
-    "BeatsConfig",
     "CHECKPOINT_ENV",
     "DEFAULT_CHECKPOINT",
+    "BEATs",
+    "BeatsConfig",
     "Encoder",
     "EncoderLayer",
     "LoadedBeats",

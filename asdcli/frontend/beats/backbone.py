@@ -33,9 +33,7 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int, 
     n = rel.abs()
     exact = half // 2
     # log in fp32, truncated toward zero (as the official code); clamp avoids log(0) in the unused branch
-    large = exact + (
-        torch.log(n.clamp_min(1).float() / exact) / math.log(max_distance / exact) * (half - exact)
-    ).long()
+    large = exact + (torch.log(n.clamp_min(1).float() / exact) / math.log(max_distance / exact) * (half - exact)).long()
     large = torch.clamp(large, max=half - 1)
     return offset + torch.where(n < exact, n, large)
 
@@ -211,7 +209,7 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x (B, L, D) -> (B, L, D)."""
         out = x
-        for out in self._stack(x, len(self.layers)):
+        for out in self._stack(x, len(self.layers)):  # noqa: B007 (keep the last layer's output)
             pass
         return self.layer_norm(out) if self.cfg.layer_norm_first else out
 

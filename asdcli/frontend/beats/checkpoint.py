@@ -67,9 +67,14 @@ def _read(path: Path) -> Mapping[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except _LOAD_ERRORS as e:
         first = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{path} is not a readable BEATs checkpoint ({first}); it may be truncated: "
-                            "re-download it.") from e
-    if not isinstance(obj, Mapping) or not isinstance(obj.get("cfg"), Mapping) or not isinstance(obj.get("model"), Mapping):
+        raise ArtifactError(
+            f"{path} is not a readable BEATs checkpoint ({first}); it may be truncated: re-download it."
+        ) from e
+    if (
+        not isinstance(obj, Mapping)
+        or not isinstance(obj.get("cfg"), Mapping)
+        or not isinstance(obj.get("model"), Mapping)
+    ):
         raise ArtifactError(f"{path} is not a BEATs checkpoint (no 'cfg' and 'model' entries); {_OFFICIAL}.")
     return obj
 
@@ -104,9 +109,11 @@ def _check_size_against_file(cfg: BeatsConfig, path: Path) -> None:
     needed = 2 * cfg.min_parameters()
     size = path.stat().st_size
     if needed > size:
-        raise ArtifactError(f"{path}: its cfg describes a model of at least {cfg.min_parameters():,} parameters "
-                            f"({needed / 1e9:.1f} GB), but the file is {size / 1e6:.1f} MB; the cfg or the file is "
-                            "damaged: re-download it.")
+        raise ArtifactError(
+            f"{path}: its cfg describes a model of at least {cfg.min_parameters():,} parameters "
+            f"({needed / 1e9:.1f} GB), but the file is {size / 1e6:.1f} MB; the cfg or the file is "
+            "damaged: re-download it."
+        )
 
 
 def load_beats(path: str | Path, with_predictor: bool = False) -> LoadedBeats:
