@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -105,7 +106,7 @@ def _synthesize(root: Path, seed: int, seconds: float, console: Console, reuse: 
     _print_summary(count_clips_table(discover_clips([root])), console)
 
 
-def _jsonable(d: dict) -> dict:  # type: ignore[type-arg]
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 

@@ -43,9 +43,9 @@ def make_lora_config(rank: int, alpha: float, dropout: float, targets: tuple[str
         raise ConfigError(f"--lora-dropout must be in [0, 1), got {dropout}.")
     return LoraConfig(
         r=rank,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]
         lora_dropout=dropout,
-        target_modules=list(targets),  # type: ignore[arg-type]
+        target_modules=list(targets),
         bias="none",
     )  # peft types lora_alpha as int; it takes a float
 

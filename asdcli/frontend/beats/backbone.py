@@ -69,12 +69,12 @@ class GradMultiply(torch.autograd.Function):
     """Identity whose backward multiplies the gradient by ``scale`` (layer-wise gradient decay)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         return grad * ctx.scale, None
 
 
@@ -152,6 +152,8 @@ class EncoderLayer(nn.Module):
 class Encoder(nn.Module):
     """Conv positional embedding, LayerNorm (post-LN: before the layers) and the layer stack."""
 
+    bucket_index: Tensor  # (L, L) cached relative position buckets, a non-persistent buffer
+
     def __init__(self, cfg: BeatsConfig) -> None:
         super().__init__()
         d = cfg.encoder_embed_dim
@@ -167,6 +169,7 @@ class Encoder(nn.Module):
     def _init_deep_norm(self) -> None:
         beta = self.cfg.deep_norm_beta
         for layer in self.layers:
+            assert isinstance(layer, EncoderLayer)
             attn = layer.self_attn
             for lin, gain in ((attn.q_proj, 1.0), (attn.k_proj, 1.0), (attn.v_proj, beta), (attn.out_proj, beta),
                               (layer.fc1, beta), (layer.fc2, beta)):  # fmt: skip
@@ -177,7 +180,9 @@ class Encoder(nn.Module):
         """Raw relative position bias (H, L, L), bucket indices cached per length."""
         if not self.cfg.relative_position_embedding:
             return None
-        table = self.layers[0].self_attn.relative_attention_bias
+        first = self.layers[0]
+        assert isinstance(first, EncoderLayer) and first.self_attn.relative_attention_bias is not None
+        table = first.self_attn.relative_attention_bias
         idx = self.bucket_index
         stale = idx.shape[0] != length or idx.device != table.weight.device
         # an index made under inference_mode cannot be saved for backward in a later training step
