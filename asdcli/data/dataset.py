@@ -1,6 +1,6 @@
 """The only module that knows DCASE conventions: file-name parsing and dataset discovery.
 
-File-name forms accepted by :func:`parse_filename` (see ``spec/dcase.md``)::
+File-name forms accepted by :func:`parse_filename`::
 
     section_00_source_train_normal_0000_pro_A_vel_12_loc_B.wav   2021-2025, with attributes
     section_00_target_test_anomaly_0012_noAttribute.wav           attributes hidden

@@ -2,7 +2,7 @@
 
 Equals ``torchaudio.compliance.kaldi.fbank(x * 2**15, num_mel_bins=128, sample_frequency=16000,
 frame_length=25, frame_shift=10)`` (dither 0, every other option at its default) for each row of a
-batch, followed by the BEATs normalization. See spec/beats.md section 2.
+batch, followed by the BEATs normalization ``(fbank - 15.41663) / (2 * 6.55582)``.
 """
 
 from __future__ import annotations

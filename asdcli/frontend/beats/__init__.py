@@ -1,4 +1,4 @@
-"""Our BEATs: config, modules and official-checkpoint I/O (spec/beats.md). Import from here."""
+"""Our BEATs: config, modules and official-checkpoint I/O. Import from here."""
 
 from asdcli.frontend.beats.backbone import (
     BEATs,

@@ -1,7 +1,8 @@
 """BEATs architecture config, built from (and written back as) the official checkpoint ``cfg`` dict.
 
 Field names are the official ones. Defaults are the values every official iter3 checkpoint stores
-(not the official class defaults, which build a different, wrong model: spec/beats.md section 1).
+(not the official class defaults: deep_norm False, max_distance 1280 and no relative position
+embedding load the same keys strictly but build a different, wrong model).
 """
 
 from __future__ import annotations
