@@ -482,3 +482,20 @@ def test_stale_embedding_parts_go_by_name_and_other_files_stay(
     result = _run(synth_root, tiny_checkpoint, run)
     assert result.exit_code == 0, result.output
     assert not (stale / "00000.npz").exists() and (stale / "notes.txt").read_text() == "the user's\n"
+
+
+def test_run_with_layers_pools_the_listed_layers_and_redoes_the_embedding(
+    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from asdcli.artifacts import load_embeddings
+
+    out = tmp_path / "run"
+    assert _run(synth_root, tiny_checkpoint, out, "--no-finetune").exit_code == 0
+    last = load_embeddings(out / "embeddings" / "train.npz")
+    result = _run(synth_root, tiny_checkpoint, out, "--no-finetune", "--layers", "1,2")
+    assert result.exit_code == 0, result.output
+    both = load_embeddings(out / "embeddings" / "train.npz")
+    assert both.meta["frontend"]["layers"] == "1,2" and both.dim == 2 * last.dim
+    assert "embed: up to date" not in result.output  # another front end: embedded again, banks refitted
+    wrong = _run(synth_root, tiny_checkpoint, tmp_path / "ft", "--layers", "1")
+    assert wrong.exit_code == 1 and "--layers is for the frozen BEATs (asd run: with --no-finetune)" in wrong.output

@@ -35,6 +35,11 @@ def command(
         False, "--no-finetune", help="Skip fine-tuning: frozen BEATs, mean-pooled tokens."
     ),
     embedding: str | None = typer.Option(None, "--embedding", help="Fine-tuned vector: 'head' (default) or 'pooled'."),
+    layers: str = typer.Option(
+        "last",
+        "--layers",
+        help="With --no-finetune: 'last', or 1-based transformer layers (e.g. 7,10) whose token means are concatenated.",
+    ),
     recipe: str = typer.Option("seed", "--recipe", help="Back-end recipe: " + RECIPE_HELP + "."),
     k: int | None = typer.Option(
         None, "--k", min=1, help="Bank score = mean of the K smallest distances (recipe's: 1)."
@@ -82,6 +87,7 @@ def command(
         seconds=finetune.seconds,
         channel=finetune.channel,
         num_workers=finetune.num_workers,
+        layers=layers,
     )
     cfg = RunConfig.create(data_root=data, run_dir=out, embed=frontend, embedding=embedding,
                            finetune=None if no_finetune else finetune, bank=bank,

@@ -69,7 +69,10 @@ class EmbedConfig:
         if self.embedding is not None and self.adapter is None:
             raise ConfigError("--embedding chooses a fine-tuned model's vector and needs --adapter RUN_DIR.")
         if parse_layers(self.layers) is not None and self.adapter is not None:
-            raise ConfigError("--layers is for the frozen BEATs; a fine-tuned adapter's vector uses the last layer.")
+            raise ConfigError(
+                "--layers is for the frozen BEATs (asd run: with --no-finetune); a fine-tuned adapter's vector "
+                "uses the last layer."
+            )
         _ = self.audio  # checks --seconds and --channel before any work
 
     @property
