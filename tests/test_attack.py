@@ -191,9 +191,6 @@ def test_malformed_adapter_config_is_one_error_line(key: str, value: object, ada
 # file names (issue 11 section 5)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="submission CSVs keep non-UTF-8 name bytes, but `asd report` reads them as strict UTF-8"
-)
 def test_non_utf8_clip_names_round_trip_through_the_submission_folder(fan: dict[str, Path], synth_root: Path,
                                                                       tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
     """`asd score --submission-dir` writes the name's bytes (as stdout does); `asd report` on that

@@ -111,7 +111,8 @@ def command(
                 "'-' reads scores from stdin, but stdin is a terminal; pipe them in, e.g. "
                 "`asd score ... | asd report - --machine fan --data DATA`."
             )
-        stdin_text = sys.stdin.read()
+        # bytes: a file name that is not UTF-8 (as `asd score` writes it) keeps its bytes, surrogate-escaped
+        stdin_text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
     cfg = ReportConfig(
         submissions=subs,
         ground_truth=ground_truth,

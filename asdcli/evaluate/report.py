@@ -26,7 +26,7 @@ import numpy as np
 
 from asdcli.errors import DataError
 from asdcli.evaluate import metrics
-from asdcli.evaluate.ground_truth import GroundTruth, SectionTruth, first_few
+from asdcli.evaluate.ground_truth import GroundTruth, SectionTruth, first_few, printable
 
 # Also matches the baseline's own names, anomaly_score_DCASE2025T2fan_section_00_test_seed13711_id(0_).csv.
 _SCORE_NAME = re.compile(
@@ -171,10 +171,12 @@ def _value(raw: str, at: str, decisions: bool) -> float:
 
 
 def read_text(path: Path) -> str:
-    """A CSV input as text (UTF-8, a leading BOM dropped); an unreadable file is a DataError."""
+    """A CSV input as text (UTF-8, a leading BOM dropped; bytes that are not UTF-8, as `asd score`
+    writes a file name that is not UTF-8, decoded with surrogateescape like the file names on
+    disk); an unreadable file is a DataError."""
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
+        return path.read_text(encoding="utf-8-sig", errors="surrogateescape")
+    except OSError as e:
         raise DataError(f"Cannot read {path}: {e}.") from e
 
 
@@ -238,7 +240,7 @@ def evaluate_section(
     d = None if decisions is None else decisions.astype(np.int8)
     values = metrics.section_metrics(truth.anomaly, scores, truth.target, d)
     return SectionResult(
-        truth.machine, truth.section, values, truth.filenames, scores, truth.anomaly, truth.target, d, threshold
+        printable(truth.machine), truth.section, values, truth.filenames, scores, truth.anomaly, truth.target, d, threshold
     )
 
 
@@ -339,12 +341,12 @@ def evaluate_stream(text: str, machine: str, truth: GroundTruth, name: str = "st
     unknown = [e.name for e in entries if e.name not in owner]
     if unknown:
         raise DataError(f"{name}: {len(unknown)} name(s) are not test clips of {machine}: {first_few(unknown)}.")
-    results = []
+    results, done = [], set()
     for st in sections:
         rows = [e for e in entries if owner[e.name] is st]
         if rows:
             results.append(evaluate_section(st, align(rows, st, f"{name} ({machine} section {st.section})")))
-    done = {(r.machine, r.section) for r in results}
+            done.add((st.machine, st.section))
     sub = GroundTruth({k: v for k, v in truth.sections.items() if k[0] == machine}, truth.origin)
     warnings = _undefined_warnings(results, name) + _coverage_warnings(done, sub, name)
     return SystemReport(name, STDIN, tuple(results), tuple(warnings))
@@ -354,7 +356,7 @@ def system_names(paths: Sequence[str], given: Sequence[str] = ()) -> list[str]:
     """Short unique display names: the given ones (empty: none given), else folder names, or
     the paths as given where those repeat."""
     given = list(given) or [""] * len(paths)
-    names = [g or ("stdin" if p == STDIN else (Path(p).name or str(p))) for g, p in zip(given, paths)]
+    names = [printable(g or ("stdin" if p == STDIN else (Path(p).name or str(p)))) for g, p in zip(given, paths)]
     return [n if names.count(n) == 1 else f"{n} ({p})" for n, p in zip(names, paths)]
 
 
