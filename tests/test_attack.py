@@ -248,9 +248,6 @@ def test_overflowing_embeddings_are_one_error_line(fan: dict[str, Path], tmp_pat
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "NaN or Inf" in lines[0], proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the coverage warning of `asd report` is printed as literal '[yellow]Warning:[/]'"
-)
 def test_report_warning_has_no_literal_markup(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     """A submission covering fewer machines than the ground truth warns in plain words."""
     banks = tmp_path / "banks"

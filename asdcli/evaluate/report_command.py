@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
+from rich.markup import escape
 
 from asdcli.artifacts import write_text_atomic
 from asdcli.console import is_terminal, stderr_console
@@ -149,7 +150,7 @@ def run_report(
         return []
     reports = evaluate_reports(cfg, stdin_text)
     for warning in (w for r in reports for w in r.warnings):
-        console.print(f"[yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"[yellow]Warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     _write_files(cfg, reports, console)
     terminal = is_terminal(stdout)
     if cfg.out is None or terminal:
