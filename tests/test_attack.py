@@ -297,9 +297,6 @@ def test_long_out_name_is_one_error_line(synth_root: Path, tiny_checkpoint: Path
 # asd report / asd package: outputs that do not say what they hold
 
 
-@pytest.mark.xfail(
-    strict=True, reason="one submission given twice: two systems with the same label, tidy rows indistinguishable"
-)
 def test_report_systems_have_distinct_labels(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     """Each tidy row is keyed by (system, machine, section, metric); two systems must not share a label."""
     banks = tmp_path / "banks"

@@ -353,11 +353,21 @@ def evaluate_stream(text: str, machine: str, truth: GroundTruth, name: str = "st
 
 
 def system_names(paths: Sequence[str], given: Sequence[str] = ()) -> list[str]:
-    """Short unique display names: the given ones (empty: none given), else folder names, or
-    the paths as given where those repeat."""
+    """Short unique display names: the given ones (empty: none given), else folder names, with
+    the path as given where one name stands for several paths, and `` (2)``, `` (3)``, ... where
+    a name still repeats (one submission given twice)."""
     given = list(given) or [""] * len(paths)
     names = [printable(g or ("stdin" if p == STDIN else (Path(p).name or str(p)))) for g, p in zip(given, paths)]
-    return [n if names.count(n) == 1 else f"{n} ({p})" for n, p in zip(names, paths)]
+    paths_of = {n: {p for m, p in zip(names, paths) if m == n} for n in names}
+    names = [f"{n} ({printable(p)})" if len(paths_of[n]) > 1 and p != n else n for n, p in zip(names, paths)]
+    unique: list[str] = []
+    for n in names:
+        label, k = n, 1
+        while label in unique or (k > 1 and label in names):
+            k += 1
+            label = f"{n} ({k})"
+        unique.append(label)
+    return unique
 
 
 def evaluate_all(
