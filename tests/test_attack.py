@@ -313,10 +313,6 @@ def test_report_systems_have_distinct_labels(fan: dict[str, Path], synth_root: P
     assert len(keys) == len(set(keys)), "two systems share a label"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package re-run for fewer machines leaves the earlier score files in task2/<label>/, zip differs",
-)
 def test_package_folder_holds_what_the_zip_holds(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     """The folder OUT/task2/<label>/ and the zip must hold the same files: a stale score file of an
     earlier package in the folder would be uploaded from the folder but not be in the zip."""
