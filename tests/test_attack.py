@@ -346,10 +346,6 @@ def _fan_scores(fan: dict[str, Path]) -> str:
     return result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_rows strips file names: a clip named ' x.wav' written by `asd score` is unknown to report",
-)
 def test_leading_space_clip_name_round_trips(fan: dict[str, Path], synth_root: Path, tiny_checkpoint: Path,
                                             tmp_path: Path) -> None:  # fmt: skip
     data = tmp_path / "data" / "fan" / "test"

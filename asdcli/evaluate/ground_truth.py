@@ -182,8 +182,7 @@ def _read_csv_rows(path: Path, min_cols: int) -> list[tuple[int, list[str]]]:
     start = 1
     for row in reader:
         lineno, start = start, reader.line_num + 1
-        row = [c.strip() for c in row]
-        if not any(row):
+        if not any(c.strip() for c in row):  # names are kept as written: one may start with a space
             continue
         if len(row) < min_cols:
             raise DataError(f"{path} line {lineno} has {len(row)} column(s), expected {min_cols}: {','.join(row)!r}.")
@@ -193,7 +192,8 @@ def _read_csv_rows(path: Path, min_cols: int) -> list[tuple[int, list[str]]]:
 
 def _read_flags(path: Path) -> dict[str, int]:
     flags: dict[str, int] = {}
-    for lineno, (name, value, *_) in _read_csv_rows(path, 2):
+    for lineno, (name, raw, *_) in _read_csv_rows(path, 2):
+        value = raw.strip()
         if value not in ("0", "1"):
             raise DataError(f"{path} line {lineno}: expected 0 or 1 after the file name, got {value!r}.")
         if name in flags:

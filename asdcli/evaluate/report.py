@@ -138,7 +138,7 @@ def parse_rows(text: str, where: str, decisions: bool = False) -> list[Entry]:
             continue
         if len(row) < 2:
             raise DataError(f"{at}: expected 'filename,{'0|1' if decisions else 'score'}', got {','.join(row)!r}.")
-        entries.append(Entry(where, lineno, row[0].strip(), _value(row[1].strip(), at, decisions)))
+        entries.append(Entry(where, lineno, row[0], _value(row[1].strip(), at, decisions)))  # a name may start with a space
     return entries
 
 
