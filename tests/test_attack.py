@@ -361,9 +361,6 @@ def test_leading_space_clip_name_round_trips(fan: dict[str, Path], synth_root: P
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a row with 3 columns is read as filename,<2nd column>: 'name,label,score' scores the labels"
-)
 def test_score_rows_with_extra_columns_are_an_error(fan: dict[str, Path], synth_root: Path) -> None:
     """`filename,label,score` (a common hand-made layout) must not be evaluated as if column 2
     were the score: that gives a perfect AUC from the labels, a silent wrong number."""

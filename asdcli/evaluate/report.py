@@ -120,7 +120,8 @@ def parse_rows(text: str, where: str, decisions: bool = False) -> list[Entry]:
     ``{"filename", "score"}`` (``asd score --format jsonl``) are accepted too. A header line
     ``filename,...`` is skipped.
 
-    Raises DataError on a short row, a non-numeric or non-finite score, or a decision not 0/1.
+    Raises DataError on a row of other than 2 columns, a non-numeric or non-finite score, or a
+    decision not 0/1.
     """
     text = text.removeprefix("\ufeff")
     first = next((line for line in text.splitlines() if line.strip()), "")
@@ -136,8 +137,11 @@ def parse_rows(text: str, where: str, decisions: bool = False) -> list[Entry]:
         at = f"{where} line {lineno}"
         if not entries and _is_header(row):
             continue
-        if len(row) < 2:
-            raise DataError(f"{at}: expected 'filename,{'0|1' if decisions else 'score'}', got {','.join(row)!r}.")
+        if len(row) != 2:  # 'filename,label,score' would be read as scoring the labels
+            raise DataError(
+                f"{at}: expected 2 columns 'filename,{'0|1' if decisions else 'score'}', got {len(row)}: "
+                f"{','.join(row)!r}; quote a name holding a comma."
+            )
         entries.append(Entry(where, lineno, row[0], _value(row[1].strip(), at, decisions)))  # a name may start with a space
     return entries
 
