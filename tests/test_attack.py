@@ -413,9 +413,6 @@ def _fan_submission(fan: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
     return submission, banks / "bank_fan_section_00.npz"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="report --out/--html only guard the score CSVs: a --data clip or a --banks bank is overwritten"
-)
 @pytest.mark.parametrize("option,target", [("--out", "clip"), ("--html", "clip"), ("--out", "bank")])
 def test_report_output_never_overwrites_a_data_clip_or_bank(option: str, target: str, fan: dict[str, Path],
                                                            synth_root: Path, tmp_path: Path) -> None:  # fmt: skip

@@ -322,7 +322,7 @@ def test_out_that_is_an_input_is_an_error(setup, tmp_path: Path, target: str) ->
     victim = _fan_file(sub) if target == "score" else next((tmp_path / "gt").rglob("*.csv"))
     before = victim.read_bytes()
     msg = _error([str(sub), "--ground-truth", str(tmp_path / "gt"), "--out", str(victim)])
-    assert "is one of the report's inputs" in msg and victim.read_bytes() == before
+    assert "is one of the inputs" in msg and victim.read_bytes() == before
 
 
 def test_stdin_accepts_header_and_jsonl(setup) -> None:

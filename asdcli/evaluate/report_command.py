@@ -14,7 +14,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from asdcli.artifacts import write_text_atomic
+from asdcli.artifacts import check_not_input, write_text_atomic
 from asdcli.console import is_terminal, stderr_console
 from asdcli.errors import ConfigError
 from asdcli.evaluate.ground_truth import load_ground_truth, write_ground_truth
@@ -81,6 +81,8 @@ def default_name(submission: str) -> str | None:
 
 
 def _input_files(cfg: ReportConfig) -> list[Path]:
+    """Every file the report reads: score and decision CSVs, the ground truth (official CSVs or the
+    clips under --data, whose names are the labels) and the banks."""
     files = []
     for sub in cfg.submissions:
         path = Path(sub)
@@ -88,20 +90,22 @@ def _input_files(cfg: ReportConfig) -> list[Path]:
             files += [p for p in path.iterdir() if p.suffix == ".csv"]
         elif sub != STDIN:
             files.append(path)
-    if cfg.ground_truth is not None and cfg.ground_truth.is_dir():
-        files += list(cfg.ground_truth.rglob("*.csv"))
+    for root in (cfg.ground_truth, cfg.data):
+        if root is not None and root.is_dir():
+            files += [p for p in root.rglob("*") if p.is_file()]
+    runs = [run_folder(s) for s in cfg.submissions]
+    for banks in (*cfg.banks, *(run / "banks" for run in runs if run is not None)):
+        if banks.is_dir():
+            files += list(banks.glob("bank_*.npz"))
     return files
 
 
 def check_outputs(cfg: ReportConfig) -> None:
-    """An output that is one of the inputs would destroy it: a ConfigError naming both."""
-    inputs = {p.resolve(): p for p in _input_files(cfg)}
-    for option, out in (("--out", cfg.out), ("--html", cfg.html)):
-        if out is not None and out.resolve() in inputs:
-            raise ConfigError(
-                f"{option} {out} is one of the report's inputs ({inputs[out.resolve()]}); "
-                "write the result to another file."
-            )
+    """An output that is one of the inputs would destroy it: a ConfigError naming it."""
+    outputs = [(option, out) for option, out in (("--out", cfg.out), ("--html", cfg.html)) if out is not None]
+    inputs = _input_files(cfg) if any(out.exists() for _, out in outputs) else []  # a new file overwrites nothing
+    for option, out in outputs:
+        check_not_input(out, inputs if out.exists() else [], option)
 
 
 def _thresholds(cfg: ReportConfig) -> list[dict[tuple[str, str], float] | None]:
