@@ -428,10 +428,6 @@ def test_report_output_never_overwrites_a_data_clip_or_bank(option: str, target:
     _assert_error(result, str(victim))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report writes --ground-truth-out first, then fails on the submission: a failed command wrote files",
-)
 def test_failed_report_writes_no_ground_truth(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     submission, _ = _fan_submission(fan, tmp_path)
     data = tmp_path / "data"

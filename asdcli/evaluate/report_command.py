@@ -17,7 +17,7 @@ from rich.markup import escape
 from asdcli.artifacts import check_not_input, write_text_atomic
 from asdcli.console import is_terminal, stderr_console
 from asdcli.errors import ConfigError
-from asdcli.evaluate.ground_truth import load_ground_truth, write_ground_truth
+from asdcli.evaluate.ground_truth import GroundTruth, load_ground_truth, write_ground_truth
 from asdcli.evaluate.render import FORMATS, pct, render, render_text
 from asdcli.evaluate.report import STDIN, SystemReport, bank_thresholds, evaluate_all
 
@@ -121,9 +121,12 @@ def _file_format(cfg: ReportConfig, out: Path) -> str:
     return {".json": "json", ".txt": "table"}.get(out.suffix.lower(), "csv")
 
 
-def evaluate_reports(cfg: ReportConfig, stdin_text: str | None = None) -> list[SystemReport]:
-    """The evaluated submissions of ``cfg`` (names and thresholds applied)."""
-    truth = load_ground_truth(cfg.ground_truth, cfg.data)
+def evaluate_reports(
+    cfg: ReportConfig, stdin_text: str | None = None, truth: GroundTruth | None = None
+) -> list[SystemReport]:
+    """The evaluated submissions of ``cfg`` (names and thresholds applied) against ``truth``
+    (default: the ground truth that ``cfg`` names)."""
+    truth = truth if truth is not None else load_ground_truth(cfg.ground_truth, cfg.data)
     names = cfg.names or tuple(default_name(s) or "" for s in cfg.submissions)
     return evaluate_all(cfg.submissions, truth, cfg.machine, stdin_text, names=names, thresholds=_thresholds(cfg))
 
@@ -133,16 +136,17 @@ def run_report(
 ) -> list[SystemReport]:
     """Do what ``cfg`` asks and return the evaluated systems.
 
-    Writes the ground-truth CSVs (``ground_truth_out``), evaluates the submissions, writes plots,
-    the HTML page and ``out`` (atomically), renders the result on ``stdout`` (a table when it is a
+    Evaluates the submissions, then (only when that succeeded) writes the ground-truth CSVs
+    (``ground_truth_out``), plots, the HTML page and ``out`` (atomically), renders the result on ``stdout`` (a table when it is a
     terminal or ``fmt`` says so, else CSV/JSON; nothing when only files were asked and stdout is
     piped) and puts warnings and file notices on ``console`` (stderr).
     """
     stdout = stdout if stdout is not None else sys.stdout
     console = console or stderr_console()
     check_outputs(cfg)
+    truth = load_ground_truth(cfg.ground_truth, cfg.data)
+    reports = evaluate_reports(cfg, stdin_text, truth) if cfg.submissions else []
     if cfg.ground_truth_out is not None:
-        truth = load_ground_truth(cfg.ground_truth, cfg.data)
         paths = write_ground_truth(truth, cfg.ground_truth_out)
         console.print(
             f"Wrote {len(paths)} ground-truth files for {len(truth.sections)} machine/section(s) "
@@ -152,7 +156,6 @@ def run_report(
         )
     if not cfg.submissions:
         return []
-    reports = evaluate_reports(cfg, stdin_text)
     for warning in (w for r in reports for w in r.warnings):
         console.print(f"[yellow]Warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     _write_files(cfg, reports, console)
