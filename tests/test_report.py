@@ -453,7 +453,8 @@ def test_error_empty_folder_and_no_ground_truth(setup, tmp_path: Path) -> None:
     assert "holds no anomaly_score_" in _error([str(tmp_path / "empty"), "--data", str(data)])
     assert "No ground truth" in _error([str(sub)])
     assert "--machine NAME" in _error(["-", "--data", str(data)], input="a.wav,1\n")
-    assert "Pass one or more submission folders" in _error(["--data", str(data)])
+    usage = runner.invoke(app, ["report", "--data", str(data)])  # a usage error: exit 2
+    assert usage.exit_code == 2 and "Pass one or more submission folders" in usage.stderr, usage.output
 
 
 def test_baseline_file_names_are_recognised(setup) -> None:
