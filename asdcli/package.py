@@ -35,7 +35,7 @@ from asdcli import __version__
 from asdcli.artifacts import write_bytes_atomic
 from asdcli.errors import ConfigError, DataError
 from asdcli.evaluate.ground_truth import first_few
-from asdcli.evaluate.report import parse_rows, read_text
+from asdcli.evaluate.score_rows import parse_rows, read_text
 
 TASK = "task2"
 _TEAM = re.compile(r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+$")

@@ -174,7 +174,7 @@ def show_usage_error(error: Any) -> None:
 def usage_error(message: str, ctx: Any = None) -> Exception:
     """A usage error of the command of ``ctx`` (a bad combination of arguments and options): one
     ``Error:`` line and the ``Try`` line, exit 2."""
-    return _click_exceptions().UsageError(message, ctx=ctx)  # type: ignore[no-any-return]
+    return _click_exceptions().UsageError(message, ctx=ctx)
 
 
 def _click_exceptions() -> Any:
