@@ -25,16 +25,17 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from asdcli import __version__
-from asdcli.artifacts import write_bytes_atomic, write_text_atomic
+from asdcli.artifacts import write_bytes_atomic
 from asdcli.errors import ConfigError, DataError
 from asdcli.evaluate.ground_truth import first_few
-from asdcli.evaluate.report import parse_rows, read_text
+from asdcli.evaluate.score_rows import parse_rows, read_text
 
 TASK = "task2"
 _TEAM = re.compile(r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+$")
@@ -324,19 +325,52 @@ def _zip_bytes(root: Path, files: Sequence[Path]) -> bytes:
     return buf.getvalue()
 
 
+def _packed_crcs(archive: Path, folder: str) -> dict[str, int]:
+    """CRC-32 of each file an earlier `asd package` put into ``archive`` under ``folder`` (its
+    record of what it wrote there); none when there is no readable zip."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            return {i.filename.rsplit("/", 1)[1]: i.CRC for i in z.infolist() if i.filename.startswith(folder + "/")}
+    except (OSError, zipfile.BadZipFile):
+        return {}
+
+
+def _stale_files(folder: Path, archive: Path, new: Mapping[str, bytes]) -> list[Path]:
+    """The files of an earlier package in ``folder`` that the new one does not hold (to remove).
+
+    Every file there must be one an earlier `asd package` wrote, unchanged since (as its zip
+    records), or hold exactly what is written now; anything else (a user's file, an edited meta
+    YAML) is a DataError: nothing asdcli did not write is deleted or overwritten.
+    """
+    if not folder.is_dir():
+        return []
+    packed = _packed_crcs(archive, f"{TASK}/{folder.name}")
+    foreign = []
+    for path in sorted(folder.iterdir()):
+        body = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        if body is None or (body != new.get(path.name) and packed.get(path.name) != zlib.crc32(body)):
+            foreign.append(path.name)
+    if foreign:
+        raise DataError(
+            f"{folder} holds {len(foreign)} file(s) that asd package did not write there or that changed since: "
+            f"{first_few(foreign)}; move them out (copy the fields you filled in into the new meta YAML) and run again."
+        )
+    return [folder / name for name in sorted(set(packed) - set(new)) if (folder / name).is_file()]
+
+
 def write_package(cfg: PackageConfig) -> tuple[Path, list[str]]:
-    """Check the submission, write OUT/task2/<label>/ and OUT/<label>.zip; returns the zip and the
-    submission's files left out (machines the dataset does not have)."""
+    """Check the submission, write OUT/task2/<label>/ (removing the files of an earlier package
+    that this one does not hold) and OUT/<label>.zip; returns the zip and the submission's files
+    left out (machines the dataset does not have)."""
     submission, run = locate(cfg.source)
     files, left_out = check_submission(submission, expected_clips(cfg.data, run))
     folder = cfg.out / TASK / cfg.label
-    written = []
-    for path in files:
-        write_bytes_atomic(folder / path.name, path.read_bytes())
-        written.append(folder / path.name)
-    meta = folder / f"{cfg.label}.meta.yaml"
-    write_text_atomic(meta, system_meta(cfg, run))
-    written.append(meta)
     archive = cfg.out / f"{cfg.label}.zip"
-    write_bytes_atomic(archive, _zip_bytes(cfg.out, written))
+    new = {path.name: path.read_bytes() for path in files}
+    new[f"{cfg.label}.meta.yaml"] = system_meta(cfg, run).encode("utf-8", "surrogateescape")
+    for stale in _stale_files(folder, archive, new):
+        stale.unlink()
+    for name, body in new.items():
+        write_bytes_atomic(folder / name, body)
+    write_bytes_atomic(archive, _zip_bytes(cfg.out, [folder / name for name in new]))
     return archive, left_out

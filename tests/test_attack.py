@@ -191,9 +191,6 @@ def test_malformed_adapter_config_is_one_error_line(key: str, value: object, ada
 # file names (issue 11 section 5)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="submission CSVs keep non-UTF-8 name bytes, but `asd report` reads them as strict UTF-8"
-)
 def test_non_utf8_clip_names_round_trip_through_the_submission_folder(fan: dict[str, Path], synth_root: Path,
                                                                       tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
     """`asd score --submission-dir` writes the name's bytes (as stdout does); `asd report` on that
@@ -251,9 +248,6 @@ def test_overflowing_embeddings_are_one_error_line(fan: dict[str, Path], tmp_pat
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "NaN or Inf" in lines[0], proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the coverage warning of `asd report` is printed as literal '[yellow]Warning:[/]'"
-)
 def test_report_warning_has_no_literal_markup(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     """A submission covering fewer machines than the ground truth warns in plain words."""
     banks = tmp_path / "banks"
@@ -303,9 +297,6 @@ def test_long_out_name_is_one_error_line(synth_root: Path, tiny_checkpoint: Path
 # asd report / asd package: outputs that do not say what they hold
 
 
-@pytest.mark.xfail(
-    strict=True, reason="one submission given twice: two systems with the same label, tidy rows indistinguishable"
-)
 def test_report_systems_have_distinct_labels(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     """Each tidy row is keyed by (system, machine, section, metric); two systems must not share a label."""
     banks = tmp_path / "banks"
@@ -322,10 +313,6 @@ def test_report_systems_have_distinct_labels(fan: dict[str, Path], synth_root: P
     assert len(keys) == len(set(keys)), "two systems share a label"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package re-run for fewer machines leaves the earlier score files in task2/<label>/, zip differs",
-)
 def test_package_folder_holds_what_the_zip_holds(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     """The folder OUT/task2/<label>/ and the zip must hold the same files: a stale score file of an
     earlier package in the folder would be uploaded from the folder but not be in the zip."""
@@ -359,10 +346,6 @@ def _fan_scores(fan: dict[str, Path]) -> str:
     return result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_rows strips file names: a clip named ' x.wav' written by `asd score` is unknown to report",
-)
 def test_leading_space_clip_name_round_trips(fan: dict[str, Path], synth_root: Path, tiny_checkpoint: Path,
                                             tmp_path: Path) -> None:  # fmt: skip
     data = tmp_path / "data" / "fan" / "test"
@@ -378,9 +361,6 @@ def test_leading_space_clip_name_round_trips(fan: dict[str, Path], synth_root: P
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a row with 3 columns is read as filename,<2nd column>: 'name,label,score' scores the labels"
-)
 def test_score_rows_with_extra_columns_are_an_error(fan: dict[str, Path], synth_root: Path) -> None:
     """`filename,label,score` (a common hand-made layout) must not be evaluated as if column 2
     were the score: that gives a perfect AUC from the labels, a silent wrong number."""
@@ -433,9 +413,6 @@ def _fan_submission(fan: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
     return submission, banks / "bank_fan_section_00.npz"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="report --out/--html only guard the score CSVs: a --data clip or a --banks bank is overwritten"
-)
 @pytest.mark.parametrize("option,target", [("--out", "clip"), ("--html", "clip"), ("--out", "bank")])
 def test_report_output_never_overwrites_a_data_clip_or_bank(option: str, target: str, fan: dict[str, Path],
                                                            synth_root: Path, tmp_path: Path) -> None:  # fmt: skip
@@ -451,10 +428,6 @@ def test_report_output_never_overwrites_a_data_clip_or_bank(option: str, target:
     _assert_error(result, str(victim))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report writes --ground-truth-out first, then fails on the submission: a failed command wrote files",
-)
 def test_failed_report_writes_no_ground_truth(fan: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
     submission, _ = _fan_submission(fan, tmp_path)
     data = tmp_path / "data"

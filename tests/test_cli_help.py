@@ -84,6 +84,17 @@ def test_each_command_is_in_the_readme(name: str) -> None:
         ),
         (["run"], "Error: Missing argument 'DATA'.", "asd run"),
         (
+            ["report"],
+            "Error: Pass one or more submission folders (or - for stdin), or --ground-truth-out DIR.",
+            "asd report",
+        ),
+        (["report", "a", "b", "-n", "x"], "Error: Give --name once per submission (2), got 1.", "asd report"),
+        (
+            ["report", "a", "--banks", "b", "--banks", "c"],
+            "Error: Give --banks once per submission (1), got 2.",
+            "asd report",
+        ),
+        (
             ["embed", "x", "-o", "y.npz", "--batch-size", "many"],
             "Error: Invalid value for '--batch-size': expected a valid integer, unable to parse string as an integer.",
             "asd embed",

@@ -129,6 +129,36 @@ def test_files_of_other_machines_are_left_out_and_said(setup, tmp_path: Path) ->
         assert not any("pump" in n for n in archive.namelist())
 
 
+def test_repackaging_removes_its_own_earlier_files_only(setup, tmp_path: Path) -> None:
+    """A second package for fewer machines removes the first one's files of the other machine, so
+    the folder holds what the zip holds; a file asdcli did not write (or an edited meta YAML) is
+    never removed or overwritten: the command refuses and names it."""
+    data, sub = setup
+    out = tmp_path / "pkg"
+    assert _package(data, sub, out).exit_code == 0
+    folder = out / "task2" / "Doe_ACME_task2_2"
+    fan_only = tmp_path / "eval_fan"
+    (fan_only / "fan").mkdir(parents=True)
+    (data / "fan").rename(fan_only / "fan")
+    res = _package(fan_only, sub, out)
+    assert res.exit_code == 0, res.output
+    with zipfile.ZipFile(out / "Doe_ACME_task2_2.zip") as archive:
+        zipped = {Path(n).name for n in archive.namelist()}
+    assert {p.name for p in folder.iterdir()} == zipped and not any("valve" in n for n in zipped)
+
+    mine = folder / "notes.txt"
+    mine.write_text("my notes")
+    meta = folder / "Doe_ACME_task2_2.meta.yaml"
+    for victim in (mine, meta):
+        if victim is meta:
+            mine.unlink()
+            meta.write_text(meta.read_text().replace('name: "FILL IN"', 'name: "My system"', 1))
+        before = sorted((p.name, p.read_bytes()) for p in folder.iterdir())
+        res = _package(fan_only, sub, out)
+        assert res.exit_code == 1 and victim.name in res.output and str(folder) in " ".join(res.output.split())
+        assert sorted((p.name, p.read_bytes()) for p in folder.iterdir()) == before
+
+
 def test_meta_is_filled_from_the_run_folder(setup, tmp_path: Path) -> None:
     import json
 

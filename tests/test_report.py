@@ -322,7 +322,7 @@ def test_out_that_is_an_input_is_an_error(setup, tmp_path: Path, target: str) ->
     victim = _fan_file(sub) if target == "score" else next((tmp_path / "gt").rglob("*.csv"))
     before = victim.read_bytes()
     msg = _error([str(sub), "--ground-truth", str(tmp_path / "gt"), "--out", str(victim)])
-    assert "is one of the report's inputs" in msg and victim.read_bytes() == before
+    assert "is one of the inputs" in msg and victim.read_bytes() == before
 
 
 def test_stdin_accepts_header_and_jsonl(setup) -> None:
@@ -453,7 +453,8 @@ def test_error_empty_folder_and_no_ground_truth(setup, tmp_path: Path) -> None:
     assert "holds no anomaly_score_" in _error([str(tmp_path / "empty"), "--data", str(data)])
     assert "No ground truth" in _error([str(sub)])
     assert "--machine NAME" in _error(["-", "--data", str(data)], input="a.wav,1\n")
-    assert "Pass one or more submission folders" in _error(["--data", str(data)])
+    usage = runner.invoke(app, ["report", "--data", str(data)])  # a usage error: exit 2
+    assert usage.exit_code == 2 and "Pass one or more submission folders" in usage.stderr, usage.output
 
 
 def test_baseline_file_names_are_recognised(setup) -> None:

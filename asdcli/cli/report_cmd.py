@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from asdcli.cli.usage import usage_error
 from asdcli.errors import ConfigError
 
 
@@ -19,6 +20,7 @@ class ReportFormat(str, Enum):
 
 
 def command(
+    ctx: typer.Context,
     submissions: list[str] = typer.Argument(
         None,
         metavar="SUBMISSION",
@@ -104,6 +106,22 @@ def command(
     from asdcli.evaluate.report_command import ReportConfig, run_report
 
     subs = tuple(submissions or ())
+    try:
+        cfg = ReportConfig(
+            submissions=subs,
+            ground_truth=ground_truth,
+            data=data,
+            machine=machine,
+            fmt=fmt.value if fmt is not None else None,
+            plots=plots,
+            out=out,
+            ground_truth_out=ground_truth_out,
+            names=tuple(name or ()),
+            banks=tuple(banks or ()),
+            html=html,
+        )
+    except ConfigError as e:  # a bad combination of arguments and options
+        raise usage_error(str(e), ctx) from None
     stdin_text = None
     if "-" in subs:
         if sys.stdin.isatty():
@@ -111,18 +129,6 @@ def command(
                 "'-' reads scores from stdin, but stdin is a terminal; pipe them in, e.g. "
                 "`asd score ... | asd report - --machine fan --data DATA`."
             )
-        stdin_text = sys.stdin.read()
-    cfg = ReportConfig(
-        submissions=subs,
-        ground_truth=ground_truth,
-        data=data,
-        machine=machine,
-        fmt=fmt.value if fmt is not None else None,
-        plots=plots,
-        out=out,
-        ground_truth_out=ground_truth_out,
-        names=tuple(name or ()),
-        banks=tuple(banks or ()),
-        html=html,
-    )
+        # bytes: a file name that is not UTF-8 (as `asd score` writes it) keeps its bytes, surrogate-escaped
+        stdin_text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
     run_report(cfg, stdin_text=stdin_text)

@@ -171,6 +171,12 @@ def show_usage_error(error: Any) -> None:
     typer.echo(f"Try '{command} --help' for help.", err=True)
 
 
+def usage_error(message: str, ctx: Any = None) -> Exception:
+    """A usage error of the command of ``ctx`` (a bad combination of arguments and options): one
+    ``Error:`` line and the ``Try`` line, exit 2."""
+    return _click_exceptions().UsageError(message, ctx=ctx)
+
+
 def _click_exceptions() -> Any:
     import importlib
 

@@ -153,7 +153,7 @@ def parse_filename(name: str) -> ParsedName:
         Bare file name (a path's directories are ignored), e.g.
         ``"section_00_source_train_normal_0000_vel_12_loc_B.wav"``.
     """
-    tokens = _strip_suffix(Path(name).name).split("_")
+    tokens = _strip_suffix(Path(name).name).strip().split("_")  # " section_00_....wav" keeps its labels
     if len(tokens) >= 3 and tokens[0] == "section" and tokens[1].isdigit():
         return _parse_section_form(tokens)
     if len(tokens) == 4 and tokens[0] in LABELS and tokens[1] == "id" and tokens[2].isdigit() and tokens[3].isdigit():

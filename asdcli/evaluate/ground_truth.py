@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 GT_DIRS = ("ground_truth_data", "ground_truth_domain", "ground_truth_attributes")
 _GT_NAME = re.compile(r"^ground_truth_(?P<machine>.+?)_section_(?P<section>\d+)_test\.csv$")
 SHOW = 5  # names quoted in an error message
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def first_few(names: Sequence[str], show: int = SHOW) -> str:
@@ -39,6 +40,12 @@ def first_few(names: Sequence[str], show: int = SHOW) -> str:
     names = list(names)
     more = f" and {len(names) - show} more" if len(names) > show else ""
     return ", ".join(names[:show]) + more
+
+
+def printable(text: str) -> str:
+    """``text`` with the bytes of a non-UTF-8 file name (surrogate-escaped) shown as U+FFFD: for
+    labels that go into tables, plots and HTML, which cannot hold such bytes."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def gt_file_name(machine: str, section: str) -> str:
@@ -167,16 +174,15 @@ def ground_truth_from_data(data_root: Path | str) -> GroundTruth:
 def _read_csv_rows(path: Path, min_cols: int) -> list[tuple[int, list[str]]]:
     """Non-blank rows of a headerless CSV with their 1-based line numbers."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")  # as the file names on disk
+    except OSError as e:
         raise DataError(f"Cannot read {path}: {e}.") from e
     rows = []
     reader = csv.reader(io.StringIO(text, newline=""))
     start = 1
     for row in reader:
         lineno, start = start, reader.line_num + 1
-        row = [c.strip() for c in row]
-        if not any(row):
+        if not any(c.strip() for c in row):  # names are kept as written: one may start with a space
             continue
         if len(row) < min_cols:
             raise DataError(f"{path} line {lineno} has {len(row)} column(s), expected {min_cols}: {','.join(row)!r}.")
@@ -186,7 +192,8 @@ def _read_csv_rows(path: Path, min_cols: int) -> list[tuple[int, list[str]]]:
 
 def _read_flags(path: Path) -> dict[str, int]:
     flags: dict[str, int] = {}
-    for lineno, (name, value, *_) in _read_csv_rows(path, 2):
+    for lineno, (name, raw, *_) in _read_csv_rows(path, 2):
+        value = raw.strip()
         if value not in ("0", "1"):
             raise DataError(f"{path} line {lineno}: expected 0 or 1 after the file name, got {value!r}.")
         if name in flags:

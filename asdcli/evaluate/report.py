@@ -13,9 +13,6 @@ machine without ground truth is a DataError naming the file and the clips.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -26,23 +23,14 @@ import numpy as np
 
 from asdcli.errors import DataError
 from asdcli.evaluate import metrics
-from asdcli.evaluate.ground_truth import GroundTruth, SectionTruth, first_few
+from asdcli.evaluate.ground_truth import GroundTruth, SectionTruth, first_few, printable
+from asdcli.evaluate.score_rows import Entry, parse_rows, read_text
 
 # Also matches the baseline's own names, anomaly_score_DCASE2025T2fan_section_00_test_seed13711_id(0_).csv.
 _SCORE_NAME = re.compile(
     r"^anomaly_score_(?:DCASE20\d\dT2)?(?P<machine>.+?)_section_(?P<section>\d+)_test(?P<tag>.*)\.csv$"
 )
 STDIN = "-"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One row of a score or decision file: its file, line number, clip name and value."""
-
-    file: str
-    line: int
-    name: str
-    value: float
 
 
 @dataclass(frozen=True)
@@ -107,77 +95,6 @@ class SystemReport:
         return {"arithmetic mean": metrics.amean(values), "harmonic mean": metrics.hmean(values)}
 
 
-# ---------------------------------------------------------------- reading score files
-
-
-def _is_header(row: Sequence[str]) -> bool:
-    return bool(row) and row[0].strip().lower() in ("filename", "file_name", "file")
-
-
-def parse_rows(text: str, where: str, decisions: bool = False) -> list[Entry]:
-    """Rows ``filename,value`` of a score (or decision) CSV, read with the ``csv`` module (a name
-    may hold a quoted comma, quote or newline; a UTF-8 BOM is dropped); JSON lines
-    ``{"filename", "score"}`` (``asd score --format jsonl``) are accepted too. A header line
-    ``filename,...`` is skipped.
-
-    Raises DataError on a short row, a non-numeric or non-finite score, or a decision not 0/1.
-    """
-    text = text.removeprefix("\ufeff")
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    if first.lstrip().startswith("{"):
-        return _json_rows(text, where, decisions)
-    entries: list[Entry] = []
-    reader = csv.reader(io.StringIO(text, newline=""))
-    start = 1
-    for row in reader:
-        lineno, start = start, reader.line_num + 1
-        if not any(c.strip() for c in row):
-            continue
-        at = f"{where} line {lineno}"
-        if not entries and _is_header(row):
-            continue
-        if len(row) < 2:
-            raise DataError(f"{at}: expected 'filename,{'0|1' if decisions else 'score'}', got {','.join(row)!r}.")
-        entries.append(Entry(where, lineno, row[0].strip(), _value(row[1].strip(), at, decisions)))
-    return entries
-
-
-def _json_rows(text: str, where: str, decisions: bool) -> list[Entry]:
-    key = "decision" if decisions else "score"
-    entries = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        at = f"{where} line {lineno}"
-        try:
-            rec = json.loads(line)
-            name, raw = str(rec["filename"]), str(rec[key])
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{at}: not a JSON object with 'filename' and '{key}' ({e}).") from e
-        entries.append(Entry(where, lineno, name, _value(raw, at, decisions)))
-    return entries
-
-
-def _value(raw: str, at: str, decisions: bool) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if decisions and value not in (0.0, 1.0):
-        raise DataError(f"{at}: a decision must be 0 or 1, got {raw!r}.")
-    if not math.isfinite(value):
-        raise DataError(f"{at}: the score {raw!r} is not a finite number; every clip needs a numeric score.")
-    return value
-
-
-def read_text(path: Path) -> str:
-    """A CSV input as text (UTF-8, a leading BOM dropped); an unreadable file is a DataError."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"Cannot read {path}: {e}.") from e
-
-
 def bank_thresholds(banks_dir: Path | str) -> dict[tuple[str, str], float]:
     """The decision threshold of every ``bank_<machine>_section_<SS>.npz`` under ``banks_dir``
     (the threshold the decision files were made with), keyed by (machine, section)."""
@@ -238,7 +155,15 @@ def evaluate_section(
     d = None if decisions is None else decisions.astype(np.int8)
     values = metrics.section_metrics(truth.anomaly, scores, truth.target, d)
     return SectionResult(
-        truth.machine, truth.section, values, truth.filenames, scores, truth.anomaly, truth.target, d, threshold
+        printable(truth.machine),
+        truth.section,
+        values,
+        truth.filenames,
+        scores,
+        truth.anomaly,
+        truth.target,
+        d,
+        threshold,
     )
 
 
@@ -339,23 +264,33 @@ def evaluate_stream(text: str, machine: str, truth: GroundTruth, name: str = "st
     unknown = [e.name for e in entries if e.name not in owner]
     if unknown:
         raise DataError(f"{name}: {len(unknown)} name(s) are not test clips of {machine}: {first_few(unknown)}.")
-    results = []
+    results, done = [], set()
     for st in sections:
         rows = [e for e in entries if owner[e.name] is st]
         if rows:
             results.append(evaluate_section(st, align(rows, st, f"{name} ({machine} section {st.section})")))
-    done = {(r.machine, r.section) for r in results}
+            done.add((st.machine, st.section))
     sub = GroundTruth({k: v for k, v in truth.sections.items() if k[0] == machine}, truth.origin)
     warnings = _undefined_warnings(results, name) + _coverage_warnings(done, sub, name)
     return SystemReport(name, STDIN, tuple(results), tuple(warnings))
 
 
 def system_names(paths: Sequence[str], given: Sequence[str] = ()) -> list[str]:
-    """Short unique display names: the given ones (empty: none given), else folder names, or
-    the paths as given where those repeat."""
+    """Short unique display names: the given ones (empty: none given), else folder names, with
+    the path as given where one name stands for several paths, and `` (2)``, `` (3)``, ... where
+    a name still repeats (one submission given twice)."""
     given = list(given) or [""] * len(paths)
-    names = [g or ("stdin" if p == STDIN else (Path(p).name or str(p))) for g, p in zip(given, paths)]
-    return [n if names.count(n) == 1 else f"{n} ({p})" for n, p in zip(names, paths)]
+    names = [printable(g or ("stdin" if p == STDIN else (Path(p).name or str(p)))) for g, p in zip(given, paths)]
+    paths_of = {n: {p for m, p in zip(names, paths) if m == n} for n in names}
+    names = [f"{n} ({printable(p)})" if len(paths_of[n]) > 1 and p != n else n for n, p in zip(names, paths)]
+    unique: list[str] = []
+    for n in names:
+        label, k = n, 1
+        while label in unique or (k > 1 and label in names):
+            k += 1
+            label = f"{n} ({k})"
+        unique.append(label)
+    return unique
 
 
 def evaluate_all(

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
+from rich.markup import escape
 
-from asdcli.artifacts import write_text_atomic
+from asdcli.artifacts import check_not_input, write_text_atomic
 from asdcli.console import is_terminal, stderr_console
 from asdcli.errors import ConfigError
-from asdcli.evaluate.ground_truth import load_ground_truth, write_ground_truth
+from asdcli.evaluate.ground_truth import GroundTruth, load_ground_truth, write_ground_truth
 from asdcli.evaluate.render import FORMATS, pct, render, render_text
 from asdcli.evaluate.report import STDIN, SystemReport, bank_thresholds, evaluate_all
 
@@ -80,6 +81,8 @@ def default_name(submission: str) -> str | None:
 
 
 def _input_files(cfg: ReportConfig) -> list[Path]:
+    """Every file the report reads: score and decision CSVs, the ground truth (official CSVs or the
+    clips under --data, whose names are the labels) and the banks."""
     files = []
     for sub in cfg.submissions:
         path = Path(sub)
@@ -87,20 +90,22 @@ def _input_files(cfg: ReportConfig) -> list[Path]:
             files += [p for p in path.iterdir() if p.suffix == ".csv"]
         elif sub != STDIN:
             files.append(path)
-    if cfg.ground_truth is not None and cfg.ground_truth.is_dir():
-        files += list(cfg.ground_truth.rglob("*.csv"))
+    for root in (cfg.ground_truth, cfg.data):
+        if root is not None and root.is_dir():
+            files += [p for p in root.rglob("*") if p.is_file()]
+    runs = [run_folder(s) for s in cfg.submissions]
+    for banks in (*cfg.banks, *(run / "banks" for run in runs if run is not None)):
+        if banks.is_dir():
+            files += list(banks.glob("bank_*.npz"))
     return files
 
 
 def check_outputs(cfg: ReportConfig) -> None:
-    """An output that is one of the inputs would destroy it: a ConfigError naming both."""
-    inputs = {p.resolve(): p for p in _input_files(cfg)}
-    for option, out in (("--out", cfg.out), ("--html", cfg.html)):
-        if out is not None and out.resolve() in inputs:
-            raise ConfigError(
-                f"{option} {out} is one of the report's inputs ({inputs[out.resolve()]}); "
-                "write the result to another file."
-            )
+    """An output that is one of the inputs would destroy it: a ConfigError naming it."""
+    outputs = [(option, out) for option, out in (("--out", cfg.out), ("--html", cfg.html)) if out is not None]
+    inputs = _input_files(cfg) if any(out.exists() for _, out in outputs) else []  # a new file overwrites nothing
+    for option, out in outputs:
+        check_not_input(out, inputs if out.exists() else [], option)
 
 
 def _thresholds(cfg: ReportConfig) -> list[dict[tuple[str, str], float] | None]:
@@ -116,9 +121,12 @@ def _file_format(cfg: ReportConfig, out: Path) -> str:
     return {".json": "json", ".txt": "table"}.get(out.suffix.lower(), "csv")
 
 
-def evaluate_reports(cfg: ReportConfig, stdin_text: str | None = None) -> list[SystemReport]:
-    """The evaluated submissions of ``cfg`` (names and thresholds applied)."""
-    truth = load_ground_truth(cfg.ground_truth, cfg.data)
+def evaluate_reports(
+    cfg: ReportConfig, stdin_text: str | None = None, truth: GroundTruth | None = None
+) -> list[SystemReport]:
+    """The evaluated submissions of ``cfg`` (names and thresholds applied) against ``truth``
+    (default: the ground truth that ``cfg`` names)."""
+    truth = truth if truth is not None else load_ground_truth(cfg.ground_truth, cfg.data)
     names = cfg.names or tuple(default_name(s) or "" for s in cfg.submissions)
     return evaluate_all(cfg.submissions, truth, cfg.machine, stdin_text, names=names, thresholds=_thresholds(cfg))
 
@@ -128,16 +136,17 @@ def run_report(
 ) -> list[SystemReport]:
     """Do what ``cfg`` asks and return the evaluated systems.
 
-    Writes the ground-truth CSVs (``ground_truth_out``), evaluates the submissions, writes plots,
-    the HTML page and ``out`` (atomically), renders the result on ``stdout`` (a table when it is a
+    Evaluates the submissions, then (only when that succeeded) writes the ground-truth CSVs
+    (``ground_truth_out``), plots, the HTML page and ``out`` (atomically), renders the result on ``stdout`` (a table when it is a
     terminal or ``fmt`` says so, else CSV/JSON; nothing when only files were asked and stdout is
     piped) and puts warnings and file notices on ``console`` (stderr).
     """
     stdout = stdout if stdout is not None else sys.stdout
     console = console or stderr_console()
     check_outputs(cfg)
+    truth = load_ground_truth(cfg.ground_truth, cfg.data)
+    reports = evaluate_reports(cfg, stdin_text, truth) if cfg.submissions else []
     if cfg.ground_truth_out is not None:
-        truth = load_ground_truth(cfg.ground_truth, cfg.data)
         paths = write_ground_truth(truth, cfg.ground_truth_out)
         console.print(
             f"Wrote {len(paths)} ground-truth files for {len(truth.sections)} machine/section(s) "
@@ -147,9 +156,8 @@ def run_report(
         )
     if not cfg.submissions:
         return []
-    reports = evaluate_reports(cfg, stdin_text)
     for warning in (w for r in reports for w in r.warnings):
-        console.print(f"[yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"[yellow]Warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     _write_files(cfg, reports, console)
     terminal = is_terminal(stdout)
     if cfg.out is None or terminal:
