@@ -219,9 +219,6 @@ def test_non_utf8_clip_names_round_trip_through_the_submission_folder(fan: dict[
 # stderr holds one Error line only
 
 
-@pytest.mark.xfail(
-    strict=True, reason="`score --embeddings` prints 'Scored the N test clips ...' before the front-end check fails"
-)
 def test_mismatched_embeddings_error_is_the_only_stderr_line(fan: dict[str, Path], tmp_path: Path) -> None:
     """A failed score says only why it failed; a line saying clips were 'Scored' is false."""
 

@@ -11,6 +11,7 @@ from asdcli.artifacts import Embeddings, check_not_input, load_embeddings
 from asdcli.backend.bank import Bank, load_bank, load_banks
 from asdcli.backend.score import (
     SCORE_FORMATS,
+    check_compatible,
     check_unique_names,
     decide,
     format_rows,
@@ -150,6 +151,7 @@ def _check_modes(
 
 def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
     emb = load_embeddings(path)
+    check_compatible(bank, emb, f"The bank of {bank.name}", str(path))  # before any line saying rows were scored
     if all_rows:
         return emb
     rows = select_test(emb, bank.machine, bank.section)
