@@ -328,7 +328,8 @@ def load_embeddings(path: str | Path) -> Embeddings:
             f"{path}: embeddings must be a numeric 2-D array with at least one column, "
             f"got {raw.dtype} of shape {raw.shape}; re-create it with `asd embed`."
         )
-    vectors = np.asarray(raw, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 range become Inf: refused below
+        vectors = np.asarray(raw, dtype=np.float32)
     n = vectors.shape[0]
     fields = {}
     for f in Embeddings.FIELDS:
