@@ -167,19 +167,33 @@ def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def load_npz(path: str | Path, required: tuple[str, ...] = (), what: str = "artifact") -> dict[str, np.ndarray]:
-    """Load an npz without pickles; a missing, corrupt or incomplete file is a clear error."""
+    """Load an npz without pickles; a missing, corrupt or incomplete file, a folder or a bare
+    ``.npy`` array is a clear error."""
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactNotFound(f"{what.capitalize()} {path} is a folder; pass the .npz file itself.")
     if not path.is_file():
         raise ArtifactNotFound(f"{what.capitalize()} {path} does not exist.")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file loads as one bare array
+            raise ArtifactError(
+                f"{path} is a single .npy array, not {_a(what)} (.npz); pass the .npz file that asdcli wrote."
+            )
+        with loaded as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise ArtifactError(f"{path} is not a readable {what} npz file ({e}). Re-create it.") from e
+        # numpy reads any other bytes as a pickle, and its message suggests loading it unsafely
+        why = "not an npz archive, and asdcli never unpickles" if "pickle" in str(e) else str(e)
+        raise ArtifactError(f"{path} is not a readable .npz {what} ({why}). Re-create it.") from e
     missing = [k for k in required if k not in arrays]
     if missing:
-        raise ArtifactError(f"{path} is not a {what}: it lacks {', '.join(missing)}.")
+        raise ArtifactError(f"{path} is not {_a(what)}: it lacks {', '.join(missing)}.")
     return arrays
 
 

@@ -400,9 +400,6 @@ def test_full_stdout_is_one_error_line(fan: dict[str, Path]) -> None:
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="load_npz does `with np.load(...)`: a .npy file returns an ndarray -> TypeError traceback"
-)
 @pytest.mark.parametrize("option", ["--embeddings", "--bank"])
 def test_npy_file_instead_of_npz_is_one_error_line(option: str, fan: dict[str, Path], tmp_path: Path) -> None:
     npy = tmp_path / "vectors.npy"
@@ -412,6 +409,18 @@ def test_npy_file_instead_of_npz_is_one_error_line(option: str, fan: dict[str, P
         "--bank": ("--bank", npy, "--embeddings", fan["test"]),
     }
     _assert_error(_asd("score", *args[option]), str(npy))
+
+
+@pytest.mark.parametrize("option", ["--embeddings", "--bank"])
+def test_folder_instead_of_npz_says_it_is_a_folder(option: str, fan: dict[str, Path], tmp_path: Path) -> None:
+    args = {"--embeddings": ("--bank", fan["bank"], "--embeddings", tmp_path),
+            "--bank": ("--bank", tmp_path, "--embeddings", fan["test"])}  # fmt: skip
+    line = _assert_error(_asd("score", *args[option]), str(tmp_path), "is a folder")
+    assert "does not exist" not in line
+
+
+def test_a_bank_given_as_embeddings_is_an_error_in_plain_english(fan: dict[str, Path]) -> None:
+    _assert_error(_asd("score", "--bank", fan["bank"], "--embeddings", fan["bank"]), "is not an embeddings file")
 
 
 # ---------------------------------------------------------------------------------------------
