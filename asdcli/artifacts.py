@@ -52,6 +52,12 @@ def shortened(name: str, room: int) -> str:
     return raw[:budget].decode("utf-8", "ignore") or name[:1]
 
 
+def temp_dir_prefix(name: str) -> str:
+    """The ``prefix`` for a ``tempfile`` folder beside the artifact ``name``: ``.<name>.``, shortened
+    so that tempfile's 8 random characters and a suffix of up to 4 (``.tmp``) fit in NAME_MAX."""
+    return f".{shortened(name, len('..') + 8 + 4)}."
+
+
 def _temp_stem(name: str, pid: str) -> str:
     """The part of ``name`` in its temp name ``.<stem>.<pid>-<hex8>.tmp`` (at most NAME_MAX bytes)."""
     return shortened(name, len(f"..{pid}-{'0' * 8}{_TEMP_SUFFIX}"))

@@ -283,14 +283,40 @@ def test_too_short_clip_length_is_only_an_error(
                        "--seconds", seconds, "--device", "cpu"), "0.175")  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a 250-character --out name: the parts folder name is too long -> OSError traceback"
-)
-def test_long_out_name_is_one_error_line(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_long_out_names_work(fan: dict[str, Path], synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A 250-character output name is a valid file name: every output works with one, although the
+    temp and parts names derived from it (``.<name>.<pid>-<hex>.tmp``, ``.<name>.parts-...``,
+    tempfile's ``.<name>.XXXXXXXX.tmp`` folders) would be longer than a file name may be."""
     clip = sorted((synth_root / "fan" / "test").glob("*.wav"))[0]
     out = tmp_path / ("a" * 246 + ".npz")
-    _assert_error(_asd("embed", clip, "--out", out, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--device", "cpu"))
-    assert list(tmp_path.iterdir()) == []
+    _assert_ok(_asd("embed", clip, "--out", out, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--device", "cpu"))
+    assert out.is_file()
+    banks = tmp_path / "banks"
+    banks.mkdir()
+    shutil.copy(fan["bank"], banks / "bank_fan_section_00.npz")
+    submission = tmp_path / ("s" * 250)
+    for _ in range(2):  # the second run replaces the first folder (its own temp name: `.old`)
+        _assert_ok(_asd("score", "--banks", banks, "--embeddings", fan["test"], "--submission-dir", submission))
+    assert sorted(p.name for p in submission.iterdir()) == ["anomaly_score_fan_section_00_test.csv",
+                                                            "decision_result_fan_section_00_test.csv"]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "banks", submission.name])
+
+
+@pytest.mark.parametrize("command", ["embed", "submission"])
+def test_too_long_out_name_is_one_error_line(
+    command: str, fan: dict[str, Path], synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    clip = sorted((synth_root / "fan" / "test").glob("*.wav"))[0]
+    banks = tmp_path / "banks"
+    banks.mkdir()
+    shutil.copy(fan["bank"], banks / "bank_fan_section_00.npz")
+    out = tmp_path / "out" / ("a" * 252 + ".npz")
+    args = {
+        "embed": ("embed", clip, "--out", out, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--device", "cpu"),
+        "submission": ("score", "--banks", banks, "--embeddings", fan["test"], "--submission-dir", out),
+    }
+    _assert_error(_asd(*args[command]), "256 bytes long")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
