@@ -412,18 +412,34 @@ def test_score_rows_with_extra_columns_are_an_error(fan: dict[str, Path], synth_
                        input="\n".join(rows) + "\n"), "stdin line 1")  # fmt: skip
 
 
+def _score_args(fan: dict[str, Path], what: str) -> list[str]:
+    args = {"data": ["score", "--bank", str(fan["bank"]), "--embeddings", str(fan["test"])],
+            "help": ["score", "--help"], "version": ["--version"], "no-args": []}  # fmt: skip
+    return [sys.executable, "-m", "asdcli", *args[what]]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.xfail(
-    strict=True,
-    reason="stdout on a full disk: OSError ENOSPC escapes as a 70-line traceback (then the Abort AttributeError)",
-)
-def test_full_stdout_is_one_error_line(fan: dict[str, Path]) -> None:
+@pytest.mark.parametrize("what", ["data", "help", "version", "no-args"])
+def test_full_stdout_is_one_error_line(what: str, fan: dict[str, Path]) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "asdcli", "score", "--bank", str(fan["bank"]), "--embeddings",
-                               str(fan["test"])], stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=120)  # fmt: skip
+        proc = subprocess.run(_score_args(fan, what), stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=120)  # fmt: skip
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr[-2000:]
+    assert "standard output" in lines[0] and "No space left" in lines[0]
+
+
+@pytest.mark.parametrize("what", ["data", "help", "no-args"])
+def test_closed_stdout_pipe_is_a_quiet_exit(what: str, fan: dict[str, Path], tmp_path: Path) -> None:
+    """`asd score ... | head -1`: the reader has gone, so there is nothing to say and no traceback."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    read, write = os.pipe()
+    os.close(read)  # before the command writes: its first write fails with EPIPE
+    with open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.run(_score_args(fan, what), stdout=write, stderr=err, env=env, timeout=120)
+    os.close(write)
+    assert proc.returncode == 1 and (tmp_path / "stderr").read_text() == ""
 
 
 @pytest.mark.parametrize("option", ["--embeddings", "--bank"])
