@@ -509,9 +509,6 @@ def test_failed_report_writes_no_ground_truth(fan: dict[str, Path], synth_root: 
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="score --decisions is checked against the given paths only, not the clips found in a folder"
-)
 def test_score_decisions_never_overwrite_a_clip_found_in_a_folder(fan: dict[str, Path], synth_root: Path,
                                                                  tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
     """`asd embed --out` already refuses a clip found in an input folder; `score --decisions` must too."""
@@ -523,3 +520,16 @@ def test_score_decisions_never_overwrite_a_clip_found_in_a_folder(fan: dict[str,
                   "--device", "cpu")  # fmt: skip
     assert victim.read_bytes() == before, "--decisions overwrote a scored clip"
     _assert_error(result, "--decisions")
+
+
+@pytest.mark.parametrize("option", ["--windows", "--plot"])
+def test_window_outputs_never_overwrite_a_clip_found_in_a_folder(option: str, fan: dict[str, Path], synth_root: Path,
+                                                                 tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
+    test = tmp_path / "fan" / "test"
+    shutil.copytree(synth_root / "fan" / "test", test)
+    victim = sorted(test.glob("*.wav"))[0]
+    before = victim.read_bytes()
+    result = _asd("score", "--bank", fan["bank"], test, "--window", 1, option, victim, "--checkpoint", tiny_checkpoint,
+                  "--device", "cpu")  # fmt: skip
+    assert victim.read_bytes() == before, f"{option} overwrote a scored clip"
+    _assert_error(result, option, str(victim))
