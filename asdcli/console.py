@@ -46,8 +46,8 @@ def failed_writing_stdout(error: OSError) -> bool:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    streams = [s for s in (sys.stdout, sys.__stdout__) if s is not None]
-    targets = {id(s) for s in streams} | {id(getattr(s, "buffer", None)) for s in streams} - {id(None)}
+    streams = (sys.stdout, sys.__stdout__)
+    targets = {id(s) for s in (*streams, *(getattr(s, "buffer", None) for s in streams)) if s is not None}
     for value in tb.tb_frame.f_locals.values():
         if id(value) in targets or (isinstance(value, Console) and id(value.file) in targets):
             return True

@@ -113,8 +113,9 @@ def command(
     elif embeddings is not None:
         rows = _rows_from_file(the_bank, embeddings, all_rows)
     else:
-        found = _bank_clips(the_bank, _found_clips(clips or []), skip_other_sections)
-        _check_outputs(outputs, (c.path for c in found))  # a clip found in a folder is an input too
+        found = _found_clips(clips or [])
+        _check_outputs(outputs, (c.path for c in found))  # a clip found in a folder is an input too, skipped or not
+        found = _bank_clips(the_bank, found, skip_other_sections)
         rows = _embed(the_bank, found, checkpoint, adapter, device, batch_size, precision)
     if windowed is None:
         what = str(embeddings or "the clips")
