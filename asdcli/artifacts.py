@@ -52,6 +52,12 @@ def shortened(name: str, room: int) -> str:
     return raw[:budget].decode("utf-8", "ignore") or name[:1]
 
 
+def temp_dir_prefix(name: str) -> str:
+    """The ``prefix`` for a ``tempfile`` folder beside the artifact ``name``: ``.<name>.``, shortened
+    so that tempfile's 8 random characters and a suffix of up to 4 (``.tmp``) fit in NAME_MAX."""
+    return f".{shortened(name, len('..') + 8 + 4)}."
+
+
 def _temp_stem(name: str, pid: str) -> str:
     """The part of ``name`` in its temp name ``.<stem>.<pid>-<hex8>.tmp`` (at most NAME_MAX bytes)."""
     return shortened(name, len(f"..{pid}-{'0' * 8}{_TEMP_SUFFIX}"))
@@ -167,19 +173,33 @@ def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def load_npz(path: str | Path, required: tuple[str, ...] = (), what: str = "artifact") -> dict[str, np.ndarray]:
-    """Load an npz without pickles; a missing, corrupt or incomplete file is a clear error."""
+    """Load an npz without pickles; a missing, corrupt or incomplete file, a folder or a bare
+    ``.npy`` array is a clear error."""
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactNotFound(f"{what.capitalize()} {path} is a folder; pass the .npz file itself.")
     if not path.is_file():
         raise ArtifactNotFound(f"{what.capitalize()} {path} does not exist.")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file loads as one bare array
+            raise ArtifactError(
+                f"{path} is a single .npy array, not {_a(what)} (.npz); pass the .npz file that asdcli wrote."
+            )
+        with loaded as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise ArtifactError(f"{path} is not a readable {what} npz file ({e}). Re-create it.") from e
+        # numpy reads any other bytes as a pickle, and its message suggests loading it unsafely
+        why = "not an npz archive, and asdcli never unpickles" if "pickle" in str(e) else str(e)
+        raise ArtifactError(f"{path} is not a readable .npz {what} ({why}). Re-create it.") from e
     missing = [k for k in required if k not in arrays]
     if missing:
-        raise ArtifactError(f"{path} is not a {what}: it lacks {', '.join(missing)}.")
+        raise ArtifactError(f"{path} is not {_a(what)}: it lacks {', '.join(missing)}.")
     return arrays
 
 
@@ -328,7 +348,8 @@ def load_embeddings(path: str | Path) -> Embeddings:
             f"{path}: embeddings must be a numeric 2-D array with at least one column, "
             f"got {raw.dtype} of shape {raw.shape}; re-create it with `asd embed`."
         )
-    vectors = np.asarray(raw, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 range become Inf: refused below
+        vectors = np.asarray(raw, dtype=np.float32)
     n = vectors.shape[0]
     fields = {}
     for f in Embeddings.FIELDS:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sys
 import warnings
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -34,6 +36,41 @@ def is_terminal(stream: IO[str] | None = None) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def failed_writing_stdout(error: OSError) -> bool:
+    """True when ``error`` was raised by a write to (or flush of) stdout: the innermost frame of its
+    traceback holds stdout, its byte buffer, or a Rich console on stdout."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    streams = (sys.stdout, sys.__stdout__)
+    targets = {id(s) for s in (*streams, *(getattr(s, "buffer", None) for s in streams)) if s is not None}
+    for value in tb.tb_frame.f_locals.values():
+        if id(value) in targets or (isinstance(value, Console) and id(value.file) in targets):
+            return True
+    return False
+
+
+def exit_on_stdout_error(error: OSError) -> NoReturn:
+    """Exit 1 after stdout failed: one ``Error:`` line on stderr (none for a closed pipe such as
+    ``| head -1``, whose reader wanted no more). The unwritten rest goes to the null device, so the
+    interpreter's flush at exit does not fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    if error.errno != errno.EPIPE:
+        with contextlib.suppress(OSError):
+            stderr_console().print(
+                f"[bold red]Error:[/] Cannot write to standard output: {escape(error.strerror or str(error))}. "
+                "Free disk space or send the output elsewhere.",
+                highlight=False,
+                soft_wrap=True,
+            )
+    sys.exit(1)
 
 
 def make_progress(console: Console | None = None, unit: str = "clips") -> Progress:

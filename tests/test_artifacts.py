@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from asdcli.artifacts import atomic_write, write_bytes_atomic
+from asdcli.artifacts import atomic_write, temp_dir_prefix, write_bytes_atomic
 from asdcli.errors import AsdError
 
 
@@ -86,3 +87,13 @@ def test_a_long_name_gets_a_temp_name_that_fits_and_a_too_long_one_is_an_error(t
     assert long.read_bytes() == b"x" and [p.name for p in tmp_path.iterdir()] == [long.name]
     with pytest.raises(AsdError, match="its name is 260 bytes long, more than the 255"):
         write_bytes_atomic(tmp_path / ("e" * 256 + ".npz"), b"x")
+
+
+@pytest.mark.parametrize("suffix", [".tmp", ".old"])
+def test_temp_folders_beside_a_long_name_fit_a_file_name(tmp_path: Path, suffix: str) -> None:
+    """`score --submission-dir`, `asd fuse` and `asd export` build their output in a tempfile folder
+    named after it: with a 254-byte name that folder name must still fit."""
+    name = "é" * 127  # 254 bytes
+    folder = Path(tempfile.mkdtemp(prefix=temp_dir_prefix(name), suffix=suffix, dir=tmp_path))
+    assert folder.is_dir() and folder.name.startswith(".é") and len(folder.name.encode()) <= 255
+    assert temp_dir_prefix("model.onnx") == ".model.onnx."

@@ -216,9 +216,6 @@ def test_non_utf8_clip_names_round_trip_through_the_submission_folder(fan: dict[
 # stderr holds one Error line only
 
 
-@pytest.mark.xfail(
-    strict=True, reason="`score --embeddings` prints 'Scored the N test clips ...' before the front-end check fails"
-)
 def test_mismatched_embeddings_error_is_the_only_stderr_line(fan: dict[str, Path], tmp_path: Path) -> None:
     """A failed score says only why it failed; a line saying clips were 'Scored' is false."""
 
@@ -234,9 +231,6 @@ def test_mismatched_embeddings_error_is_the_only_stderr_line(fan: dict[str, Path
     _assert_error(_asd("score", "--bank", fan["bank"], "--embeddings", other), "clip_seconds")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="float64 embeddings beyond float32 range print numpy's RuntimeWarning before the Error line"
-)
 def test_overflowing_embeddings_are_one_error_line(fan: dict[str, Path], tmp_path: Path) -> None:
     """Run as a process: pytest would capture the warning that a user sees on stderr."""
     emb = _edit_npz(fan["test"], tmp_path / "big.npz", _set_array("embeddings", lambda a: a.astype(np.float64) * 1e300))
@@ -283,14 +277,40 @@ def test_too_short_clip_length_is_only_an_error(
                        "--seconds", seconds, "--device", "cpu"), "0.175")  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a 250-character --out name: the parts folder name is too long -> OSError traceback"
-)
-def test_long_out_name_is_one_error_line(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_long_out_names_work(fan: dict[str, Path], synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A 250-character output name is a valid file name: every output works with one, although the
+    temp and parts names derived from it (``.<name>.<pid>-<hex>.tmp``, ``.<name>.parts-...``,
+    tempfile's ``.<name>.XXXXXXXX.tmp`` folders) would be longer than a file name may be."""
     clip = sorted((synth_root / "fan" / "test").glob("*.wav"))[0]
     out = tmp_path / ("a" * 246 + ".npz")
-    _assert_error(_asd("embed", clip, "--out", out, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--device", "cpu"))
-    assert list(tmp_path.iterdir()) == []
+    _assert_ok(_asd("embed", clip, "--out", out, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--device", "cpu"))
+    assert out.is_file()
+    banks = tmp_path / "banks"
+    banks.mkdir()
+    shutil.copy(fan["bank"], banks / "bank_fan_section_00.npz")
+    submission = tmp_path / ("s" * 250)
+    for _ in range(2):  # the second run replaces the first folder (its own temp name: `.old`)
+        _assert_ok(_asd("score", "--banks", banks, "--embeddings", fan["test"], "--submission-dir", submission))
+    assert sorted(p.name for p in submission.iterdir()) == ["anomaly_score_fan_section_00_test.csv",
+                                                            "decision_result_fan_section_00_test.csv"]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "banks", submission.name])
+
+
+@pytest.mark.parametrize("command", ["embed", "submission"])
+def test_too_long_out_name_is_one_error_line(
+    command: str, fan: dict[str, Path], synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    clip = sorted((synth_root / "fan" / "test").glob("*.wav"))[0]
+    banks = tmp_path / "banks"
+    banks.mkdir()
+    shutil.copy(fan["bank"], banks / "bank_fan_section_00.npz")
+    out = tmp_path / "out" / ("a" * 252 + ".npz")
+    args = {
+        "embed": ("embed", clip, "--out", out, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--device", "cpu"),
+        "submission": ("score", "--banks", banks, "--embeddings", fan["test"], "--submission-dir", out),
+    }
+    _assert_error(_asd(*args[command]), "256 bytes long")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,23 +392,36 @@ def test_score_rows_with_extra_columns_are_an_error(fan: dict[str, Path], synth_
                        input="\n".join(rows) + "\n"), "stdin line 1")  # fmt: skip
 
 
+def _score_args(fan: dict[str, Path], what: str) -> list[str]:
+    args = {"data": ["score", "--bank", str(fan["bank"]), "--embeddings", str(fan["test"])],
+            "help": ["score", "--help"], "version": ["--version"], "no-args": []}  # fmt: skip
+    return [sys.executable, "-m", "asdcli", *args[what]]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.xfail(
-    strict=True,
-    reason="stdout on a full disk: OSError ENOSPC escapes as a 70-line traceback (then the Abort AttributeError)",
-)
-def test_full_stdout_is_one_error_line(fan: dict[str, Path]) -> None:
+@pytest.mark.parametrize("what", ["data", "help", "version", "no-args"])
+def test_full_stdout_is_one_error_line(what: str, fan: dict[str, Path]) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "asdcli", "score", "--bank", str(fan["bank"]), "--embeddings",
-                               str(fan["test"])], stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=120)  # fmt: skip
+        proc = subprocess.run(_score_args(fan, what), stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=120)  # fmt: skip
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr[-2000:]
+    assert "standard output" in lines[0] and "No space left" in lines[0]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="load_npz does `with np.load(...)`: a .npy file returns an ndarray -> TypeError traceback"
-)
+@pytest.mark.parametrize("what", ["data", "help", "no-args"])
+def test_closed_stdout_pipe_is_a_quiet_exit(what: str, fan: dict[str, Path], tmp_path: Path) -> None:
+    """`asd score ... | head -1`: the reader has gone, so there is nothing to say and no traceback."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    read, write = os.pipe()
+    os.close(read)  # before the command writes: its first write fails with EPIPE
+    with open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.run(_score_args(fan, what), stdout=write, stderr=err, env=env, timeout=120)
+    os.close(write)
+    assert proc.returncode == 1 and (tmp_path / "stderr").read_text() == ""
+
+
 @pytest.mark.parametrize("option", ["--embeddings", "--bank"])
 def test_npy_file_instead_of_npz_is_one_error_line(option: str, fan: dict[str, Path], tmp_path: Path) -> None:
     npy = tmp_path / "vectors.npy"
@@ -398,6 +431,18 @@ def test_npy_file_instead_of_npz_is_one_error_line(option: str, fan: dict[str, P
         "--bank": ("--bank", npy, "--embeddings", fan["test"]),
     }
     _assert_error(_asd("score", *args[option]), str(npy))
+
+
+@pytest.mark.parametrize("option", ["--embeddings", "--bank"])
+def test_folder_instead_of_npz_says_it_is_a_folder(option: str, fan: dict[str, Path], tmp_path: Path) -> None:
+    args = {"--embeddings": ("--bank", fan["bank"], "--embeddings", tmp_path),
+            "--bank": ("--bank", tmp_path, "--embeddings", fan["test"])}  # fmt: skip
+    line = _assert_error(_asd("score", *args[option]), str(tmp_path), "is a folder")
+    assert "does not exist" not in line
+
+
+def test_a_bank_given_as_embeddings_is_an_error_in_plain_english(fan: dict[str, Path]) -> None:
+    _assert_error(_asd("score", "--bank", fan["bank"], "--embeddings", fan["bank"]), "is not an embeddings file")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,9 +482,6 @@ def test_failed_report_writes_no_ground_truth(fan: dict[str, Path], synth_root: 
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="score --decisions is checked against the given paths only, not the clips found in a folder"
-)
 def test_score_decisions_never_overwrite_a_clip_found_in_a_folder(fan: dict[str, Path], synth_root: Path,
                                                                  tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
     """`asd embed --out` already refuses a clip found in an input folder; `score --decisions` must too."""
@@ -451,3 +493,16 @@ def test_score_decisions_never_overwrite_a_clip_found_in_a_folder(fan: dict[str,
                   "--device", "cpu")  # fmt: skip
     assert victim.read_bytes() == before, "--decisions overwrote a scored clip"
     _assert_error(result, "--decisions")
+
+
+@pytest.mark.parametrize("option", ["--windows", "--plot"])
+def test_window_outputs_never_overwrite_a_clip_found_in_a_folder(option: str, fan: dict[str, Path], synth_root: Path,
+                                                                 tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
+    test = tmp_path / "fan" / "test"
+    shutil.copytree(synth_root / "fan" / "test", test)
+    victim = sorted(test.glob("*.wav"))[0]
+    before = victim.read_bytes()
+    result = _asd("score", "--bank", fan["bank"], test, "--window", 1, option, victim, "--checkpoint", tiny_checkpoint,
+                  "--device", "cpu")  # fmt: skip
+    assert victim.read_bytes() == before, f"{option} overwrote a scored clip"
+    _assert_error(result, option, str(victim))

@@ -1177,6 +1177,12 @@ BANK_ROWS = [
     pytest.param(_edit("std", _at((0,), 0.0)), "std has zero or negative values", id="zero-std"),
     pytest.param(_edit("mean", _at((2,), np.nan)), "mean contains NaN or Inf", id="nan-mean"),
     pytest.param(_edit("radii", _at((0,), 0.0)), "radii has zero or negative values", id="zero-radius"),
+    pytest.param(
+        _edit("mean", lambda a: a.astype(np.float64) + 1e300), "mean contains NaN or Inf", id="mean-beyond-float32"
+    ),
+    pytest.param(
+        _edit("std", lambda a: a.astype(np.float64) * 1e-300), "std has zero or negative", id="std-below-float32"
+    ),
     pytest.param(_set("threshold", np.nan), "threshold contains NaN or Inf", id="nan-threshold"),
     pytest.param(_set("threshold", "0.5"), "threshold has dtype <U", id="string-threshold"),
     pytest.param(_set("threshold", [0.1, 0.2]), "threshold has shape (2,)", id="array-threshold"),

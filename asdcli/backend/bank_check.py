@@ -62,11 +62,14 @@ def check_arrays(arrays: dict[str, np.ndarray], path: str | Path) -> None:
         raise _fail(path, f"loo_rows must be distinct row numbers in 0..{m - 1}")
     if arrays["threshold"].size != 1:
         raise _fail(path, f"threshold has shape {arrays['threshold'].shape}, expected one number")
-    for key in ("vectors", "mean", "std", "radii", "loo_scores", "threshold"):
-        if not np.isfinite(arrays[key]).all():
-            raise _fail(path, f"{key} contains NaN or Inf")
+    # checked as the float32 the bank is loaded as: a float64 beyond its range would become Inf (or 0)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        loaded = {key: arrays[key].astype(np.float32) for key in ("vectors", "mean", "std", "radii", "loo_scores")}
+    for key, values in (*loaded.items(), ("threshold", arrays["threshold"])):
+        if not np.isfinite(values).all():
+            raise _fail(path, f"{key} contains NaN or Inf (or values beyond float32 range)")
     for key in ("std", "radii"):
-        if (arrays[key] <= 0).any():
+        if (loaded[key] <= 0).any():
             raise _fail(path, f"{key} has zero or negative values (asd fit-bank floors them above 0)")
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
     if ((np.abs(norms - 1.0) > NORM_TOLERANCE) & (norms != 0.0)).any():

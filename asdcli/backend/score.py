@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asdcli.artifacts import Embeddings, write_text_atomic
+from asdcli.artifacts import Embeddings, check_name_length, temp_dir_prefix, write_text_atomic
 from asdcli.backend import knn
 from asdcli.backend.bank import Bank
 from asdcli.data.dataset import missing_field_error
@@ -205,8 +205,11 @@ def write_submission_folder(files: Mapping[str, str], out_dir: str | Path) -> li
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     parent = out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_dir_prefix(out_dir.name), suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise AsdError(f"Cannot write in {parent}: {e.strerror or e}. Choose a writable output folder.") from e
     try:
         for name, text in files.items():
             write_text_atomic(tmp / name, text)
@@ -218,6 +221,7 @@ def write_submission_folder(files: Mapping[str, str], out_dir: str | Path) -> li
 
 
 def _check_out_dir(out_dir: Path) -> None:
+    check_name_length(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"Submission folder {out_dir} is a file; choose a folder path.")
     if out_dir.is_dir():
@@ -233,7 +237,7 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    old = Path(tempfile.mkdtemp(prefix=temp_dir_prefix(out_dir.name), suffix=".old", dir=out_dir.parent))
     previous = old / "previous"
     try:
         os.replace(out_dir, previous)

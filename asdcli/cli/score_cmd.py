@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from asdcli.artifacts import Embeddings, check_not_input, load_embeddings
 from asdcli.backend.bank import Bank, load_bank, load_banks
 from asdcli.backend.score import (
     SCORE_FORMATS,
+    check_compatible,
     check_unique_names,
     decide,
     format_rows,
@@ -89,7 +91,8 @@ def command(
     `asd score --banks banks/ --embeddings test.npz --submission-dir submission/`.
     """
     _check_modes(clips, bank, banks, embeddings, submission_dir, fmt, decisions)
-    check_not_input(decisions, [p for p in (bank, embeddings, *(clips or [])) if p is not None], "--decisions")
+    outputs = {"--decisions": decisions, "--windows": windows, "--plot": plot}
+    _check_outputs(outputs, [p for p in (bank, banks, embeddings, *(clips or [])) if p is not None])
     if banks is not None:
         assert embeddings is not None and submission_dir is not None
         paths = write_submission(load_banks(banks), load_embeddings(embeddings), submission_dir, what=str(embeddings))
@@ -104,12 +107,16 @@ def command(
         from asdcli.monitor.windowed import score_windowed
 
         names, scores = score_windowed(
-            the_bank, clips or [], windowed, checkpoint, adapter, device, batch_size, stderr_console()
-        )
+            the_bank, clips or [], windowed, checkpoint, adapter, device, batch_size, stderr_console(),
+            check_clips=lambda found: _check_outputs(outputs, (c.path for c in found)),
+        )  # fmt: skip
     elif embeddings is not None:
         rows = _rows_from_file(the_bank, embeddings, all_rows)
     else:
-        rows = _embed(the_bank, clips or [], checkpoint, adapter, device, batch_size, skip_other_sections, precision)
+        found = _found_clips(clips or [])
+        _check_outputs(outputs, (c.path for c in found))  # a clip found in a folder is an input too, skipped or not
+        found = _bank_clips(the_bank, found, skip_other_sections)
+        rows = _embed(the_bank, found, checkpoint, adapter, device, batch_size, precision)
     if windowed is None:
         what = str(embeddings or "the clips")
         scores = score_embeddings(the_bank, rows, what=what)
@@ -123,6 +130,13 @@ def command(
         typer.echo(format_rows(names, scores, flags, fmt, header).encode("utf-8", "surrogateescape"), nl=False)
     if decisions is not None:
         write_decisions(decisions, names, flags)
+
+
+def _check_outputs(outputs: dict[str, Path | None], inputs: Iterable[str | Path]) -> None:
+    """ConfigError when an output option names one of ``inputs`` (writing it would destroy it)."""
+    inputs = list(inputs)
+    for option, out in outputs.items():
+        check_not_input(out, inputs, option)
 
 
 def _check_modes(
@@ -150,6 +164,7 @@ def _check_modes(
 
 def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
     emb = load_embeddings(path)
+    check_compatible(bank, emb, f"The bank of {bank.name}", str(path))  # before any line saying rows were scored
     if all_rows:
         return emb
     rows = select_test(emb, bank.machine, bank.section)
@@ -194,27 +209,30 @@ def _bank_clips(bank: Bank, found: list[Clip], skip_other_sections: bool) -> lis
     return kept
 
 
+def _found_clips(clips: list[Path]) -> list[Clip]:
+    """The clips to score: files as given, the test clips of folders."""
+    from asdcli.data.dataset import discover_clips
+
+    files = [p for p in clips if p.is_file()]
+    folders = [p for p in clips if not p.is_file()]
+    return (discover_clips(files) if files else []) + (discover_clips(folders, splits={"test"}) if folders else [])
+
+
 def _embed(
     bank: Bank,
-    clips: list[Path],
+    found: list[Clip],
     checkpoint: Path | None,
     adapter: Path | None,
     device: str,
     batch_size: int,
-    skip_other_sections: bool,
     precision: str | None = None,
 ) -> Embeddings:
     """Embed the clips as the bank's training clips were (checkpoint, adapter, embedding kind,
     layers, clip length, channel and precision from its front-end record; --checkpoint/--adapter/
     --precision override, and a different front end is then caught by the contract check)."""
-    from asdcli.data.dataset import discover_clips
     from asdcli.frontend.embed import EMBEDDING_CHOICES, EmbedConfig, embed_job
     from asdcli.frontend.spec import spec_of
 
-    files = [p for p in clips if p.is_file()]
-    folders = [p for p in clips if not p.is_file()]
-    found = (discover_clips(files) if files else []) + (discover_clips(folders, splits={"test"}) if folders else [])
-    found = _bank_clips(bank, found, skip_other_sections)
     meta: dict[str, Any] = bank.embedding_meta
     spec = spec_of(meta, f"The bank of {bank.name}")
     if spec is None:

@@ -19,6 +19,8 @@ from typing import Any, get_args, get_origin
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from asdcli.console import exit_on_stdout_error, failed_writing_stdout
+
 USAGE_EXIT = 2
 _PLACEHOLDERS = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
 _CLICK_PLACEHOLDERS = {
@@ -203,11 +205,28 @@ class AsdGroup(TyperGroup):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
-        click_exceptions = _click_exceptions()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         try:
-            rv = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+            rv = self._standalone(args, prog_name, complete_var, windows_expand_args, **extra)
+            sys.stdout.flush()  # here, not at exit: a full disk is then an error line, not "Exception ignored"
+        except OSError as e:
+            if not failed_writing_stdout(e):
+                raise
+            exit_on_stdout_error(e)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def _standalone(
+        self,
+        args: Sequence[str] | None,
+        prog_name: str | None,
+        complete_var: str | None,
+        windows_expand_args: bool,
+        **extra: Any,
+    ) -> Any:
+        click_exceptions = _click_exceptions()
+        try:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except click_exceptions.NoArgsIsHelpError as e:
             typer.echo(e.ctx.get_help())
             sys.exit(0)
@@ -220,4 +239,3 @@ class AsdGroup(TyperGroup):
         except _abort_class(click_exceptions):
             typer.echo("Aborted.", err=True)
             sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from asdcli.artifacts import Embeddings
+from asdcli.artifacts import Embeddings, check_name_length, temp_dir_prefix
 from asdcli.data.audio import SAMPLE_RATE, AudioConfig, load_clip, probe_clips
 from asdcli.data.dataset import Clip
 from asdcli.errors import ArtifactError, ArtifactNotFound, AsdError, ConfigError
@@ -202,7 +202,7 @@ def export_onnx(module: nn.Module, meta: Mapping[str, Any], out: Path, int8: boo
     full_meta = {**meta, SPEC_KEY: spec, "precision": precision, "runtime": "onnxruntime", "input": INPUT_NAME, "output": OUTPUT_NAME,
                  "sample_rate": SAMPLE_RATE, "min_samples": MIN_SAMPLES}  # fmt: skip
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(full_meta, sort_keys=True)})
-    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{out.name}.") as tmp:
+    with tempfile.TemporaryDirectory(dir=parent, prefix=temp_dir_prefix(out.name)) as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save_model(proto, str(path))
         if int8:
@@ -224,6 +224,7 @@ def export_onnx(module: nn.Module, meta: Mapping[str, Any], out: Path, int8: boo
 def _writable_parent(out: Path) -> Path:
     """``out``'s folder, created if needed; AsdError when it cannot be, or when ``out`` is a folder."""
     parent = out.parent if str(out.parent) else Path(".")
+    check_name_length(out)
     if out.is_dir():
         raise AsdError(f"--out {out} is a folder. Choose a file name such as {out / 'model.onnx'}.")
     try:

@@ -60,14 +60,18 @@ def format_windows(results: Sequence[RecordingScores]) -> str:
 
 
 def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, checkpoint: Path | None,
-                   adapter: Path | None, device: str, batch_size: int,
-                   console: Console | None) -> tuple[list[str], np.ndarray]:  # fmt: skip
+                   adapter: Path | None, device: str, batch_size: int, console: Console | None,
+                   check_clips: Callable[[Sequence[Clip]], None] | None = None,
+                   ) -> tuple[list[str], np.ndarray]:  # fmt: skip
     """Score every recording window by window; write ``opts.windows_csv`` and ``opts.plot``.
 
-    Returns the recordings' file names and their aggregate scores (N,) float32.
+    ``check_clips`` sees the recordings found before any is read (e.g. to refuse an output that is
+    one of them). Returns the recordings' file names and their aggregate scores (N,) float32.
     """
     spec = WindowSpec(opts.window_s, opts.hop_s)
     clips = recordings_in(paths)
+    if check_clips is not None:
+        check_clips(clips)
     check_window_length(spec, bank_clip_seconds(bank), bank.name)
     embedder = load_embedder(bank_embed_config(bank, checkpoint, adapter, device, batch_size))
     results = []
