@@ -169,7 +169,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 def save_npz_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write an uncompressed npz atomically. String arrays must be unicode (``<U``), not objects."""
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buf, allow_pickle=False, **{k: np.asarray(v) for k, v in arrays.items()})
     write_bytes_atomic(path, buf.getvalue())
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
-from typing import IO, NoReturn
+from typing import IO, NoReturn, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -103,15 +103,16 @@ def show_warnings(console: Console, category: type[Warning] = UserWarning) -> It
     Other warnings and the warning filters are left as they were (``-W error::...`` still
     raises); everything is restored on exit.
     """
+    shown = category
     with warnings.catch_warnings():
         original = warnings.showwarning
 
-        def show(message: Warning | str, cat: type[Warning], filename: str, lineno: int,
-                 file: IO[str] | None = None, line: str | None = None) -> None:  # fmt: skip
-            if issubclass(cat, category):
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:  # fmt: skip
+            if issubclass(category, shown):
                 console.print(f"[yellow]Warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
             else:
-                original(message, cat, filename, lineno, file, line)
+                original(message, category, filename, lineno, file, line)
 
         warnings.showwarning = show
         yield

@@ -69,7 +69,7 @@ def select_test(emb: Embeddings, machine: str, section: str) -> Embeddings:
     return emb.select((emb.split == "test") & (emb.machine == machine) & (emb.section == section))
 
 
-def test_groups(emb: Embeddings) -> list[tuple[str, str]]:
+def sections_with_test_clips(emb: Embeddings) -> list[tuple[str, str]]:
     """Sorted (machine, section) pairs with test clips in ``emb``."""
     test = emb.split == "test"
     return sorted({(str(m), str(s)) for m, s in zip(emb.machine[test], emb.section[test])})
@@ -165,10 +165,10 @@ def submission_files(
     for field in ("machine", "section"):
         lacking = test & (getattr(test_emb, field) == "")
         if lacking.any():
-            files = [p or f for p, f in zip(test_emb.paths[lacking], test_emb.filenames[lacking])]
-            raise missing_field_error(field, f"A submission from {what}", files)
+            named = [p or f for p, f in zip(test_emb.paths[lacking], test_emb.filenames[lacking])]
+            raise missing_field_error(field, f"A submission from {what}", named)
     files: dict[str, str] = {}
-    for m, s in test_groups(test_emb):
+    for m, s in sections_with_test_clips(test_emb):
         bank = bank_map.get((m, s))
         if bank is None:
             have = ", ".join(f"{bm} section {bs}" for bm, bs in sorted(bank_map)) or "none"

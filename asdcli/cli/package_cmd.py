@@ -11,7 +11,7 @@ from asdcli.console import stderr_console
 
 def _team(value: str) -> str:
     from asdcli.errors import ConfigError
-    from asdcli.package import check_team
+    from asdcli.evaluate.package import check_team
 
     try:
         return check_team(value)
@@ -50,7 +50,7 @@ def command(
     Example:
       asd package runs/eval --team Doe_ACME --system 1 -o pkg/ -d data/eval
     """
-    from asdcli.package import PackageConfig, write_package
+    from asdcli.evaluate.package import PackageConfig, write_package
 
     cfg = PackageConfig(source=source, team=team, system=system, out=out, data=data)
     archive, left_out = write_package(cfg)
