@@ -499,3 +499,30 @@ def test_run_with_layers_pools_the_listed_layers_and_redoes_the_embedding(
     assert "embed: up to date" not in result.output  # another front end: embedded again, banks refitted
     wrong = _run(synth_root, tiny_checkpoint, tmp_path / "ft", "--layers", "1")
     assert wrong.exit_code == 1 and "--layers is for the frozen BEATs (asd run: with --no-finetune)" in wrong.output
+
+
+def test_a_fine_tuning_run_loads_and_hashes_its_checkpoint_once(
+    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import asdcli.artifacts
+    import asdcli.frontend.beats.checkpoint
+
+    monkeypatch.setenv("ASD_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    counts = {"load": 0, "hash": 0}
+    real_load, real_hash = torch.load, asdcli.artifacts.sha256_file
+
+    def load(f: object, *a: object, **kw: object) -> object:
+        counts["load"] += Path(str(f)).resolve() == tiny_checkpoint.resolve()
+        return real_load(f, *a, **kw)  # type: ignore[arg-type]
+
+    def hash_file(path: object, *a: object, **kw: object) -> str:
+        counts["hash"] += Path(str(path)).resolve() == tiny_checkpoint.resolve()
+        return real_hash(path, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asdcli.frontend.beats.checkpoint.torch, "load", load)
+    monkeypatch.setattr(asdcli.artifacts, "sha256_file", hash_file)
+    result = _run(synth_root, tiny_checkpoint, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert counts == {"load": 1, "hash": 1}  # fine-tuning and embedding share one loaded checkpoint

@@ -9,6 +9,8 @@ continues after its last finished epoch and ends with the weights of an uninterr
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import json
 import platform
@@ -176,6 +178,7 @@ def finetune(
     resume: bool = False,
     console: Console | None = None,
     on_step: StepHook | None = None,
+    loaded: LoadedBeats | None = None,
 ) -> Path:
     """Fine-tune BEATs with AAM softmax and write the run folder ``out_dir``.
 
@@ -196,6 +199,9 @@ def finetune(
         Where progress and per-epoch lines go (stderr); None = silent.
     on_step : callable(epoch, step), optional
         Called after every optimizer step (tests use it to simulate a crash).
+    loaded : LoadedBeats, optional
+        ``cfg.checkpoint`` already loaded by the caller (a job loads it once); it is left
+        unchanged (training works on a copy). None: loaded here.
 
     Returns
     -------
@@ -209,7 +215,10 @@ def finetune(
     data = _as_training_data(data, noise_clips, cfg)
     clips = label_clips(data.clips, cfg)
     probe_clips([*clips.clips, *data.noise], cfg.channel)  # fail before training
-    loaded = load_beats(cfg.checkpoint)
+    if loaded is None:
+        loaded = load_beats(cfg.checkpoint)
+    else:  # LoRA is injected in place: keep the caller's model as it was
+        loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
     procs = current_processes(cfg.device)
     key = resume_key(cfg, clips, loaded.sha256)
     state = _resume_state(out_dir, key) if resume else None

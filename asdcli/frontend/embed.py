@@ -154,11 +154,16 @@ def checkpoint_for(cfg: EmbedConfig) -> Path:
     return resolve_checkpoint(cfg.checkpoint)
 
 
-def build_embedder(cfg: EmbedConfig) -> Embedder:
-    """Load the checkpoint (hashed once), the adapter if any, and place the module on its device."""
+def build_embedder(cfg: EmbedConfig, loaded: LoadedBeats | None = None) -> Embedder:
+    """Load the checkpoint (hashed once), the adapter if any, and place the module on its device.
+
+    ``loaded``: the checkpoint of ``cfg`` already loaded by the job (it must be that file)."""
     from accelerate import PartialState
 
-    loaded = load_beats(checkpoint_for(cfg))
+    if loaded is None:
+        loaded = load_beats(checkpoint_for(cfg))
+    elif cfg.checkpoint is not None and Path(cfg.checkpoint).resolve() != loaded.path.resolve():
+        raise ConfigError(f"The loaded checkpoint {loaded.path} is not --checkpoint {cfg.checkpoint}.")
     if cfg.adapter is None:
         module, layers, dim = _frozen_module(loaded, cfg.layers)
         meta: dict[str, Any] = {"adapter_id": None, "adapter_path": None, "embedding": "backbone", "embedding_dim": dim}
@@ -368,7 +373,11 @@ def long_clip_notice(durations: Sequence[float], seconds: float | None) -> str |
 
 
 def prepare_job(
-    clips: Sequence[Clip], cfg: EmbedConfig, console: Any | None = None, durations: Sequence[float] | None = None
+    clips: Sequence[Clip],
+    cfg: EmbedConfig,
+    console: Any | None = None,
+    durations: Sequence[float] | None = None,
+    loaded: LoadedBeats | None = None,
 ) -> Embedder:
     """Start an embedding job: read every clip's header once (a bad clip fails now, not after most
     of the work; ``durations`` from an earlier probe of the same clips skip it), say on
@@ -379,7 +388,7 @@ def prepare_job(
     notice = long_clip_notice(durations, cfg.seconds)
     if notice is not None and console is not None:
         console.print(notice, markup=False, highlight=False, soft_wrap=True)
-    return build_embedder(cfg)
+    return build_embedder(cfg, loaded)
 
 
 def parts_prefix(out: Path) -> str:
@@ -396,6 +405,7 @@ def embed_job(
     console: Any | None = None,
     parts_in: tuple[Path, str] | None = None,
     durations: Sequence[float] | None = None,
+    loaded: LoadedBeats | None = None,
 ) -> tuple[Embeddings, Path | None]:
     """One embedding job: :func:`prepare_job`, then :func:`embed` with a progress bar.
 
@@ -408,7 +418,7 @@ def embed_job(
 
     from asdcli.pipeline.cleanup import remove_parts
 
-    embedder = prepare_job(clips, cfg, console, durations)
+    embedder = prepare_job(clips, cfg, console, durations, loaded)
     if parts_in is None or PartialState().num_processes > 1:
         return embed_with_progress(embedder, clips, console), None
     from asdcli.pipeline.stages import stage_key
@@ -429,6 +439,7 @@ def embed_to_file(
     console: Any | None = None,
     parts_in: tuple[Path, str] | None = None,
     durations: Sequence[float] | None = None,
+    loaded: LoadedBeats | None = None,
 ) -> Embeddings:
     """:func:`embed_job`, then write each ``outputs`` path (atomically, main process only) with
     the rows of its split (None: all rows) and remove the saved parts. Returns all rows."""
@@ -436,7 +447,7 @@ def embed_to_file(
 
     from asdcli.pipeline.cleanup import remove_parts
 
-    emb, parts = embed_job(clips, cfg, console, parts_in, durations)
+    emb, parts = embed_job(clips, cfg, console, parts_in, durations, loaded)
     state = PartialState()
     if state.is_main_process:
         for path, split in outputs.items():

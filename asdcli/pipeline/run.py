@@ -45,6 +45,7 @@ from asdcli.pipeline.stages import Stage, files_fingerprint, stage_key
 
 if TYPE_CHECKING:
     from asdcli.evaluate.report import SystemReport
+    from asdcli.frontend.beats.checkpoint import LoadedBeats
 
 STAGE_NAMES = ("finetune", "embed", "fit-bank", "score", "report")
 # what the embedding options share with fine-tuning: set once, in RunConfig.embed
@@ -191,8 +192,25 @@ def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
     return train, test, noise
 
 
+@dataclass
+class RunCheckpoint:
+    """The run's checkpoint as one resource: its SHA-256 for the stage keys now, the model loaded
+    by the first stage that runs and then shared (a run opens and hashes its checkpoint once)."""
+
+    path: Path
+    sha256: str
+    _loaded: LoadedBeats | None = None
+
+    def load(self) -> LoadedBeats:
+        if self._loaded is None:
+            from asdcli.frontend.beats import load_beats
+
+            self._loaded = load_beats(self.path)
+        return self._loaded
+
+
 def _finetune_stage(
-    cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt_sha: str, runner: StageRunner
+    cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt: RunCheckpoint, runner: StageRunner
 ) -> tuple[Path, Stage]:
     """Fine-tune into RUN_DIR/finetune. A run started with the same key resumes after its last
     finished epoch; one of another key (options, clips, checkpoint) is removed first (its files
@@ -205,7 +223,7 @@ def _finetune_stage(
     out = cfg.finetune_dir
     used_noise = noise if ft.noise_mix else []
     inputs = {
-        "checkpoint": ckpt_sha,
+        "checkpoint": ckpt.sha256,
         "options": ft.key(),
         "clips": files_fingerprint([c.path for c in [*train, *used_noise]]),
     }
@@ -223,7 +241,7 @@ def _finetune_stage(
             remove_own_files([out / RUN_FILE])
         remove_own_files([stage.record_path.with_suffix(".started")])  # the sidecar of earlier versions
         stage.mark_started()
-        finetune(train, ft, out, noise_clips=used_noise, resume=True, console=runner.console)
+        finetune(train, ft, out, noise_clips=used_noise, resume=True, console=runner.console, loaded=ckpt.load())
         return [
             out / ADAPTER_DIR / ADAPTER_WEIGHTS,
             out / ADAPTER_DIR / ADAPTER_CONFIG,
@@ -237,12 +255,12 @@ def _finetune_stage(
 
 
 def _embed_stage(cfg: RunConfig, clips: list[Clip], durations: list[float], adapter: Path | None, upstream: str,
-                 ckpt_sha: str, runner: StageRunner) -> tuple[Path, Path, Stage]:  # fmt: skip
+                 ckpt: RunCheckpoint, runner: StageRunner) -> tuple[Path, Path, Stage]:  # fmt: skip
     """Embed train and test clips into RUN_DIR/embeddings/{train,test}.npz."""
     out = cfg.run_dir / "embeddings"
     train_path, test_path = out / "train.npz", out / "test.npz"
     ecfg = cfg.embed
-    inputs = {**embed_inputs(clips, ecfg, ckpt_sha), "finetune": upstream}
+    inputs = {**embed_inputs(clips, ecfg, ckpt.sha256), "finetune": upstream}
 
     def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
         emb = embed_to_file(
@@ -252,6 +270,7 @@ def _embed_stage(cfg: RunConfig, clips: list[Clip], durations: list[float], adap
             runner.console,
             parts_in=(out, ".parts-"),
             durations=durations,
+            loaded=ckpt.load(),
         )
         return [train_path, test_path], {"clips": len(emb), "dim": emb.dim}
 
@@ -353,7 +372,7 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
 def _run_stages(
     cfg: RunConfig, train: list[Clip], test: list[Clip], noise: list[Clip], durations: list[float], runner: StageRunner
 ) -> RunResult:
-    ckpt_sha = cached_sha256(cfg.checkpoint)
+    ckpt = RunCheckpoint(cfg.checkpoint, cached_sha256(cfg.checkpoint))
     n_machines = len({c.machine for c in train})
     runner.say(
         f"Run folder {cfg.run_dir}: {len(train)} train and {len(test)} test clips of {n_machines} machine(s) "
@@ -361,11 +380,11 @@ def _run_stages(
     )
     adapter, upstream = None, "off"
     if cfg.finetune is not None:
-        adapter, finetuned = _finetune_stage(cfg, train, noise, ckpt_sha, runner)
+        adapter, finetuned = _finetune_stage(cfg, train, noise, ckpt, runner)
         upstream = finetuned.outputs_id()
     else:
         runner.say(": off (--no-finetune), frozen BEATs", runner.header("finetune"))
-    train_path, test_path, embed = _embed_stage(cfg, [*train, *test], durations, adapter, upstream, ckpt_sha, runner)
+    train_path, test_path, embed = _embed_stage(cfg, [*train, *test], durations, adapter, upstream, ckpt, runner)
     banks = _bank_stage(cfg, train_path, embed, runner)
     submission = report = None
     if test:
