@@ -77,18 +77,27 @@ def test_enrol_round_trip(banked: Banked, tmp_path: Path) -> None:
 
 def test_enrol_embeddings_equals_enrol_clips_and_stacks_records(banked: Banked, tmp_path: Path) -> None:
     raw = load_embeddings(banked.everything)
-    emb_file = tmp_path / "target.npz"
-    save_embeddings(emb_file, raw.select(raw.domain == "target"))
+    target = raw.select(raw.domain == "target")
+    emb_file, first_half, second_half = tmp_path / "target.npz", tmp_path / "t1.npz", tmp_path / "t2.npz"
+    save_embeddings(emb_file, target)
+    save_embeddings(first_half, target.select(np.arange(len(target)) < 1))
+    save_embeddings(second_half, target.select(np.arange(len(target)) >= 1))
     first, second = tmp_path / "a.npz", tmp_path / "b.npz"
     assert run("enrol", banked.bank, emb_file, "--domain", "target", "--out", first).exit_code == 0
     from_clips = tmp_path / "c.npz"
     assert run("enrol", banked.bank, *banked.target_clips, "--domain", "target", "--out", from_clips).exit_code == 0
     np.testing.assert_allclose(load_bank(first).vectors, load_bank(from_clips).vectors, atol=1e-5)
-    assert run("enrol", first, emb_file, "--domain", "source", "--out", second).exit_code == 0
+    half = tmp_path / "h.npz"
+    assert run("enrol", banked.bank, first_half, "--domain", "target", "--out", half).exit_code == 0
+    assert run("enrol", half, second_half, "--domain", "source", "--out", second).exit_code == 0
     assert [r["domain"] for r in load_bank(second).embedding_meta["enrolments"]] == ["target", "source"]
+    # clips already in the bank are refused (they would sit at distance 0 from themselves)
+    again = run("enrol", first, emb_file, "--domain", "target", "--out", tmp_path / "again.npz")
+    assert again.exit_code == 1 and "already in the bank" in again.stderr
     # --out naming the bank replaces it
-    assert run("enrol", first, emb_file, "--domain", "target", "--out", first).exit_code == 0
-    assert len(load_bank(first)) == 10
+    size = len(load_bank(half))
+    assert run("enrol", half, second_half, "--domain", "target", "--out", half).exit_code == 0
+    assert len(load_bank(half)) == size + len(target) - 1
 
 
 def test_restandardize_refits_on_training_plus_new(banked: Banked, tmp_path: Path) -> None:

@@ -31,6 +31,29 @@ def _check_normal(emb: Embeddings, what: str) -> None:
         raise DataError(f"{what} holds anomalous clips ({', '.join(map(str, bad[:3]))}); enrol normal clips only.")
 
 
+def _check_belongs(bank: Bank, emb: Embeddings) -> None:
+    """DataError unless every row is of the bank's machine/section (where known) and new to it:
+    another machine's clip, or one already in the bank, would make its threshold wrong."""
+    other = np.zeros(len(emb), dtype=bool)
+    if bank.machine:
+        other |= (emb.machine != "") & (emb.machine != bank.machine)
+    if bank.section:
+        other |= (emb.section != "") & (emb.section != bank.section)
+    if other.any():
+        i = int(np.flatnonzero(other)[0])
+        raise DataError(
+            f"{int(other.sum())} of the clips to enrol are not of the bank's {bank.name}, e.g. "
+            f"{emb.paths[i] or emb.filenames[i]} ({emb.machine[i] or '?'} section {emb.section[i] or '?'}); "
+            "enrol clips of that machine and section only."
+        )
+    known = np.isin(emb.filenames, bank.filenames)
+    if known.any():
+        raise DataError(
+            f"{int(known.sum())} of the clips to enrol are already in the bank of {bank.name} (e.g. "
+            f"{emb.filenames[int(np.flatnonzero(known)[0])]}); enrol new clips only."
+        )
+
+
 def enrolment_embeddings(bank: Bank, inputs: Sequence[Path], checkpoint: Path | None = None,
                          adapter: Path | None = None, device: str = "auto", batch_size: int = 8) -> Embeddings:  # fmt: skip
     """Every row of the ``.npz`` inputs and the clips of the others (files; in folders the train
@@ -64,6 +87,7 @@ def enrolment_embeddings(bank: Bank, inputs: Sequence[Path], checkpoint: Path | 
         raise ConfigError("Give clips or embeddings files to enrol.")
     emb = Embeddings.concat(parts)
     _check_normal(emb, "The enrolment input")
+    _check_belongs(bank, emb)
     return emb
 
 
