@@ -91,14 +91,15 @@ class ScoreLog:
             log._append(",".join(LOG_COLUMNS) + "\n")
             return log
         text = log.path.read_text(encoding="utf-8", errors="replace")
+        header = next(csv.reader(io.StringIO(text.split("\n", 1)[0])), [])
+        if tuple(header) != LOG_COLUMNS:  # checked before anything is appended: never touch a foreign file
+            raise ConfigError(
+                f"{log.path} is not an `asd watch` log (header {header[:6]}); choose another --log file."
+            )
         complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
         if complete != text:
             log._append("\n")  # fence off a torn last row
         reader = csv.DictReader(io.StringIO(complete))
-        if tuple(reader.fieldnames or ()) != LOG_COLUMNS:
-            raise ConfigError(
-                f"{log.path} is not an `asd watch` log (header {reader.fieldnames}); choose another --log file."
-            )
         log.rows = [r for r in reader if r.get("decision") in ("0", "1")]
         return log
 
