@@ -85,11 +85,6 @@ def test_enrol_embeddings_of_other_machines_is_refused(fan_bank: tuple[Path, Pat
         assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="watch FOLDER where FOLDER itself is named after the machine (data/fan/test, incoming/fan) finds no "
-    "bank: the machine is read only from the path below FOLDER, and the warning says to do what was done",
-)
 def test_watch_a_machine_folder_itself(fan_bank: tuple[Path, Path], synth_root: Path, tmp_path: Path) -> None:
     bank, _ = fan_bank
     incoming = tmp_path / "fan"

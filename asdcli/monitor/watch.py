@@ -93,9 +93,7 @@ class ScoreLog:
         text = log.path.read_text(encoding="utf-8", errors="replace")
         header = next(csv.reader(io.StringIO(text.split("\n", 1)[0])), [])
         if tuple(header) != LOG_COLUMNS:  # checked before anything is appended: never touch a foreign file
-            raise ConfigError(
-                f"{log.path} is not an `asd watch` log (header {header[:6]}); choose another --log file."
-            )
+            raise ConfigError(f"{log.path} is not an `asd watch` log (header {header[:6]}); choose another --log file.")
         complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
         if complete != text:
             log._append("\n")  # fence off a torn last row
@@ -160,16 +158,21 @@ class FileTracker:
         return ready
 
 
-def choose_bank(rel: Path, banks: dict[tuple[str, str], Bank]) -> Bank | None:
+def choose_bank(rel: Path, banks: dict[tuple[str, str], Bank], folder: Path | None = None) -> Bank | None:
     """The bank of a file: section from its DCASE name, machine from a folder (or name token)
-    that names a bank's machine; for a file directly in the watched folder that names no
-    machine, the only bank of its section. None when that does not single out one bank."""
+    that names a bank's machine, below the watched ``folder`` or the folder itself and its
+    parent (watching ``incoming/fan`` or ``data/fan/test``); for a file directly in the watched
+    folder that names no machine, the only bank of its section. None when that does not single
+    out one bank."""
     if len(banks) == 1:
         return next(iter(banks.values()))
     section = parse_filename(rel.name).section
     candidates = [b for b in banks.values() if not section or b.section == section]
     hints = set(rel.parts[:-1]) | set(rel.name.split("_"))
     named = [b for b in candidates if b.machine in hints]
+    if not named and folder is not None:
+        around = set(Path(folder).resolve().parts[-2:])
+        named = [b for b in candidates if b.machine in around]
     if len(named) == 1:
         return named[0]
     top_level = len(rel.parts) == 1
@@ -208,7 +211,7 @@ class Watcher:
         self.failed: dict[Path, tuple[int, int]] = {}  # unreadable files, retried only once changed
         self.unmatched: set[Path] = set()
         for row in self.log.rows:  # resume the streaks where the last run left them
-            bank = choose_bank(Path(row["filename"]), banks)
+            bank = choose_bank(Path(row["filename"]), banks, cfg.folder)
             if bank is not None:
                 self._streak(bank).update(row["decision"] == "1")
 
@@ -222,7 +225,7 @@ class Watcher:
             rel = path.relative_to(self.cfg.folder).as_posix()
             if rel in done or self.failed.get(path) == self.tracker.seen.get(path):
                 continue
-            bank = choose_bank(Path(rel), self.banks)
+            bank = choose_bank(Path(rel), self.banks, self.cfg.folder)
             if bank is None:
                 if path not in self.unmatched:
                     self.warn(
