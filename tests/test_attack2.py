@@ -11,27 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner, Result
-
-from asdcli.cli.main import app
+from cli_checks import asd as _asd
+from cli_checks import assert_error as _assert_error
+from typer.testing import CliRunner
 
 runner = CliRunner()
-
-
-def _asd(*args: object) -> Result:
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _assert_error(result: Result, *needles: str) -> str:
-    """Exit 1, nothing on stdout, exactly one `Error: ...` line on stderr holding every needle."""
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output and result.stdout == ""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from cli_checks import asd as _asd
+from cli_checks import assert_error as _assert_error
+from cli_checks import assert_ok as _assert_ok
 from typer.testing import CliRunner, Result
 
 from asdcli.artifacts import Embeddings, load_embeddings, save_embeddings
@@ -41,10 +44,6 @@ runner = CliRunner()
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def _asd(*args: object) -> Result:
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def _embed(inputs: list[Path], out: Path, checkpoint: Path | None, *extra: object) -> Result:
@@ -63,22 +62,6 @@ def _assert_kept(path: Path) -> None:
     """The earlier artifact is byte-identical and no temp file was left beside it."""
     assert path.read_bytes() == OLD
     assert [p.name for p in path.parent.iterdir()] == [path.name]
-
-
-def _assert_error(result: Result, *needles: str) -> str:
-    """Exit 1, nothing on stdout, exactly one `Error: ...` line on stderr holding every needle."""
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and result.stdout == ""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-def _assert_ok(result: Result) -> None:
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output and "Error" not in result.output
 
 
 def _tone(seconds: float = 1.0, rate: int = SR, channels: int = 1) -> np.ndarray:
