@@ -105,7 +105,8 @@ def test_mean_aggregate_and_hop(plant: Plant, tmp_path: Path) -> None:
 
 
 def test_blockwise_reading_gives_identical_window_scores(plant: Plant) -> None:
-    from asdcli.monitor.embedder import bank_embed_config, load_embedder
+    from asdcli.backend.score import bank_embed_config
+    from asdcli.monitor.embedder import load_embedder
     from asdcli.monitor.recording import score_recording
     from asdcli.monitor.windows import WindowSpec
 

@@ -22,8 +22,9 @@ from monitor_synth import piece, write_wav
 from typer.testing import CliRunner, Result
 
 from asdcli.backend.bank import load_bank, save_bank
+from asdcli.backend.score import bank_embed_config
 from asdcli.cli.main import app
-from asdcli.monitor.embedder import bank_embed_config, load_embedder
+from asdcli.monitor.embedder import load_embedder
 from asdcli.monitor.recording import score_recording
 from asdcli.monitor.watch import LOG_COLUMNS, Embedders, ScoreLog, WatchConfig, Watcher
 from asdcli.monitor.windows import WindowSpec

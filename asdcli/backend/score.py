@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,7 +25,10 @@ from asdcli.backend import knn
 from asdcli.backend.bank import Bank
 from asdcli.data.dataset import missing_field_error
 from asdcli.errors import ArtifactMismatch, AsdError, ConfigError, DataError
-from asdcli.frontend.spec import check_same_frontend
+from asdcli.frontend.spec import check_same_frontend, spec_of
+
+if TYPE_CHECKING:
+    from asdcli.frontend.embed import EmbedConfig
 
 SCORE_FORMATS = ("csv", "jsonl")
 
@@ -251,3 +255,47 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         raise AsdError(f"Cannot replace submission folder {out_dir}: {e.strerror}.") from e
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _meta_path(meta: Mapping[str, Any], key: str) -> Path | None:
+    value = meta.get(key)
+    return Path(value) if value else None
+
+
+def bank_embed_config(
+    bank: Bank,
+    checkpoint: Path | None = None,
+    adapter: Path | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    precision: str | None = None,
+) -> EmbedConfig:
+    """The EmbedConfig that embeds clips as the bank's training clips were (checkpoint, adapter,
+    embedding kind, layers, clip length, channel and precision from its front-end record);
+    ``checkpoint``/``adapter``/``precision`` override, and a different front end is then caught
+    by the contract check before scoring."""
+    from asdcli.frontend.embed import EMBEDDING_CHOICES, EmbedConfig
+
+    meta = bank.embedding_meta
+    spec = spec_of(meta, f"The bank of {bank.name}")
+    if spec is None:
+        raise ConfigError(
+            f"The bank of {bank.name} does not record its front end (made by an older asdcli); "
+            "re-fit it from embeddings made with this asdcli."
+        )
+    ckpt = checkpoint or _meta_path(meta, "checkpoint_path")
+    if ckpt is None:
+        raise ConfigError(f"The bank of {bank.name} does not record its checkpoint; pass --checkpoint.")
+    adapter = adapter or _meta_path(meta, "adapter_path")
+    kind = spec.get("embedding") if adapter is not None and spec.get("embedding") in EMBEDDING_CHOICES else None
+    return EmbedConfig(
+        checkpoint=ckpt,
+        adapter=adapter,
+        embedding=kind,
+        batch_size=batch_size,
+        device=device,
+        seconds=spec.get("clip_seconds", 10.0),
+        channel=spec.get("channel"),
+        layers=str(spec.get("layers", "last")) if adapter is None else "last",
+        precision=precision or str(spec.get("precision", "fp32")),
+    )

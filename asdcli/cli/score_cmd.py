@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -230,35 +229,8 @@ def _embed(
     """Embed the clips as the bank's training clips were (checkpoint, adapter, embedding kind,
     layers, clip length, channel and precision from its front-end record; --checkpoint/--adapter/
     --precision override, and a different front end is then caught by the contract check)."""
-    from asdcli.frontend.embed import EMBEDDING_CHOICES, EmbedConfig, embed_job
-    from asdcli.frontend.spec import spec_of
+    from asdcli.backend.score import bank_embed_config
+    from asdcli.frontend.embed import embed_job
 
-    meta: dict[str, Any] = bank.embedding_meta
-    spec = spec_of(meta, f"The bank of {bank.name}")
-    if spec is None:
-        raise ConfigError(
-            f"The bank of {bank.name} does not record its front end (made by an older asdcli); "
-            "re-fit it from embeddings made with this asdcli."
-        )
-    ckpt = checkpoint or _meta_path(meta, "checkpoint_path")
-    if ckpt is None:
-        raise ConfigError(f"The bank of {bank.name} does not record its checkpoint; pass --checkpoint.")
-    adapter = adapter or _meta_path(meta, "adapter_path")
-    kind = spec.get("embedding") if adapter is not None and spec.get("embedding") in EMBEDDING_CHOICES else None
-    cfg = EmbedConfig(
-        checkpoint=ckpt,
-        adapter=adapter,
-        embedding=kind,
-        batch_size=batch_size,
-        device=device,
-        seconds=spec.get("clip_seconds", 10.0),
-        channel=spec.get("channel"),
-        layers=str(spec.get("layers", "last")) if adapter is None else "last",
-        precision=precision or str(spec.get("precision", "fp32")),
-    )
+    cfg = bank_embed_config(bank, checkpoint, adapter, device, batch_size, precision)
     return embed_job(found, cfg, stderr_console())[0]
-
-
-def _meta_path(meta: dict[str, Any], key: str) -> Path | None:
-    value = meta.get(key)
-    return Path(value) if value else None

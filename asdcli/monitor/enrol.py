@@ -67,8 +67,8 @@ def enrolment_embeddings(bank: Bank, inputs: Sequence[Path], checkpoint: Path | 
         check_compatible(bank, emb, f"The bank of {bank.name}", str(path))
         parts.append(emb)
     if audio:
+        from asdcli.backend.score import bank_embed_config
         from asdcli.frontend.embed import embed_clips
-        from asdcli.monitor.embedder import bank_embed_config
 
         found = discover_clips(audio)
         clips = [c for c in found if c.split == "train"] or found

@@ -294,7 +294,8 @@ class Embedders:
         self.loaded: dict[object, Embedder] = {}
 
     def __call__(self, bank: Bank) -> Embedder:
-        from asdcli.monitor.embedder import bank_embed_config, load_embedder
+        from asdcli.backend.score import bank_embed_config
+        from asdcli.monitor.embedder import load_embedder
 
         cfg = bank_embed_config(bank, *self.options)
         if cfg not in self.loaded:

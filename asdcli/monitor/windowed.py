@@ -19,10 +19,10 @@ import numpy as np
 
 from asdcli.artifacts import Embeddings, load_npz, save_embeddings, write_text_atomic
 from asdcli.backend.bank import Bank
-from asdcli.backend.score import format_score
+from asdcli.backend.score import bank_embed_config, format_score
 from asdcli.data.dataset import Clip, discover_clips
 from asdcli.errors import ArtifactError, ConfigError
-from asdcli.monitor.embedder import bank_clip_seconds, bank_embed_config, load_embedder
+from asdcli.monitor.embedder import bank_clip_seconds, load_embedder
 from asdcli.monitor.options import WindowedScoring
 from asdcli.monitor.recording import RecordingScores, embed_windows, position_bar, score_recording
 from asdcli.monitor.stream import recording_info
