@@ -95,12 +95,25 @@ def _state_dict_for(model: BEATs, state: Mapping[str, Any], path: Path) -> dict[
             raise ArtifactError(f"{path}: {k} has shape {got}, expected {tuple(v.shape)}.")
         if v.is_floating_point() and not state[k].is_floating_point():  # load_state_dict would cast it silently
             raise ArtifactError(f"{path}: {k} holds {state[k].dtype} values, not floating point; {_OFFICIAL}.")
-        if v.is_floating_point() and not torch.isfinite(state[k]).all():
+        if v.is_floating_point() and not _all_finite(state[k]):
             raise ArtifactError(f"{path}: {k} holds NaN or Inf values; the checkpoint is damaged: re-download it.")
     tables = [v for k, v in state.items() if k.endswith(SHARED_TABLE)]
     if any(not torch.equal(t, tables[0]) for t in tables[1:]):
         raise ArtifactError(f"{path}: the relative position tables of the layers differ; BEATs shares one.")
     return dict(state)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf in ``t``: min and max propagate both, in one pass and without a mask as big as ``t``."""
+    return t.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(t))).all())
+
+
+def _untrained(cfg: BeatsConfig, with_predictor: bool) -> BEATs:
+    """The architecture with uninitialised storage: its random init would be overwritten by the
+    checkpoint anyway, and costs about as much as reading the file."""
+    with torch.device("meta"):
+        model = BEATs(cfg, with_predictor=with_predictor)
+    return model.to_empty(device="cpu")
 
 
 def _check_size_against_file(cfg: BeatsConfig, path: Path) -> None:
@@ -132,7 +145,7 @@ def load_beats(path: str | Path, with_predictor: bool = False) -> LoadedBeats:
     if with_predictor and not cfg.finetuned_model:
         raise ArtifactError(f"{path} is a pretrained BEATs checkpoint without a predictor head.")
     _check_size_against_file(cfg, path)
-    model = BEATs(cfg, with_predictor=with_predictor)
+    model = _untrained(cfg, with_predictor)
     model.load_state_dict(_state_dict_for(model, ckpt["model"], path), strict=True)
     model.eval()
     return LoadedBeats(model=model, cfg=dict(ckpt["cfg"]), sha256=cached_sha256(path), path=path)
