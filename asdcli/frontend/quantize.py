@@ -35,9 +35,11 @@ def merge_lora(module: nn.Module) -> nn.Module:
     adapted model computes with plain Linears (what quantization and ONNX export need). Modules
     without peft parts are returned as a plain copy. ``module`` itself is not changed.
     """
-    from peft import PeftModel  # the fine-tune stack only when there is an adapter
-
     merged = copy.deepcopy(module)
+    if not _has_peft_parts(merged):
+        return merged
+    from peft import PeftModel  # importing peft (and transformers) takes seconds: only for an adapter
+
     if isinstance(merged, PeftModel):
         return merged.merge_and_unload()
     for parent in list(merged.modules()):
@@ -45,6 +47,11 @@ def merge_lora(module: nn.Module) -> nn.Module:
             if isinstance(child, PeftModel):
                 setattr(parent, name, child.merge_and_unload())
     return merged
+
+
+def _has_peft_parts(module: nn.Module) -> bool:
+    """Whether any submodule is one of peft's (told by its class's package, without importing peft)."""
+    return any(type(m).__module__.partition(".")[0] == "peft" for m in module.modules())
 
 
 def _transformer_linears(module: nn.Module) -> set[str]:
