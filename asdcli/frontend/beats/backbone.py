@@ -38,6 +38,17 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int, 
     return offset + torch.where(n < exact, n, large)
 
 
+def random_normal_(t: Tensor, std: float) -> None:
+    """``nn.init.normal_(t, 0, std)``, nothing on a meta tensor.
+
+    load_beats builds the architecture on the meta device (its weights come from the checkpoint);
+    there torch's normal_ and vector_norm go through Python references that import torch._dynamo
+    (seconds), so the random init is skipped on meta.
+    """
+    if not t.is_meta:
+        nn.init.normal_(t, mean=0.0, std=std)
+
+
 class WeightNormConv1d(nn.Module):
     """Conv1d whose weight is ``weight_v * weight_g / ||weight_v||`` with the norm over dims 0 and 1.
 
@@ -53,9 +64,10 @@ class WeightNormConv1d(nn.Module):
         self.weight_g = nn.Parameter(torch.empty(1, 1, kernel))
         self.bias = nn.Parameter(torch.zeros(channels))
         std = math.sqrt(4 / (kernel * channels))  # the official init of the positional conv
-        nn.init.normal_(self.weight_v, mean=0.0, std=std)
-        with torch.no_grad():
-            self.weight_g.copy_(torch.linalg.vector_norm(self.weight_v, dim=(0, 1), keepdim=True))
+        if not self.weight_v.is_meta:  # see random_normal_
+            nn.init.normal_(self.weight_v, mean=0.0, std=std)
+            with torch.no_grad():
+                self.weight_g.copy_(torch.linalg.vector_norm(self.weight_v, dim=(0, 1), keepdim=True))
 
     def weight(self) -> Tensor:
         norm = torch.linalg.vector_norm(self.weight_v, dim=(0, 1), keepdim=True)
@@ -161,7 +173,11 @@ class Encoder(nn.Module):
         self.pos_conv = nn.Sequential(WeightNormConv1d(d, cfg.conv_pos, cfg.conv_pos_groups))
         self.layer_norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
-        shared = nn.Embedding(cfg.num_buckets, cfg.encoder_attention_heads) if cfg.relative_position_embedding else None
+        shared = None
+        if cfg.relative_position_embedding:  # nn.Embedding's own init, without its normal_ on meta
+            shared = nn.Embedding(cfg.num_buckets, cfg.encoder_attention_heads,
+                                  _weight=torch.empty(cfg.num_buckets, cfg.encoder_attention_heads))  # fmt: skip
+            random_normal_(shared.weight, 1.0)
         self.layers = nn.ModuleList(EncoderLayer(cfg, shared) for _ in range(cfg.encoder_layers))
         self.register_buffer("bucket_index", torch.zeros(0, 0, dtype=torch.long), persistent=False)
         self._init_deep_norm()
@@ -173,7 +189,8 @@ class Encoder(nn.Module):
             attn = layer.self_attn
             for lin, gain in ((attn.q_proj, 1.0), (attn.k_proj, 1.0), (attn.v_proj, beta), (attn.out_proj, beta),
                               (layer.fc1, beta), (layer.fc2, beta)):  # fmt: skip
-                nn.init.xavier_normal_(lin.weight, gain=gain)
+                if not lin.weight.is_meta:
+                    nn.init.xavier_normal_(lin.weight, gain=gain)
                 nn.init.zeros_(lin.bias)
 
     def position_bias(self, length: int) -> Tensor | None:

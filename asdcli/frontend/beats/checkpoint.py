@@ -109,8 +109,8 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def _untrained(cfg: BeatsConfig, with_predictor: bool) -> BEATs:
-    """The architecture with uninitialised storage: its random init would be overwritten by the
-    checkpoint anyway, and costs about as much as reading the file."""
+    """The architecture with uninitialised storage: a random init, which the checkpoint overwrites,
+    costs about as much as reading the file."""
     with torch.device("meta"):
         model = BEATs(cfg, with_predictor=with_predictor)
     return model.to_empty(device="cpu")
