@@ -82,11 +82,6 @@ def test_watch_a_machine_folder_itself(fan_bank: tuple[Path, Path], synth_root: 
     assert clip.name in log.read_text(encoding="utf-8")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fuse reads a run folder whose banks/ were replaced after its submission/ was scored (the run's "
-    "stages/ record says so) and standardizes with the wrong banks' statistics, no error",
-)
 def test_fuse_refuses_a_run_folder_whose_banks_were_replaced(
     synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -104,9 +99,6 @@ def test_fuse_refuses_a_run_folder_whose_banks_were_replaced(
     assert not fused.exists()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finetune --full-finetune silently ignores --lora-rank (while --layer-decay without it errors)"
-)
 def test_full_finetune_with_lora_options_is_an_error(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "ft"
     args = ("finetune", synth_root, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--epochs", 1)
