@@ -1,7 +1,7 @@
 """Adversarial cases (attack2) on this round's commands that still fail, driven through the real CLI.
 
-Each test states the promised behaviour and is marked ``xfail(strict=True)``: when a fix lands the
-test passes, the strict xfail turns red, and the marker is removed. Tiny random BEATs, 1 s clips.
+Each test states the promised behaviour; a known bug is kept as ``xfail(strict=True)`` until its fix
+lands (the test passes, the strict xfail turns red) and the marker is removed. Tiny random BEATs, 1 s clips.
 """
 
 from __future__ import annotations
@@ -122,10 +122,6 @@ def test_watch_log_that_is_not_a_log_is_left_unchanged(
     assert [v.read_bytes() for v in victims] == before, "a file that is not a log was modified"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package silently replaces an existing <label>.zip it did not write (its folder check covers task2/ only)",
-)
 def test_package_keeps_a_zip_it_did_not_write(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ("run", synth_root, "--checkpoint", tiny_checkpoint, "--no-finetune", "--seconds", 1, "--out", run_dir)
