@@ -1,7 +1,7 @@
 """Adversarial cases (attack2) on this round's commands that still fail, driven through the real CLI.
 
-Each test states the promised behaviour and is marked ``xfail(strict=True)``: when a fix lands the
-test passes, the strict xfail turns red, and the marker is removed. Tiny random BEATs, 1 s clips.
+Each test states the promised behaviour; a known bug is kept as ``xfail(strict=True)`` until its fix
+lands (the test passes, the strict xfail turns red) and the marker is removed. Tiny random BEATs, 1 s clips.
 """
 
 from __future__ import annotations
@@ -82,11 +82,6 @@ def test_watch_a_machine_folder_itself(fan_bank: tuple[Path, Path], synth_root: 
     assert clip.name in log.read_text(encoding="utf-8")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fuse reads a run folder whose banks/ were replaced after its submission/ was scored (the run's "
-    "stages/ record says so) and standardizes with the wrong banks' statistics, no error",
-)
 def test_fuse_refuses_a_run_folder_whose_banks_were_replaced(
     synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -104,9 +99,6 @@ def test_fuse_refuses_a_run_folder_whose_banks_were_replaced(
     assert not fused.exists()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finetune --full-finetune silently ignores --lora-rank (while --layer-decay without it errors)"
-)
 def test_full_finetune_with_lora_options_is_an_error(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "ft"
     args = ("finetune", synth_root, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--epochs", 1)
@@ -130,10 +122,6 @@ def test_watch_log_that_is_not_a_log_is_left_unchanged(
     assert [v.read_bytes() for v in victims] == before, "a file that is not a log was modified"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package silently replaces an existing <label>.zip it did not write (its folder check covers task2/ only)",
-)
 def test_package_keeps_a_zip_it_did_not_write(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ("run", synth_root, "--checkpoint", tiny_checkpoint, "--no-finetune", "--seconds", 1, "--out", run_dir)

@@ -934,8 +934,9 @@ def test_a_run_folder_holding_user_files_and_a_stale_lock(synth_root: Path, tiny
 
 
 def _finetune(data: Path, checkpoint: Path, out: Path, *extra: object) -> Result:
+    lora = () if "--full-finetune" in extra else ("--lora-rank", 2)  # a LoRA option with it is an error
     return _asd("finetune", data, "--checkpoint", checkpoint, "--out", out, "--epochs", 2, "--seconds", 1,
-                "--batch-size", 12, "--lora-rank", 2, "--embedding-dim", 8, "--device", "cpu",
+                "--batch-size", 12, *lora, "--embedding-dim", 8, "--device", "cpu",
                 "--val-fraction", 0, *extra)  # fmt: skip
 
 
@@ -954,6 +955,11 @@ FINETUNE_OPTION_ROWS = [
     pytest.param(("--layer-decay", "nan", "--full-finetune"), "--layer-decay must be in (0, 1]", id="layer-decay-nan"),
     pytest.param(
         ("--layer-decay", "0.5"), "--layer-decay 0.5 only applies with --full-finetune", id="layer-decay-lora"
+    ),
+    pytest.param(  # typed, even at its default value: the user asked for LoRA options
+        ("--full-finetune", "--lora-rank", "64", "--lora-alpha", "64"),
+        "--lora-rank and --lora-alpha only apply to LoRA, and --full-finetune trains every weight without LoRA",
+        id="full-finetune-lora-rank",
     ),
 ]
 

@@ -121,8 +121,8 @@ def test_fuse_errors(systems: dict[str, Path], tmp_path: Path) -> None:
     assert "not all 0" in _error("fuse", a, "--weights", "0", "--out", tmp_path / "x")
     assert "is the submission folder of system" in _error("fuse", a, "--out", a / "submission")
     # A system whose clips differ: one test clip fewer in one section.
-    c = tmp_path / "c"
-    shutil.copytree(a, c, ignore=shutil.ignore_patterns("embeddings", "finetune"))
+    c = tmp_path / "c"  # a hand-made system: no stages/ records to check it against
+    shutil.copytree(a, c, ignore=shutil.ignore_patterns("embeddings", "finetune", "stages"))
     score = min((c / "submission").glob("anomaly_score_*"))
     score.write_text("".join(score.read_text().splitlines(keepends=True)[1:]))
     machine = score.name.removeprefix("anomaly_score_").split("_section_")[0]
@@ -135,11 +135,52 @@ def test_fuse_errors(systems: dict[str, Path], tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_a_run_folder_is_checked_against_its_stage_records(systems: dict[str, Path], tmp_path: Path) -> None:
+    """Banks or scores replaced after `asd run`, banks fitted again but not scored again, and an
+    unfinished record are each one error naming the file; as RUN or as RUN/submission:RUN/banks."""
+    import hashlib
+    import json
+
+    def copy() -> Path:
+        c = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(systems["a"], c, ignore=shutil.ignore_patterns("embeddings", "finetune"))
+        return c
+
+    def fuse_error(c: Path, *needles: str) -> None:
+        for spec in (c, f"{c / 'submission'}:{c / 'banks'}"):
+            line = _error("fuse", systems["a"], spec, "--out", tmp_path / "x")
+            assert all(n in line for n in needles) and "re-run `asd run DATA --out" in line, (needles, line)
+        assert not (tmp_path / "x").exists()
+
+    c = copy()
+    score = min((c / "submission").glob("anomaly_score_*"))
+    score.write_text(score.read_text().replace(",", ",0", 1))
+    fuse_error(c, f"{score} is not the score file", "stages/score.json records another size or SHA-256")
+
+    c = copy()
+    bank = min((c / "banks").glob("bank_*.npz"))
+    shutil.copy(bank, c / "banks" / "bank_extra.npz")
+    fuse_error(c, f"{c / 'banks' / 'bank_extra.npz'} is not the bank", "stages/fit-bank.json does not list it")
+
+    c = copy()  # fit-bank ran again (its record lists the new banks) and score did not: a killed run
+    shutil.copy(systems["b"] / "banks" / bank.name, c / "banks" / bank.name)
+    record_path = c / "stages" / "fit-bank.json"
+    record = json.loads(record_path.read_text())
+    body = (c / "banks" / bank.name).read_bytes()
+    record["outputs"][f"banks/{bank.name}"] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    record_path.write_text(json.dumps(record))
+    fuse_error(c, f"{c / 'submission'} was not scored with the banks in {c / 'banks'}")
+
+    record["status"] = "started"
+    record_path.write_text(json.dumps(record))
+    fuse_error(c, f"{record_path} does not record a finished fit-bank stage")
+
+
 def test_banks_without_statistics_are_an_error_naming_the_section(systems: dict[str, Path], tmp_path: Path) -> None:
     import json
 
-    c = tmp_path / "c"
-    shutil.copytree(systems["a"], c, ignore=shutil.ignore_patterns("embeddings", "finetune"))
+    c = tmp_path / "c"  # a hand-made system: no stages/ records to check it against
+    shutil.copytree(systems["a"], c, ignore=shutil.ignore_patterns("embeddings", "finetune", "stages"))
     bank = min((c / "banks").glob("bank_*.npz"))
     with np.load(bank, allow_pickle=False) as z:
         arrays = dict(z)

@@ -159,6 +159,40 @@ def test_repackaging_removes_its_own_earlier_files_only(setup, tmp_path: Path) -
         assert sorted((p.name, p.read_bytes()) for p in folder.iterdir()) == before
 
 
+def test_a_zip_asd_package_did_not_write_is_never_replaced(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Only a zip that `asd package` wrote, unchanged since, is replaced: a user's zip of that name,
+    ours with the report added, or a hand-made re-zip of the folder (which would vouch for an edited
+    meta YAML) is refused, naming the zip, and nothing is written."""
+    data, sub = setup
+    out = tmp_path / "pkg"
+    archive, folder = out / "Doe_ACME_task2_2.zip", out / "task2" / "Doe_ACME_task2_2"
+    out.mkdir()
+    archive.write_bytes(b"the user's own archive")
+    res = _package(data, sub, out)
+    assert res.exit_code == 1 and str(archive) in " ".join(res.stderr.split()) and "another --out" in res.stderr
+    assert archive.read_bytes() == b"the user's own archive" and not (out / "task2").exists()
+
+    archive.unlink()
+    assert _package(data, sub, out).exit_code == 0
+    assert _package(data, sub, out).exit_code == 0  # its own zip: replaced
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr("task2/Doe_ACME_task2.technical_report.pdf", b"%PDF report")
+    before = archive.read_bytes()
+    res = _package(data, sub, out)
+    assert res.exit_code == 1 and str(archive) in " ".join(res.stderr.split())
+    assert archive.read_bytes() == before
+
+    meta = folder / "Doe_ACME_task2_2.meta.yaml"
+    meta.write_text(meta.read_text().replace('name: "FILL IN"', 'name: "My system"', 1))
+    with zipfile.ZipFile(archive, "w") as z:  # re-zipped by hand: CRCs of the edited meta YAML, no marker
+        for path in sorted(folder.iterdir()):
+            z.write(path, path.relative_to(out).as_posix())
+    before = sorted((p.name, p.read_bytes()) for p in (*folder.iterdir(), archive))
+    res = _package(data, sub, out)
+    assert res.exit_code == 1 and str(archive) in " ".join(res.stderr.split())
+    assert sorted((p.name, p.read_bytes()) for p in (*folder.iterdir(), archive)) == before
+
+
 def test_meta_is_filled_from_the_run_folder(setup, tmp_path: Path) -> None:
     import json
 

@@ -4,6 +4,9 @@ averaged with optional weights, and decided by a gamma threshold fitted on the f
 leave-one-out scores of the train clips.
 
 A system is an `asd run` folder (``banks/`` and ``submission/``) or ``SUBMISSION_DIR:BANKS_DIR``.
+A run folder's files are first checked against its stage records (pipeline/run_check.py): banks
+replaced after its submission was scored are an error. A SUBMISSION_DIR:BANKS_DIR pair records
+nothing that ties the scores to the banks, so only names and clip lists are checked.
 """
 
 from __future__ import annotations
@@ -58,9 +61,21 @@ def system_paths(spec: str) -> tuple[Path, Path]:
     raise ConfigError(f"System {spec} does not exist; pass an `asd run` folder or SUBMISSION_DIR:BANKS_DIR.")
 
 
+def _check_run_folder(sub: Path, bank_dir: Path) -> None:
+    """When ``sub`` and ``bank_dir`` are RUN/submission and RUN/banks of one `asd run` folder, check
+    them against the run's stage records (banks replaced after scoring are an error)."""
+    from asdcli.pipeline.run_check import check_scored_with_banks
+
+    if sub.name == "submission" and bank_dir.name == "banks" and sub.parent.resolve() == bank_dir.parent.resolve():
+        run = sub.parent  # the paths below are under it, however BANKS_DIR was spelled
+        banks = sorted((run / "banks").glob("bank_*.npz"))  # what load_banks reads
+        check_scored_with_banks(run, banks, sorted(sub.glob("anomaly_score_*.csv")))
+
+
 def load_system(spec: str) -> System:
     """Read a system's banks and the score file of every machine/section it has a bank for."""
     sub, bank_dir = system_paths(spec)
+    _check_run_folder(sub, bank_dir)
     banks = load_banks(bank_dir)
     expected = {submission_names(m, s)[0]: (m, s) for m, s in banks}
     scores: dict[Key, dict[str, float]] = {}

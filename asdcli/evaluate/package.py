@@ -18,10 +18,15 @@ machine/section has both files, every test clip exactly one row in each, every s
 every decision 0 or 1. A problem is a DataError naming the file and the clips. Files of machines
 the dataset does not have (the dev machines of a run over dev and eval data) are left out, and
 said so.
+
+Packing again replaces only what an earlier `asd package` wrote: its zip carries a comment that
+hashes its entries (:func:`_marker`), and that zip's CRC-32s vouch for the files in the folder. A
+zip without that comment, or changed since, is never overwritten.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import zipfile
@@ -42,6 +47,7 @@ _TEAM = re.compile(r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+$")
 _SCORE = "anomaly_score_{m}_section_{s}_test.csv"
 _DECISION = "decision_result_{m}_section_{s}_test.csv"
 FILL = "FILL IN"
+ZIP_MARKER = "written by asd package"  # the start of the comment of every zip it writes
 
 
 def check_team(team: str) -> str:
@@ -317,34 +323,51 @@ def _augmentation(ft: Mapping[str, Any] | None) -> str:
     return ", ".join(used) or "none"
 
 
+def _marker(entries: Sequence[zipfile.ZipInfo]) -> bytes:
+    """The comment of a zip `asd package` wrote: a hash of its entries' names, sizes and CRC-32s,
+    so a zip that anyone else made, or changed since (e.g. `zip -u` with the report), lacks it."""
+    digest = hashlib.sha256()
+    for info in entries:
+        digest.update(f"{info.filename}\0{info.file_size}\0{info.CRC}\n".encode("utf-8", "surrogateescape"))
+    return f"{ZIP_MARKER} sha256:{digest.hexdigest()}".encode("ascii")
+
+
 def _zip_bytes(root: Path, files: Sequence[Path]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in files:
             archive.write(path, path.relative_to(root).as_posix())
+        archive.comment = _marker(archive.infolist())
     return buf.getvalue()
 
 
-def _packed_crcs(archive: Path, folder: str) -> dict[str, int]:
+def _packed_crcs(archive: Path, folder: str) -> dict[str, int] | None:
     """CRC-32 of each file an earlier `asd package` put into ``archive`` under ``folder`` (its
-    record of what it wrote there); none when there is no readable zip."""
+    record of what it wrote there): {} when there is no archive, None when ``archive`` is anything
+    but a zip that `asd package` wrote, unchanged since (its comment says so, see :func:`_marker`)."""
+    if not archive.exists() and not archive.is_symlink():
+        return {}
+    if archive.is_symlink() or not archive.is_file():
+        return None
     try:
         with zipfile.ZipFile(archive) as z:
-            return {i.filename.rsplit("/", 1)[1]: i.CRC for i in z.infolist() if i.filename.startswith(folder + "/")}
+            entries = z.infolist()
+            if z.comment != _marker(entries):
+                return None
     except (OSError, zipfile.BadZipFile):
-        return {}
+        return None
+    return {i.filename.rsplit("/", 1)[1]: i.CRC for i in entries if i.filename.startswith(folder + "/")}
 
 
-def _stale_files(folder: Path, archive: Path, new: Mapping[str, bytes]) -> list[Path]:
+def _stale_files(folder: Path, packed: Mapping[str, int], new: Mapping[str, bytes]) -> list[Path]:
     """The files of an earlier package in ``folder`` that the new one does not hold (to remove).
 
     Every file there must be one an earlier `asd package` wrote, unchanged since (as its zip
-    records), or hold exactly what is written now; anything else (a user's file, an edited meta
-    YAML) is a DataError: nothing asdcli did not write is deleted or overwritten.
+    records in ``packed``), or hold exactly what is written now; anything else (a user's file, an
+    edited meta YAML) is a DataError: nothing asdcli did not write is deleted or overwritten.
     """
     if not folder.is_dir():
         return []
-    packed = _packed_crcs(archive, f"{TASK}/{folder.name}")
     foreign = []
     for path in sorted(folder.iterdir()):
         body = path.read_bytes() if path.is_file() and not path.is_symlink() else None
@@ -368,7 +391,13 @@ def write_package(cfg: PackageConfig) -> tuple[Path, list[str]]:
     archive = cfg.out / f"{cfg.label}.zip"
     new = {path.name: path.read_bytes() for path in files}
     new[f"{cfg.label}.meta.yaml"] = system_meta(cfg, run).encode("utf-8", "surrogateescape")
-    for stale in _stale_files(folder, archive, new):
+    packed = _packed_crcs(archive, f"{TASK}/{folder.name}")
+    if packed is None:
+        raise DataError(
+            f"{archive} was not written by asd package, or changed since (e.g. a file added to it); "
+            "move it away or choose another --out: nothing asdcli did not write is overwritten."
+        )
+    for stale in _stale_files(folder, packed, new):
         stale.unlink()
     for name, body in new.items():
         write_bytes_atomic(folder / name, body)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ StepHook = Callable[[int, int], None]
 # Fields that decide where and how fast a run goes, not what it computes: another value is no
 # reason to retrain, and a run may be resumed with them changed.
 RUNTIME_FIELDS = ("checkpoint", "device", "num_workers")
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout")  # void with --full-finetune (no adapter)
 
 
 def cli(help: str, flag: str | None = None, alias: str | None = None) -> dict[str, Any]:
@@ -111,6 +112,20 @@ class FinetuneConfig:
 def option_flag(name: str) -> str:
     """The CLI flag of a FinetuneConfig field (``num_workers`` -> ``--workers``)."""
     return FinetuneConfig.__dataclass_fields__[name].metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def check_given_options(options: Mapping[str, Any], given: Collection[str]) -> None:
+    """A ConfigError when an option the user set (a field name in ``given``; a default never counts)
+    is void under ``options``: LoRA options with --full-finetune, which trains no adapter."""
+    if not options.get("full_finetune"):
+        return
+    void = [option_flag(name) for name in LORA_FIELDS if name in given]
+    if void:
+        one = len(void) == 1
+        raise ConfigError(
+            f"{' and '.join(void)} only appl{'ies' if one else 'y'} to LoRA, and --full-finetune trains every "
+            f"weight without LoRA; drop {void[0] if one else 'those options'} or --full-finetune."
+        )
 
 
 def _finite(x: float) -> bool:

@@ -41,6 +41,7 @@ from asdcli.pipeline.cleanup import (
     remove_own_files,
 )
 from asdcli.pipeline.lock import run_folder_lock
+from asdcli.pipeline.run_check import score_inputs
 from asdcli.pipeline.stages import Stage, files_fingerprint, stage_key
 
 if TYPE_CHECKING:
@@ -300,7 +301,7 @@ def _bank_stage(cfg: RunConfig, train_path: Path, embed: Stage, runner: StageRun
 
 def _score_stage(cfg: RunConfig, test_path: Path, embed: Stage, banks: Stage, runner: StageRunner) -> Path:
     out = cfg.run_dir / "submission"
-    inputs = {"embeddings": embed.outputs_id(), "banks": banks.outputs_id()}
+    inputs = score_inputs(embed, banks)  # `asd fuse` checks a run's submission/ against its banks/ by it
 
     def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
         from asdcli.artifacts import load_embeddings

@@ -86,6 +86,19 @@ class Stage:
             return False
         return all(_stamp(self.run_dir / rel) == stamp for rel, stamp in outputs.items())
 
+    def finished(self) -> bool:
+        """True when the record says the stage finished and lists its outputs' stamps (any key)."""
+        record = self.record()
+        return record.get("status") == DONE and isinstance(record.get("outputs"), dict)
+
+    def wrote_unchanged(self, path: Path) -> bool:
+        """True when the record lists ``path`` (under the run folder) with its current size and SHA-256."""
+        outputs = self.record().get("outputs")
+        if not isinstance(outputs, dict):
+            return False
+        stamp = outputs.get(Path(path).relative_to(self.run_dir).as_posix())
+        return stamp is not None and _stamp(Path(path)) == stamp
+
     def outputs_id(self) -> str:
         """A hash of the recorded outputs' stamps: part of the key of the stages that read them."""
         return stage_key({"stage": self.name, "outputs": self.record().get("outputs")})

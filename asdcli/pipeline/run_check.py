@@ -1,0 +1,65 @@
+"""Whether an `asd run` folder's submission/ is what its banks/ scored, from its stage records.
+
+The fit-bank record lists every bank with its size and SHA-256, the score record every score file,
+and the score stage's key holds the fit-bank record's outputs (:func:`score_inputs`). So a bank
+replaced or added after the run, a score file edited since, or banks fitted again without scoring
+again are each found without reading a clip. A folder without a fit-bank record (assembled by
+hand, or written before stage records) has nothing to check against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from asdcli.errors import ArtifactMismatch
+from asdcli.pipeline.stages import Stage, stage_key
+
+
+def score_inputs(embed: Stage, banks: Stage) -> dict[str, Any]:
+    """The inputs (key) of a run's score stage: what the embed and fit-bank stages recorded."""
+    return {"embeddings": embed.outputs_id(), "banks": banks.outputs_id()}
+
+
+def _rerun(run_dir: Path) -> str:
+    return f"re-run `asd run DATA --out {run_dir}` to fit and score again"
+
+
+def _check_files(stage: Stage, files: Sequence[Path], what: str) -> None:
+    """Each of ``files`` must be listed in the stage's record with its current size and SHA-256."""
+    outputs = stage.record()["outputs"]
+    for path in files:
+        if not stage.wrote_unchanged(path):
+            listed = path.relative_to(stage.run_dir).as_posix() in outputs
+            how = "records another size or SHA-256 for it" if listed else "does not list it"
+            raise ArtifactMismatch(
+                f"{path} is not the {what} that `asd run` wrote ({stage.record_path} {how}): it was replaced "
+                f"or added after the run; {_rerun(stage.run_dir)}."
+            )
+
+
+def check_scored_with_banks(run_dir: Path, banks: Sequence[Path], scores: Sequence[Path]) -> bool:
+    """Check that the bank files ``banks`` (in RUN/banks) and score files ``scores`` (in
+    RUN/submission) are the ones `asd run` wrote, and that the score stage read these banks: an
+    ArtifactMismatch naming the file otherwise. False when ``run_dir`` has no fit-bank record."""
+    fit_bank, score = Stage(run_dir, "fit-bank", ""), Stage(run_dir, "score", "")
+    if not fit_bank.record_path.exists():
+        return False
+    for stage, what in ((fit_bank, "banks/"), (score, "submission/")):
+        if not stage.finished():
+            raise ArtifactMismatch(
+                f"{stage.record_path} does not record a finished {stage.name} stage, so the {what} of "
+                f"{run_dir} cannot be trusted; {_rerun(run_dir)}."
+            )
+    _check_files(fit_bank, banks, "bank")
+    for rel in fit_bank.record()["outputs"]:
+        if not (run_dir / rel).is_file():
+            raise ArtifactMismatch(f"{run_dir / rel}, a bank of the run, is missing; {_rerun(run_dir)}.")
+    _check_files(score, scores, "score file")
+    if score.record().get("key") != stage_key(score_inputs(Stage(run_dir, "embed", ""), fit_bank)):
+        raise ArtifactMismatch(
+            f"{run_dir / 'submission'} was not scored with the banks in {run_dir / 'banks'} "
+            f"({score.record_path} records other banks or embeddings); {_rerun(run_dir)}."
+        )
+    return True
