@@ -208,6 +208,23 @@ def test_unmatched_and_unreadable_files_are_reported_once(setup: Setup, tmp_path
     assert any(w.startswith("Skipped fan/section_00_0000.wav") for w in warned)
 
 
+def test_a_file_of_another_section_or_machine_than_the_one_bank_is_skipped(setup: Setup, tmp_path: Path) -> None:
+    # --bank (one bank) scores every file against it, but not one whose name or layout says it is
+    # of another section or machine: as `asd score` refuses it, watch warns once and logs nothing
+    incoming = tmp_path / "in"
+    _drop(incoming, "section_00_0000.wav", setup.good[0])
+    _drop(incoming, "section_01_0001.wav", setup.bad[0])
+    (incoming / "gearbox/test").mkdir(parents=True)
+    (incoming / "gearbox/test/section_00_0002.wav").write_bytes(setup.bad[1])
+    args = ("watch", incoming, "--bank", setup.banks / "bank_fan_section_00.npz", "--once", "--poll", POLL)
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [result.stdout.splitlines()[0]] and "section_00_0000.wav" in result.stdout
+    assert "Skipped fan/section_01_0001.wav: it is of section 01, not of the bank's fan section 00" in result.stderr
+    assert "Skipped gearbox/test/section_00_0002.wav: it is of gearbox section 00" in result.stderr
+    assert [r["filename"] for r in _log_rows(incoming / "asd-watch.csv")] == ["fan/section_00_0000.wav"]
+
+
 def test_bank_choice_from_folder_and_section() -> None:
     from asdcli.monitor.watch import choose_bank
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asdcli.backend.bank import Bank
-from asdcli.backend.score import format_score
-from asdcli.data.dataset import AUDIO_SUFFIXES, parse_filename
+from asdcli.backend.score import fits_bank, format_score
+from asdcli.data.dataset import AUDIO_SUFFIXES, layout_machine, make_clip, parse_filename
 from asdcli.errors import AsdError, ConfigError
 from asdcli.monitor.windows import Streak, WindowSpec, aggregate, check_window_length
 
@@ -225,17 +225,31 @@ class Watcher:
             rel = path.relative_to(self.cfg.folder).as_posix()
             if rel in done or self.failed.get(path) == self.tracker.seen.get(path):
                 continue
-            bank = choose_bank(Path(rel), self.banks, self.cfg.folder)
-            if bank is None:
-                if path not in self.unmatched:
-                    self.warn(
-                        f"No bank for {rel}: name it section_SS_... inside a folder named after its machine, "
-                        "or pass --bank."
-                    )
-                    self.unmatched.add(path)
-                continue
-            scored += self._score(path, rel, bank)
+            bank = self._bank_of(path, rel)
+            if bank is not None:
+                scored += self._score(path, rel, bank)
         return scored
+
+    def _bank_of(self, path: Path, rel: str) -> Bank | None:
+        """The file's bank, or None (warned once per file) when no bank fits it: none is chosen, or
+        the chosen one is of another machine/section than the file's name or layout says."""
+        bank = choose_bank(Path(rel), self.banks, self.cfg.folder)
+        problem = None
+        if bank is None:
+            problem = (
+                f"No bank for {rel}: name it section_SS_... inside a folder named after its machine, or pass --bank."
+            )
+        else:
+            clip = make_clip(path, layout_machine(path))
+            if not fits_bank(bank, clip):
+                known = " ".join(x for x in (clip.machine, clip.section and f"section {clip.section}") if x)
+                problem = f"Skipped {rel}: it is of {known}, not of the bank's {bank.name}; watch it with its own bank (--banks)."
+        if problem is None:
+            return bank
+        if path not in self.unmatched:
+            self.warn(problem)
+            self.unmatched.add(path)
+        return None
 
     def _score(self, path: Path, rel: str, bank: Bank) -> int:
         from asdcli.monitor.embedder import bank_clip_seconds

@@ -19,7 +19,7 @@ import numpy as np
 
 from asdcli.artifacts import Embeddings, load_npz, save_embeddings, write_text_atomic
 from asdcli.backend.bank import Bank
-from asdcli.backend.score import bank_embed_config, format_score
+from asdcli.backend.score import bank_clips, bank_embed_config, format_score
 from asdcli.data.dataset import Clip, discover_clips
 from asdcli.errors import ArtifactError, ConfigError
 from asdcli.monitor.embedder import bank_clip_seconds, load_embedder
@@ -62,16 +62,20 @@ def format_windows(results: Sequence[RecordingScores]) -> str:
 def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, checkpoint: Path | None,
                    adapter: Path | None, device: str, batch_size: int, console: Console | None,
                    check_clips: Callable[[Sequence[Clip]], None] | None = None,
-                   ) -> tuple[list[str], np.ndarray]:  # fmt: skip
+                   skip_other_sections: bool = False) -> tuple[list[str], np.ndarray]:  # fmt: skip
     """Score every recording window by window; write ``opts.windows_csv`` and ``opts.plot``.
 
     ``check_clips`` sees the recordings found before any is read (e.g. to refuse an output that is
-    one of them). Returns the recordings' file names and their aggregate scores (N,) float32.
+    one of them); recordings of another machine/section than the bank's are then refused or
+    skipped as `asd score` does (:func:`~asdcli.backend.score.bank_clips`). Returns the recordings'
+    file names and their aggregate scores (N,) float32.
     """
     spec = WindowSpec(opts.window_s, opts.hop_s)
     clips = recordings_in(paths)
     if check_clips is not None:
         check_clips(clips)
+    note = None if console is None else lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)
+    clips = bank_clips(bank, clips, skip_other_sections, note)
     check_window_length(spec, bank_clip_seconds(bank), bank.name)
     embedder = load_embedder(bank_embed_config(bank, checkpoint, adapter, device, batch_size))
     results = []
