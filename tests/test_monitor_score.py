@@ -189,3 +189,32 @@ def test_recordings_of_another_machine_or_section_are_refused_or_skipped(plant: 
     assert set(_windows(windows)) == {plant.normal.name}
     only_others = asd("score", "--bank", plant.bank, other_section, "--window", 1, "--skip-other-sections")
     assert_error(only_others, "None of the 1 clip(s) is of the bank's fan section 00")
+
+
+def test_min_windows_reports_each_run_of_anomalous_windows(plant: Plant, tmp_path: Path) -> None:
+    from asdcli.monitor.windows import anomalous_runs
+
+    windows = tmp_path / "w.csv"
+    plain = asd("score", "--bank", plant.bank, plant.normal, plant.anomalous, "--window", 1, "--windows", windows)
+    assert plain.exit_code == 0 and "Alarm" not in plain.stderr, plain.output
+    runs = {
+        name: [(i, j, rows[i]["start_s"], rows[j - 1]["end_s"]) for i, j in anomalous_runs(
+            np.array([int(r["decision"]) for r in rows]))]
+        for name, rows in _windows(windows).items()
+    }  # fmt: skip
+    longest = max((j - i for rs in runs.values() for i, j, _, _ in rs), default=0)
+    assert longest >= 2, runs  # the anomaly from 12 s on is a stretch of windows above the threshold
+    result = asd("score", "--bank", plant.bank, plant.normal, plant.anomalous, "--window", 1, "--min-windows", longest)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == plain.stdout  # the scores and their CSV are unchanged
+    expected = sorted(
+        f"Alarm: {name}: {j - i} windows in a row above the threshold, {a} s to {b} s."
+        for name, rs in runs.items()
+        for i, j, a, b in rs
+        if j - i >= longest
+    )
+    assert sorted(line for line in result.stderr.splitlines() if line.startswith("Alarm")) == expected
+    quiet = asd("score", "--bank", plant.bank, plant.anomalous, "--window", 1, "--min-windows", longest + 1)
+    assert quiet.exit_code == 0 and f"No alarm: no recording has {longest + 1} windows in a row" in quiet.stderr
+    assert_error(asd("score", "--bank", plant.bank, plant.normal, "--min-windows", 2), "--min-windows needs --window")
+    assert_error(asd("score", "--bank", plant.bank, plant.normal, "--window", 1, "--min-windows", 0), "at least 1")

@@ -80,6 +80,12 @@ def command(
     plot: Path | None = typer.Option(
         None, "--plot", help="With --window: timeline PNG of score vs time, threshold, anomalous stretches."
     ),
+    min_windows: int | None = typer.Option(
+        None,
+        "--min-windows",
+        help="With --window: report on stderr each run of at least this many windows in a row above the "
+        "threshold within a recording (an alarm, as `asd watch --min-windows` raises it).",
+    ),
     precision: str | None = typer.Option(
         None, "--precision", help="fp32 or int8 (CPU) for embedding clips (default: the bank's)."
     ),
@@ -102,7 +108,7 @@ def command(
         return
     assert bank is not None
     the_bank = load_bank(bank)
-    windowed = window_options(window, hop, how, windows, plot, embeddings)
+    windowed = window_options(window, hop, how, windows, plot, embeddings, min_windows)
     if windowed is not None:
         from asdcli.monitor.windowed import score_windowed
 

@@ -26,7 +26,7 @@ from asdcli.monitor.embedder import bank_clip_seconds, load_embedder
 from asdcli.monitor.options import WindowedScoring
 from asdcli.monitor.recording import RecordingScores, embed_windows, position_bar, score_recording
 from asdcli.monitor.stream import recording_info
-from asdcli.monitor.windows import WindowSpec, aggregate, check_window_length
+from asdcli.monitor.windows import WindowSpec, aggregate, alarm_runs, check_window_length
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -89,8 +89,23 @@ def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, che
         from asdcli.monitor.plot import plot_timeline
 
         plot_timeline(opts.plot, results)
+    if opts.min_windows is not None and note is not None:
+        for line in alarm_lines(results, opts.min_windows):
+            note(line)
     scores = np.array([aggregate(r.scores, opts.aggregate) for r in results], dtype=np.float32)
     return [r.filename for r in results], scores
+
+
+def alarm_lines(results: Sequence[RecordingScores], min_windows: int) -> list[str]:
+    """One ``Alarm:`` line per run of at least ``min_windows`` windows above the threshold within a
+    recording (where it starts and ends, in seconds), or one line saying there is none."""
+    lines = [
+        f"Alarm: {rec.filename}: {j - i} windows in a row above the threshold, "
+        f"{rec.start_s[i]:.3f} s to {rec.end_s[j - 1]:.3f} s."
+        for rec in results
+        for i, j in alarm_runs(rec.decisions, min_windows)
+    ]
+    return lines or [f"No alarm: no recording has {min_windows} windows in a row above the threshold."]
 
 
 def window_embeddings(clips: Sequence[Clip], cfg: EmbedConfig, spec: WindowSpec,
