@@ -20,6 +20,7 @@ import numpy as np
 from asdcli.artifacts import Embeddings, load_npz, save_embeddings, write_text_atomic
 from asdcli.backend.bank import Bank
 from asdcli.backend.score import bank_clips, bank_embed_config, format_score
+from asdcli.console import stderr_console
 from asdcli.data.dataset import Clip, discover_clips
 from asdcli.errors import ArtifactError, ConfigError
 from asdcli.monitor.embedder import bank_clip_seconds, load_embedder
@@ -67,14 +68,19 @@ def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, che
 
     ``check_clips`` sees the recordings found before any is read (e.g. to refuse an output that is
     one of them); recordings of another machine/section than the bank's are then refused or
-    skipped as `asd score` does (:func:`~asdcli.backend.score.bank_clips`). Returns the recordings'
+    skipped as `asd score` does (:func:`~asdcli.backend.score.bank_clips`). Notes (skipped
+    recordings, ``--min-windows`` alarms) go to ``console``, else stderr. Returns the recordings'
     file names and their aggregate scores (N,) float32.
     """
     spec = WindowSpec(opts.window_s, opts.hop_s)
     clips = recordings_in(paths)
     if check_clips is not None:
         check_clips(clips)
-    note = None if console is None else lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)
+    notes = console or stderr_console()  # skipped recordings and alarms are said even without a progress console
+
+    def note(text: str) -> None:
+        notes.print(text, markup=False, highlight=False, soft_wrap=True)
+
     clips = bank_clips(bank, clips, skip_other_sections, note)
     check_window_length(spec, bank_clip_seconds(bank), bank.name)
     embedder = load_embedder(bank_embed_config(bank, checkpoint, adapter, device, batch_size))
@@ -89,7 +95,7 @@ def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, che
         from asdcli.monitor.plot import plot_timeline
 
         plot_timeline(opts.plot, results)
-    if opts.min_windows is not None and note is not None:
+    if opts.min_windows is not None:
         for line in alarm_lines(results, opts.min_windows):
             note(line)
     scores = np.array([aggregate(r.scores, opts.aggregate) for r in results], dtype=np.float32)
