@@ -393,7 +393,7 @@ def test_fine_tuning_options_are_declared_once_from_the_config_fields() -> None:
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     fields = [f for f in dataclasses.fields(FinetuneConfig) if f.name != "checkpoint"]
-    for name, skipped in (("finetune", set()), ("run", {"merge_machines", "use_clean"})):
+    for name, skipped in (("finetune", set()), ("run", {"merge_machines"})):
         params = {p.name: p for p in commands[name].params}
         for f in fields:
             if f.name in skipped:

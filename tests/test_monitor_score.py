@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import asd, assert_error
 from monitor_synth import long_recording, write_wav
 from typer.testing import CliRunner, Result
 
@@ -169,3 +170,51 @@ def test_terminal_gets_a_table_with_verdicts(plant: Plant, monkeypatch: pytest.M
     assert shown.exit_code == 0, shown.output
     assert "verdict" in shown.stdout and "threshold" in shown.stdout
     assert "ANOMALY" in shown.stdout and plant.anomalous.name in shown.stdout
+
+
+def test_recordings_of_another_machine_or_section_are_refused_or_skipped(plant: Plant, tmp_path: Path) -> None:
+    # as without --window: a recording whose name (section) or DCASE layout (machine) says it is not
+    # the bank's is an error, or skipped and counted with --skip-other-sections; never scored
+    other_section = write_wav(tmp_path / "rec/section_01_other.wav", long_recording(2, (5,)))
+    other_machine = write_wav(tmp_path / "data/gearbox/test/section_00_gear.wav", long_recording(2, (6,)))
+    for wrong in (other_section, other_machine):
+        result = asd("score", "--bank", plant.bank, plant.normal, wrong, "--window", 1)
+        assert_error(result, "1 clip(s) are not of the bank's fan section 00", str(wrong), "--skip-other-sections")
+    windows = tmp_path / "w.csv"
+    result = asd("score", "--bank", plant.bank, plant.normal, other_section, tmp_path / "data", "--window", 1,
+                 "--skip-other-sections", "--windows", windows)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [line.split(",")[0] for line in result.stdout.splitlines()] == [plant.normal.name]
+    assert "Skipped 2 clip(s) of other machines/sections than fan section 00." in result.stderr
+    assert set(_windows(windows)) == {plant.normal.name}
+    only_others = asd("score", "--bank", plant.bank, other_section, "--window", 1, "--skip-other-sections")
+    assert_error(only_others, "None of the 1 clip(s) is of the bank's fan section 00")
+
+
+def test_min_windows_reports_each_run_of_anomalous_windows(plant: Plant, tmp_path: Path) -> None:
+    from asdcli.monitor.windows import anomalous_runs
+
+    windows = tmp_path / "w.csv"
+    plain = asd("score", "--bank", plant.bank, plant.normal, plant.anomalous, "--window", 1, "--windows", windows)
+    assert plain.exit_code == 0 and "Alarm" not in plain.stderr, plain.output
+    runs = {
+        name: [(i, j, rows[i]["start_s"], rows[j - 1]["end_s"]) for i, j in anomalous_runs(
+            np.array([int(r["decision"]) for r in rows]))]
+        for name, rows in _windows(windows).items()
+    }  # fmt: skip
+    longest = max((j - i for rs in runs.values() for i, j, _, _ in rs), default=0)
+    assert longest >= 2, runs  # the anomaly from 12 s on is a stretch of windows above the threshold
+    result = asd("score", "--bank", plant.bank, plant.normal, plant.anomalous, "--window", 1, "--min-windows", longest)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == plain.stdout  # the scores and their CSV are unchanged
+    expected = sorted(
+        f"Alarm: {name}: {j - i} windows in a row above the threshold, {a} s to {b} s."
+        for name, rs in runs.items()
+        for i, j, a, b in rs
+        if j - i >= longest
+    )
+    assert sorted(line for line in result.stderr.splitlines() if line.startswith("Alarm")) == expected
+    quiet = asd("score", "--bank", plant.bank, plant.anomalous, "--window", 1, "--min-windows", longest + 1)
+    assert quiet.exit_code == 0 and f"No alarm: no recording has {longest + 1} windows in a row" in quiet.stderr
+    assert_error(asd("score", "--bank", plant.bank, plant.normal, "--min-windows", 2), "--min-windows needs --window")
+    assert_error(asd("score", "--bank", plant.bank, plant.normal, "--window", 1, "--min-windows", 0), "at least 1")

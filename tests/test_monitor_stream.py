@@ -12,7 +12,7 @@ import soundfile as sf
 from asdcli.data.audio import AudioConfig, load_clip
 from asdcli.errors import AudioError, ConfigError
 from asdcli.monitor.stream import StreamResampler, recording_info, stream_16k
-from asdcli.monitor.windows import Streak, WindowSpec, aggregate, anomalous_runs, iter_windows
+from asdcli.monitor.windows import Streak, WindowSpec, aggregate, anomalous_runs, iter_windows, trailing_anomalous
 
 SR = 16000
 
@@ -125,6 +125,19 @@ def test_aggregate_runs_and_streak() -> None:
     ]
     with pytest.raises(ConfigError, match="--min-consecutive"):
         Streak(0)
+
+
+def test_window_streaks_run_across_files_and_resume_from_counts() -> None:
+    files = [np.array(f) for f in ([0, 1, 1], [1, 0, 0], [0, 1, 1, 1, 1], [1], [0])]
+    assert [trailing_anomalous(f) for f in files] == [2, 0, 4, 1, 0]
+    live = Streak(3)
+    assert [live.feed(f) for f in files] == [2, 3, 4, 5, 0]  # 2 carried into the next file make 3
+    resumed = Streak(3)  # a restart after each file: the log's counts give the same run
+    counts = []
+    for f in files:
+        counts.append(resumed.count)
+        resumed.carry(len(f), trailing_anomalous(f))
+    assert counts == [0, 2, 0, 4, 5] and resumed.count == 0
     with pytest.raises(ConfigError, match="--window"):
         WindowSpec(0.01)
     with pytest.raises(ConfigError, match="--hop"):

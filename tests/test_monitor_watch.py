@@ -169,6 +169,65 @@ def test_min_consecutive_alarms_resume_after_a_restart(setup: Setup, tmp_path: P
     assert [Path(p).name for p in calls.read_text().split()] == ["section_00_0004.wav", "section_00_0005.wav"]
 
 
+def _recording(folder: Path, name: str, clips: list[bytes]) -> Path:
+    """A file of several 1 s windows: the clips one after another (the same samples, so each
+    window's decision is its clip's)."""
+    import io
+
+    import soundfile as sf
+
+    return write_wav(folder / "fan" / name, np.concatenate([sf.read(io.BytesIO(c))[0] for c in clips]))
+
+
+def test_min_windows_counts_windows_across_files_and_restarts(setup: Setup, tmp_path: Path) -> None:
+    incoming = tmp_path / "in"
+    command, calls = _alarm_script(tmp_path)
+    good, bad = setup.good, setup.bad
+    _recording(incoming, "section_00_0000.wav", [good[0], bad[0], bad[1]])  # ends with 2 bad windows
+    args = ("watch", incoming, "--banks", setup.banks, "--once", "--poll", POLL, "--min-windows", 3,
+            "--on-anomaly", command)  # fmt: skip
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    assert first.stdout.startswith("ANOMALY fan/section_00_0000.wav") and "(2 of 3 windows in a row)" in first.stdout
+    assert not calls.exists()
+    row = _log_rows(incoming / "asd-watch.csv")[0]
+    assert (row["windows"], row["anomalous_windows"], row["trailing_anomalous"], row["decision"]) == (
+        "3",
+        "2",
+        "2",
+        "1",
+    )
+    # after a restart the run goes on from the log: 1 more bad window at the start of 0001 is the 3rd
+    _recording(incoming, "section_00_0001.wav", [bad[2], good[1], good[2]])
+    _recording(incoming, "section_00_0002.wav", [good[3], bad[3], good[0]])  # 1 bad window: no alarm
+    _recording(incoming, "section_00_0003.wav", [bad[0], bad[1], bad[2], good[1]])  # 3 in a row inside one file
+    second = run(*args)
+    assert second.exit_code == 0, second.output
+    lines = second.stdout.splitlines()
+    assert lines[0].startswith("ANOMALY fan/section_00_0001.wav") and lines[0].endswith("(3 windows in a row: ALARM)")
+    assert lines[1].endswith("(1 of 3 windows in a row)")
+    assert lines[2].endswith("(3 windows in a row: ALARM)")
+    assert [Path(p).name for p in calls.read_text().split()] == ["section_00_0001.wav", "section_00_0003.wav"]
+
+
+def test_min_consecutive_counts_files_not_windows(setup: Setup, tmp_path: Path) -> None:
+    # one file with 3 bad windows is 1 anomalous file: no alarm at --min-consecutive 2
+    incoming = tmp_path / "in"
+    _recording(incoming, "section_00_0000.wav", [setup.bad[0], setup.bad[1], setup.bad[2]])
+    result = run("watch", incoming, "--banks", setup.banks, "--once", "--poll", POLL, "--min-consecutive", 2)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.rstrip().endswith("(1 of 2 in a row)")
+
+
+def test_an_earlier_log_without_window_counts_is_refused_untouched(setup: Setup, tmp_path: Path) -> None:
+    log = tmp_path / "old.csv"
+    text = "time,filename,score,threshold,decision\n2026-01-01T00:00:00+00:00,fan/a.wav,0.5,0.4,1\n"
+    log.write_text(text)
+    result = run("watch", tmp_path, "--banks", setup.banks, "--once", "--poll", POLL, "--log", log)
+    assert result.exit_code == 1 and "log of an earlier asdcli" in result.stderr and "--log" in result.stderr
+    assert log.read_text() == text
+
+
 @pytest.mark.parametrize(
     ("program", "expect"),
     [
@@ -208,6 +267,23 @@ def test_unmatched_and_unreadable_files_are_reported_once(setup: Setup, tmp_path
     assert any(w.startswith("Skipped fan/section_00_0000.wav") for w in warned)
 
 
+def test_a_file_of_another_section_or_machine_than_the_one_bank_is_skipped(setup: Setup, tmp_path: Path) -> None:
+    # --bank (one bank) scores every file against it, but not one whose name or layout says it is
+    # of another section or machine: as `asd score` refuses it, watch warns once and logs nothing
+    incoming = tmp_path / "in"
+    _drop(incoming, "section_00_0000.wav", setup.good[0])
+    _drop(incoming, "section_01_0001.wav", setup.bad[0])
+    (incoming / "gearbox/test").mkdir(parents=True)
+    (incoming / "gearbox/test/section_00_0002.wav").write_bytes(setup.bad[1])
+    args = ("watch", incoming, "--bank", setup.banks / "bank_fan_section_00.npz", "--once", "--poll", POLL)
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [result.stdout.splitlines()[0]] and "section_00_0000.wav" in result.stdout
+    assert "Skipped fan/section_01_0001.wav: it is of section 01, not of the bank's fan section 00" in result.stderr
+    assert "Skipped gearbox/test/section_00_0002.wav: it is of gearbox section 00" in result.stderr
+    assert [r["filename"] for r in _log_rows(incoming / "asd-watch.csv")] == ["fan/section_00_0000.wav"]
+
+
 def test_bank_choice_from_folder_and_section() -> None:
     from asdcli.monitor.watch import choose_bank
 
@@ -242,10 +318,10 @@ def test_a_long_file_is_scored_on_all_its_windows(setup: Setup, tmp_path: Path) 
 
 def test_a_torn_last_log_row_is_ignored_and_fenced_off(tmp_path: Path) -> None:
     log = tmp_path / "log.csv"
-    log.write_text("time,filename,score,threshold,decision\n2026-01-01T00:00:00+00:00,a.wav,0.5,0.4,1\n2026-01-01T00:0")
+    log.write_text(",".join(LOG_COLUMNS) + "\n2026-01-01T00:00:00+00:00,a.wav,0.5,0.4,1,1,1,1\n2026-01-01T00:0")
     opened = ScoreLog.open(log)
     assert opened.names == {"a.wav"}
-    opened.append("b.wav", 0.1, 0.4, 0)
+    opened.append("b.wav", 0.1, 0.4, np.zeros(1, np.int8))
     assert [r["filename"] for r in _log_rows(log)][-1] == "b.wav"
     assert ScoreLog.open(log).names == {"a.wav", "b.wav"}
 
@@ -261,6 +337,8 @@ def test_ctrl_c_exits_0_and_bad_options(setup: Setup, tmp_path: Path, monkeypatc
         (("--banks", setup.banks, "--bank", "b.npz"), "exactly one of"),
         (("--banks", setup.banks, "--on-anomaly", "'unclosed"), "cannot be split"),
         (("--banks", setup.banks, "--min-consecutive", 0), "--min-consecutive"),
+        (("--banks", setup.banks, "--min-windows", 0), "--min-windows must be at least 1"),
+        (("--banks", setup.banks, "--min-windows", 3, "--min-consecutive", 2), "not both"),
     ):
         bad = run("watch", tmp_path, *args)
         assert bad.exit_code == 1 and bad.stderr.startswith("Error: ") and message in bad.stderr, bad.stderr

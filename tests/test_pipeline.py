@@ -376,6 +376,27 @@ def test_a_stale_lock_is_taken_over_with_a_message(
     assert not (run / ".asd-run.lock").exists()
 
 
+def test_use_clean_trains_on_the_clean_clips_and_redoes_fine_tuning(
+    finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = json.loads((run / "finetune" / "run.json").read_text())["data"]
+    result = _run(synth_root, tiny_checkpoint, run, "--use-clean")
+    assert result.exit_code == 0, result.output
+    assert "finetune: up to date" not in result.output and "embed: up to date" not in result.output
+    clean = sorted(synth_root.glob("*/supplemental/*_machine_*.wav"))
+    after = json.loads((run / "finetune" / "run.json").read_text())
+    assert after["config"]["use_clean"] and before["n_clean"] == 0
+    assert after["data"]["n_clean"] == len(clean) == len(MACHINES)
+    record = json.loads((run / "stages" / "finetune.json").read_text())
+    assert record["key"] != json.loads((finished_run / "stages" / "finetune.json").read_text())["key"]
+    again = _run(synth_root, tiny_checkpoint, run, "--use-clean")
+    assert again.exit_code == 0 and again.output.count("up to date, skipped") == 4, again.output
+    merged = _run(synth_root, tiny_checkpoint, run, "--merge-machines")  # one root: nothing to merge
+    assert merged.exit_code == 2 and "No such option" in merged.output
+
+
 def test_changed_options_remove_only_asdcli_files_from_finetune(
     finished_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -510,6 +510,41 @@ def test_plots_written_and_non_empty(tmp_path: Path) -> None:
         assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 10_000
 
 
+def test_system_names_differing_in_punctuation_get_their_own_plot_folders(tmp_path: Path) -> None:
+    # "dev (a, b)" and "dev (a; b)" both make the folder name dev_a_b: each gets its label's hash
+    # appended, so neither system's plots overwrite the other's (also in the HTML page)
+    import hashlib
+
+    data = _make_data(tmp_path / "data", machines=("fan",))
+    _write_sub(tmp_path / "runA", machines=("fan",))
+    _write_sub(tmp_path / "runB", machines=("fan",), shift=2.0)
+    names = ("dev (a, b)", "dev (a; b)")
+    plots, page = tmp_path / "plots", tmp_path / "report.html"
+    res = runner.invoke(app, ["report", str(tmp_path / "runA"), str(tmp_path / "runB"), "--data", str(data),
+                              "--name", names[0], "--name", names[1], "--plots", str(plots), "--html", str(page),
+                              "-f", "csv"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    folders = [f"dev_a_b-{hashlib.sha256(n.encode()).hexdigest()[:8]}" for n in names]
+    pngs = sorted(p.relative_to(plots).as_posix() for p in plots.rglob("*.png"))
+    assert pngs == sorted(
+        ["comparison.png", *(f"{f}/{n}" for f in folders for n in ("fan_section_00.png", "summary.png"))]
+    )
+    assert (plots / folders[0] / "summary.png").read_bytes() != (plots / folders[1] / "summary.png").read_bytes()
+    html = page.read_text()
+    for f in folders:
+        assert html.count(f"<figcaption>{f}/") == 2
+
+
+def test_plot_names_are_unique_whatever_the_labels() -> None:
+    from asdcli.evaluate.plots import unique_names
+
+    assert unique_names(["runA", "runB"]) == ["runA", "runB"]  # names that differ stay as they were
+    fan, Fan = unique_names(["fan", "Fan"])  # one file on a case-insensitive file system
+    assert fan.startswith("fan-") and Fan.startswith("Fan-") and fan.lower() != Fan.lower()
+    assert unique_names([".."]) == ["system"]  # never a folder above --plots
+    assert unique_names(["comparison.png", "x"], reserved=("comparison.png",))[0].startswith("comparison.png-")
+
+
 def test_json_has_no_nan(setup) -> None:
     data, sub, _ = setup
     (sub / "decision_result_fan_section_00_test.csv").unlink()

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ import numpy as np
 from asdcli.artifacts import Embeddings, check_name_length, temp_dir_prefix, write_text_atomic
 from asdcli.backend import knn
 from asdcli.backend.bank import Bank
-from asdcli.data.dataset import missing_field_error
+from asdcli.data.dataset import Clip, missing_field_error
 from asdcli.errors import ArtifactMismatch, AsdError, ConfigError, DataError
 from asdcli.frontend.spec import check_same_frontend, spec_of
 
@@ -66,6 +66,32 @@ def score_embeddings(bank: Bank, emb: Embeddings, what: str = "the embeddings") 
 def decide(bank: Bank, scores: np.ndarray) -> np.ndarray:
     """Decisions (N,) int8: 1 (anomaly) where score > the bank's threshold, else 0."""
     return (np.asarray(scores) > bank.threshold).astype(np.int8)
+
+
+def fits_bank(bank: Bank, clip: Clip) -> bool:
+    """False when the clip's machine or section, where known, is not the bank's."""
+    return not (clip.machine and clip.machine != bank.machine) and not (clip.section and clip.section != bank.section)
+
+
+def bank_clips(
+    bank: Bank, found: Sequence[Clip], skip_other_sections: bool, note: Callable[[str], None] | None = None
+) -> list[Clip]:
+    """The clips of the bank's machine/section (`asd score`, with or without ``--window``): a clip of
+    another one is a DataError, or with ``skip_other_sections`` skipped and counted to ``note``."""
+    others = [c for c in found if not fits_bank(bank, c)]
+    if others and not skip_other_sections:
+        first = others[0]
+        raise DataError(
+            f"{len(others)} clip(s) are not of the bank's {bank.name}, e.g. {first.path} "
+            f"({first.machine or '?'} section {first.section or '?'}); pass the clips of that "
+            "machine/section, or --skip-other-sections to skip them."
+        )
+    kept = [c for c in found if fits_bank(bank, c)]
+    if not kept:
+        raise DataError(f"None of the {len(found)} clip(s) is of the bank's {bank.name}; nothing to score.")
+    if others and note is not None:
+        note(f"Skipped {len(others)} clip(s) of other machines/sections than {bank.name}.")
+    return kept
 
 
 def select_test(emb: Embeddings, machine: str, section: str) -> Embeddings:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from asdcli.pipeline.run import RunResult
 
 
-@with_finetune_options(skip=("merge_machines", "use_clean"))  # one root; clean clips not passed on yet
+@with_finetune_options(skip=("merge_machines",))  # one root: no machine names to merge across roots
 def command(
     data: Path = typer.Argument(
         ..., help="Dataset root: DATA/<machine>/{train,test,supplemental}/ (dev or eval data)."

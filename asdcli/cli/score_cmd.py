@@ -11,6 +11,7 @@ from asdcli.artifacts import Embeddings, check_not_input, load_embeddings
 from asdcli.backend.bank import Bank, load_bank, load_banks
 from asdcli.backend.score import (
     SCORE_FORMATS,
+    bank_clips,
     check_compatible,
     check_unique_names,
     decide,
@@ -79,6 +80,12 @@ def command(
     plot: Path | None = typer.Option(
         None, "--plot", help="With --window: timeline PNG of score vs time, threshold, anomalous stretches."
     ),
+    min_windows: int | None = typer.Option(
+        None,
+        "--min-windows",
+        help="With --window: report on stderr each run of at least this many windows in a row above the "
+        "threshold within a recording (an alarm, as `asd watch --min-windows` raises it).",
+    ),
     precision: str | None = typer.Option(
         None, "--precision", help="fp32 or int8 (CPU) for embedding clips (default: the bank's)."
     ),
@@ -101,20 +108,21 @@ def command(
         return
     assert bank is not None
     the_bank = load_bank(bank)
-    windowed = window_options(window, hop, how, windows, plot, embeddings)
+    windowed = window_options(window, hop, how, windows, plot, embeddings, min_windows)
     if windowed is not None:
         from asdcli.monitor.windowed import score_windowed
 
         names, scores = score_windowed(
             the_bank, clips or [], windowed, checkpoint, adapter, device, batch_size, stderr_console(),
             check_clips=lambda found: _check_outputs(outputs, (c.path for c in found)),
+            skip_other_sections=skip_other_sections,
         )  # fmt: skip
     elif embeddings is not None:
         rows = _rows_from_file(the_bank, embeddings, all_rows)
     else:
         found = _found_clips(clips or [])
         _check_outputs(outputs, (c.path for c in found))  # a clip found in a folder is an input too, skipped or not
-        found = _bank_clips(the_bank, found, skip_other_sections)
+        found = bank_clips(the_bank, found, skip_other_sections, _note)
         rows = _embed(the_bank, found, checkpoint, adapter, device, batch_size, precision)
     if windowed is None:
         what = str(embeddings or "the clips")
@@ -129,6 +137,10 @@ def command(
         typer.echo(format_rows(names, scores, flags, fmt, header).encode("utf-8", "surrogateescape"), nl=False)
     if decisions is not None:
         write_decisions(decisions, names, flags)
+
+
+def _note(text: str) -> None:
+    stderr_console().print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _check_outputs(outputs: dict[str, Path | None], inputs: Iterable[str | Path]) -> None:
@@ -178,34 +190,6 @@ def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
             soft_wrap=True,
         )
     return rows
-
-
-def _bank_clips(bank: Bank, found: list[Clip], skip_other_sections: bool) -> list[Clip]:
-    """The clips of the bank's machine/section; a clip whose known machine or section differs is
-    an error (or skipped, counted on stderr, with ``skip_other_sections``)."""
-
-    def other(c: Clip) -> bool:
-        return bool(c.machine and c.machine != bank.machine) or bool(c.section and c.section != bank.section)
-
-    others = [c for c in found if other(c)]
-    if others and not skip_other_sections:
-        first = others[0]
-        raise DataError(
-            f"{len(others)} clip(s) are not of the bank's {bank.name}, e.g. {first.path} "
-            f"({first.machine or '?'} section {first.section or '?'}); pass the clips of that "
-            "machine/section, or --skip-other-sections to skip them."
-        )
-    kept = [c for c in found if not other(c)]
-    if not kept:
-        raise DataError(f"None of the {len(found)} clip(s) is of the bank's {bank.name}; nothing to score.")
-    if others:
-        stderr_console().print(
-            f"Skipped {len(others)} clip(s) of other machines/sections than {bank.name}.",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-    return kept
 
 
 def _found_clips(clips: list[Path]) -> list[Clip]:

@@ -25,7 +25,16 @@ def command(
     ),
     once: bool = typer.Option(False, "--once", help="Score the complete files that are there, then exit (for cron)."),
     min_consecutive: int = typer.Option(
-        1, "--min-consecutive", help="Alarm only after this many anomalous files in a row (per bank)."
+        1,
+        "--min-consecutive",
+        help="Alarm only after this many anomalous files in a row (per bank; a file is anomalous when its "
+        "--aggregate score is above the threshold, however many of its windows are).",
+    ),
+    min_windows: int | None = typer.Option(
+        None,
+        "--min-windows",
+        help="Instead: alarm once this many windows in a row are above the threshold (per bank), counted "
+        "across a file's windows and on into the next file scored; an OK window resets the count.",
     ),
     on_anomaly: str | None = typer.Option(
         None,
@@ -61,6 +70,7 @@ def command(
         raise ConfigError("Give exactly one of --banks DIR or --bank BANK.npz.")
     check_aggregate(how)
     cfg = WatchConfig(folder=folder, log=log or folder / DEFAULT_LOG, min_consecutive=min_consecutive,
+                      min_windows=min_windows,
                       on_anomaly=parse_command(on_anomaly), command_timeout_s=command_timeout, poll_s=poll,
                       once=once, window_s=window, hop_s=hop, aggregate=how, batch_size=batch_size)  # fmt: skip
     loaded = {("", ""): load_bank(bank)} if bank is not None else load_banks(banks or Path())

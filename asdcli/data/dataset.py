@@ -244,14 +244,20 @@ def _find_machine_dirs(root: Path) -> list[Path]:
     return found
 
 
+def layout_machine(path: Path) -> str:
+    """The machine a single file's place in a DCASE layout names (``<machine>/<split>/x.wav``), else ""."""
+    parent = path.parent
+    if parent.name in SPLITS:
+        return parent.parent.name
+    return parent.name if _has_split_dir(parent) else ""
+
+
 def _clips_in(path: Path) -> list[Clip]:
     if path.is_file():
         if not _is_audio(path):
             raise DataError(f"{path} is not a .wav file; {EXPECTED_LAYOUT}.")
-        parent = path.parent
-        if parent.name in SPLITS:
-            return [make_clip(path, parent.parent.name, parent.name)]
-        return [make_clip(path, parent.name if _has_split_dir(parent) else "")]
+        split = path.parent.name if path.parent.name in SPLITS else ""
+        return [make_clip(path, layout_machine(path), split)]
     if path.name in SPLITS and not _has_split_dir(path):
         return [make_clip(p, path.parent.name, path.name) for p in _audio_files(path)]
     if _has_split_dir(path):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from asdcli import __version__
 from asdcli.evaluate import metrics
-from asdcli.evaluate.plots import figures, png_bytes, safe_name
+from asdcli.evaluate.plots import COMPARISON_PNG, figures, png_bytes, system_folders
 from asdcli.evaluate.render import pct
 from asdcli.evaluate.report import SystemReport
 
@@ -153,13 +153,13 @@ def html_page(reports: Sequence[SystemReport]) -> str:
         "<h2>Systems side by side</h2>",
         comparison_table(reports),
     ]
-    if "comparison.png" in plots:
-        parts.append(_image("comparison.png", plots.pop("comparison.png")))
+    if COMPARISON_PNG in plots:
+        parts.append(_image(COMPARISON_PNG, plots.pop(COMPARISON_PNG)))
     parts += [metric_table(reports), "<h2>What the numbers mean</h2>", f"<dl>{meanings}</dl>"]
-    for report in reports:
+    for report, folder in zip(reports, system_folders(reports)):
         parts += [f"<h2>{_e(report.name)}: official score {pct(report.official_score)} %</h2>", system_table(report)]
         parts += [f"<p>Warning: {_e(w)}</p>" for w in report.warnings]
-        mine = [rel for rel in plots if len(reports) == 1 or rel.startswith(safe_name(report.name) + "/")]
+        mine = [rel for rel in plots if not folder or rel.startswith(folder + "/")]
         parts += [_image(rel, plots[rel]) for rel in mine]
     body = "\n".join(parts)
     return (

@@ -11,8 +11,10 @@ Legends sit below the axes, never over the data.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,12 +25,14 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 from asdcli.artifacts import write_bytes_atomic
+from asdcli.errors import ConfigError
 from asdcli.evaluate import metrics
 from asdcli.evaluate.report import SectionResult, SystemReport
 
 DPI = 110
 _COLORS = {"source": "#1f77b4", "target": "#d62728", "all": "#555555"}
 _BAR_COLORS = ("#1f77b4", "#d62728", "#2ca02c")
+COMPARISON_PNG = "comparison.png"  # the plot of several systems, beside their folders
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -55,8 +59,31 @@ def _pct(v: float, digits: int = 2) -> str:
 
 
 def safe_name(name: str) -> str:
-    """A file-system friendly version of a system or machine name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "system"
+    """A file-system friendly version of a system or machine name (no leading dot: never ``..``
+    or a hidden file)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "system"
+
+
+def unique_names(labels: Sequence[str], reserved: Sequence[str] = ()) -> list[str]:
+    """:func:`safe_name` of each label; labels whose names would be the same file (also when they
+    differ only in case: macOS and Windows file systems ignore it) or one of ``reserved`` get
+    ``-`` and the first 8 hex digits of their label's SHA-256 appended, so no plot overwrites another."""
+    names = [safe_name(label) for label in labels]
+    taken = Counter([n.casefold() for n in names] + [r.casefold() for r in reserved])
+    unique = [
+        f"{n}-{hashlib.sha256(label.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+        if taken[n.casefold()] > 1
+        else n
+        for n, label in zip(names, labels)
+    ]
+    if len({u.casefold() for u in unique} | {r.casefold() for r in reserved}) < len(unique) + len(set(reserved)):
+        raise ConfigError(f"Plot names {', '.join(unique)} still collide; give the systems other names (--name).")
+    return unique
+
+
+def system_folders(reports: Sequence[SystemReport]) -> list[str]:
+    """The plot sub-folder of each system ("" for a single system: its plots are at the top)."""
+    return [""] if len(reports) == 1 else unique_names([r.name for r in reports], reserved=(COMPARISON_PNG,))
 
 
 def _roc_axes(ax: Axes, r: SectionResult) -> None:
@@ -210,16 +237,17 @@ def figures(reports: Sequence[SystemReport]) -> list[tuple[str, Figure]]:
     """Every plot with its relative file name.
 
     One system: ``<machine>_section_<SS>.png`` per machine/section and ``summary.png``.
-    Several: the same in ``<system>/`` sub-folders, plus ``comparison.png``.
+    Several: the same in ``<system>/`` sub-folders (:func:`system_folders`), plus ``comparison.png``.
     """
     out: list[tuple[str, Figure]] = []
-    for report in reports:
-        folder = "" if len(reports) == 1 else safe_name(report.name) + "/"
-        for r in report.sections:
-            out.append((f"{folder}{safe_name(r.machine)}_section_{r.section}.png", section_figure(report, r)))
-        out.append((f"{folder}summary.png", summary_figure(report)))
+    for report, folder in zip(reports, system_folders(reports)):
+        prefix = f"{folder}/" if folder else ""
+        stems = unique_names([f"{r.machine}_section_{r.section}" for r in report.sections], reserved=("summary",))
+        for r, stem in zip(report.sections, stems):
+            out.append((f"{prefix}{stem}.png", section_figure(report, r)))
+        out.append((f"{prefix}summary.png", summary_figure(report)))
     if len(reports) > 1:
-        out.append(("comparison.png", comparison_figure(reports)))
+        out.append((COMPARISON_PNG, comparison_figure(reports)))
     return out
 
 

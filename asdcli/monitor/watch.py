@@ -1,10 +1,11 @@
 """`asd watch`: score every new audio file of a folder once it is complete, log it, raise alarms.
 
 A file is complete when its size and modification time are unchanged between two polls. Each
-scored file appends one ``time,filename,score,threshold,decision`` row to the log with a single
-``write`` on an ``O_APPEND`` descriptor, then fsync: a row is in the log whole or not at all
-(a torn last line after a power cut is ignored and fenced off by a newline on restart). The log
-is also the memory: a restart skips every file it names and resumes the anomaly streaks.
+scored file appends one row (:data:`LOG_COLUMNS`) to the log with a single ``write`` on an
+``O_APPEND`` descriptor, then fsync: a row is in the log whole or not at all (a torn last line
+after a power cut is ignored and fenced off by a newline on restart). The log is also the memory:
+a restart skips every file it names and resumes the anomaly streaks, of files or of windows (from
+each row's window counts).
 """
 
 from __future__ import annotations
@@ -21,16 +22,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from asdcli.backend.bank import Bank
-from asdcli.backend.score import format_score
-from asdcli.data.dataset import AUDIO_SUFFIXES, parse_filename
+from asdcli.backend.score import fits_bank, format_score
+from asdcli.data.dataset import AUDIO_SUFFIXES, layout_machine, make_clip, parse_filename
 from asdcli.errors import AsdError, ConfigError
-from asdcli.monitor.windows import Streak, WindowSpec, aggregate, check_window_length
+from asdcli.monitor.windows import Streak, WindowSpec, aggregate, check_window_length, trailing_anomalous
 
 if TYPE_CHECKING:
     from asdcli.monitor.embedder import Embedder
 
-LOG_COLUMNS = ("time", "filename", "score", "threshold", "decision")
+LOG_COLUMNS = ("time", "filename", "score", "threshold", "decision", "windows", "anomalous_windows",
+               "trailing_anomalous")  # fmt: skip
+_FIRST_LOG_COLUMNS = LOG_COLUMNS[:5]  # the log before the window counts
 DEFAULT_LOG = "asd-watch.csv"  # inside the watched folder unless --log says otherwise
 
 
@@ -41,6 +46,7 @@ class WatchConfig:
     folder: Path
     log: Path
     min_consecutive: int = 1
+    min_windows: int | None = None  # given: alarms count windows in a row, not files
     on_anomaly: tuple[str, ...] = ()
     command_timeout_s: float = 30.0
     poll_s: float = 2.0
@@ -57,6 +63,13 @@ class WatchConfig:
             )
         if self.min_consecutive < 1:
             raise ConfigError(f"--min-consecutive must be at least 1, got {self.min_consecutive}.")
+        if self.min_windows is not None and self.min_windows < 1:
+            raise ConfigError(f"--min-windows must be at least 1, got {self.min_windows}.")
+        if self.min_windows is not None and self.min_consecutive > 1:
+            raise ConfigError(
+                "Give --min-consecutive N (anomalous files in a row) or --min-windows N (anomalous windows "
+                "in a row, across files), not both."
+            )
         if not self.poll_s > 0 or not self.command_timeout_s > 0:
             raise ConfigError("--poll and --command-timeout must be positive.")
 
@@ -92,13 +105,18 @@ class ScoreLog:
             return log
         text = log.path.read_text(encoding="utf-8", errors="replace")
         header = next(csv.reader(io.StringIO(text.split("\n", 1)[0])), [])
+        if tuple(header) == _FIRST_LOG_COLUMNS:
+            raise ConfigError(
+                f"{log.path} is a log of an earlier asdcli, without the window counts a restart resumes "
+                "streaks from; move it aside or choose another --log file."
+            )
         if tuple(header) != LOG_COLUMNS:  # checked before anything is appended: never touch a foreign file
             raise ConfigError(f"{log.path} is not an `asd watch` log (header {header[:6]}); choose another --log file.")
         complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
         if complete != text:
             log._append("\n")  # fence off a torn last row
         reader = csv.DictReader(io.StringIO(complete))
-        log.rows = [r for r in reader if r.get("decision") in ("0", "1")]
+        log.rows = [r for r in reader if _is_whole(r)]
         return log
 
     @property
@@ -114,14 +132,24 @@ class ScoreLog:
         finally:
             os.close(fd)
 
-    def append(self, filename: str, score: float, threshold: float, decision: int) -> dict[str, str]:
+    def append(self, filename: str, score: float, threshold: float, flags: np.ndarray) -> dict[str, str]:
+        """Log a file: its score and the threshold, its decision (score above it) and its window
+        decisions ``flags`` (N,) as counts."""
         row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "filename": filename,
-               "score": format_score(score), "threshold": format_score(threshold), "decision": str(decision)}  # fmt: skip
+               "score": format_score(score), "threshold": format_score(threshold),
+               "decision": str(int(score > threshold)), "windows": str(len(flags)),
+               "anomalous_windows": str(int(np.sum(flags))), "trailing_anomalous": str(trailing_anomalous(flags))}  # fmt: skip
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow([row[c] for c in LOG_COLUMNS])
         self._append(buf.getvalue())
         self.rows.append(row)
         return row
+
+
+def _is_whole(row: dict[str, str]) -> bool:
+    """A row with a decision and window counts (not a torn or hand-mangled one)."""
+    counts = (row.get(c) for c in ("windows", "anomalous_windows", "trailing_anomalous"))
+    return row.get("decision") in ("0", "1") and all(str(c).isdigit() for c in counts)
 
 
 # ------------------------------------------------------------------------------ finding files
@@ -212,11 +240,31 @@ class Watcher:
         self.unmatched: set[Path] = set()
         for row in self.log.rows:  # resume the streaks where the last run left them
             bank = choose_bank(Path(row["filename"]), banks, cfg.folder)
-            if bank is not None:
+            if bank is None:
+                continue
+            if cfg.min_windows is None:
                 self._streak(bank).update(row["decision"] == "1")
+            else:
+                self._streak(bank).carry(int(row["windows"]), int(row["trailing_anomalous"]))
 
     def _streak(self, bank: Bank) -> Streak:
-        return self.streaks.setdefault((bank.machine, bank.section), Streak(self.cfg.min_consecutive))
+        need = self.cfg.min_consecutive if self.cfg.min_windows is None else self.cfg.min_windows
+        return self.streaks.setdefault((bank.machine, bank.section), Streak(need))
+
+    def _alarm(self, bank: Bank, decision: int, flags: np.ndarray) -> tuple[bool, str]:
+        """Whether this file raises an alarm, and what its line says about the streak."""
+        streak = self._streak(bank)
+        if self.cfg.min_windows is None:
+            alarm = streak.update(bool(decision))
+            if not decision or self.cfg.min_consecutive == 1:
+                return alarm, ""
+            n, need, what = streak.count, self.cfg.min_consecutive, ""
+        else:
+            n, need, what = streak.feed(flags), self.cfg.min_windows, " windows"
+            alarm = n >= need
+            if n == 0:
+                return False, ""
+        return alarm, f"  ({n}{what} in a row: ALARM)" if alarm else f"  ({n} of {need}{what} in a row)"
 
     def poll(self) -> int:
         """Score every complete, not yet logged file; returns how many were scored."""
@@ -225,17 +273,31 @@ class Watcher:
             rel = path.relative_to(self.cfg.folder).as_posix()
             if rel in done or self.failed.get(path) == self.tracker.seen.get(path):
                 continue
-            bank = choose_bank(Path(rel), self.banks, self.cfg.folder)
-            if bank is None:
-                if path not in self.unmatched:
-                    self.warn(
-                        f"No bank for {rel}: name it section_SS_... inside a folder named after its machine, "
-                        "or pass --bank."
-                    )
-                    self.unmatched.add(path)
-                continue
-            scored += self._score(path, rel, bank)
+            bank = self._bank_of(path, rel)
+            if bank is not None:
+                scored += self._score(path, rel, bank)
         return scored
+
+    def _bank_of(self, path: Path, rel: str) -> Bank | None:
+        """The file's bank, or None (warned once per file) when no bank fits it: none is chosen, or
+        the chosen one is of another machine/section than the file's name or layout says."""
+        bank = choose_bank(Path(rel), self.banks, self.cfg.folder)
+        problem = None
+        if bank is None:
+            problem = (
+                f"No bank for {rel}: name it section_SS_... inside a folder named after its machine, or pass --bank."
+            )
+        else:
+            clip = make_clip(path, layout_machine(path))
+            if not fits_bank(bank, clip):
+                known = " ".join(x for x in (clip.machine, clip.section and f"section {clip.section}") if x)
+                problem = f"Skipped {rel}: it is of {known}, not of the bank's {bank.name}; watch it with its own bank (--banks)."
+        if problem is None:
+            return bank
+        if path not in self.unmatched:
+            self.warn(problem)
+            self.unmatched.add(path)
+        return None
 
     def _score(self, path: Path, rel: str, bank: Bank) -> int:
         from asdcli.monitor.embedder import bank_clip_seconds
@@ -251,15 +313,11 @@ class Watcher:
             self.failed[path] = self.tracker.seen.get(path, (0, 0))
             return 0
         score = aggregate(windows.scores, self.cfg.aggregate)
-        decision = int(score > bank.threshold)
-        self.log.append(rel, score, bank.threshold, decision)
-        alarm = self._streak(bank).update(bool(decision))
+        row = self.log.append(rel, score, bank.threshold, windows.decisions)
+        decision = int(row["decision"])
+        alarm, streak = self._alarm(bank, decision, windows.decisions)
         verdict = "ANOMALY" if decision else "OK"
-        line = f"{verdict:<7} {rel}  score {format_score(score)}  threshold {format_score(bank.threshold)}"
-        if decision and self.cfg.min_consecutive > 1:
-            n = self._streak(bank).count
-            line += f"  ({n} in a row: ALARM)" if alarm else f"  ({n} of {self.cfg.min_consecutive} in a row)"
-        self.say(line)
+        self.say(f"{verdict:<7} {rel}  score {format_score(score)}  threshold {format_score(bank.threshold)}{streak}")
         if alarm and self.cfg.on_anomaly:
             problem = run_command(self.cfg.on_anomaly, path, self.cfg.command_timeout_s)
             if problem is not None:

@@ -19,14 +19,15 @@ import numpy as np
 
 from asdcli.artifacts import Embeddings, load_npz, save_embeddings, write_text_atomic
 from asdcli.backend.bank import Bank
-from asdcli.backend.score import bank_embed_config, format_score
+from asdcli.backend.score import bank_clips, bank_embed_config, format_score
+from asdcli.console import stderr_console
 from asdcli.data.dataset import Clip, discover_clips
 from asdcli.errors import ArtifactError, ConfigError
 from asdcli.monitor.embedder import bank_clip_seconds, load_embedder
 from asdcli.monitor.options import WindowedScoring
 from asdcli.monitor.recording import RecordingScores, embed_windows, position_bar, score_recording
 from asdcli.monitor.stream import recording_info
-from asdcli.monitor.windows import WindowSpec, aggregate, check_window_length
+from asdcli.monitor.windows import WindowSpec, aggregate, alarm_runs, check_window_length
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -62,16 +63,25 @@ def format_windows(results: Sequence[RecordingScores]) -> str:
 def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, checkpoint: Path | None,
                    adapter: Path | None, device: str, batch_size: int, console: Console | None,
                    check_clips: Callable[[Sequence[Clip]], None] | None = None,
-                   ) -> tuple[list[str], np.ndarray]:  # fmt: skip
+                   skip_other_sections: bool = False) -> tuple[list[str], np.ndarray]:  # fmt: skip
     """Score every recording window by window; write ``opts.windows_csv`` and ``opts.plot``.
 
     ``check_clips`` sees the recordings found before any is read (e.g. to refuse an output that is
-    one of them). Returns the recordings' file names and their aggregate scores (N,) float32.
+    one of them); recordings of another machine/section than the bank's are then refused or
+    skipped as `asd score` does (:func:`~asdcli.backend.score.bank_clips`). Notes (skipped
+    recordings, ``--min-windows`` alarms) go to ``console``, else stderr. Returns the recordings'
+    file names and their aggregate scores (N,) float32.
     """
     spec = WindowSpec(opts.window_s, opts.hop_s)
     clips = recordings_in(paths)
     if check_clips is not None:
         check_clips(clips)
+    notes = console or stderr_console()  # skipped recordings and alarms are said even without a progress console
+
+    def note(text: str) -> None:
+        notes.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    clips = bank_clips(bank, clips, skip_other_sections, note)
     check_window_length(spec, bank_clip_seconds(bank), bank.name)
     embedder = load_embedder(bank_embed_config(bank, checkpoint, adapter, device, batch_size))
     results = []
@@ -85,8 +95,23 @@ def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, che
         from asdcli.monitor.plot import plot_timeline
 
         plot_timeline(opts.plot, results)
+    if opts.min_windows is not None:
+        for line in alarm_lines(results, opts.min_windows):
+            note(line)
     scores = np.array([aggregate(r.scores, opts.aggregate) for r in results], dtype=np.float32)
     return [r.filename for r in results], scores
+
+
+def alarm_lines(results: Sequence[RecordingScores], min_windows: int) -> list[str]:
+    """One ``Alarm:`` line per run of at least ``min_windows`` windows above the threshold within a
+    recording (where it starts and ends, in seconds), or one line saying there is none."""
+    lines = [
+        f"Alarm: {rec.filename}: {j - i} windows in a row above the threshold, "
+        f"{rec.start_s[i]:.3f} s to {rec.end_s[j - 1]:.3f} s."
+        for rec in results
+        for i, j in alarm_runs(rec.decisions, min_windows)
+    ]
+    return lines or [f"No alarm: no recording has {min_windows} windows in a row above the threshold."]
 
 
 def window_embeddings(clips: Sequence[Clip], cfg: EmbedConfig, spec: WindowSpec,

@@ -111,8 +111,22 @@ def anomalous_runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
+def alarm_runs(flags: np.ndarray, min_windows: int) -> list[tuple[int, int]]:
+    """The runs ``[i, j)`` of at least ``min_windows`` anomalous windows in ``flags`` (N,): where a
+    :class:`Streak` of ``min_windows`` fed the recording alone would raise an alarm."""
+    return [(i, j) for i, j in anomalous_runs(flags) if j - i >= min_windows]
+
+
+def trailing_anomalous(flags: np.ndarray) -> int:
+    """How many of the decisions ``flags`` (N,) are 1 in a row at the end."""
+    flags = np.asarray(flags).astype(bool)
+    normal = np.flatnonzero(~flags)
+    return int(flags.size if normal.size == 0 else flags.size - 1 - normal[-1])
+
+
 class Streak:
-    """Counts anomalous decisions in a row; ``alarm`` is True once ``min_consecutive`` are reached."""
+    """Counts anomalous decisions (of files, or of windows) in a row; an alarm once
+    ``min_consecutive`` are reached, and on every further one of the same run."""
 
     def __init__(self, min_consecutive: int = 1) -> None:
         if min_consecutive < 1:
@@ -124,3 +138,16 @@ class Streak:
         """Add one decision; whether it raises (or keeps up) an alarm."""
         self.count = self.count + 1 if anomalous else 0
         return self.count >= self.min_consecutive
+
+    def feed(self, flags: np.ndarray) -> int:
+        """Add a file's window decisions (N,) in time order, the run going on from the previous
+        file's last windows; returns the longest run reached in this file (0: none anomalous)."""
+        peak = 0
+        for flag in np.asarray(flags).astype(bool):
+            self.update(bool(flag))
+            peak = max(peak, self.count)
+        return peak
+
+    def carry(self, windows: int, trailing: int) -> None:
+        """Resume past a logged file of ``windows`` windows whose last ``trailing`` were anomalous."""
+        self.count = self.count + windows if trailing >= windows else trailing

@@ -172,11 +172,11 @@ class StageRunner:
 
 
 def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
-    """(train, test, noise) clips under ``data_root``; no train clips is a DataError."""
+    """(train, test, supplemental) clips under ``data_root``; no train clips is a DataError."""
     clips = discover_clips([data_root], splits={"train", "test", "supplemental"})
     train = [c for c in clips if c.split == "train"]
     test = [c for c in clips if c.split == "test"]
-    noise = [c for c in clips if c.kind == "noise"]
+    extra = [c for c in clips if c.split == "supplemental"]
     if not train:
         raise DataError(
             f"{data_root} holds no train clips (DATA/<machine>/train/*.wav); point asd run at a dataset root."
@@ -190,7 +190,7 @@ def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
             f"Machine(s) {', '.join(orphans)} under {data_root} have test clips but no train clips; "
             "add their train/ folder or remove them."
         )
-    return train, test, noise
+    return train, test, extra
 
 
 @dataclass
@@ -211,22 +211,25 @@ class RunCheckpoint:
 
 
 def _finetune_stage(
-    cfg: RunConfig, train: list[Clip], noise: list[Clip], ckpt: RunCheckpoint, runner: StageRunner
+    cfg: RunConfig, train: list[Clip], extra: list[Clip], ckpt: RunCheckpoint, runner: StageRunner
 ) -> tuple[Path, Stage]:
-    """Fine-tune into RUN_DIR/finetune. A run started with the same key resumes after its last
-    finished epoch; one of another key (options, clips, checkpoint) is removed first (its files
-    only: anything else in the folder stays)."""
+    """Fine-tune into RUN_DIR/finetune on the train clips and, as ``asd finetune`` picks them
+    (--use-clean, --noise-mix), the supplemental ones. A run started with the same key resumes
+    after its last finished epoch; one of another key (options, clips, checkpoint) is removed
+    first (its files only: anything else in the folder stays)."""
+    from asdcli.finetune.labels import training_data
     from asdcli.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
     from asdcli.finetune.run_dir import ADAPTER_DIR, HEAD_FILE, RUN_FILE
 
     ft = cfg.finetune_config
     assert ft is not None
     out = cfg.finetune_dir
-    used_noise = noise if ft.noise_mix else []
+    data = training_data([(cfg.data_root, [*train, *extra])], use_clean=ft.use_clean, noise_mix=ft.noise_mix,
+                         merge_machines=False)  # fmt: skip
     inputs = {
         "checkpoint": ckpt.sha256,
         "options": ft.key(),
-        "clips": files_fingerprint([c.path for c in [*train, *used_noise]]),
+        "clips": files_fingerprint([c.path for c in [*data.clips, *data.noise]]),
     }
 
     def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
@@ -242,7 +245,7 @@ def _finetune_stage(
             remove_own_files([out / RUN_FILE])
         remove_own_files([stage.record_path.with_suffix(".started")])  # the sidecar of earlier versions
         stage.mark_started()
-        finetune(train, ft, out, noise_clips=used_noise, resume=True, console=runner.console, loaded=ckpt.load())
+        finetune(data, ft, out, resume=True, console=runner.console, loaded=ckpt.load())
         return [
             out / ADAPTER_DIR / ADAPTER_WEIGHTS,
             out / ADAPTER_DIR / ADAPTER_CONFIG,
@@ -359,7 +362,7 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
             "asd run is single-process; under accelerate launch run `asd finetune` and `asd embed` "
             "instead, then fit-bank/score on one process."
         )
-    train, test, noise = _clips(cfg.data_root)
+    train, test, extra = _clips(cfg.data_root)
     durations = probe_clips([*train, *test], cfg.embed.channel)  # a bad test clip fails now, not after fine-tuning
     try:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -367,11 +370,11 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
         raise AsdError(f"Cannot create the run folder {cfg.run_dir}: {e.strerror or e}. Choose another --out.") from e
     runner = StageRunner(cfg.run_dir, console)
     with run_folder_lock(cfg.run_dir, lambda text: runner.say(text, "[yellow]Warning:[/] ")):
-        return _run_stages(cfg, train, test, noise, durations, runner)
+        return _run_stages(cfg, train, test, extra, durations, runner)
 
 
 def _run_stages(
-    cfg: RunConfig, train: list[Clip], test: list[Clip], noise: list[Clip], durations: list[float], runner: StageRunner
+    cfg: RunConfig, train: list[Clip], test: list[Clip], extra: list[Clip], durations: list[float], runner: StageRunner
 ) -> RunResult:
     ckpt = RunCheckpoint(cfg.checkpoint, cached_sha256(cfg.checkpoint))
     n_machines = len({c.machine for c in train})
@@ -381,7 +384,7 @@ def _run_stages(
     )
     adapter, upstream = None, "off"
     if cfg.finetune is not None:
-        adapter, finetuned = _finetune_stage(cfg, train, noise, ckpt, runner)
+        adapter, finetuned = _finetune_stage(cfg, train, extra, ckpt, runner)
         upstream = finetuned.outputs_id()
     else:
         runner.say(": off (--no-finetune), frozen BEATs", runner.header("finetune"))
