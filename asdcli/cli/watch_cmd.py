@@ -64,7 +64,7 @@ def command(
     """
     from asdcli.backend.bank import load_bank, load_banks
     from asdcli.monitor.options import check_aggregate
-    from asdcli.monitor.watch import DEFAULT_LOG, Embedders, WatchConfig, Watcher, parse_command
+    from asdcli.monitor.watch import DEFAULT_LOG, ONE_BANK, Embedders, WatchConfig, Watcher, parse_command
 
     if (bank is None) == (banks is None):
         raise ConfigError("Give exactly one of --banks DIR or --bank BANK.npz.")
@@ -73,7 +73,7 @@ def command(
                       min_windows=min_windows,
                       on_anomaly=parse_command(on_anomaly), command_timeout_s=command_timeout, poll_s=poll,
                       once=once, window_s=window, hop_s=hop, aggregate=how, batch_size=batch_size)  # fmt: skip
-    loaded = {("", ""): load_bank(bank)} if bank is not None else load_banks(banks or Path())
+    loaded = {ONE_BANK: load_bank(bank)} if bank is not None else load_banks(banks or Path())
     console = stderr_console()
     watcher = Watcher(cfg, loaded, Embedders(checkpoint, adapter, device, batch_size),
                       say=lambda line: typer.echo(line),

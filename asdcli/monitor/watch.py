@@ -36,7 +36,11 @@ if TYPE_CHECKING:
 LOG_COLUMNS = ("time", "filename", "score", "threshold", "decision", "windows", "anomalous_windows",
                "trailing_anomalous")  # fmt: skip
 _FIRST_LOG_COLUMNS = LOG_COLUMNS[:5]  # the log before the window counts
+ONE_BANK = ("", "")  # the key of `--bank B.npz` among the banks: every file is scored against it
 DEFAULT_LOG = "asd-watch.csv"  # inside the watched folder unless --log says otherwise
+
+
+MAX_WAIT_S = 86_400.0  # --poll and --command-timeout: one day
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,11 @@ class WatchConfig:
                 "Give --min-consecutive N (anomalous files in a row) or --min-windows N (anomalous windows "
                 "in a row, across files), not both."
             )
-        if not self.poll_s > 0 or not self.command_timeout_s > 0:
-            raise ConfigError("--poll and --command-timeout must be positive.")
+        for option, seconds in (("--poll", self.poll_s), ("--command-timeout", self.command_timeout_s)):
+            if not 0 < seconds <= MAX_WAIT_S:  # NaN fails too; inf would overflow the waits
+                raise ConfigError(
+                    f"{option} must be more than 0 and at most {MAX_WAIT_S:g} s (a day), got {seconds:g}."
+                )
 
 
 def parse_command(text: str | None) -> tuple[str, ...]:
@@ -191,9 +198,10 @@ def choose_bank(rel: Path, banks: dict[tuple[str, str], Bank], folder: Path | No
     that names a bank's machine, below the watched ``folder`` or the folder itself and its
     parent (watching ``incoming/fan`` or ``data/fan/test``); for a file directly in the watched
     folder that names no machine, the only bank of its section. None when that does not single
-    out one bank."""
-    if len(banks) == 1:
-        return next(iter(banks.values()))
+    out one bank. A ``--bank`` (key ``ONE_BANK``) takes every file; a ``--banks`` folder that holds
+    a single bank is chosen by the same rules as one of several."""
+    if ONE_BANK in banks:
+        return banks[ONE_BANK]
     section = parse_filename(rel.name).section
     candidates = [b for b in banks.values() if not section or b.section == section]
     hints = set(rel.parts[:-1]) | set(rel.name.split("_"))
