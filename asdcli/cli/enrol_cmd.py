@@ -44,14 +44,18 @@ def command(
 
     `asd enrol banks/bank_fan_section_00.npz new_speed/*.wav --domain target --out fan_v2.npz`
     """
-    from asdcli.artifacts import load_embeddings
+    from asdcli.artifacts import check_not_input, load_embeddings
     from asdcli.backend.bank import load_bank, save_bank
+    from asdcli.data.dataset import discover_clips
     from asdcli.monitor.enrol import enrol, enrolment_embeddings
 
     if restandardize != (train is not None):
         raise ConfigError(
             "--restandardize needs --train EMB.npz (the embeddings the bank was fitted on), and --train needs --restandardize."
         )
+    audio = [p for p in inputs if p.suffix.lower() != ".npz"]
+    found = [c.path for c in discover_clips(audio)] if audio else []
+    check_not_input(out, [*inputs, *found, *([train] if train is not None else [])], "--out")
     bank = load_bank(bank_path)
     new = enrolment_embeddings(bank, inputs, checkpoint, adapter, device, batch_size)
     train_emb = load_embeddings(train) if train is not None else None
