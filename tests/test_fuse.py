@@ -214,3 +214,16 @@ def test_run_recipe_selects_the_back_end(systems: dict[str, Path], synth_root: P
     assert {(b.config.score_norm, b.config.k) for b in load_banks(run / "banks").values()} == {("none", 2)}
     assert "--recipe must be one of seed, density" in _error(*base, "--recipe", "best")
     assert "--domain-aware was removed" in _error(*base, "--domain-aware")
+
+
+def test_a_score_too_large_to_standardize_is_an_error_not_inf(systems: dict[str, Path], tmp_path: Path) -> None:
+    a = systems["a"]
+    sub = tmp_path / "sub"  # A's scores as a SUB:BANKS pair: no stage records to catch the edit
+    shutil.copytree(a / "submission", sub)
+    score = min(sub.glob("anomaly_score_*"))
+    lines = score.read_text().splitlines()
+    lines[0] = lines[0].rsplit(",", 1)[0] + ",1e308"  # finite, so every reader accepts it
+    score.write_text("\n".join(lines) + "\n")
+    line = _error("fuse", a, f"{sub}:{a / 'banks'}", "--out", tmp_path / "x")
+    assert "overflows" in line and "1e+308" in line
+    assert not (tmp_path / "x").exists()

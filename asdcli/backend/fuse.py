@@ -160,6 +160,13 @@ def fuse_section(systems: Sequence[System], key: Key, weights: Sequence[float], 
     names = sorted(systems[0].scores[key])
     z = [{n: (v - mean) / std for n, v in s.scores[key].items()} for s, (mean, std) in zip(systems, stats)]
     fused = _weighted_mean(z, weights, names)
+    if not np.isfinite(fused).all():
+        bad = names[int(np.flatnonzero(~np.isfinite(fused))[0])]
+        raise DataError(
+            f"The fused score of {bad} ({key[0]} section {key[1]}) overflows: a system's score of it is "
+            f"too far from its bank's scores to standardize ({', '.join(f'{n}: {s.scores[key][bad]:g}' for n, s in zip(specs, systems))}); "
+            "check that score file."
+        )
     threshold, _ = fit_threshold(_weighted_mean(loos, weights, sorted(loos[0])), quantile)
     return format_rows(names, fused), format_decisions(names, (fused > threshold).astype(np.int8))
 

@@ -15,7 +15,8 @@ file per system and the technical report; a system's label is
 
 Before anything is written the submission is checked against the dataset's test clips: every
 machine/section has both files, every test clip exactly one row in each, every score finite,
-every decision 0 or 1. A problem is a DataError naming the file and the clips. Files of machines
+every decision 0 or 1. A score file in a form other than the challenge's plain ``filename,value``
+rows (JSON lines, a header line, a BOM) is packed as such rows. A problem is a DataError naming the file and the clips. Files of machines
 the dataset does not have (the dev machines of a run over dev and eval data) are left out, and
 said so.
 
@@ -26,6 +27,8 @@ zip without that comment, or changed since, is never overwritten.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
 import io
 import re
@@ -40,7 +43,7 @@ from asdcli import __version__
 from asdcli.artifacts import write_bytes_atomic
 from asdcli.errors import ConfigError, DataError
 from asdcli.evaluate.ground_truth import first_few
-from asdcli.evaluate.score_rows import parse_rows, read_text
+from asdcli.evaluate.score_rows import Entry, is_header, parse_rows, read_text
 
 TASK = "task2"
 _TEAM = re.compile(r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+$")
@@ -113,10 +116,12 @@ def expected_clips(data: Path | None, run: Path | None) -> dict[tuple[str, str],
     return out
 
 
-def _check_file(path: Path, names: set[str], decisions: bool) -> None:
+def _check_file(path: Path, names: set[str], decisions: bool) -> bytes:
+    """The file's body for the upload, after checking it against the test clip ``names``."""
     if not path.is_file():
         raise DataError(f"{path.name} is missing from {path.parent}; every machine/section needs it.")
-    rows = parse_rows(read_text(path), str(path), decisions=decisions)  # finite scores, decisions 0/1
+    text = read_text(path)
+    rows = parse_rows(text, str(path), decisions=decisions)  # finite scores, decisions 0/1
     seen = [e.name for e in rows]
     dups = sorted({n for n in seen if seen.count(n) > 1})
     extra, missing = sorted(set(seen) - names), sorted(names - set(seen))
@@ -127,21 +132,34 @@ def _check_file(path: Path, names: set[str], decisions: bool) -> None:
     ):
         if bad:
             raise DataError(f"{path}: {len(bad)} {what}: {first_few(bad)}; every test clip needs exactly one row.")
+    return _upload_body(path.read_bytes(), text, rows, decisions)
 
 
-def check_submission(submission: Path, expected: Mapping[tuple[str, str], set[str]]) -> tuple[list[Path], list[str]]:
-    """The submission's files for the machines/sections of ``expected``, after checking them (see
-    the module docstring), and the names of the other files it holds (left out of the package:
-    the dev machines of a run over dev and eval data)."""
-    files = []
+def _upload_body(raw: bytes, text: str, rows: Sequence[Entry], decisions: bool) -> bytes:
+    """``raw`` when it is plain ``filename,value`` rows; a file that asd score or report also reads
+    (JSON lines, a header line, a BOM) is rewritten as such rows, each value exact (``repr``)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    first_row = next(csv.reader([first]), [])
+    if not raw.startswith(codecs.BOM_UTF8) and not first.lstrip().startswith("{") and not is_header(first_row):
+        return raw
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows((e.name, int(e.value) if decisions else repr(e.value)) for e in rows)
+    return buf.getvalue().encode("utf-8", "surrogateescape")
+
+
+def check_submission(
+    submission: Path, expected: Mapping[tuple[str, str], set[str]]
+) -> tuple[dict[str, bytes], list[str]]:
+    """The bodies (by file name) of the submission's files for the machines/sections of
+    ``expected``, after checking them (see the module docstring), and the names of the other files
+    it holds (left out of the package: the dev machines of a run over dev and eval data)."""
+    bodies = {}
     for (machine, section), names in sorted(expected.items()):
         for pattern, decisions in ((_SCORE, False), (_DECISION, True)):
             path = submission / pattern.format(m=machine, s=section)
-            _check_file(path, names, decisions)
-            files.append(path)
-    wanted = {p.name for p in files}
-    others = sorted(p.name for p in submission.glob("*_test.csv") if p.name not in wanted)
-    return files, others
+            bodies[path.name] = _check_file(path, names, decisions)
+    others = sorted(p.name for p in submission.glob("*_test.csv") if p.name not in bodies)
+    return bodies, others
 
 
 def _yaml(value: Any) -> str:
@@ -386,10 +404,9 @@ def write_package(cfg: PackageConfig) -> tuple[Path, list[str]]:
     that this one does not hold) and OUT/<label>.zip; returns the zip and the submission's files
     left out (machines the dataset does not have)."""
     submission, run = locate(cfg.source)
-    files, left_out = check_submission(submission, expected_clips(cfg.data, run))
+    new, left_out = check_submission(submission, expected_clips(cfg.data, run))
     folder = cfg.out / TASK / cfg.label
     archive = cfg.out / f"{cfg.label}.zip"
-    new = {path.name: path.read_bytes() for path in files}
     new[f"{cfg.label}.meta.yaml"] = system_meta(cfg, run).encode("utf-8", "surrogateescape")
     packed = _packed_crcs(archive, f"{TASK}/{folder.name}")
     if packed is None:

@@ -24,7 +24,7 @@ class Entry:
     value: float
 
 
-def _is_header(row: Sequence[str]) -> bool:
+def is_header(row: Sequence[str]) -> bool:
     return bool(row) and row[0].strip().lower() in ("filename", "file_name", "file")
 
 
@@ -49,7 +49,7 @@ def parse_rows(text: str, where: str, decisions: bool = False) -> list[Entry]:
         if not any(c.strip() for c in row):
             continue
         at = f"{where} line {lineno}"
-        if not entries and _is_header(row):
+        if not entries and is_header(row):
             continue
         if len(row) != 2:  # 'filename,label,score' would be read as scoring the labels
             raise DataError(
