@@ -26,6 +26,7 @@ MACHINES = ("bearing", "fan", "gearbox")
 
 
 def _run(data: Path, ckpt: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
+    epochs = [] if "--no-finetune" in extra else ["--epochs", "1"]  # a fine-tuning option with it is an error
     args = [
         "run",
         str(data),
@@ -35,8 +36,7 @@ def _run(data: Path, ckpt: Path, out: Path, *extra: str):  # type: ignore[no-unt
         str(out),
         "--seconds",
         "1",
-        "--epochs",
-        "1",
+        *epochs,
         "--batch-size",
         "8",
         "--device",

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from asdcli.pipeline.run import RunResult
 
 
-@with_finetune_options(skip=("merge_machines", "use_clean"))  # one root; clean clips not passed on yet
+# one dataset root; the clean clips are not passed on yet
+@with_finetune_options(skip=("merge_machines", "use_clean"), off_switch="--no-finetune")
 def command(
     data: Path = typer.Argument(
         ..., help="Dataset root: DATA/<machine>/{train,test,supplemental}/ (dev or eval data)."
@@ -32,7 +33,10 @@ def command(
         Path("runs/run"), "--out", "-o", help="Run folder; re-running continues it and skips finished stages."
     ),
     no_finetune: bool = typer.Option(
-        False, "--no-finetune", help="Skip fine-tuning: frozen BEATs, mean-pooled tokens."
+        False,
+        "--no-finetune",
+        help="Skip fine-tuning: frozen BEATs, mean-pooled tokens. Of the fine-tuning options only "
+        "--batch-size, --seconds, --channel, --device and --workers apply (any other is an error).",
     ),
     embedding: str | None = typer.Option(None, "--embedding", help="Fine-tuned vector: 'head' (default) or 'pooled'."),
     layers: str = typer.Option(
