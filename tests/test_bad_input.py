@@ -972,6 +972,7 @@ def test_finetune_option_row(args: tuple[str, ...], needle: str, synth_root: Pat
     _assert_error(_asd("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "all", *args), needle)
     assert not (tmp_path / "all").exists()
 
+
 NO_FINETUNE_ROWS = [
     pytest.param(("--epochs", "10"), "--epochs only applies to fine-tuning", id="epochs-at-its-default"),
     pytest.param(("--lora-rank", "4"), "--lora-rank only applies to fine-tuning", id="lora-rank"),
@@ -994,7 +995,6 @@ def test_a_fine_tuning_option_with_no_finetune_is_one_error(args: tuple[str, ...
     assert line.endswith("and --no-finetune skips it; drop " + ("those options" if "," in needle else args[0])
                          + " or --no-finetune.")  # fmt: skip
     assert not (tmp_path / "run").exists()
-
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_epoch(
