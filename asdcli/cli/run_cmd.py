@@ -58,7 +58,9 @@ def command(
         None, "--density-k-target", min=1, help="K of the target radii (as fit-bank)."
     ),
     domain_aware: bool = typer.Option(False, "--domain-aware", hidden=True),
-    plots: bool = typer.Option(False, "--plots", help="Also write ROC/histogram PNGs to RUN_DIR/plots/."),
+    plots: bool = typer.Option(
+        False, "--plots", help="Also write ROC/histogram PNGs to RUN_DIR/plots/ (needs labelled test clips)."
+    ),
     finetune_options: dict[str, Any] | None = None,
 ) -> None:
     """Run the whole challenge pipeline on a dataset into one run folder.
