@@ -973,6 +973,30 @@ def test_finetune_option_row(args: tuple[str, ...], needle: str, synth_root: Pat
     assert not (tmp_path / "all").exists()
 
 
+NO_FINETUNE_ROWS = [
+    pytest.param(("--epochs", "10"), "--epochs only applies to fine-tuning", id="epochs-at-its-default"),
+    pytest.param(("--lora-rank", "4"), "--lora-rank only applies to fine-tuning", id="lora-rank"),
+    pytest.param(
+        ("--lr", "1e-3", "--labels", "attribute", "--full-finetune", "--lora-alpha", "8"),
+        "--lr, --labels, --full-finetune and --lora-alpha only apply to fine-tuning",
+        id="several",
+    ),
+    pytest.param(("--mixed-precision", "bf16"), "--mixed-precision only applies", id="mixed-precision"),
+    pytest.param(("--seed", "1"), "--seed only applies to fine-tuning", id="seed"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), NO_FINETUNE_ROWS)
+def test_a_fine_tuning_option_with_no_finetune_is_one_error(args: tuple[str, ...], needle: str, synth_root: Path,
+                                                            tiny_checkpoint: Path, tmp_path: Path) -> None:  # fmt: skip
+    """Typed, even at its default value: the user asked for fine-tuning; nothing is written."""
+    line = _assert_error(_asd("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "run",
+                              "--no-finetune", "--seconds", 1, "--num-workers", 0, *args), needle)  # fmt: skip
+    assert line.endswith("and --no-finetune skips it; drop " + ("those options" if "," in needle else args[0])
+                         + " or --no-finetune.")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_epoch(
         synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import asdcli.finetune.trainer as trainer

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import asd, assert_error
 from scipy import stats
 from typer.testing import CliRunner
 
@@ -24,11 +25,7 @@ def _ok(*args: object) -> str:
 
 
 def _error(*args: object) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
+    return assert_error(asd(*args))  # exit 1, nothing on stdout, one `Error:` line
 
 
 def _scores(path: Path) -> dict[str, float]:
@@ -135,9 +132,12 @@ def test_fuse_errors(systems: dict[str, Path], tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
-def test_a_run_folder_is_checked_against_its_stage_records(systems: dict[str, Path], tmp_path: Path) -> None:
+def test_a_run_folder_is_checked_against_its_stage_records(
+    systems: dict[str, Path], synth_root: Path, tmp_path: Path
+) -> None:
     """Banks or scores replaced after `asd run`, banks fitted again but not scored again, and an
-    unfinished record are each one error naming the file; as RUN or as RUN/submission:RUN/banks."""
+    unfinished record are each one error naming the file: for `asd fuse` (RUN or
+    RUN/submission:RUN/banks), `asd report` (RUN, RUN/submission, --banks RUN/banks) and `asd package`."""
     import hashlib
     import json
 
@@ -147,10 +147,19 @@ def test_a_run_folder_is_checked_against_its_stage_records(systems: dict[str, Pa
         return c
 
     def fuse_error(c: Path, *needles: str) -> None:
-        for spec in (c, f"{c / 'submission'}:{c / 'banks'}"):
-            line = _error("fuse", systems["a"], spec, "--out", tmp_path / "x")
-            assert all(n in line for n in needles) and "re-run `asd run DATA --out" in line, (needles, line)
-        assert not (tmp_path / "x").exists()
+        report = ("report", "--data", synth_root, "--html", tmp_path / "x.html")
+        sub = c / "submission"
+        for args in (
+            ("fuse", systems["a"], c, "--out", tmp_path / "x"),
+            ("fuse", systems["a"], f"{sub}:{c / 'banks'}", "--out", tmp_path / "x"),
+            (*report, c),
+            (*report, sub, "--plots", tmp_path / "x"),
+            (*report, sub, "--banks", c / "banks"),
+            ("package", c, "--team", "Doe_ACME", "--data", synth_root, "--out", tmp_path / "x"),
+        ):
+            line = _error(*args)
+            assert all(n in line for n in needles) and "re-run `asd run DATA --out" in line, (args, needles, line)
+        assert not (tmp_path / "x").exists() and not (tmp_path / "x.html").exists()
 
     c = copy()
     score = min((c / "submission").glob("anomaly_score_*"))
@@ -174,6 +183,31 @@ def test_a_run_folder_is_checked_against_its_stage_records(systems: dict[str, Pa
     record["status"] = "started"
     record_path.write_text(json.dumps(record))
     fuse_error(c, f"{record_path} does not record a finished fit-bank stage")
+
+
+def test_report_and_package_read_a_run_folder_as_asd_run_wrote_it(
+    systems: dict[str, Path], synth_root: Path, tmp_path: Path
+) -> None:
+    """`asd report RUN` is `asd report RUN/submission` (named after the run, the run's thresholds);
+    an edited decision file (read by report and package) or replaced test embeddings (the clips
+    `asd package` expects without --data) are one error naming the file."""
+    a = systems["a"]
+    by_run = _ok("report", a, "--data", synth_root, "--format", "csv")
+    assert by_run == _ok("report", a / "submission", "--data", synth_root, "--format", "csv")
+    assert "a (frozen BEATs),fan,00,decision threshold," in by_run
+    c = tmp_path / "c"
+    shutil.copytree(a, c)
+    decisions = min((c / "submission").glob("decision_result_*"))
+    decisions.write_text(decisions.read_text() + "\n")
+    for args in (("report", c, "--data", synth_root), ("package", c, "--team", "Doe_ACME", "--out", tmp_path / "x")):
+        line = _error(*args)
+        assert f"{decisions} is not the decision file that `asd run` wrote" in line, line
+    shutil.copytree(a / "submission", c / "submission", dirs_exist_ok=True)
+    shutil.copy(c / "embeddings" / "train.npz", c / "embeddings" / "test.npz")
+    line = _error("package", c, "--team", "Doe_ACME", "--out", tmp_path / "x")
+    assert f"{c / 'embeddings' / 'test.npz'} is not the embeddings file that `asd run` wrote" in line, line
+    assert not (tmp_path / "x").exists()
+    _ok("package", c, "--team", "Doe_ACME", "--data", synth_root, "--out", tmp_path / "x")  # the embeddings unread
 
 
 def test_banks_without_statistics_are_an_error_naming_the_section(systems: dict[str, Path], tmp_path: Path) -> None:

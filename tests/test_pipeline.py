@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from cli_checks import assert_error
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -26,6 +27,7 @@ MACHINES = ("bearing", "fan", "gearbox")
 
 
 def _run(data: Path, ckpt: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
+    epochs = [] if "--no-finetune" in extra else ["--epochs", "1"]  # a fine-tuning option with it is an error
     args = [
         "run",
         str(data),
@@ -35,8 +37,7 @@ def _run(data: Path, ckpt: Path, out: Path, *extra: str):  # type: ignore[no-unt
         str(out),
         "--seconds",
         "1",
-        "--epochs",
-        "1",
+        *epochs,
         "--batch-size",
         "8",
         "--device",
@@ -196,6 +197,9 @@ def test_eval_data_without_labels_stops_at_submission(synth_root: Path, tiny_che
         test.mkdir(parents=True)
         for i, clip in enumerate(sorted((synth_root / machine / "test").glob("*.wav"))):
             shutil.copy(clip, test / f"section_00_{i:04d}.wav")  # anonymised eval names
+    plots = _run(data, tiny_checkpoint, tmp_path / "run", "--no-finetune", "--plots")  # nothing to draw
+    assert_error(plots, f"--plots draws the report of labelled test clips, but no test file name under {data}")
+    assert not (tmp_path / "run").exists()
     result = _run(data, tiny_checkpoint, tmp_path / "run", "--no-finetune")
     assert result.exit_code == 0, result.output
     assert "no report" in result.output

@@ -27,6 +27,7 @@ from asdcli.backend.score import (
 )
 from asdcli.errors import ConfigError, DataError
 from asdcli.evaluate.report import parse_rows
+from asdcli.pipeline.run_check import check_run_pair
 
 Key = tuple[str, str]
 
@@ -61,21 +62,10 @@ def system_paths(spec: str) -> tuple[Path, Path]:
     raise ConfigError(f"System {spec} does not exist; pass an `asd run` folder or SUBMISSION_DIR:BANKS_DIR.")
 
 
-def _check_run_folder(sub: Path, bank_dir: Path) -> None:
-    """When ``sub`` and ``bank_dir`` are RUN/submission and RUN/banks of one `asd run` folder, check
-    them against the run's stage records (banks replaced after scoring are an error)."""
-    from asdcli.pipeline.run_check import check_scored_with_banks
-
-    if sub.name == "submission" and bank_dir.name == "banks" and sub.parent.resolve() == bank_dir.parent.resolve():
-        run = sub.parent  # the paths below are under it, however BANKS_DIR was spelled
-        banks = sorted((run / "banks").glob("bank_*.npz"))  # what load_banks reads
-        check_scored_with_banks(run, banks, sorted(sub.glob("anomaly_score_*.csv")))
-
-
 def load_system(spec: str) -> System:
     """Read a system's banks and the score file of every machine/section it has a bank for."""
     sub, bank_dir = system_paths(spec)
-    _check_run_folder(sub, bank_dir)
+    check_run_pair(sub, bank_dir)  # an `asd run` folder's banks replaced after scoring are an error
     banks = load_banks(bank_dir)
     expected = {submission_names(m, s)[0]: (m, s) for m, s in banks}
     scores: dict[Key, dict[str, float]] = {}

@@ -60,11 +60,16 @@ def _given(ctx: typer.Context | None, names: set[str]) -> set[str]:
     return given
 
 
-def with_finetune_options(*, skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def with_finetune_options(
+    *, skip: tuple[str, ...] = (), off_switch: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add an option for every FinetuneConfig field but ``checkpoint`` and ``skip`` to a Typer
     command; the command gets them as one dict keyword argument ``finetune_options`` (field ->
     value), ready for ``FinetuneConfig(checkpoint=..., **finetune_options)``. An option the user set
-    that the other options make void (a LoRA option with --full-finetune) is a ConfigError."""
+    that the other options make void is a ConfigError: a LoRA option with --full-finetune, and,
+    when the command's own flag ``off_switch`` (e.g. ``--no-finetune``) is set, every option that
+    only fine-tuning reads."""
+    off_name = None if off_switch is None else off_switch.removeprefix("--").replace("-", "_")
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         own = inspect.signature(command, eval_str=True)
@@ -79,7 +84,7 @@ def with_finetune_options(*, skip: tuple[str, ...] = ()) -> Callable[[Callable[.
                 value = options.pop(name)
                 if value is not None:
                     options[name[len(_ALIAS_PREFIX) :]] = value
-            check_given_options(options, given)
+            check_given_options(options, given, off_switch if off_name and kwargs.get(off_name) else None)
             return command(*args, **kwargs, **{FINETUNE_OPTIONS: options})
 
         kept = [p for p in own.parameters.values() if p.name != FINETUNE_OPTIONS]

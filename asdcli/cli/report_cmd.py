@@ -26,7 +26,8 @@ def command(
         metavar="SUBMISSION",
         show_default=False,
         help="Submission folders (anomaly_score_<machine>_section_<SS>_test.csv [+ decision_result_...]), "
-        "single score CSVs, or - to read 'filename,score' lines from stdin (with --machine).",
+        "`asd run` folders (their submission/), single score CSVs, or - to read 'filename,score' lines "
+        "from stdin (with --machine).",
     ),
     ground_truth: Path | None = typer.Option(
         None,
@@ -63,7 +64,8 @@ def command(
         "--banks",
         metavar="DIR",
         help="Bank folder of each submission, in order: its decision thresholds "
-        "go into the tables and plots (default: RUN/banks for a RUN/submission folder).",
+        "go into the tables and plots (default: RUN/banks for a RUN/submission folder, checked against the run's "
+        "stage records).",
     ),
     plots: Path | None = typer.Option(
         None,
@@ -103,9 +105,9 @@ def command(
       asd score ... | asd report - --machine fan --data data/dev
       asd report --ground-truth-out GT --data data/dev
     """
-    from asdcli.evaluate.report_command import ReportConfig, run_report
+    from asdcli.evaluate.report_command import ReportConfig, run_report, submission_folder
 
-    subs = tuple(submissions or ())
+    subs = tuple(submission_folder(s) for s in submissions or ())
     try:
         cfg = ReportConfig(
             submissions=subs,

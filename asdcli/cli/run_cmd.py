@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from asdcli.pipeline.run import RunResult
 
 
-@with_finetune_options(skip=("merge_machines",))  # one root: no machine names to merge across roots
+# one root: no machine names to merge across roots
+@with_finetune_options(skip=("merge_machines",), off_switch="--no-finetune")
 def command(
     data: Path = typer.Argument(
         ..., help="Dataset root: DATA/<machine>/{train,test,supplemental}/ (dev or eval data)."
@@ -32,7 +33,10 @@ def command(
         Path("runs/run"), "--out", "-o", help="Run folder; re-running continues it and skips finished stages."
     ),
     no_finetune: bool = typer.Option(
-        False, "--no-finetune", help="Skip fine-tuning: frozen BEATs, mean-pooled tokens."
+        False,
+        "--no-finetune",
+        help="Skip fine-tuning: frozen BEATs, mean-pooled tokens. Of the fine-tuning options only "
+        "--batch-size, --seconds, --channel, --device and --workers apply (any other is an error).",
     ),
     embedding: str | None = typer.Option(None, "--embedding", help="Fine-tuned vector: 'head' (default) or 'pooled'."),
     layers: str = typer.Option(
@@ -54,7 +58,9 @@ def command(
         None, "--density-k-target", min=1, help="K of the target radii (as fit-bank)."
     ),
     domain_aware: bool = typer.Option(False, "--domain-aware", hidden=True),
-    plots: bool = typer.Option(False, "--plots", help="Also write ROC/histogram PNGs to RUN_DIR/plots/."),
+    plots: bool = typer.Option(
+        False, "--plots", help="Also write ROC/histogram PNGs to RUN_DIR/plots/ (needs labelled test clips)."
+    ),
     finetune_options: dict[str, Any] | None = None,
 ) -> None:
     """Run the whole challenge pipeline on a dataset into one run folder.

@@ -18,7 +18,8 @@ machine/section has both files, every test clip exactly one row in each, every s
 every decision 0 or 1. A score file in a form other than the challenge's plain ``filename,value``
 rows (JSON lines, a header line, a BOM) is packed as such rows. A problem is a DataError naming the file and the clips. Files of machines
 the dataset does not have (the dev machines of a run over dev and eval data) are left out, and
-said so.
+said so. An `asd run` folder's banks, submission files and test embeddings are first checked
+against its stage records (:mod:`asdcli.pipeline.run_check`).
 
 Packing again replaces only what an earlier `asd package` wrote: its zip carries a comment that
 hashes its entries (:func:`_marker`), and that zip's CRC-32s vouch for the files in the folder. A
@@ -44,6 +45,7 @@ from asdcli.artifacts import write_bytes_atomic
 from asdcli.errors import ConfigError, DataError
 from asdcli.evaluate.ground_truth import first_few
 from asdcli.evaluate.score_rows import Entry, is_header, parse_rows, read_text
+from asdcli.pipeline.run_check import check_run_embeddings, check_run_pair
 
 TASK = "task2"
 _TEAM = re.compile(r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+$")
@@ -104,7 +106,9 @@ def expected_clips(data: Path | None, run: Path | None) -> dict[tuple[str, str],
     elif run is not None and (run / "embeddings" / "test.npz").is_file():
         from asdcli.artifacts import load_embeddings
 
-        emb = load_embeddings(run / "embeddings" / "test.npz")
+        path = run / "embeddings" / "test.npz"
+        check_run_embeddings(run, path)
+        emb = load_embeddings(path)
         clips = list(zip(emb.machine.tolist(), emb.section.tolist(), emb.filenames.tolist()))
     else:
         raise DataError("Cannot tell which test clips the package must cover: add --data DATA (the evaluation set).")
@@ -404,6 +408,8 @@ def write_package(cfg: PackageConfig) -> tuple[Path, list[str]]:
     that this one does not hold) and OUT/<label>.zip; returns the zip and the submission's files
     left out (machines the dataset does not have)."""
     submission, run = locate(cfg.source)
+    if run is not None:  # its banks (the meta YAML's facts) and submission as `asd run` wrote them
+        check_run_pair(submission, run / "banks", decisions=True)
     new, left_out = check_submission(submission, expected_clips(cfg.data, run))
     folder = cfg.out / TASK / cfg.label
     archive = cfg.out / f"{cfg.label}.zip"

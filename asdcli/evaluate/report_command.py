@@ -20,6 +20,7 @@ from asdcli.errors import ConfigError
 from asdcli.evaluate.ground_truth import GroundTruth, load_ground_truth, write_ground_truth
 from asdcli.evaluate.render import FORMATS, pct, render, render_text
 from asdcli.evaluate.report import STDIN, SystemReport, bank_thresholds, evaluate_all
+from asdcli.pipeline.run_check import check_run_pair
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,15 @@ class ReportConfig:
         for option, given in (("--name", self.names), ("--banks", self.banks)):
             if given and len(given) != len(self.submissions):
                 raise ConfigError(f"Give {option} once per submission ({len(self.submissions)}), got {len(given)}.")
+
+
+def submission_folder(submission: str) -> str:
+    """An `asd run` folder (RUN holding submission/ and no score file of its own) stands for
+    RUN/submission; any other argument is itself."""
+    path = Path(submission)
+    if submission != STDIN and (path / "submission").is_dir() and not any(path.glob("anomaly_score_*.csv")):
+        return str(path / "submission")
+    return submission
 
 
 def run_folder(submission: str) -> Path | None:
@@ -109,10 +119,16 @@ def check_outputs(cfg: ReportConfig) -> None:
 
 
 def _thresholds(cfg: ReportConfig) -> list[dict[tuple[str, str], float] | None]:
-    if cfg.banks:
-        return [bank_thresholds(b) for b in cfg.banks]
+    """The thresholds of each submission's banks (None without), after checking an `asd run`
+    folder's submission/ and banks/ against its stage records."""
     runs = [run_folder(s) for s in cfg.submissions]
-    return [None if run is None else bank_thresholds(run / "banks") for run in runs]
+    banks: Sequence[Path | None] = cfg.banks or [None if run is None else run / "banks" for run in runs]
+    out: list[dict[tuple[str, str], float] | None] = []
+    for submission, bank_dir in zip(cfg.submissions, banks):
+        if bank_dir is not None and submission != STDIN:
+            check_run_pair(Path(submission), bank_dir, decisions=True)
+        out.append(None if bank_dir is None else bank_thresholds(bank_dir))
+    return out
 
 
 def _file_format(cfg: ReportConfig, out: Path) -> str:

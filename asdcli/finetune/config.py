@@ -24,6 +24,8 @@ StepHook = Callable[[int, int], None]
 # reason to retrain, and a run may be resumed with them changed.
 RUNTIME_FIELDS = ("checkpoint", "device", "num_workers")
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_dropout")  # void with --full-finetune (no adapter)
+# The fields `asd run --no-finetune` still uses, for its frozen embedding; every other one is void there.
+FROZEN_EMBED_FIELDS = ("batch_size", "seconds", "channel", "device", "num_workers")
 
 
 def cli(help: str, flag: str | None = None, alias: str | None = None) -> dict[str, Any]:
@@ -114,18 +116,33 @@ def option_flag(name: str) -> str:
     return FinetuneConfig.__dataclass_fields__[name].metadata.get("flag") or "--" + name.replace("_", "-")
 
 
-def check_given_options(options: Mapping[str, Any], given: Collection[str]) -> None:
+def _flags(names: Collection[str]) -> list[str]:
+    """The flags of the fields ``names``, in the order of FinetuneConfig's fields (its --help)."""
+    return [option_flag(f.name) for f in dataclasses.fields(FinetuneConfig) if f.name in names]
+
+
+def _void_error(void: list[str], applies_to: str, because: str, switch: str) -> ConfigError:
+    one = len(void) == 1
+    listed = void[0] if one else ", ".join(void[:-1]) + " and " + void[-1]
+    return ConfigError(
+        f"{listed} only appl{'ies' if one else 'y'} to {applies_to}, and {switch} {because}; "
+        f"drop {void[0] if one else 'those options'} or {switch}."
+    )
+
+
+def check_given_options(options: Mapping[str, Any], given: Collection[str], finetune_off: str | None = None) -> None:
     """A ConfigError when an option the user set (a field name in ``given``; a default never counts)
-    is void under ``options``: LoRA options with --full-finetune, which trains no adapter."""
-    if not options.get("full_finetune"):
-        return
-    void = [option_flag(name) for name in LORA_FIELDS if name in given]
-    if void:
-        one = len(void) == 1
-        raise ConfigError(
-            f"{' and '.join(void)} only appl{'ies' if one else 'y'} to LoRA, and --full-finetune trains every "
-            f"weight without LoRA; drop {void[0] if one else 'those options'} or --full-finetune."
-        )
+    is void: with ``finetune_off`` (the flag that skips fine-tuning, when the user set it) every
+    option but FROZEN_EMBED_FIELDS; under ``options``, LoRA options with --full-finetune, which
+    trains no adapter."""
+    if finetune_off is not None:
+        void = _flags(set(given) - set(FROZEN_EMBED_FIELDS))
+        if void:
+            raise _void_error(void, "fine-tuning", "skips it", finetune_off)
+    if options.get("full_finetune"):
+        void = _flags(set(given) & set(LORA_FIELDS))
+        if void:
+            raise _void_error(void, "LoRA", "trains every weight without LoRA", "--full-finetune")
 
 
 def _finite(x: float) -> bool:

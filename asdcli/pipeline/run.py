@@ -193,6 +193,11 @@ def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
     return train, test, extra
 
 
+def _labelled_machines(test: list[Clip]) -> set[str]:
+    """The machines whose test file names carry labels and domains (dev data): the report's."""
+    return {c.machine for c in test if c.label and c.domain}
+
+
 @dataclass
 class RunCheckpoint:
     """The run's checkpoint as one resource: its SHA-256 for the stage keys now, the model loaded
@@ -363,6 +368,11 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
             "instead, then fit-bank/score on one process."
         )
     train, test, extra = _clips(cfg.data_root)
+    if cfg.plots and not _labelled_machines(test):
+        raise ConfigError(
+            f"--plots draws the report of labelled test clips, but no test file name under {cfg.data_root} "
+            "carries labels (evaluation data, or no test clips); drop --plots."
+        )
     durations = probe_clips([*train, *test], cfg.embed.channel)  # a bad test clip fails now, not after fine-tuning
     try:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -393,7 +403,7 @@ def _run_stages(
     submission = report = None
     if test:
         submission = _score_stage(cfg, test_path, embed, banks, runner)
-        labelled = {c.machine for c in test if c.label and c.domain}
+        labelled = _labelled_machines(test)
         if labelled:  # dev machines; eval machines next to them are left out of the report
             report = _report_stage(cfg, submission, runner)
         unlabelled = sorted({c.machine for c in test} - labelled)

@@ -39,10 +39,13 @@ def _check_files(stage: Stage, files: Sequence[Path], what: str) -> None:
             )
 
 
-def check_scored_with_banks(run_dir: Path, banks: Sequence[Path], scores: Sequence[Path]) -> bool:
-    """Check that the bank files ``banks`` (in RUN/banks) and score files ``scores`` (in
-    RUN/submission) are the ones `asd run` wrote, and that the score stage read these banks: an
-    ArtifactMismatch naming the file otherwise. False when ``run_dir`` has no fit-bank record."""
+def check_scored_with_banks(
+    run_dir: Path, banks: Sequence[Path], scores: Sequence[Path], decisions: Sequence[Path] = ()
+) -> bool:
+    """Check that the bank files ``banks`` (in RUN/banks), score files ``scores`` and decision
+    files ``decisions`` (in RUN/submission) are the ones `asd run` wrote, and that the score stage
+    read these banks: an ArtifactMismatch naming the file otherwise. False when ``run_dir`` has no
+    fit-bank record."""
     fit_bank, score = Stage(run_dir, "fit-bank", ""), Stage(run_dir, "score", "")
     if not fit_bank.record_path.exists():
         return False
@@ -57,9 +60,36 @@ def check_scored_with_banks(run_dir: Path, banks: Sequence[Path], scores: Sequen
         if not (run_dir / rel).is_file():
             raise ArtifactMismatch(f"{run_dir / rel}, a bank of the run, is missing; {_rerun(run_dir)}.")
     _check_files(score, scores, "score file")
+    _check_files(score, decisions, "decision file")
     if score.record().get("key") != stage_key(score_inputs(Stage(run_dir, "embed", ""), fit_bank)):
         raise ArtifactMismatch(
             f"{run_dir / 'submission'} was not scored with the banks in {run_dir / 'banks'} "
             f"({score.record_path} records other banks or embeddings); {_rerun(run_dir)}."
         )
     return True
+
+
+def check_run_embeddings(run_dir: Path, path: Path) -> None:
+    """When ``run_dir`` has an embed record, ``path`` (RUN/embeddings/...) must be listed in it with
+    its current size and SHA-256 (the score key ties that record to the scores)."""
+    embed = Stage(run_dir, "embed", "")
+    if embed.record_path.exists():
+        _check_files(embed, [path], "embeddings file")
+
+
+def check_run_pair(submission: Path, banks_dir: Path, decisions: bool = False) -> bool:
+    """When ``submission`` and ``banks_dir`` are RUN/submission and RUN/banks of one folder, check
+    the files a command reads there (every bank, every score file and, with ``decisions``, every
+    decision file) with :func:`check_scored_with_banks`. False when they are not a run's pair or
+    the run has no fit-bank record (nothing to check against)."""
+    if not (
+        submission.name == "submission"
+        and banks_dir.name == "banks"
+        and submission.parent.resolve() == banks_dir.parent.resolve()
+    ):
+        return False
+    run = submission.parent  # the paths below are under it, however banks_dir was spelled
+    banks = sorted((run / "banks").glob("bank_*.npz"))  # what load_banks reads
+    scores = sorted(submission.glob("anomaly_score_*.csv"))
+    decision_files = sorted(submission.glob("decision_result_*.csv")) if decisions else []
+    return check_scored_with_banks(run, banks, scores, decision_files)
