@@ -154,7 +154,11 @@ def test_accelerate_launch_two_processes_writes_the_single_process_file(data_dir
     with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "two.npz") as b:
         assert a.files == b.files
         for k in a.files:
-            assert np.array_equal(a[k], b[k]), k
+            if k == "embeddings":  # fewer threads per process may sum in another order (MKL on AVX-512)
+                scale = max(1.0, float(np.abs(a[k]).max()))
+                np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * scale)  # fp32 re-association only
+            else:
+                assert np.array_equal(a[k], b[k]), k
 
 
 def test_cli_embed_interrupted_continues_from_its_saved_parts(data_dir, checkpoint, tmp_path, monkeypatch):
