@@ -80,6 +80,32 @@ def test_rerun_replaces_and_refuses_foreign_folders(tmp_path: Path) -> None:
         make_dataset(tmp_path / "mine" / "notes.txt", SMALL)
 
 
+def test_rerun_never_removes_or_overwrites_a_clip_it_did_not_write(tmp_path: Path) -> None:
+    from asdcli.synth.sounds import MARKER, dataset_is_current
+
+    root = tmp_path / "d"
+    made = make_dataset(root, SMALL)
+    assert dataset_is_current(root, SMALL) and not dataset_is_current(root, replace(SMALL, seed=1))
+    mine = root / "pump" / "train" / "section_00_my_recording.wav"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(made[0].read_bytes())
+    with pytest.raises(DataError, match="section_00_my_recording.wav in .* was not written by asd demo"):
+        make_dataset(root, replace(SMALL, n_train_source=5))
+    assert mine.is_file() and sorted(root.glob("*/*/*.wav")) == sorted([*made, mine])  # nothing touched
+    mine.unlink()
+    edited = made[1].read_bytes()[:-2] + b"\x01\x02"  # one of ours, changed since: the user's now
+    made[1].write_bytes(edited)
+    assert not dataset_is_current(root, SMALL)
+    with pytest.raises(DataError, match="changed since"):
+        make_dataset(root, SMALL)
+    assert made[1].read_bytes() == edited
+    made[1].unlink()
+    (root / MARKER).write_text('{"mine": true}\n')  # a record asd demo did not write
+    with pytest.raises(DataError, match="not the record of a dataset asd demo wrote"):
+        make_dataset(root, SMALL)
+    assert all(p.is_file() for p in made[2:])
+
+
 def test_every_machine_type_renders_finite_audio(tmp_path: Path) -> None:
     cfg = replace(SMALL, machines=tuple(MACHINES), hidden_attributes=())
     for path in make_dataset(tmp_path / "all", cfg):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -87,27 +85,17 @@ def command(
 def _synthesize(root: Path, seed: int, seconds: float, console: Console, reuse: bool = False) -> None:
     """Write the synthetic dataset, or with ``reuse`` keep one made before with the same config
     (rewriting it would change every clip's timestamp and redo all stages)."""
-    from asdcli.artifacts import read_json
     from asdcli.data.dataset import count_clips_table, discover_clips
-    from asdcli.synth.sounds import MARKER, SynthConfig, count_clips, make_dataset
+    from asdcli.synth.sounds import SynthConfig, count_clips, dataset_is_current, make_dataset
 
     cfg = SynthConfig(seed=seed, seconds=seconds)
-    marker = root / MARKER
-    if (
-        reuse
-        and marker.is_file()
-        and read_json(marker) == {"generator": "asdcli.synth.sounds", **_jsonable(asdict(cfg))}
-    ):
+    if reuse and dataset_is_current(root, cfg):
         console.print(f"Synthetic dataset in {root} is up to date.", highlight=False, markup=False)
         return
     with make_progress(console) as progress:
         task = progress.add_task("Synthesizing", total=count_clips(cfg), rate="")
         make_dataset(root, cfg, progress=lambda n: progress.advance(task, n))
     _print_summary(count_clips_table(discover_clips([root])), console)
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def _print_summary(rows: list[tuple[str, ...]], console: Console) -> None:

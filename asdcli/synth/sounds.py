@@ -17,7 +17,9 @@ writes byte-identical 16-bit PCM WAV files.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import json
 import os
 import zlib
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from asdcli.errors import ConfigError, DataError
 
 Attrs = tuple[tuple[str, str], ...]
 MARKER = "asd-synth.json"
+GENERATOR = "asdcli.synth.sounds"
 _COARSE = 160  # samples between points of slow random curves
 
 
@@ -385,12 +388,58 @@ def _write_clip(path: Path, data: bytes) -> None:
         raise DataError(f"Cannot write {path}: {e.strerror}; choose a writable folder.") from e
 
 
-def _prepare_root(root: Path) -> None:
-    """Refuse to write into a non-empty folder that is not an earlier synthetic dataset."""
+def _written_before(root: Path) -> dict[str, str]:
+    """``{relative path: SHA-256}`` of the clips an earlier make_dataset wrote under ``root`` (its
+    marker's record); {} for a new or empty folder. DataError for a folder it did not make."""
     if root.is_file():
         raise DataError(f"{root} is a file; give a folder for the synthetic dataset.")
-    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():
-        raise DataError(f"{root} is not empty and holds no {MARKER}; give a new or empty folder.")
+    marker = root / MARKER
+    if not marker.is_file():
+        if root.is_dir() and any(root.iterdir()):
+            raise DataError(f"{root} is not empty and holds no {MARKER}; give a new or empty folder.")
+        return {}
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{marker} is not readable JSON; give a new or empty folder.") from e
+    files = record.get("files") if isinstance(record, dict) and record.get("generator") == GENERATOR else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise DataError(
+            f"{marker} is not the record of a dataset asd demo wrote (or one from before this version); "
+            "give a new or empty folder."
+        )
+    return files
+
+
+def _check_only_ours(root: Path, ours: dict[str, str]) -> None:
+    """DataError naming the clips under ``root`` that make_dataset did not write or that changed
+    since: they would be overwritten, removed or mixed into the synthetic dataset."""
+    foreign = [p for p in sorted(root.glob("*/*/*.wav")) if ours.get(p.relative_to(root).as_posix()) != _sha256(p)]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise DataError(
+            f"{foreign[0]}{more} in {root} was not written by asd demo (or changed since); move it out, "
+            "or give a new or empty folder: nothing asdcli did not write is removed or overwritten."
+        )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def dataset_is_current(root: Path | str, cfg: SynthConfig) -> bool:
+    """Whether ``root`` holds the dataset make_dataset writes for ``cfg``, every clip unchanged."""
+    root = Path(root)
+    try:
+        record = json.loads((root / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("config") != json.loads(json.dumps(asdict(cfg))):
+        return False
+    files = record.get("files")
+    if not isinstance(files, dict) or len(files) != count_clips(cfg):
+        return False
+    return all((root / rel).is_file() and _sha256(root / rel) == digest for rel, digest in files.items())
 
 
 def make_dataset(
@@ -401,9 +450,10 @@ def make_dataset(
     """Write a synthetic DCASE-2025-layout dataset under ``root``.
 
     Writes ``root/<machine>/{train,test,supplemental}/*.wav`` (16-bit PCM, ``cfg.sample_rate``)
-    with official names, and ``root/asd-synth.json`` (the config). Re-running on the same folder
-    replaces the dataset (stale clips of an earlier config are removed); each file is written
-    atomically.
+    with official names, and ``root/asd-synth.json`` (the config and the SHA-256 of every clip).
+    Re-running on the same folder replaces the dataset (clips of an earlier config are removed);
+    each file is written atomically. A clip it did not write, or one changed since, is an error
+    before anything is written: nothing else is overwritten or removed.
 
     Returns
     -------
@@ -413,24 +463,25 @@ def make_dataset(
     Raises
     ------
     DataError
-        ``root`` is a file, or a non-empty folder that this function did not make.
+        ``root`` is a file, a non-empty folder that this function did not make, or one holding
+        clips it did not write.
     """
     root = Path(root)
-    _prepare_root(root)
-    written: list[Path] = []
+    ours = _written_before(root)
+    _check_only_ours(root, ours)
+    written: dict[str, str] = {}
     for machine in cfg.machines:
         for rel, kwargs in _plan(cfg, machine):
             path = root / machine / rel
-            _write_clip(path, _wav_bytes(render_clip(cfg, machine, **kwargs), cfg.sample_rate))
-            written.append(path)
+            data = _wav_bytes(render_clip(cfg, machine, **kwargs), cfg.sample_rate)
+            _write_clip(path, data)
+            written[path.relative_to(root).as_posix()] = hashlib.sha256(data).hexdigest()
             if progress is not None:
                 progress(1)
-    keep = set(written)
-    for stale in sorted(root.glob("*/*/*.wav")):
-        if stale not in keep:
-            stale.unlink()
-    write_json_atomic(root / MARKER, {"generator": "asdcli.synth.sounds", **asdict(cfg)})
-    return sorted(written)
+    for stale in sorted(set(ours) - set(written)):  # clips of an earlier config, checked unchanged above
+        (root / stale).unlink(missing_ok=True)
+    write_json_atomic(root / MARKER, {"generator": GENERATOR, "config": asdict(cfg), "files": written})
+    return sorted(root / rel for rel in written)
 
 
 def count_clips(cfg: SynthConfig) -> int:
