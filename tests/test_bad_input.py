@@ -941,9 +941,12 @@ def _finetune(data: Path, checkpoint: Path, out: Path, *extra: object) -> Result
 
 
 FINETUNE_OPTION_ROWS = [
-    pytest.param(("--lr", "nan"), "--lr must be a finite number > 0, got nan", id="lr-nan"),
-    pytest.param(("--lr", "inf"), "--lr must be a finite number > 0, got inf", id="lr-inf"),
-    pytest.param(("--lr", "0"), "--lr must be a finite number > 0, got 0.0", id="lr-0"),
+    pytest.param(("--lr", "nan"), "--lr must be a number > 0 and at most 1, got nan", id="lr-nan"),
+    pytest.param(("--lr", "inf"), "--lr must be a number > 0 and at most 1, got inf", id="lr-inf"),
+    pytest.param(("--lr", "0"), "--lr must be a number > 0 and at most 1, got 0.0", id="lr-0"),
+    pytest.param(("--lr", "1e39"), "--lr must be a number > 0 and at most 1, got 1e+39", id="lr-beyond-fp32"),
+    pytest.param(("--seed", "-1"), "--seed must be an integer from 0 to 4294967295", id="seed-negative"),
+    pytest.param(("--seed", str(2**70)), "--seed must be an integer from 0 to 4294967295", id="seed-huge"),
     pytest.param(("--lora-alpha", "nan"), "--lora-alpha must be a finite number > 0, got nan", id="lora-alpha-nan"),
     pytest.param(("--lora-alpha", "-1"), "--lora-alpha must be a finite number > 0", id="lora-alpha-negative"),
     pytest.param(("--lora-dropout", "nan"), "--lora-dropout must be in [0, 1)", id="lora-dropout-nan"),

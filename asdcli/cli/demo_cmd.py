@@ -42,8 +42,10 @@ def command(
     `asd demo --make-data DIR` writes only the synthetic dataset and prints its root on stdout.
     """
     from asdcli.data.audio import AudioConfig
+    from asdcli.seeds import check_seed
 
     AudioConfig(seconds=seconds)  # in range before anything is synthesized
+    check_seed(seed)
     console = stderr_console()
     if make_data is not None:
         _synthesize(make_data, seed, seconds, console)

@@ -15,9 +15,11 @@ from typing import Any
 
 from asdcli.data.clip_length import check_clip_seconds
 from asdcli.errors import ConfigError
+from asdcli.seeds import MAX_SEED
 
 LABEL_MODES = ("machine", "attribute", "attribute+domain")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+MAX_LR = 1.0  # an Adam step of more than 1 per unit gradient is never a learning rate (1e39 overflows fp32)
 DEFAULT_RUN_DIR = Path("runs/finetune")
 StepHook = Callable[[int, int], None]
 # Fields that decide where and how fast a run goes, not what it computes: another value is no
@@ -149,6 +151,10 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _seed_ok(x: object) -> bool:
+    return not isinstance(x, bool) and isinstance(x, int) and 0 <= x <= MAX_SEED
+
+
 def _problems(c: FinetuneConfig) -> list[str]:
     """Every invalid option as one sentence naming its flag (empty when the config is valid)."""
 
@@ -158,7 +164,7 @@ def _problems(c: FinetuneConfig) -> list[str]:
     checks = [
         (c.epochs >= 1, bad("epochs", "at least 1")),
         (c.batch_size >= 1, bad("batch_size", "at least 1")),
-        (_finite(c.lr) and c.lr > 0, bad("lr", "a finite number > 0")),
+        (_finite(c.lr) and 0 < c.lr <= MAX_LR, bad("lr", f"a number > 0 and at most {MAX_LR:g}")),
         (_finite(c.warmup_fraction) and 0.0 <= c.warmup_fraction < 1.0, bad("warmup_fraction", "in [0, 1)")),
         (c.channel is None or c.channel >= 0, bad("channel", ">= 0")),
         (_finite(c.val_fraction) and 0.0 <= c.val_fraction < 1.0, bad("val_fraction", "in [0, 1)")),
@@ -178,6 +184,7 @@ def _problems(c: FinetuneConfig) -> list[str]:
         (_finite(c.mixup) and c.mixup >= 0.0, bad("mixup", "a finite number >= 0 (0 = off)")),
         (c.mixed_precision in MIXED_PRECISION, bad("mixed_precision", f"one of {', '.join(MIXED_PRECISION)}")),
         (c.num_workers >= 0, bad("num_workers", ">= 0")),
+        (_seed_ok(c.seed), bad("seed", f"an integer from 0 to {MAX_SEED} (2**32 - 1)")),
     ]
     problems = [message for ok, message in checks if not ok]
     try:

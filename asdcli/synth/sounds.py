@@ -32,6 +32,7 @@ from scipy.signal import butter, lfilter, sosfilt
 
 from asdcli.artifacts import write_json_atomic
 from asdcli.errors import ConfigError, DataError
+from asdcli.seeds import check_seed
 
 Attrs = tuple[tuple[str, str], ...]
 MARKER = "asd-synth.json"
@@ -55,6 +56,7 @@ class SynthConfig:
     hidden_attributes: tuple[str, ...] = ("bearing",)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         unknown = sorted(set(self.machines) - set(MACHINES))
         if unknown or not self.machines:
             raise ConfigError(

@@ -1,0 +1,16 @@
+"""The range of every random seed option: what numpy's and torch's generators all take."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asdcli.errors import ConfigError
+
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: Any, option: str = "--seed") -> int:
+    """``value`` if it is an integer in [0, MAX_SEED], else a ConfigError naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{option} must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {value!r}.")
+    return value
