@@ -76,7 +76,7 @@ def command(
     loaded = {ONE_BANK: load_bank(bank)} if bank is not None else load_banks(banks or Path())
     console = stderr_console()
     watcher = Watcher(cfg, loaded, Embedders(checkpoint, adapter, device, batch_size),
-                      say=lambda line: typer.echo(line),
+                      say=lambda line: typer.echo(line.encode("utf-8", "surrogateescape")),  # a name's own bytes
                       warn=lambda text: console.print(f"Warning: {text}", markup=False, highlight=False))  # fmt: skip
     if not once:
         console.print(f"Watching {folder} every {poll:g} s ({len(loaded)} bank(s), log {cfg.log}); Ctrl-C stops.",

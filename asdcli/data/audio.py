@@ -101,7 +101,7 @@ def _no_channel(path: Path, channels: int, channel: int) -> AudioError:
     )
 
 
-def _sf_name(path: Path) -> str | bytes:
+def soundfile_name(path: Path) -> str | bytes:
     """The name soundfile opens: bytes on POSIX, so a file name that is not UTF-8 opens too."""
     return os.fsencode(path) if os.name == "posix" else str(path)
 
@@ -110,7 +110,7 @@ def _info(path: Path) -> Any:
     """The header of ``path``, or AudioError for anything unreadable."""
     _check_size(path)
     try:
-        return sf.info(_sf_name(path))
+        return sf.info(soundfile_name(path))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
         raise _unreadable(path, e) from e
 
@@ -119,7 +119,7 @@ def _open(path: Path) -> sf.SoundFile:
     """``path`` opened for reading (its header read once), or AudioError for anything unreadable."""
     _check_size(path)
     try:
-        return sf.SoundFile(_sf_name(path))
+        return sf.SoundFile(soundfile_name(path))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
         raise _unreadable(path, e) from e
 

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import firwin, resample_poly
 
-from asdcli.data.audio import SAMPLE_RATE, probe_clip
+from asdcli.data.audio import SAMPLE_RATE, probe_clip, soundfile_name
 from asdcli.errors import AudioError
 
 BLOCK_SECONDS = 4.0  # input read per step: memory is a few of these whatever the file's length
@@ -98,7 +98,7 @@ def recording_info(path: Path | str, channel: int | None = None) -> RecordingInf
     """Header of ``path`` after the checks ``load_clip`` makes (AudioError when unusable)."""
     path = Path(path)
     probe_clip(path, channel)
-    info = sf.info(str(path))
+    info = sf.info(soundfile_name(path))
     return RecordingInfo(path, int(info.samplerate), int(info.frames), int(info.channels))
 
 
@@ -113,7 +113,7 @@ def read_blocks(info: RecordingInfo, channel: int | None = None,
     """Mono float32 blocks of the file at its own rate (mean of channels, or ``channel``)."""
     frames = max(1, round(block_seconds * info.sample_rate))
     try:
-        with sf.SoundFile(str(info.path)) as f:
+        with sf.SoundFile(soundfile_name(info.path)) as f:
             while True:
                 data = f.read(frames, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:

@@ -110,7 +110,7 @@ class ScoreLog:
         if not log.path.is_file() or log.path.stat().st_size == 0:
             log._append(",".join(LOG_COLUMNS) + "\n")
             return log
-        text = log.path.read_text(encoding="utf-8", errors="replace")
+        text = log.path.read_text(encoding="utf-8", errors="surrogateescape")
         header = next(csv.reader(io.StringIO(text.split("\n", 1)[0])), [])
         if tuple(header) == _FIRST_LOG_COLUMNS:
             raise ConfigError(
@@ -134,7 +134,7 @@ class ScoreLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            os.write(fd, text.encode("utf-8"))
+            os.write(fd, text.encode("utf-8", "surrogateescape"))
             os.fsync(fd)
         finally:
             os.close(fd)
