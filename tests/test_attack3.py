@@ -296,3 +296,27 @@ def test_make_data_never_deletes_a_clip_it_did_not_write(marker: str, synth_root
     assert all(path.is_file() for path in mine), "make-data deleted the user's clips"
     if result.exit_code != 0:
         _assert_error(result, str(root))
+
+
+# ------------------------------------------------------------------------------------ asd score
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="score gives a clip that is one of the bank's own vectors (same file name) distance 0 without a word; "
+    "enrol refuses such clips, fit-bank's threshold uses leave-one-out, score neither",
+)
+@pytest.mark.parametrize("how", ["clip", "embeddings"])
+def test_scoring_a_clip_of_the_bank_itself_is_not_a_silent_zero(
+    how: str, banks: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    bank = banks / "bank_fan_section_00.npz"
+    if how == "clip":
+        clip = sorted((synth_root / "fan" / "train").glob("*.wav"))[0]
+        result = _asd("score", "--bank", bank, clip, "--device", "cpu")
+    else:
+        result = _asd("score", "--bank", bank, "--embeddings", banks.parent / "train.npz", "--all")
+    if result.exit_code != 0:
+        _assert_error(result, "bank")
+        return
+    assert "bank" in result.stderr, "scores of the bank's own clips (0 distance) came without a word"
