@@ -320,3 +320,26 @@ def test_scoring_a_clip_of_the_bank_itself_is_not_a_silent_zero(
         _assert_error(result, "bank")
         return
     assert "bank" in result.stderr, "scores of the bank's own clips (0 distance) came without a word"
+
+
+# --------------------------------------------------------------------------------- asd fit-bank
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fit-bank takes embeddings holding one clip twice (same name, two folders): every leave-one-out "
+    "distance is 0 and the threshold ~4e-08, so every test clip is decided anomalous, no word",
+)
+def test_fit_bank_refuses_a_clip_embedded_twice(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`asd score` already refuses embeddings holding one clip twice; the bank's threshold would be 0."""
+    folders = []
+    for copy in ("a", "b"):
+        folder = tmp_path / copy / "fan" / "train"
+        shutil.copytree(synth_root / "fan" / "train", folder)
+        folders.append(folder)
+    train = tmp_path / "train.npz"
+    _assert_ok(_asd("embed", *folders, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--device", "cpu",
+                    "--out", train))  # fmt: skip
+    out = tmp_path / "bank.npz"
+    _assert_error(_asd("fit-bank", train, "--out", out), "twice")
+    assert not out.exists()
