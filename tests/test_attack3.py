@@ -474,3 +474,24 @@ def test_outputs_never_overwrite_the_model_files(
     result = _asd(*args)
     assert target.read_bytes() == before, f"asd {command} overwrote {target.name}"
     _assert_error(result, str(target))
+
+
+@pytest.mark.xfail(strict=True, reason="watch --log FOLDER: IsADirectoryError traceback from ScoreLog.open")
+def test_watch_log_that_is_a_folder_is_one_error_line(banks: Path, tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    _assert_error(_asd("watch", incoming, "--banks", banks, "--once", "--log", folder), "--log")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="watch checks --window/--hop only when the first file arrives: started on an empty folder it runs "
+    "(for hours) with --window nan or --hop 0 and stops at the first recording",
+)
+@pytest.mark.parametrize("option", [("--window", "nan"), ("--hop", "0"), ("--window", "0.1")])
+def test_watch_checks_window_options_at_start(option: tuple[str, str], banks: Path, tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    _assert_error(_asd("watch", incoming, "--banks", banks, "--once", *option), option[0])
