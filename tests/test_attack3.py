@@ -495,3 +495,23 @@ def test_watch_checks_window_options_at_start(option: tuple[str, str], banks: Pa
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     _assert_error(_asd("watch", incoming, "--banks", banks, "--once", *option), option[0])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="enrol reads labels from the clip names (it refuses anomalies) but enrols a clip named "
+    "section_00_target_... as --domain source without a word",
+)
+def test_enrol_domain_that_contradicts_the_clip_name_is_flagged(
+    banks: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    clip = _test_clip(synth_root, "fan", "section_00_target_test_normal_*.wav")
+    out = tmp_path / "v2.npz"
+    result = _asd("enrol", banks / "bank_fan_section_00.npz", clip, "--domain", "source", "--out", out,
+                  "--checkpoint", tiny_checkpoint, "--device", "cpu")  # fmt: skip
+    if result.exit_code != 0:
+        _assert_error(result, "target")
+        assert not out.exists()
+        return
+    notes = [line for line in result.stderr.splitlines() if not line.startswith("fan section 00: enrolled")]
+    assert any("target" in line for line in notes), result.stderr
