@@ -1,7 +1,8 @@
-"""Adversarial cases (attack3) that still fail, driven through the real CLI.
+"""Adversarial cases of a third tester pass, driven through the real CLI.
 
-Each test states the promised behaviour and is marked ``xfail(strict=True)``: when a fix lands the
-test passes, the strict xfail turns red, and the marker is removed. Tiny random BEATs, 1 s clips.
+Each test states the promised behaviour. Those still failing are marked ``xfail(strict=True)``:
+when a fix lands the test passes, the strict xfail turns red, and the marker is removed. Tiny
+random BEATs, 1 s clips.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ def _test_clip(synth_root: Path, machine: str, pattern: str = "section_00_*_norm
 # ------------------------------------------------------------------------------------ asd watch
 
 
-@pytest.mark.xfail(strict=True, reason="watch --poll inf / 1e300 crashes with an OverflowError traceback in Event.wait")
 @pytest.mark.parametrize("poll", ["inf", "1e300"])
 def test_watch_infinite_poll_is_one_error_line(poll: str, banks: Path, tmp_path: Path) -> None:
     incoming = tmp_path / "incoming"
@@ -59,9 +59,6 @@ def test_watch_infinite_poll_is_one_error_line(poll: str, banks: Path, tmp_path:
     _assert_error(_asd("watch", incoming, "--banks", banks, "--poll", poll), "--poll")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="watch --command-timeout inf / 1e300 crashes with an OverflowError traceback at the first alarm"
-)
 @pytest.mark.parametrize("timeout", ["inf", "1e300"])
 def test_watch_infinite_command_timeout_is_one_error_line(
     timeout: str, banks: Path, synth_root: Path, tmp_path: Path
@@ -77,11 +74,6 @@ def test_watch_infinite_command_timeout_is_one_error_line(
     _assert_error(result, "--command-timeout")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="watch --banks with a single bank (choose_bank: len(banks) == 1) scores files of another machine "
-    "folder and of another section against it, no word",
-)
 def test_watch_single_bank_folder_does_not_score_other_machines_or_sections(
     banks: Path, synth_root: Path, tmp_path: Path
 ) -> None:
@@ -109,9 +101,6 @@ def test_watch_single_bank_folder_does_not_score_other_machines_or_sections(
 # ------------------------------------------------------------------------------------ asd enrol
 
 
-@pytest.mark.xfail(
-    strict=True, reason="enrol --out is not checked against its inputs: it overwrites the enrolled clip with the bank"
-)
 @pytest.mark.parametrize("victim", ["clip", "clip-in-folder", "train"])
 def test_enrol_out_never_overwrites_an_input(
     victim: str, banks: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
@@ -154,11 +143,6 @@ def _header_scores(run: Path) -> None:
     path.write_text("filename,score\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package checks the score file with parse_rows (which also reads JSON lines and skips a header) "
-    "but packs its bytes verbatim: the upload holds a JSON-lines file or a header line",
-)
 @pytest.mark.parametrize("edit", [_jsonl_scores, _header_scores], ids=["jsonl", "header"])
 def test_package_uploads_plain_headerless_csv(edit: object, run_dir: Path, tmp_path: Path) -> None:
     """The challenge's score files are 'filename,score' rows without a header; a submission file in
@@ -182,9 +166,6 @@ def test_package_uploads_plain_headerless_csv(edit: object, run_dir: Path, tmp_p
 # ------------------------------------------------------------------------------------- asd fuse
 
 
-@pytest.mark.xfail(
-    strict=True, reason="fuse standardizes a huge finite score (1e308) into inf and writes 'inf' into the submission"
-)
 def test_fuse_never_writes_a_non_finite_score(run_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -205,11 +186,6 @@ def test_fuse_never_writes_a_non_finite_score(run_dir: Path, tmp_path: Path) -> 
 # ------------------------------------------------------------------------- seeds and learning rates
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finetune/run/demo take any int --seed: -1 is a ValueError traceback in derive_seed "
-    "(finetune/state.py), 2**70 an 'Overflow when unpacking long long' traceback",
-)
 @pytest.mark.parametrize("command", ["finetune", "run", "demo"])
 @pytest.mark.parametrize("seed", ["-1", str(2**70)])
 def test_out_of_range_seed_is_one_error_line(
@@ -225,10 +201,6 @@ def test_out_of_range_seed_is_one_error_line(
     _assert_error(_asd(*args, "--seed", seed), "--seed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finetune --lr 1e39 passes the 'finite > 0' check but overflows float32 in torch's Adam: RuntimeError traceback",
-)
 def test_lr_beyond_float32_is_one_error_line(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "ft"
     result = _asd("finetune", synth_root, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--epochs", 1,
@@ -248,11 +220,6 @@ def _non_utf8_clip(synth_root: Path, folder: Path) -> bytes:
     return raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the windowed path (monitor/stream.py) opens the file with a str name, not audio._sf_name's bytes: "
-    "UnicodeEncodeError traceback (plain `asd score` handles the same name)",
-)
 @pytest.mark.parametrize("command", ["score", "embed", "watch"])
 def test_windowed_paths_read_a_file_name_that_is_not_utf8(
     command: str, banks: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
@@ -278,11 +245,6 @@ def test_windowed_paths_read_a_file_name_that_is_not_utf8(
 # ------------------------------------------------------------------------------ asd demo --make-data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="make_dataset (synth/sounds.py) unlinks every */*/*.wav not in its plan once DIR holds an "
-    "asd-synth.json (any content): the user's own clips are deleted",
-)
 @pytest.mark.parametrize("marker", ["earlier-dataset", "foreign-marker"])
 def test_make_data_never_deletes_a_clip_it_did_not_write(marker: str, synth_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "data"
@@ -432,11 +394,6 @@ MODEL_VICTIMS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the input guard (artifacts.py) covers clips, banks and embeddings but not the model files: "
-    "embed --out, score --decisions and export --out overwrite the checkpoint, the ONNX model or the adapter",
-)
 @pytest.mark.parametrize("command,victim", MODEL_VICTIMS)
 def test_outputs_never_overwrite_the_model_files(
     command: str, victim: str, banks: Path, adapter: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path

@@ -73,13 +73,13 @@ def command(
     from accelerate import PartialState
 
     from asdcli.artifacts import check_not_input
-    from asdcli.frontend.embed import EmbedConfig, embed_to_file, parts_prefix
+    from asdcli.frontend.embed import EmbedConfig, embed_to_file, front_end_files, parts_prefix
 
     cfg = EmbedConfig(checkpoint=checkpoint, adapter=adapter, embedding=embedding, batch_size=batch_size,
                       device=device, seconds=seconds, channel=channel, num_workers=workers, layers=layers,
                       precision=precision)  # fmt: skip
     clips = discover_clips(inputs)
-    check_not_input(out, [*inputs, *(c.path for c in clips)], "--out")
+    check_not_input(out, [*inputs, *(c.path for c in clips), *front_end_files(checkpoint, adapter, onnx)], "--out")
     console = stderr_console()
     start = time.perf_counter()
     if onnx is not None:

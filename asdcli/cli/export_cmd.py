@@ -35,9 +35,11 @@ def command(
 
     After the export ONNX Runtime embeds random clips and is compared with asdcli's torch path (max abs diff at most 1e-4 in fp32, cosine at least 0.99 with --int8); nothing is written if it differs. Run the model with `asd embed --onnx MODEL`. Needs `pip install 'asdcli\\[onnx]'`.
     """
-    from asdcli.frontend.embed import EmbedConfig, build_embedder
+    from asdcli.artifacts import check_not_input
+    from asdcli.frontend.embed import EmbedConfig, build_embedder, front_end_files
     from asdcli.frontend.export import export_onnx
 
+    check_not_input(out, front_end_files(checkpoint, adapter), "--out")
     embedder = build_embedder(EmbedConfig(checkpoint=checkpoint, adapter=adapter, embedding=embedding, device="cpu",
                                           seconds=seconds))  # fmt: skip
     result = export_onnx(embedder.module, embedder.meta, out, int8=int8, seconds=seconds)

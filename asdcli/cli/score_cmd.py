@@ -108,6 +108,7 @@ def command(
         return
     assert bank is not None
     the_bank = load_bank(bank)
+    _check_outputs(outputs, _model_files(the_bank, checkpoint, adapter))
     windowed = window_options(window, hop, how, windows, plot, embeddings, min_windows)
     if windowed is not None:
         from asdcli.monitor.windowed import score_windowed
@@ -141,6 +142,15 @@ def command(
 
 def _note(text: str) -> None:
     stderr_console().print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _model_files(bank: Bank, checkpoint: Path | None, adapter: Path | None) -> list[Path]:
+    """The front-end files that embedding clips for ``bank`` reads: given, or the bank's recorded ones."""
+    from asdcli.frontend.embed import front_end_files
+
+    meta = bank.embedding_meta
+    recorded = [meta.get("checkpoint_path"), meta.get("adapter_path")]
+    return front_end_files(checkpoint or recorded[0], adapter or recorded[1])
 
 
 def _check_outputs(outputs: dict[str, Path | None], inputs: Iterable[str | Path]) -> None:

@@ -154,6 +154,23 @@ def checkpoint_for(cfg: EmbedConfig) -> Path:
     return resolve_checkpoint(cfg.checkpoint)
 
 
+def front_end_files(
+    checkpoint: str | Path | None, adapter: str | Path | None, onnx: str | Path | None = None
+) -> list[Path]:
+    """The files a front end is read from: the checkpoint (given, recorded by the adapter run, or
+    the default), every file of the adapter run folder, an ONNX model. An output must never be one
+    of them (see :func:`asdcli.artifacts.check_not_input`)."""
+    files = [Path(p) for p in (checkpoint, onnx) if p is not None]
+    if checkpoint is None and onnx is None:
+        with contextlib.suppress(AsdError):  # a missing one fails later, with its own message
+            files.append(
+                checkpoint_for(EmbedConfig(checkpoint=None, adapter=Path(adapter) if adapter is not None else None))
+            )
+    if adapter is not None and Path(adapter).is_dir():
+        files += [p for p in sorted(Path(adapter).rglob("*")) if p.is_file()]
+    return files
+
+
 def build_embedder(cfg: EmbedConfig, loaded: LoadedBeats | None = None) -> Embedder:
     """Load the checkpoint (hashed once), the adapter if any, and place the module on its device.
 
