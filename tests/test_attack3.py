@@ -266,11 +266,6 @@ def test_make_data_never_deletes_a_clip_it_did_not_write(marker: str, synth_root
 # ------------------------------------------------------------------------------------ asd score
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="score gives a clip that is one of the bank's own vectors (same file name) distance 0 without a word; "
-    "enrol refuses such clips, fit-bank's threshold uses leave-one-out, score neither",
-)
 @pytest.mark.parametrize("how", ["clip", "embeddings"])
 def test_scoring_a_clip_of_the_bank_itself_is_not_a_silent_zero(
     how: str, banks: Path, synth_root: Path, tmp_path: Path
@@ -290,11 +285,6 @@ def test_scoring_a_clip_of_the_bank_itself_is_not_a_silent_zero(
 # --------------------------------------------------------------------------------- asd fit-bank
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fit-bank takes embeddings holding one clip twice (same name, two folders): every leave-one-out "
-    "distance is 0 and the threshold ~4e-08, so every test clip is decided anomalous, no word",
-)
 def test_fit_bank_refuses_a_clip_embedded_twice(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     """`asd score` already refuses embeddings holding one clip twice; the bank's threshold would be 0."""
     folders = []
@@ -318,12 +308,6 @@ def density_run(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fuse (_standardizer) only refuses a leave-one-out std of exactly 0: a density bank with K=1 has "
-    "LOO scores 1 +- 2e-7, so its z-scores are ~1e5 and it outweighs the other system ~1e5:1 under equal weights "
-    "(norm.py floors such a std at 1e-3 of the mean for domain-zscore)",
-)
 def test_fuse_of_a_near_constant_leave_one_out_is_not_blown_up(
     run_dir: Path, density_run: Path, tmp_path: Path
 ) -> None:
@@ -337,11 +321,6 @@ def test_fuse_of_a_near_constant_leave_one_out_is_not_blown_up(
             assert abs(float(value)) < 1e3, f"{score_file.name}: {name} has fused z-score {value}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="asd watch takes no lock (asd run does): two watchers on one folder/log both score every new file, "
-    "so each is logged (and alarmed) twice",
-)
 def test_two_watchers_on_one_log_score_each_file_once(banks: Path, synth_root: Path, tmp_path: Path) -> None:
     incoming = tmp_path / "incoming"
     (incoming / "fan").mkdir(parents=True)
@@ -433,7 +412,6 @@ def test_outputs_never_overwrite_the_model_files(
     _assert_error(result, str(target))
 
 
-@pytest.mark.xfail(strict=True, reason="watch --log FOLDER: IsADirectoryError traceback from ScoreLog.open")
 def test_watch_log_that_is_a_folder_is_one_error_line(banks: Path, tmp_path: Path) -> None:
     incoming = tmp_path / "incoming"
     incoming.mkdir()
@@ -442,11 +420,6 @@ def test_watch_log_that_is_a_folder_is_one_error_line(banks: Path, tmp_path: Pat
     _assert_error(_asd("watch", incoming, "--banks", banks, "--once", "--log", folder), "--log")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="watch checks --window/--hop only when the first file arrives: started on an empty folder it runs "
-    "(for hours) with --window nan or --hop 0 and stops at the first recording",
-)
 @pytest.mark.parametrize("option", [("--window", "nan"), ("--hop", "0"), ("--window", "0.1")])
 def test_watch_checks_window_options_at_start(option: tuple[str, str], banks: Path, tmp_path: Path) -> None:
     incoming = tmp_path / "incoming"
@@ -454,11 +427,6 @@ def test_watch_checks_window_options_at_start(option: tuple[str, str], banks: Pa
     _assert_error(_asd("watch", incoming, "--banks", banks, "--once", *option), option[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="enrol reads labels from the clip names (it refuses anomalies) but enrols a clip named "
-    "section_00_target_... as --domain source without a word",
-)
 def test_enrol_domain_that_contradicts_the_clip_name_is_flagged(
     banks: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -89,8 +89,12 @@ def test_enrol_embeddings_equals_enrol_clips_and_stacks_records(banked: Banked, 
     np.testing.assert_allclose(load_bank(first).vectors, load_bank(from_clips).vectors, atol=1e-5)
     half = tmp_path / "h.npz"
     assert run("enrol", banked.bank, first_half, "--domain", "target", "--out", half).exit_code == 0
-    assert run("enrol", half, second_half, "--domain", "source", "--out", second).exit_code == 0
-    assert [r["domain"] for r in load_bank(second).embedding_meta["enrolments"]] == ["target", "source"]
+    contradicting = run("enrol", half, second_half, "--domain", "source", "--out", second)  # target clips
+    assert contradicting.exit_code == 1 and "is named as a target clip, not --domain source" in contradicting.stderr
+    assert not second.exists()
+    assert run("enrol", half, second_half, "--domain", "target", "--out", second).exit_code == 0
+    records = load_bank(second).embedding_meta["enrolments"]
+    assert [(r["domain"], r["count"]) for r in records] == [("target", 1), ("target", len(target) - 1)]
     # clips already in the bank are refused (they would sit at distance 0 from themselves)
     again = run("enrol", first, emb_file, "--domain", "target", "--out", tmp_path / "again.npz")
     assert again.exit_code == 1 and "already in the bank" in again.stderr

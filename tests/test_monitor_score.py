@@ -138,7 +138,8 @@ def test_a_window_length_clip_scores_as_asd_score_does(plant: Plant, tmp_path: P
         (["--plot", "x.png"], "--plot needs --window"),
         (["--aggregate", "mean"], "--aggregate needs --window"),
         (["--window", "1", "--aggregate", "median"], "--aggregate must be one of max, mean"),
-        (["--window", "0.01"], "--window must be at least"),
+        (["--window", "0.01"], "--window must be from 0.175 to 60 s"),
+        (["--window", "1", "--hop", "1e-9"], "--hop must be from one sample"),
     ],
 )
 def test_window_option_errors(plant: Plant, args: list[str], message: str) -> None:

@@ -166,6 +166,8 @@ def build_bank(
         raise DataError(f"The train embeddings of {name} have 0 dimensions; re-create the embeddings file.")
     if not np.isfinite(vectors).all():
         raise DataError(f"The train embeddings of {name} contain NaN or inf; re-create the embeddings file.")
+    if not (embedding_meta or {}).get("window"):  # windows of one recording share its name, and may repeat
+        _check_each_clip_once(vectors, filenames, name)
     mean, std = knn.standardization_stats(vectors)
     prepared = knn.prepare(vectors, mean, std)
     if cfg.condense_source is not None:
@@ -173,6 +175,28 @@ def build_bank(
     return fit_prepared(
         prepared, domain, filenames, mean, std, cfg, machine=machine, section=section, embedding_meta=embedding_meta
     )
+
+
+def _check_each_clip_once(vectors: np.ndarray, filenames: np.ndarray, name: str) -> None:
+    """DataError when a clip name or an embedding is in the train rows twice: its leave-one-out
+    distance would be 0, and the threshold fitted on those distances meaningless."""
+    first: dict[str, int] = {}
+    for i, clip in enumerate(filenames):
+        if first.setdefault(str(clip), i) != i:
+            raise DataError(
+                f"The train embeddings of {name} hold the clip {clip} twice; embed each train clip once "
+                "(one folder per clip) and fit the bank again."
+            )
+    # identical rows have identical projections; distinct ones practically never do
+    projection = vectors.astype(np.float64) @ np.random.default_rng(0).standard_normal(vectors.shape[1])
+    order = np.argsort(projection, kind="stable")
+    for k in np.flatnonzero(projection[order[1:]] == projection[order[:-1]]):
+        a, b = order[k], order[k + 1]
+        if np.array_equal(vectors[a], vectors[b]):
+            raise DataError(
+                f"The train embeddings of {name} hold one embedding twice ({filenames[a]} and {filenames[b]}: the "
+                "same audio under two names?); keep one of them and fit the bank again."
+            )
 
 
 def fit_prepared(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from asdcli.backend.bank import Bank, fit_threshold, load_banks
+from asdcli.backend.norm import ZSCORE_STD_FLOOR_ABS, ZSCORE_STD_FLOOR_REL
 from asdcli.backend.score import (
     format_decisions,
     format_rows,
@@ -91,10 +92,11 @@ def _standardizer(bank: Bank, system: str) -> tuple[float, float]:
     if bank.loo_stats is None:
         raise DataError(f"The bank of {bank.name} in {system} has no leave-one-out statistics; re-run `asd fit-bank`.")
     mean, std = bank.loo_stats
-    if not std > 0:
+    if not std > max(ZSCORE_STD_FLOOR_REL * abs(mean), ZSCORE_STD_FLOOR_ABS):
         raise DataError(
-            f"The leave-one-out scores of the bank of {bank.name} in {system} have no spread; "
-            "it cannot be standardized for fusion."
+            f"The leave-one-out scores of the bank of {bank.name} in {system} have almost no spread "
+            f"(std {std:.2g} around {mean:.4g}): standardized by it, its scores would outweigh every other "
+            "system's; it cannot be fused (a density bank: fit it with a larger --density-k)."
         )
     return mean, std
 

@@ -293,7 +293,7 @@ def bank_embed_config(
     checkpoint: Path | None = None,
     adapter: Path | None = None,
     device: str = "auto",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     precision: str | None = None,
 ) -> EmbedConfig:
     """The EmbedConfig that embeds clips as the bank's training clips were (checkpoint, adapter,

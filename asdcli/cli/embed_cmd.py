@@ -38,7 +38,12 @@ def command(
         "--embedding",
         help="With --adapter: 'head' (default, the classifier's embedding) or 'pooled' (token mean of the adapted backbone).",
     ),
-    batch_size: int = typer.Option(8, "--batch-size", help="Clips per forward pass."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Clips per forward pass (default: 2 on a CPU, where bigger batches are slower; 8 on a GPU).",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda (cuda:N) or mps."),
     seconds: float = typer.Option(10.0, "--seconds", help="Cut or zero-pad every clip to this many seconds."),
     channel: int | None = typer.Option(
@@ -117,6 +122,8 @@ def _embed_onnx(
     if PartialState().num_processes > 1:
         raise ConfigError("--onnx runs in one process; run it without `accelerate launch`.")
     with _progress_bar(console, len(clips)) as advance:
-        emb = embed_clips_onnx(clips, model, cfg.audio, cfg.batch_size, progress=advance)
+        emb = embed_clips_onnx(
+            clips, model, cfg.audio, cfg.batch_size or 2, progress=advance
+        )  # CPU: as auto_batch_size
     save_embeddings(out, emb)
     return emb

@@ -37,7 +37,12 @@ def command(
         None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch when embedding."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Clips per batch when embedding (default: 2 on a CPU, where bigger batches are slower; 8 on a GPU).",
+    ),
 ) -> None:
     """Enrol normal clips of a new condition into a bank: embeds them with the bank's own front
     end, keeps its mean/std (or --restandardize), refits radii and threshold, records the enrolment.

@@ -88,7 +88,6 @@ def command(
     finetune = FinetuneConfig(checkpoint=ckpt, **opts)  # validated even with --no-finetune: --seconds etc. are shared
     frontend = EmbedConfig(
         checkpoint=ckpt,
-        batch_size=finetune.batch_size,
         device=finetune.device,
         seconds=finetune.seconds,
         channel=finetune.channel,

@@ -59,7 +59,12 @@ def command(
         None, "--adapter", help="Fine-tuned run folder for embedding clips (default: the bank's)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (embedding clips only)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch when embedding."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Clips per batch when embedding (default: 2 on a CPU, where bigger batches are slower; 8 on a GPU).",
+    ),
     skip_other_sections: bool = typer.Option(
         False,
         "--skip-other-sections",
@@ -130,6 +135,7 @@ def command(
         scores = score_embeddings(the_bank, rows, what=what)
         check_unique_names(rows, what)
         names = list(rows.filenames)
+        _note_bank_clips(the_bank, names)
     flags = decide(the_bank, scores)
     if is_terminal() and fmt == "csv" and not header:
         print_score_table(names, scores, flags, the_bank.threshold)
@@ -142,6 +148,18 @@ def command(
 
 def _note(text: str) -> None:
     stderr_console().print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _note_bank_clips(bank: Bank, names: list[str]) -> None:
+    """A notice when clips being scored are the bank's own train clips: each is at distance 0 from
+    itself, so its score says nothing about it."""
+    own = sorted(set(map(str, names)) & set(map(str, bank.filenames)))
+    if own:
+        _note(
+            f"Notice: {len(own)} of the clips scored are train clips in the bank of {bank.name} "
+            f"(e.g. {own[0]}): each is at distance 0 from itself, so its score says nothing; score test "
+            "clips, or fit the bank without them."
+        )
 
 
 def _model_files(bank: Bank, checkpoint: Path | None, adapter: Path | None) -> list[Path]:
@@ -217,7 +235,7 @@ def _embed(
     checkpoint: Path | None,
     adapter: Path | None,
     device: str,
-    batch_size: int,
+    batch_size: int | None,
     precision: str | None = None,
 ) -> Embeddings:
     """Embed the clips as the bank's training clips were (checkpoint, adapter, embedding kind,

@@ -55,7 +55,12 @@ def command(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="BEATs checkpoint (default: the bank's)."),
     adapter: Path | None = typer.Option(None, "--adapter", help="Fine-tuned run folder (default: the bank's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Windows per forward pass."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Windows per forward pass (default: 2 on a CPU, where bigger batches are slower; 8 on a GPU).",
+    ),
 ) -> None:
     """Watch FOLDER: score each new audio file once it is complete, print OK or ANOMALY, log it.
 
@@ -64,7 +69,7 @@ def command(
     """
     from asdcli.backend.bank import load_bank, load_banks
     from asdcli.monitor.options import check_aggregate
-    from asdcli.monitor.watch import DEFAULT_LOG, ONE_BANK, Embedders, WatchConfig, Watcher, parse_command
+    from asdcli.monitor.watch import DEFAULT_LOG, ONE_BANK, Embedders, WatchConfig, Watcher, log_lock, parse_command
 
     if (bank is None) == (banks is None):
         raise ConfigError("Give exactly one of --banks DIR or --bank BANK.npz.")
@@ -75,16 +80,20 @@ def command(
                       once=once, window_s=window, hop_s=hop, aggregate=how, batch_size=batch_size)  # fmt: skip
     loaded = {ONE_BANK: load_bank(bank)} if bank is not None else load_banks(banks or Path())
     console = stderr_console()
-    watcher = Watcher(cfg, loaded, Embedders(checkpoint, adapter, device, batch_size),
-                      say=lambda line: typer.echo(line.encode("utf-8", "surrogateescape")),  # a name's own bytes
-                      warn=lambda text: console.print(f"Warning: {text}", markup=False, highlight=False))  # fmt: skip
-    if not once:
-        console.print(f"Watching {folder} every {poll:g} s ({len(loaded)} bank(s), log {cfg.log}); Ctrl-C stops.",
-                      markup=False, highlight=False)  # fmt: skip
-    try:
-        scored = watcher.run()
-    except KeyboardInterrupt:
-        console.print("Stopped; the log has every file scored so far.", markup=False, highlight=False)
-        return
+
+    def note(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    with log_lock(cfg.log, note):  # one watcher per log, or every file would be scored (and alarmed) twice
+        watcher = Watcher(cfg, loaded, Embedders(checkpoint, adapter, device, batch_size),
+                          say=lambda line: typer.echo(line.encode("utf-8", "surrogateescape")),  # a name's own bytes
+                          warn=lambda text: note(f"Warning: {text}"))  # fmt: skip
+        if not once:
+            note(f"Watching {folder} every {poll:g} s ({len(loaded)} bank(s), log {cfg.log}); Ctrl-C stops.")
+        try:
+            scored = watcher.run()
+        except KeyboardInterrupt:
+            note("Stopped; the log has every file scored so far.")
+            return
     if once:
-        console.print(f"Scored {scored} file(s); log {cfg.log}.", markup=False, highlight=False)
+        note(f"Scored {scored} file(s); log {cfg.log}.")

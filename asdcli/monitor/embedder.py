@@ -33,6 +33,10 @@ class Embedder:
     def channel(self) -> int | None:
         return self.frontend.spec.channel
 
+    @property
+    def batch_size(self) -> int:
+        return self.frontend.batch_size
+
     def embed(self, waves: np.ndarray) -> np.ndarray:
         """(B, N) float32 16 kHz waves in [-1, 1] -> (B, D) float32 embeddings."""
         from asdcli.frontend.features import beats_fbank

@@ -55,7 +55,7 @@ def _check_belongs(bank: Bank, emb: Embeddings) -> None:
 
 
 def enrolment_embeddings(bank: Bank, inputs: Sequence[Path], checkpoint: Path | None = None,
-                         adapter: Path | None = None, device: str = "auto", batch_size: int = 8) -> Embeddings:  # fmt: skip
+                         adapter: Path | None = None, device: str = "auto", batch_size: int | None = None) -> Embeddings:  # fmt: skip
     """Every row of the ``.npz`` inputs and the clips of the others (files; in folders the train
     clips of a DCASE layout, else every audio file), embedded with the bank's front end (window
     by window when the bank was fitted on windows of long recordings)."""
@@ -139,6 +139,14 @@ def enrol(bank: Bank, new: Embeddings, domain: str, *, train: Embeddings | None 
     if len(new) == 0:
         raise DataError("Nothing to enrol: the inputs hold no clips.")
     check_compatible(bank, new, f"The bank of {bank.name}", "the enrolled embeddings")
+    named = [(str(f), str(d)) for f, d in zip(new.filenames, new.domain) if str(d) in DOMAINS and str(d) != domain]
+    if named:
+        clip, own = named[0]
+        more = f" and {len(named) - 1} more" if len(named) > 1 else ""
+        raise DataError(
+            f"{clip}{more} is named as a {own} clip, not --domain {domain}; enrol {own} clips with "
+            f"--domain {own} (one enrolment per domain)."
+        )
     if train is not None:
         grown = _restandardized(bank, new, domain, train, train_what)
     else:

@@ -57,10 +57,12 @@ class RecordingScores:
         return (self.scores > self.threshold).astype(np.int8)
 
 
-def embed_windows(info: RecordingInfo, embedder: Embedder, spec: WindowSpec, batch_size: int = 8,
+def embed_windows(info: RecordingInfo, embedder: Embedder, spec: WindowSpec, batch_size: int | None = None,
                   channel: int | None = None, position: Position | None = None,
                   block_seconds: float = BLOCK_SECONDS) -> Iterator[WindowBatch]:  # fmt: skip
-    """Embed the recording's windows, ``batch_size`` at a time, reading ``block_seconds`` at a time."""
+    """Embed the recording's windows, ``batch_size`` (default: the embedder's) at a time, reading
+    ``block_seconds`` at a time."""
+    batch_size = batch_size or embedder.batch_size
     sr = spec.sample_rate
     starts: list[int] = []
     ends: list[int] = []
@@ -86,7 +88,7 @@ def embed_windows(info: RecordingInfo, embedder: Embedder, spec: WindowSpec, bat
         yield flush()
 
 
-def score_recording(path: Path | str, bank: Bank, embedder: Embedder, spec: WindowSpec, batch_size: int = 8,
+def score_recording(path: Path | str, bank: Bank, embedder: Embedder, spec: WindowSpec, batch_size: int | None = None,
                     position: Position | None = None, block_seconds: float = BLOCK_SECONDS) -> RecordingScores:  # fmt: skip
     """Window scores of one recording against ``bank`` (its front end must be the embedder's)."""
     check_same_frontend(bank.embedding_meta, embedder.meta, f"The bank of {bank.name}", "the embedder")

@@ -10,6 +10,7 @@ each row's window counts).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -58,7 +59,7 @@ class WatchConfig:
     window_s: float | None = None  # None: the bank's clip length
     hop_s: float | None = None
     aggregate: str = "max"
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the embedder's (auto_batch_size)
 
     def __post_init__(self) -> None:
         if not self.folder.is_dir():
@@ -107,6 +108,8 @@ class ScoreLog:
     @classmethod
     def open(cls, path: Path) -> ScoreLog:
         log = cls(Path(path))
+        if log.path.exists() and not log.path.is_file():
+            raise ConfigError(f"--log {log.path} is not a file (a folder?); give the path of a CSV file.")
         if not log.path.is_file() or log.path.stat().st_size == 0:
             log._append(",".join(LOG_COLUMNS) + "\n")
             return log
@@ -220,6 +223,39 @@ def choose_bank(rel: Path, banks: dict[tuple[str, str], Bank], folder: Path | No
 Say = Callable[[str], None]
 
 
+def window_for(cfg: WatchConfig, bank: Bank) -> WindowSpec:
+    """The windows of a file scored against ``bank``: --window (default: the bank's clip length) and
+    --hop, checked against the bank's clips (ConfigError)."""
+    from asdcli.monitor.embedder import bank_clip_seconds
+
+    clip_seconds = bank_clip_seconds(bank)
+    spec = WindowSpec(cfg.window_s or clip_seconds or 10.0, cfg.hop_s)
+    check_window_length(spec, clip_seconds, bank.name)
+    return spec
+
+
+def log_lock(log: Path, say: Say) -> contextlib.AbstractContextManager[Path]:
+    """Hold ``.<log name>.lock`` beside the log while watching: a second watcher on the same log is
+    a RunFolderLocked error (a dead watcher's lock is taken over)."""
+    from asdcli.pipeline.lock import acquire_lock, release
+
+    @contextlib.contextmanager
+    def held() -> Iterator[Path]:
+        if not log.parent.is_dir():
+            raise ConfigError(
+                f"--log {log}: its folder {log.parent} does not exist; create it or choose another --log."
+            )
+        lock = acquire_lock(
+            log.with_name(f".{log.name}.lock"), "asd watch", f"the log {log}", "give another --log", say
+        )
+        try:
+            yield lock
+        finally:
+            release(lock)
+
+    return held()
+
+
 def run_command(argv: tuple[str, ...], path: Path, timeout_s: float) -> str | None:
     """Run ``argv + [path]`` (no shell); None on success, else what went wrong (one line)."""
     try:
@@ -241,6 +277,8 @@ class Watcher:
     def __init__(self, cfg: WatchConfig, banks: dict[tuple[str, str], Bank], embedder_for: Callable[[Bank], Embedder],
                  say: Say, warn: Say) -> None:  # fmt: skip
         self.cfg, self.banks, self.embedder_for, self.say, self.warn = cfg, banks, embedder_for, say, warn
+        for each in banks.values():  # --window/--hop against every bank now, not at the first file hours later
+            window_for(cfg, each)
         self.log = ScoreLog.open(cfg.log)
         self.tracker = FileTracker(cfg.folder, {cfg.log})
         self.streaks: dict[tuple[str, str], Streak] = {}
@@ -308,12 +346,9 @@ class Watcher:
         return None
 
     def _score(self, path: Path, rel: str, bank: Bank) -> int:
-        from asdcli.monitor.embedder import bank_clip_seconds
         from asdcli.monitor.recording import score_recording
 
-        clip_seconds = bank_clip_seconds(bank)
-        spec = WindowSpec(self.cfg.window_s or clip_seconds or 10.0, self.cfg.hop_s)
-        check_window_length(spec, clip_seconds, bank.name)  # a misconfigured watch stops with one line
+        spec = window_for(self.cfg, bank)
         try:
             windows = score_recording(path, bank, self.embedder_for(bank), spec, self.cfg.batch_size)
         except AsdError as e:
@@ -355,7 +390,7 @@ class Watcher:
 class Embedders:
     """One loaded front end per distinct embedding config of the banks, loaded on first use."""
 
-    def __init__(self, checkpoint: Path | None, adapter: Path | None, device: str, batch_size: int) -> None:
+    def __init__(self, checkpoint: Path | None, adapter: Path | None, device: str, batch_size: int | None) -> None:
         self.options = (checkpoint, adapter, device, batch_size)
         self.loaded: dict[object, Embedder] = {}
 

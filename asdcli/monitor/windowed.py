@@ -61,7 +61,7 @@ def format_windows(results: Sequence[RecordingScores]) -> str:
 
 
 def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, checkpoint: Path | None,
-                   adapter: Path | None, device: str, batch_size: int, console: Console | None,
+                   adapter: Path | None, device: str, batch_size: int | None, console: Console | None,
                    check_clips: Callable[[Sequence[Clip]], None] | None = None,
                    skip_other_sections: bool = False) -> tuple[list[str], np.ndarray]:  # fmt: skip
     """Score every recording window by window; write ``opts.windows_csv`` and ``opts.plot``.
@@ -124,7 +124,7 @@ def window_embeddings(clips: Sequence[Clip], cfg: EmbedConfig, spec: WindowSpec,
     for clip in clips:
         info = recording_info(clip.path, cfg.channel)
         with position_bar(console, info) as position:
-            batches = list(embed_windows(info, embedder, spec, cfg.batch_size, cfg.channel, position))
+            batches = list(embed_windows(info, embedder, spec, None, cfg.channel, position))
         rows.append(
             (
                 clip,

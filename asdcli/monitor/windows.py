@@ -14,8 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from asdcli.data.audio import MIN_SECONDS, SAMPLE_RATE
+from asdcli.data.clip_length import MAX_SECONDS
 from asdcli.errors import ConfigError
 from asdcli.monitor.options import check_aggregate
+
+MAX_HOP_SECONDS = 86_400.0  # a day: a sparse look at a long recording, and no overflow
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,12 @@ class WindowSpec:
     sample_rate: int = SAMPLE_RATE
 
     def __post_init__(self) -> None:
-        if not self.window_s >= MIN_SECONDS:
-            raise ConfigError(f"--window must be at least {MIN_SECONDS} s, got {self.window_s}.")
-        if self.hop_s is not None and not self.hop_s > 0:
-            raise ConfigError(f"--hop must be positive, got {self.hop_s}.")
+        if not MIN_SECONDS <= self.window_s <= MAX_SECONDS:  # NaN fails too
+            raise ConfigError(f"--window must be from {MIN_SECONDS} to {MAX_SECONDS:g} s, got {self.window_s}.")
+        if self.hop_s is not None and not 1 / self.sample_rate <= self.hop_s <= MAX_HOP_SECONDS:
+            raise ConfigError(
+                f"--hop must be from one sample (1/{self.sample_rate} s) to {MAX_HOP_SECONDS:g} s, got {self.hop_s}."
+            )
 
     @property
     def window(self) -> int:

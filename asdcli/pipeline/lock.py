@@ -25,7 +25,7 @@ LOCK_NAME = ".asd-run.lock"
 
 
 class RunFolderLocked(AsdError):
-    """Another `asd run` is using the run folder."""
+    """Another asdcli process (`asd run` on the run folder, `asd watch` on the log) holds the lock."""
 
 
 def _holder(lock: Path) -> dict[str, Any] | None:
@@ -49,13 +49,11 @@ def _holder(lock: Path) -> dict[str, Any] | None:
 
 def _try_create(lock: Path, record: dict[str, Any]) -> bool:
     """Put ``record`` at ``lock`` if there is no lock yet; False when one exists."""
-    tmp = lock.with_name(f"{LOCK_NAME}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
     except OSError as e:
-        raise AsdError(
-            f"Cannot write in the run folder {lock.parent}: {e.strerror or e}. Choose a writable --out."
-        ) from e
+        raise AsdError(f"Cannot write in {lock.parent}: {e.strerror or e}; choose a writable folder.") from e
     try:
         os.link(tmp, lock)
         return True
@@ -90,7 +88,12 @@ def _take_over(lock: Path, holder: dict[str, Any]) -> bool:
 
 def acquire(run_dir: Path, say: Callable[[str], None]) -> Path:
     """Lock ``run_dir`` for this process; RunFolderLocked when another live run holds it."""
-    lock = run_dir / LOCK_NAME
+    return acquire_lock(run_dir / LOCK_NAME, "asd run", str(run_dir), "choose another --out", say)
+
+
+def acquire_lock(lock: Path, command: str, what: str, instead: str, say: Callable[[str], None]) -> Path:
+    """Create ``lock`` for this process (``command`` using ``what``); RunFolderLocked, saying to
+    wait or ``instead``, when a live process holds it. A dead holder's lock is taken over."""
     host = socket.gethostname()
     record = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for _ in range(10):
@@ -102,17 +105,16 @@ def acquire(run_dir: Path, say: Callable[[str], None]) -> Path:
         pid, where, since = holder["pid"], holder["host"], holder.get("started", "?")
         if where != host:
             raise RunFolderLocked(
-                f"{run_dir} is locked by asd run pid {pid} on host {where} (since {since}); "
-                f"if that run is no longer active, delete {lock} and run again."
+                f"{what} is locked by {command} pid {pid} on host {where} (since {since}); "
+                f"if it is no longer active, delete {lock} and run again."
             )
         if pid_alive(pid) and pid != os.getpid():
             raise RunFolderLocked(
-                f"{run_dir} is in use by another asd run (pid {pid}, since {since}); wait for "
-                "it to finish or choose another --out."
+                f"{what} is in use by another {command} (pid {pid}, since {since}); wait for it to finish or {instead}."
             )
         if _take_over(lock, holder):
-            say(f"Took over the stale lock of asd run pid {pid} (started {since}, no longer running) on {run_dir}.")
-    raise RunFolderLocked(f"Could not lock {run_dir}: other asd runs keep taking {lock}; run one at a time.")
+            say(f"Took over the stale lock of {command} pid {pid} (started {since}, no longer running) on {what}.")
+    raise RunFolderLocked(f"Could not lock {what}: other {command} processes keep taking {lock}; run one at a time.")
 
 
 def release(lock: Path) -> None:

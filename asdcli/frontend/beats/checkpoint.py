@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from asdcli.artifacts import atomic_write, cached_sha256
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
@@ -109,11 +110,18 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def _untrained(cfg: BeatsConfig, with_predictor: bool) -> BEATs:
-    """The architecture with uninitialised storage: a random init, which the checkpoint overwrites,
-    costs about as much as reading the file."""
+    """The architecture with uninitialised CPU storage: a random init, which the checkpoint
+    overwrites, costs about as much as reading the file. Built on the meta device, then each
+    parameter and buffer gets ``torch.empty`` storage (``Module.to_empty`` would go through Python
+    references that import sympy, most of a second)."""
     with torch.device("meta"):
         model = BEATs(cfg, with_predictor=with_predictor)
-    return model.to_empty(device="cpu")
+    for module in model.modules():  # each module once, so a shared one keeps being shared
+        for name, param in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(torch.empty(param.shape, dtype=param.dtype), param.requires_grad))
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            setattr(module, name, torch.empty(buffer.shape, dtype=buffer.dtype))
+    return model
 
 
 def _check_size_against_file(cfg: BeatsConfig, path: Path) -> None:
