@@ -4,7 +4,7 @@ Random weights of BEATs_iter3's size saved as an official-format checkpoint (361
 10 s clips (the demo's generator). One run measures, in this order:
 
 - forward only: fbank + BEATs + pooling of the 8 clips in this process, model already loaded,
-  batch 8 (what `asd embed` does per batch), best of ``--iters``;
+  in batches of `asd embed`'s CPU default (2), best of ``--iters``;
 - time to first clip: wall time of ``python -m asdcli embed ONE_CLIP`` (process start, imports,
   checkpoint hash and load, the clip, the write);
 - whole process: wall time of ``python -m asdcli embed`` on the 8 clips (fp32, then int8);
@@ -43,7 +43,7 @@ from embed_speed import write_json
 from int8 import synth_waves
 
 from asdcli.frontend.beats import BEATs, BeatsConfig, load_beats, save_official_checkpoint
-from asdcli.frontend.embed import MeanPooledBackbone
+from asdcli.frontend.embed import MeanPooledBackbone, auto_batch_size
 from asdcli.frontend.features import beats_fbank
 
 CLIPS = 8
@@ -76,15 +76,17 @@ def timed_run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def forward_seconds(checkpoint: Path, waves: torch.Tensor, iters: int) -> tuple[float, float]:
-    """(load_beats seconds, best forward seconds of all clips in one batch)."""
+    """(load_beats seconds, best forward seconds of all clips in batches of `asd embed`'s CPU default)."""
     t = time.perf_counter()
     model = MeanPooledBackbone(load_beats(checkpoint).model).eval()
     load = time.perf_counter() - t
+    batch = auto_batch_size(torch.device("cpu"))
     best = float("inf")
     with torch.inference_mode():
         for _ in range(iters):
             t = time.perf_counter()
-            model(beats_fbank(waves))
+            for start in range(0, len(waves), batch):
+                model(beats_fbank(waves[start : start + batch]))
             best = min(best, time.perf_counter() - t)
     return load, best
 
@@ -131,7 +133,8 @@ def main() -> None:
         official = []
         if args.official_code is not None:
             driver = [args.official_python, str(Path(__file__).resolve().parent / "official_embed.py"),
-                      "--official-code", str(args.official_code), "--checkpoint", str(ckpt)]  # fmt: skip
+                      "--official-code", str(args.official_code), "--checkpoint", str(ckpt),
+                      "--batch-size", str(auto_batch_size(torch.device("cpu")))]  # fmt: skip
             official_cmd = [*driver, "--out", str(work / "official.npy"), *paths]
             official_first_cmd = [*driver, "--out", str(work / "official_one.npy"), paths[0]]
             off_env = official_env(env, args.official_pythonpath)
@@ -154,7 +157,9 @@ def main() -> None:
               "first_clip_s": median(first), "whole_process_s": median(whole), "whole_process_int8_s": whole_int8,
               "import_s": imports, "whole_over_forward": median(whole) / forward,
               "overhead_s": median(whole) - forward}  # fmt: skip
-    print(f"forward only, {CLIPS} x {SECONDS:.0f} s clips (model loaded, batch {CLIPS}): {forward:.2f} s", file=out)
+    print(
+        f"forward only, {CLIPS} x {SECONDS:.0f} s clips (model loaded, asd embed's batches): {forward:.2f} s", file=out
+    )
     print(f"time to first clip (`asd embed` on 1 clip, whole process): {median(first):.2f} s", file=out)
     print(f"whole process `asd embed` on {CLIPS} clips: {median(whole):.2f} s fp32 = "
           f"{median(whole) / forward:.2f}x the forward (overhead {median(whole) - forward:.2f} s); "

@@ -232,3 +232,13 @@ def test_natural_length_longer_than_the_front_end_takes_is_an_error(tmp_path: Pa
     path = _write(tmp_path / "long.wav", _tone(8000, MAX_SECONDS + 1, 440.0), 8000)
     with pytest.raises(AudioError, match=f"{re.escape(str(path))} is 61.0 s long, more than the 60 s"):
         load_clip(path, AudioConfig(seconds=None))
+
+
+def test_float_samples_far_outside_full_scale_are_an_error_naming_the_file(tmp_path: Path) -> None:
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, (_tone(16000, 1.0) * 1e20).astype(np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"loud\.wav holds samples up to \S+e\+19, far outside \[-1, 1\]"):
+        load_clip(loud)
+    hot = tmp_path / "hot.wav"  # a float file a little past full scale is fine
+    sf.write(hot, (_tone(16000, 1.0) * 3.0).astype(np.float32), 16000, subtype="FLOAT")
+    assert np.abs(load_clip(hot, AudioConfig(seconds=None))).max() > 1.0

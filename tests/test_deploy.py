@@ -266,3 +266,13 @@ def test_onnx_errors_are_one_line(exported: Path, data_dir: Path, tiny_checkpoin
     result = runner.invoke(app, ["embed", clips, "--onnx", str(exported), "--out", str(tmp_path / "e.npz")])
     assert result.exit_code == 1 and "pip install 'asdcli[onnx]'" in result.output
     assert not (tmp_path / "e.npz").exists()
+
+
+def test_int8_embedding_of_a_clip_does_not_depend_on_its_batch_mates(tiny_checkpoint: Path) -> None:
+    module = MeanPooledBackbone(load_beats(tiny_checkpoint).model).eval()
+    int8 = for_precision(module, "int8", torch.device("cpu"))
+    quiet = _waves()[:1] * 0.01
+    loud = _waves()[1:2] * 50.0  # another activation range: a batch-wide int8 scale would change quiet's
+    alone = _embed(int8, quiet)
+    together = _embed(int8, torch.cat([loud, quiet]))
+    np.testing.assert_array_equal(together[1:], alone)

@@ -237,3 +237,15 @@ def test_meta_is_filled_from_the_run_folder(setup, tmp_path: Path) -> None:
         "trainable_parameters": 1234,
         "MACS": transformer_macs(cfg, 2.0),
     }
+
+
+def test_decisions_are_packed_as_0_or_1(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data, sub = setup
+    path = sub / "decision_result_fan_section_00_test.csv"
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    path.write_text("".join(f"{n},{'+1' if d == '1' else '0.0'}\n" for n, d in rows))  # read as 1 and 0
+    res = _package(data, sub, tmp_path / "pkg")
+    assert res.exit_code == 0, res.output
+    with zipfile.ZipFile(tmp_path / "pkg" / "Doe_ACME_task2_2.zip") as archive:
+        packed = archive.read("task2/Doe_ACME_task2_2/decision_result_fan_section_00_test.csv").decode()
+    assert packed == "".join(f"{n},{d}\n" for n, d in rows)

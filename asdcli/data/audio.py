@@ -44,6 +44,9 @@ class AudioWarning(UserWarning):
     """A clip is usable but suspicious (e.g. all zeros)."""
 
 
+MAX_ABS_SAMPLE = 1e3  # 60 dB above full scale: float WAVs may go a little past 1, not this far
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """How clips are turned into model input.
@@ -99,6 +102,19 @@ def _no_channel(path: Path, channels: int, channel: int) -> AudioError:
         f"{path} has {channels} channel(s), so --channel {channel} does not exist; "
         f"use 0..{channels - 1} or leave it unset to average the channels."
     )
+
+
+def check_samples(data: np.ndarray, path: Path) -> None:
+    """AudioError for NaN or Inf samples, or samples far outside [-1, 1] (a float file that was never
+    normalized): the fbank of either is not finite, which would then look like a model fault."""
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path} contains NaN or Inf samples; re-export it as PCM WAV.")
+    peak = float(np.abs(data).max()) if data.size else 0.0
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(
+            f"{path} holds samples up to {peak:.3g}, far outside [-1, 1] (a float file that was never "
+            "normalized?); normalize it to [-1, 1] or re-export it as PCM WAV."
+        )
 
 
 def soundfile_name(path: Path) -> str | bytes:
@@ -249,8 +265,7 @@ def load_clip(path: Path | str, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
             )
         wanted = total if cfg.num_samples is None else input_frames_for(cfg.num_samples, rate, cfg.sample_rate)
         data = _read(audio, path, min(wanted, total))
-    if not np.isfinite(data).all():
-        raise AudioError(f"{path} contains NaN or Inf samples; re-export it as PCM WAV.")
+    check_samples(data, path)
     wave = resample(_to_mono(data, path, cfg.channel), rate, cfg.sample_rate)
     if not wave.any():
         warnings.warn(

@@ -140,11 +140,13 @@ def _check_file(path: Path, names: set[str], decisions: bool) -> bytes:
 
 
 def _upload_body(raw: bytes, text: str, rows: Sequence[Entry], decisions: bool) -> bytes:
-    """``raw`` when it is plain ``filename,value`` rows; a file that asd score or report also reads
-    (JSON lines, a header line, a BOM) is rewritten as such rows, each value exact (``repr``)."""
+    """``raw`` when it is plain ``filename,score`` rows; a score file that asd score or report also
+    reads (JSON lines, a header line, a BOM) is rewritten as such rows, each value exact (``repr``).
+    Decision files are always written as ``filename,0|1`` (``0.0``, ``+1`` and the like become 0, 1)."""
     first = next((line for line in text.splitlines() if line.strip()), "")
     first_row = next(csv.reader([first]), [])
-    if not raw.startswith(codecs.BOM_UTF8) and not first.lstrip().startswith("{") and not is_header(first_row):
+    plain = not raw.startswith(codecs.BOM_UTF8) and not first.lstrip().startswith("{") and not is_header(first_row)
+    if plain and not decisions:
         return raw
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows((e.name, int(e.value) if decisions else repr(e.value)) for e in rows)

@@ -87,4 +87,17 @@ def for_precision(module: nn.Module, precision: str, device: torch.device) -> nn
         return module
     if device.type != "cpu":
         raise ConfigError(f"--precision int8 runs on CPU only; pass --device cpu (got {device.type}).")
-    return quantize_for_cpu(module)
+    return OneClipAtATime(quantize_for_cpu(module))
+
+
+class OneClipAtATime(nn.Module):
+    """Runs ``module`` on each clip of a batch alone. Dynamic int8 scales the activations by the
+    range of the whole input tensor, so in a batch a loud clip would change a quiet clip's
+    embedding; one clip per call makes every int8 embedding independent of its batch-mates."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.module(x[i : i + 1]) for i in range(x.shape[0])])

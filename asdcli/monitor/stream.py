@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import firwin, resample_poly
 
-from asdcli.data.audio import SAMPLE_RATE, probe_clip, soundfile_name
+from asdcli.data.audio import SAMPLE_RATE, check_samples, probe_clip, soundfile_name
 from asdcli.errors import AudioError
 
 BLOCK_SECONDS = 4.0  # input read per step: memory is a few of these whatever the file's length
@@ -118,8 +118,7 @@ def read_blocks(info: RecordingInfo, channel: int | None = None,
                 data = f.read(frames, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:
                     return
-                if not np.isfinite(data).all():
-                    raise AudioError(f"{info.path} contains NaN or Inf samples; re-export it as PCM WAV.")
+                check_samples(data, info.path)
                 yield _mono(data, channel)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioError(f"Cannot read {info.path} as audio ({e}); re-copy it or remove it.") from e
