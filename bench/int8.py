@@ -34,7 +34,7 @@ from asdcli.frontend.beats import BEATs, BeatsConfig
 from asdcli.frontend.embed import MeanPooledBackbone
 from asdcli.frontend.export import cosine_rows
 from asdcli.frontend.features import beats_fbank
-from asdcli.frontend.quantize import quantize_for_cpu
+from asdcli.frontend.quantize import for_precision
 
 SR = 16000
 
@@ -63,7 +63,8 @@ def interleaved_best(runs: dict[str, Callable[[], object]], iters: int) -> dict[
 
 
 def onnx_runs(model: torch.nn.Module, wave: np.ndarray, work: Path, threads: int) -> dict[str, Callable[[], object]]:
-    """ONNX Runtime sessions of the exported model: fp32, int8 U8U8 (asd export --int8), int8 U8S8."""
+    """ONNX Runtime sessions of the exported model: fp32, int8 U8U8 (asd export --int8), int8 U8S8
+    (the int8 ones one clip per call, as asd embed --onnx runs them)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -81,14 +82,19 @@ def onnx_runs(model: torch.nn.Module, wave: np.ndarray, work: Path, threads: int
     runs = {}
     for name in ("fp32", "u8u8", "u8s8"):
         session = _session(ort, work / f"{name}.onnx", threads)
-        runs[f"onnx {name}"] = lambda s=session: s.run(["embeddings"], {"waveform": wave})[0]
+        if name == "fp32":
+            runs[f"onnx {name}"] = lambda s=session: s.run(["embeddings"], {"waveform": wave})[0]
+        else:  # as asd embed --onnx runs an int8 model: one clip per call
+            runs[f"onnx {name}"] = lambda s=session: np.concatenate(
+                [s.run(["embeddings"], {"waveform": wave[i : i + 1]})[0] for i in range(len(wave))]
+            )
     return runs
 
 
 def speed_and_cosine(args: argparse.Namespace) -> dict[str, object]:
     torch.manual_seed(0)
     fp32 = MeanPooledBackbone(BEATs(BeatsConfig())).eval()
-    int8 = quantize_for_cpu(fp32)
+    int8 = for_precision(fp32, "int8", torch.device("cpu"))  # as asd embed runs it: one clip per call
     wave = synth_waves(args.batch_size, 10.0, seed=100)
     runs: dict[str, Callable[[], object]] = {"torch fp32": lambda: fp32(beats_fbank(wave)),
                                              "torch int8": lambda: int8(beats_fbank(wave))}  # fmt: skip

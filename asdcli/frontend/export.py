@@ -271,16 +271,17 @@ def embed_clips_onnx(clips: Sequence[Clip], model: Path, audio: AudioConfig, bat
         raise ConfigError("No clips to embed.")
     probe_clips(clips, audio.channel)
     session, meta = load_onnx(model, threads)
-    step = batch_size if audio.seconds is not None else 1  # natural lengths differ: one at a time
+    spec = spec_of(meta, str(model))
+    if spec is None:
+        raise ArtifactError(f"{model} does not record its front end (exported by an older asdcli); re-export it.")
+    # natural lengths differ, and int8 scales activations per call (a batch would mix clips): one at a time
+    step = batch_size if audio.seconds is not None and spec.get("precision") != ONNX_INT8 else 1
     vectors = []
     for first in range(0, len(clips), step):
         batch = np.stack([load_clip(c.path, audio) for c in clips[first : first + step]]).astype(np.float32)
         vectors.append(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
         if progress is not None:
             progress(len(batch))
-    spec = spec_of(meta, str(model))
-    if spec is None:
-        raise ArtifactError(f"{model} does not record its front end (exported by an older asdcli); re-export it.")
     meta.update({SPEC_KEY: {**spec, "clip_seconds": audio.seconds, "channel": audio.channel}, "onnx_path": str(model)})
     vectors_all = np.concatenate(vectors).astype(np.float32)
     if not np.isfinite(vectors_all).all():
