@@ -759,6 +759,7 @@ LAYERS_ROWS = [  # the tiny checkpoint has 2 transformer layers
     pytest.param(
         ("--layers", "1", "--adapter", "ADAPTER"), ("--layers is for the frozen BEATs",), id="layers-with-adapter"
     ),
+    pytest.param(("--workers", "100000"), ("--workers must be from 0 to this machine's",), id="workers-beyond-cpus"),
 ]
 
 
@@ -1262,3 +1263,17 @@ def test_a_bank_of_zero_column_embeddings_is_refused(tmp_path: Path) -> None:
     emb = tmp_path / "emb.npz"
     save_embeddings(emb, Embeddings(vectors=np.zeros((n, 0), np.float32), meta={}, **fields))
     _assert_error(_asd("fit-bank", emb, "--out", tmp_path / "bank.npz"), "at least one column", "re-create it")
+
+
+def test_a_bank_whose_checkpoint_moved_says_so(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "beats.pt"
+    shutil.copy(tiny_checkpoint, checkpoint)
+    train, bank = tmp_path / "train.npz", tmp_path / "bank.npz"
+    _assert_ok(_embed([synth_root / "fan" / "train"], train, checkpoint))
+    _assert_ok(_asd("fit-bank", train, "--out", bank))
+    checkpoint.rename(tmp_path / "moved.pt")
+    _assert_error(
+        _asd("score", "--bank", bank, synth_root / "fan" / "test", "--device", "cpu"),
+        f"was made with the checkpoint {checkpoint}, which does not exist any more",
+        "pass --checkpoint",
+    )

@@ -48,6 +48,14 @@ def test_a_missing_field_is_a_mismatch_named_in_one_short_line() -> None:
     assert frontend_differences(SPEC.to_dict(), None) == list(SPEC_FIELDS)
 
 
+def test_a_long_value_is_cut_inside_its_quotes() -> None:
+    with pytest.raises(ArtifactMismatch) as e:
+        check_same_frontend(_meta(), _meta(checkpoint_sha256="b" * 64), "A", "B")
+    shown = str(e.value).split("(checkpoint_sha256 ", 1)[1].split(")", 1)[0]
+    left, right = shown.split(" vs ")
+    assert all(side.startswith('"') and side.endswith('..."') for side in (left, right)), shown
+
+
 def test_many_differences_are_summarised() -> None:
     changed = _meta(clip_seconds=4.0, channel=0, layers="1", pooling="max", sample_rate=1, embedding="head")
     with pytest.raises(ArtifactMismatch) as e:

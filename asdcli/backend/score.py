@@ -24,7 +24,7 @@ from asdcli.artifacts import Embeddings, check_name_length, temp_dir_prefix, wri
 from asdcli.backend import knn
 from asdcli.backend.bank import Bank
 from asdcli.data.dataset import Clip, missing_field_error
-from asdcli.errors import ArtifactMismatch, AsdError, ConfigError, DataError
+from asdcli.errors import ArtifactMismatch, ArtifactNotFound, AsdError, ConfigError, DataError
 from asdcli.frontend.spec import check_same_frontend, spec_of
 
 if TYPE_CHECKING:
@@ -312,6 +312,11 @@ def bank_embed_config(
     ckpt = checkpoint or _meta_path(meta, "checkpoint_path")
     if ckpt is None:
         raise ConfigError(f"The bank of {bank.name} does not record its checkpoint; pass --checkpoint.")
+    if checkpoint is None and not Path(ckpt).is_file():
+        raise ArtifactNotFound(
+            f"The bank of {bank.name} was made with the checkpoint {ckpt}, which does not exist any more "
+            "(moved?); pass --checkpoint with its new path (its SHA-256 is checked)."
+        )
     adapter = adapter or _meta_path(meta, "adapter_path")
     kind = spec.get("embedding") if adapter is not None and spec.get("embedding") in EMBEDDING_CHOICES else None
     return EmbedConfig(

@@ -62,8 +62,11 @@ class EmbedConfig:
         check_precision(self.precision)
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if self.num_workers < 0:
-            raise ConfigError(f"--workers must be 0 or more, got {self.num_workers}.")
+        if not 0 <= self.num_workers <= usable_cpus():
+            raise ConfigError(
+                f"--workers must be from 0 to this machine's {usable_cpus()} CPUs (one loading process "
+                f"each), got {self.num_workers}."
+            )
         if self.embedding is not None and self.embedding not in EMBEDDING_CHOICES:
             raise ConfigError(f"--embedding must be one of {', '.join(EMBEDDING_CHOICES)}, got {self.embedding!r}.")
         if self.embedding is not None and self.adapter is None:
@@ -152,6 +155,14 @@ def checkpoint_for(cfg: EmbedConfig) -> Path:
 
         return recorded_checkpoint(Path(cfg.adapter))
     return resolve_checkpoint(cfg.checkpoint)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def auto_batch_size(device: torch.device) -> int:

@@ -75,6 +75,9 @@ def spec_of(meta: Mapping[str, Any], what: str) -> dict[str, Any] | None:
 
 
 def _short(value: Any) -> str:
+    """A field's value for a one-line message: JSON, a long string cut inside its quotes."""
+    if isinstance(value, str) and len(value) > 18:
+        return json.dumps(value[:12] + "...")
     text = "missing" if value is _MISSING else json.dumps(value, default=str)
     return text if len(text) <= 20 else text[:17] + "..."
 
