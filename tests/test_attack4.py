@@ -54,11 +54,6 @@ def _list_in_marker(root: Path, rel: str) -> None:
     marker.write_text(json.dumps(record), encoding="utf-8")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="make_dataset removes every marker entry it does not rewrite (root / stale) without checking "
-    "that it lies under DIR as */*/*.wav or that its hash matches: an edited marker deletes any file",
-)
 @pytest.mark.parametrize("where", ["outside", "absolute", "inside_not_wav", "inside_deeper"])
 def test_demo_make_data_never_removes_a_file_the_marker_merely_lists(where: str, tmp_path: Path) -> None:
     """Only clips asd demo wrote, unchanged, are removed: a marker entry pointing outside DIR
@@ -80,12 +75,6 @@ def test_demo_make_data_never_removes_a_file_the_marker_merely_lists(where: str,
     assert victim.read_bytes() == b"the user's own file"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="make_dataset writes the marker only after every clip: a re-generation stopped part way "
-    "(Ctrl-C, disk full) leaves clips the marker does not know, and every later run refuses them as "
-    "'not written by asd demo'",
-)
 def test_demo_make_data_rerun_after_an_interrupted_regeneration(tmp_path: Path) -> None:
     """asd demo's own clips stay its own: after a re-generation stopped part way, running it again works."""
     from asdcli.synth.sounds import SynthConfig, make_dataset
@@ -105,11 +94,6 @@ def test_demo_make_data_rerun_after_an_interrupted_regeneration(tmp_path: Path) 
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="make_dataset's stale loop calls (root / stale).unlink() on a marker entry that is a folder: "
-    "IsADirectoryError traceback, after the clips were rewritten and before the marker was",
-)
 def test_demo_make_data_marker_naming_a_folder_is_one_error_line(tmp_path: Path) -> None:
     root = tmp_path / "data"
     _demo_data(root)
@@ -149,11 +133,6 @@ def test_watch_refuses_a_log_another_watcher_holds(banks: Path, tmp_path: Path, 
     _assert_error(_asd("watch", incoming, "--banks", banks, "--log", log, "--once", "--device", "cpu"), "in use")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="log_lock names the lock after the --log path as given (log.with_name), not the file it "
-    "resolves to: a symlink to a watched log gets its own lock, and both watchers score every file",
-)
 def test_watch_refuses_a_symlink_to_a_log_another_watcher_holds(banks: Path, tmp_path: Path, live_pid: int) -> None:
     incoming, logs = tmp_path / "incoming", tmp_path / "logs"
     incoming.mkdir()
@@ -166,11 +145,6 @@ def test_watch_refuses_a_symlink_to_a_log_another_watcher_holds(banks: Path, tmp
     _assert_error(_asd("watch", incoming, "--banks", banks, "--log", link, "--once", "--device", "cpu"), "in use")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/lock.py _holder words its error for asd run ('not an asd run lock file; if no asd "
-    "run uses DIR') also for the log lock of asd watch",
-)
 def test_watch_garbage_lock_error_names_asd_watch(banks: Path, tmp_path: Path) -> None:
     incoming, logs = tmp_path / "incoming", tmp_path / "logs"
     incoming.mkdir()
@@ -184,11 +158,6 @@ def test_watch_garbage_lock_error_names_asd_watch(banks: Path, tmp_path: Path) -
 # ----------------------------------------------------------------------------------- asd package
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evaluate/package.py _upload_body tests only the first non-blank text line for a header; "
-    "parse_rows skips an all-empty row (',') before the header, so the file is packed verbatim, header included",
-)
 def test_package_rewrites_a_header_after_an_empty_row(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     """A score file asd reads with a header (here after a row of empty fields) is uploaded as plain
     'filename,score' rows: never with the header line in it."""
@@ -210,12 +179,6 @@ def test_package_rewrites_a_header_after_an_empty_row(synth_root: Path, tiny_che
     assert all(len(r) == 2 and r[0] not in ("", "filename") for r in rows), text[:200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/lock.py _try_create names its temp file '.<log>.lock.<pid>-<hex>.tmp' (about 30 "
-    "characters more than the log's name): a valid long --log name is 'Cannot write in DIR: File name "
-    "too long; choose a writable folder' although the folder is writable",
-)
 def test_watch_long_log_name_works_or_names_log(banks: Path, tmp_path: Path) -> None:
     """A --log whose name the file system takes (244 characters) is used, or refused naming --log."""
     incoming = tmp_path / "incoming"

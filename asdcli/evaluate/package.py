@@ -143,9 +143,14 @@ def _upload_body(raw: bytes, text: str, rows: Sequence[Entry], decisions: bool) 
     """``raw`` when it is plain ``filename,score`` rows; a score file that asd score or report also
     reads (JSON lines, a header line, a BOM) is rewritten as such rows, each value exact (``repr``).
     Decision files are always written as ``filename,0|1`` (``0.0``, ``+1`` and the like become 0, 1)."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    first_row = next(csv.reader([first]), [])
-    plain = not raw.startswith(codecs.BOM_UTF8) and not first.lstrip().startswith("{") and not is_header(first_row)
+    csv_rows = list(csv.reader(io.StringIO(text, newline="")))
+    plain = (
+        not raw.startswith(codecs.BOM_UTF8)
+        and not text.lstrip().startswith("{")  # JSON lines
+        and len(csv_rows) == len(rows)  # no blank, empty-cell or header row that parse_rows skipped, no JSON
+        and all(len(r) == 2 for r in csv_rows)
+        and not (csv_rows and is_header(csv_rows[0]))
+    )
     if plain and not decisions:
         return raw
     buf = io.StringIO()

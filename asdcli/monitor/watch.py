@@ -237,6 +237,7 @@ def window_for(cfg: WatchConfig, bank: Bank) -> WindowSpec:
 def log_lock(log: Path, say: Say) -> contextlib.AbstractContextManager[Path]:
     """Hold ``.<log name>.lock`` beside the log while watching: a second watcher on the same log is
     a RunFolderLocked error (a dead watcher's lock is taken over)."""
+    from asdcli.artifacts import shortened
     from asdcli.pipeline.lock import acquire_lock, release
 
     @contextlib.contextmanager
@@ -245,9 +246,9 @@ def log_lock(log: Path, say: Say) -> contextlib.AbstractContextManager[Path]:
             raise ConfigError(
                 f"--log {log}: its folder {log.parent} does not exist; create it or choose another --log."
             )
-        lock = acquire_lock(
-            log.with_name(f".{log.name}.lock"), "asd watch", f"the log {log}", "give another --log", say
-        )
+        real = log.resolve()  # a link to the log locks the log itself
+        lock = real.with_name(f".{shortened(real.name, len('..lock') + 24)}.lock")  # room for the temp suffix
+        lock = acquire_lock(lock, "asd watch", f"the log {real}", "give another --log", say)
         try:
             yield lock
         finally:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from asdcli.artifacts import pid_alive
+from asdcli.artifacts import pid_alive, shortened
 from asdcli.errors import AsdError
 
 LOCK_NAME = ".asd-run.lock"
@@ -28,7 +28,7 @@ class RunFolderLocked(AsdError):
     """Another asdcli process (`asd run` on the run folder, `asd watch` on the log) holds the lock."""
 
 
-def _holder(lock: Path) -> dict[str, Any] | None:
+def _holder(lock: Path, command: str = "asd run", what: str | None = None) -> dict[str, Any] | None:
     """The lock's record, or None when it vanished meanwhile."""
     try:
         record = json.loads(lock.read_text(encoding="utf-8"))
@@ -42,14 +42,15 @@ def _holder(lock: Path) -> dict[str, Any] | None:
         or not isinstance(record.get("host"), str)
     ):
         raise RunFolderLocked(
-            f"{lock} is not an asd run lock file; if no asd run uses {lock.parent}, delete it and run again."
+            f"{lock} is not an {command} lock file; if no {command} uses {what or lock.parent}, delete it and run again."
         )
     return record
 
 
 def _try_create(lock: Path, record: dict[str, Any]) -> bool:
     """Put ``record`` at ``lock`` if there is no lock yet; False when one exists."""
-    tmp = lock.with_name(f"{lock.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    suffix = f".{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    tmp = lock.with_name(shortened(lock.name, len(suffix)) + suffix)  # a long name still leaves room
     try:
         tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
     except OSError as e:
@@ -99,7 +100,7 @@ def acquire_lock(lock: Path, command: str, what: str, instead: str, say: Callabl
     for _ in range(10):
         if _try_create(lock, record):
             return lock
-        holder = _holder(lock)
+        holder = _holder(lock, command, what)
         if holder is None:
             continue
         pid, where, since = holder["pid"], holder["host"], holder.get("started", "?")

@@ -390,9 +390,10 @@ def _write_clip(path: Path, data: bytes) -> None:
         raise DataError(f"Cannot write {path}: {e.strerror}; choose a writable folder.") from e
 
 
-def _written_before(root: Path) -> dict[str, str]:
-    """``{relative path: SHA-256}`` of the clips an earlier make_dataset wrote under ``root`` (its
-    marker's record); {} for a new or empty folder. DataError for a folder it did not make."""
+def _written_before(root: Path) -> dict[str, set[str]]:
+    """``{relative path: SHA-256s}`` of the clips an earlier make_dataset wrote under ``root`` (its
+    marker's record; a clip being rewritten when a run stopped may have either of two contents);
+    {} for a new or empty folder. DataError for a folder it did not make or a damaged record."""
     if root.is_file():
         raise DataError(f"{root} is a file; give a folder for the synthetic dataset.")
     marker = root / MARKER
@@ -405,18 +406,35 @@ def _written_before(root: Path) -> dict[str, str]:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{marker} is not readable JSON; give a new or empty folder.") from e
     files = record.get("files") if isinstance(record, dict) and record.get("generator") == GENERATOR else None
-    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+    if not isinstance(files, dict):
         raise DataError(
             f"{marker} is not the record of a dataset asd demo wrote (or one from before this version); "
             "give a new or empty folder."
         )
-    return files
+    ours: dict[str, set[str]] = {}
+    for rel, digests in files.items():
+        digests = [digests] if isinstance(digests, str) else digests
+        if not _clip_path(rel) or not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+            raise DataError(
+                f"{marker} lists {rel!r}, which is not a clip path <machine>/<split>/<name>.wav of it; "
+                "the record is damaged: give a new or empty folder."
+            )
+        ours[rel] = set(digests)
+    return ours
 
 
-def _check_only_ours(root: Path, ours: dict[str, str]) -> None:
+def _clip_path(rel: object) -> bool:
+    """Whether ``rel`` is a path make_dataset writes: ``<machine>/<split>/<name>.wav``, relative, no ``..``."""
+    if not isinstance(rel, str) or "\\" in rel:
+        return False
+    parts = rel.split("/")
+    return len(parts) == 3 and all(p not in ("", ".", "..") for p in parts) and parts[2].endswith(".wav")
+
+
+def _check_only_ours(root: Path, ours: dict[str, set[str]]) -> None:
     """DataError naming the clips under ``root`` that make_dataset did not write or that changed
     since: they would be overwritten, removed or mixed into the synthetic dataset."""
-    foreign = [p for p in sorted(root.glob("*/*/*.wav")) if ours.get(p.relative_to(root).as_posix()) != _sha256(p)]
+    foreign = [p for p in sorted(root.glob("*/*/*.wav")) if not _is_ours(root, p.relative_to(root).as_posix(), ours)]
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise DataError(
@@ -425,8 +443,20 @@ def _check_only_ours(root: Path, ours: dict[str, str]) -> None:
         )
 
 
+def _is_ours(root: Path, rel: str, ours: dict[str, set[str]]) -> bool:
+    path = root / rel
+    return path.is_file() and not path.is_symlink() and _sha256(path) in ours.get(rel, set())
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_marker(root: Path, cfg: SynthConfig | None, files: dict[str, set[str]]) -> None:
+    """The record: ``config`` None while clips are being written (the dataset is not complete)."""
+    record = {"generator": GENERATOR, "config": None if cfg is None else asdict(cfg),
+              "files": {rel: sorted(d) for rel, d in sorted(files.items())}}  # fmt: skip
+    write_json_atomic(root / MARKER, record)
 
 
 def dataset_is_current(root: Path | str, cfg: SynthConfig) -> bool:
@@ -439,9 +469,12 @@ def dataset_is_current(root: Path | str, cfg: SynthConfig) -> bool:
     if not isinstance(record, dict) or record.get("config") != json.loads(json.dumps(asdict(cfg))):
         return False
     files = record.get("files")
-    if not isinstance(files, dict) or len(files) != count_clips(cfg):
+    if not isinstance(files, dict) or len(files) != count_clips(cfg) or not all(map(_clip_path, files)):
         return False
-    return all((root / rel).is_file() and _sha256(root / rel) == digest for rel, digest in files.items())
+    return all(
+        isinstance(d, list) and len(d) == 1 and (root / rel).is_file() and _sha256(root / rel) == d[0]
+        for rel, d in files.items()
+    )
 
 
 def make_dataset(
@@ -455,7 +488,8 @@ def make_dataset(
     with official names, and ``root/asd-synth.json`` (the config and the SHA-256 of every clip).
     Re-running on the same folder replaces the dataset (clips of an earlier config are removed);
     each file is written atomically. A clip it did not write, or one changed since, is an error
-    before anything is written: nothing else is overwritten or removed.
+    before anything is written: nothing else is overwritten or removed. The record is updated
+    before each clip is written, so a run stopped half way can be run again.
 
     Returns
     -------
@@ -471,18 +505,23 @@ def make_dataset(
     root = Path(root)
     ours = _written_before(root)
     _check_only_ours(root, ours)
-    written: dict[str, str] = {}
+    root.mkdir(parents=True, exist_ok=True)
+    written: dict[str, set[str]] = {}
     for machine in cfg.machines:
         for rel, kwargs in _plan(cfg, machine):
             path = root / machine / rel
+            key = path.relative_to(root).as_posix()
             data = _wav_bytes(render_clip(cfg, machine, **kwargs), cfg.sample_rate)
+            written[key] = {hashlib.sha256(data).hexdigest()}
+            ours[key] = ours.get(key, set()) | written[key]  # either content is ours if this run stops now
+            _write_marker(root, None, ours)
             _write_clip(path, data)
-            written[path.relative_to(root).as_posix()] = hashlib.sha256(data).hexdigest()
             if progress is not None:
                 progress(1)
-    for stale in sorted(set(ours) - set(written)):  # clips of an earlier config, checked unchanged above
-        (root / stale).unlink(missing_ok=True)
-    write_json_atomic(root / MARKER, {"generator": GENERATOR, "config": asdict(cfg), "files": written})
+    for stale in sorted(set(ours) - set(written)):  # clips of an earlier config, each unchanged since
+        if _is_ours(root, stale, ours):
+            (root / stale).unlink()
+    _write_marker(root, cfg, written)
     return sorted(root / rel for rel in written)
 
 
