@@ -224,3 +224,11 @@ def test_embed_stage_of_asd_run_says_when_clips_are_cut(data_dir, checkpoint, tm
     result = CliRunner().invoke(app, ["run", str(data_dir), "--out", str(tmp_path / "run"), "--checkpoint",
                                       str(checkpoint), "--no-finetune", "--seconds", "0.25", "--device", "cpu"])  # fmt: skip
     assert "Notice: 4 clip(s) are longer than --seconds 0.25; only their first 0.25 s are used, 1.0 s" in result.output
+
+
+def test_the_default_batch_follows_the_device_and_the_model_size() -> None:
+    from asdcli.frontend.embed import auto_batch_size
+
+    assert auto_batch_size(torch.device("cpu"), 768) == 2  # iter3 on a CPU: batch 2 is the fastest
+    assert auto_batch_size(torch.device("cpu"), 64) == 8  # a small model: per-call overhead dominates
+    assert auto_batch_size(torch.device("cuda"), 768) == 8

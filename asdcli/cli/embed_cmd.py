@@ -122,8 +122,6 @@ def _embed_onnx(
     if PartialState().num_processes > 1:
         raise ConfigError("--onnx runs in one process; run it without `accelerate launch`.")
     with _progress_bar(console, len(clips)) as advance:
-        emb = embed_clips_onnx(
-            clips, model, cfg.audio, cfg.batch_size or 2, progress=advance
-        )  # CPU: as auto_batch_size
+        emb = embed_clips_onnx(clips, model, cfg.audio, cfg.batch_size, progress=advance)
     save_embeddings(out, emb)
     return emb

@@ -165,11 +165,13 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def auto_batch_size(device: torch.device) -> int:
-    """Clips per forward pass when --batch-size is not given: 2 on a CPU, where bigger batches are
-    slower (iter3 on 2 cores: batch 8 takes 1.26x as long per clip as batch 2; the attention and
-    gating tensors outgrow the caches), 8 on an accelerator."""
-    return 2 if device.type == "cpu" else 8
+def auto_batch_size(device: torch.device, width: int = 768) -> int:
+    """Clips per forward pass when --batch-size is not given: 2 on a CPU for a BEATs-size model
+    (``width`` = encoder dimension >= 512), where bigger batches are slower (iter3 on 2 cores: batch 8
+    takes 1.26x as long per clip as batch 2, its attention and gating tensors outgrow the caches);
+    8 for a small model on a CPU (per-call overhead dominates: the demo's 64-d model embeds 3x
+    faster at 8 than at 2) and on an accelerator."""
+    return 2 if device.type == "cpu" and width >= 512 else 8
 
 
 def front_end_files(
@@ -220,7 +222,8 @@ def build_embedder(cfg: EmbedConfig, loaded: LoadedBeats | None = None) -> Embed
     if device.type == "cuda" and state.num_processes > 1:
         device = state.device
     module = for_precision(module.to(device).eval(), cfg.precision, device)  # int8: quantized once per job
-    batch_size = cfg.batch_size if cfg.batch_size is not None else auto_batch_size(device)
+    width = int(loaded.model.cfg.encoder_embed_dim)
+    batch_size = cfg.batch_size if cfg.batch_size is not None else auto_batch_size(device, width)
     return Embedder(module, device, spec, meta, cfg.audio, batch_size, cfg.num_workers)
 
 

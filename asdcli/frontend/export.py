@@ -263,7 +263,7 @@ def load_onnx(path: Path, threads: int | None = None) -> tuple[Any, dict[str, An
     return session, json.loads(raw)
 
 
-def embed_clips_onnx(clips: Sequence[Clip], model: Path, audio: AudioConfig, batch_size: int = 8,
+def embed_clips_onnx(clips: Sequence[Clip], model: Path, audio: AudioConfig, batch_size: int | None = None,
                      progress: Progress | None = None, threads: int | None = None) -> Embeddings:  # fmt: skip
     """Embed ``clips`` with an `asd export` model in ONNX Runtime (CPU): same Embeddings as
     ``embed.embed_clips``, meta from the model plus the clip length and channel."""
@@ -274,6 +274,11 @@ def embed_clips_onnx(clips: Sequence[Clip], model: Path, audio: AudioConfig, bat
     spec = spec_of(meta, str(model))
     if spec is None:
         raise ArtifactError(f"{model} does not record its front end (exported by an older asdcli); re-export it.")
+    if batch_size is None:  # as asd embed's torch path on a CPU
+        from asdcli.frontend.embed import auto_batch_size
+
+        width = int(dict(meta.get("backbone_cfg") or {}).get("encoder_embed_dim", 768))
+        batch_size = auto_batch_size(torch.device("cpu"), width)
     # natural lengths differ, and int8 scales activations per call (a batch would mix clips): one at a time
     step = batch_size if audio.seconds is not None and spec.get("precision") != ONNX_INT8 else 1
     vectors = []
