@@ -125,3 +125,20 @@ def test_package_of_a_fused_folder_does_not_invent_a_single_system(
     meta = (tmp_path / "pkg" / "task2" / "Doe_ACME_task2_1" / "Doe_ACME_task2_1.meta.yaml").read_text()
     assert "ensemble_method_subsystem_count: 1\n" not in meta
     assert "KNN cosine distance" not in meta
+
+
+# ------------------------------------------------------------------------- windowed embeddings
+
+
+@pytest.mark.xfail(strict=True, reason="score --embeddings of `embed --window` rows: 'holds the same clip twice'")
+def test_score_windowed_embeddings_names_the_windows(synth_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`asd score --embeddings` of an `asd embed --window` file (several rows per recording, with
+    start_s/end_s) is one actionable line about the windows, not 'holds the same clip twice (P and P):
+    embed each clip once', which names one path twice and tells the user to do what they did."""
+    train, test, banks = tmp_path / "train.npz", tmp_path / "test.npz", tmp_path / "banks"
+    for split, out in (("train", train), ("test", test)):
+        _assert_ok(_asd("embed", synth_root / "fan" / split, "--checkpoint", tiny_checkpoint, "--seconds", 1,
+                        "--device", "cpu", "--window", 0.5, "--out", out))  # fmt: skip
+    _assert_ok(_asd("fit-bank", train, "--out-dir", banks))
+    line = _assert_error(_asd("score", "--bank", banks / "bank_fan_section_00.npz", "--embeddings", test), "--window")
+    assert "twice" not in line
