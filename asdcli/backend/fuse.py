@@ -138,7 +138,8 @@ def check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
         raise ConfigError(f"--weights has {len(weights)} value(s) for {n} systems; give one per system.")
     if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(w > 0 for w in weights):
         raise ConfigError(f"--weights must be finite, >= 0 and not all 0, got {list(weights)}.")
-    return [float(w) for w in weights]
+    top = max(weights)  # only ratios matter: scaled so that 1e308 does not overflow and 5e-324 keeps its digits
+    return [float(w) / top for w in weights]
 
 
 def fuse_section(systems: Sequence[System], key: Key, weights: Sequence[float], quantile: float) -> tuple[str, str]:

@@ -148,6 +148,11 @@ def format_decisions(filenames: Iterable[str], decisions: np.ndarray) -> str:
 def check_unique_names(emb: Embeddings, what: str) -> None:
     """DataError naming both clips when two rows share a file name: an output that names clips by
     file name could not tell them apart."""
+    if emb.meta.get("window"):
+        raise DataError(
+            f"{what} holds windows of long recordings (`asd embed --window`), several rows per file, not "
+            "clips; score the recordings themselves with `asd score --bank BANK REC... --window SECONDS`."
+        )
     first: dict[str, int] = {}
     for i, name in enumerate(emb.filenames):
         j = first.setdefault(str(name), i)

@@ -88,7 +88,7 @@ def command(
     console = stderr_console()
     start = time.perf_counter()
     if onnx is not None:
-        emb = _embed_onnx(clips, cfg, onnx, out, (checkpoint, adapter, embedding), console)
+        emb = _embed_onnx(clips, cfg, onnx, out, (checkpoint, adapter, embedding, window, hop), console)
     elif window is not None or hop is not None:
         from asdcli.monitor.windowed import embed_windowed, window_spec
 
@@ -114,10 +114,16 @@ def _embed_onnx(
     from asdcli.frontend.embed import _progress_bar
     from asdcli.frontend.export import embed_clips_onnx
 
-    if any(o is not None for o in torch_options) or cfg.precision != "fp32" or cfg.device not in ("auto", "cpu"):
+    if (
+        any(o is not None for o in torch_options)
+        or cfg.precision != "fp32"
+        or cfg.device not in ("auto", "cpu")
+        or cfg.layers != "last"
+    ):
         raise ConfigError(
-            "--onnx MODEL already holds the checkpoint, adapter, embedding and precision and runs "
-            "on CPU: drop --checkpoint, --adapter, --embedding, --precision and --device."
+            "--onnx MODEL already holds the checkpoint, adapter, embedding, layers and precision and runs "
+            "on CPU, clip by clip: drop --checkpoint, --adapter, --embedding, --layers, --precision, "
+            "--device, --window and --hop."
         )
     if PartialState().num_processes > 1:
         raise ConfigError("--onnx runs in one process; run it without `accelerate launch`.")

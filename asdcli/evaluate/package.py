@@ -267,6 +267,8 @@ def system_meta(cfg: PackageConfig, run: Path | None) -> str:
     if bank is not None:
         norm = f", score norm {bank.score_norm}" if bank.score_norm != "none" else ""
         recipe += f" (k={bank.k}{norm})"
+    known = bool(facts)  # a run folder; a bare submission folder (e.g. `asd fuse`'s) says nothing of its system
+    trainable = _trainable(ft) if known else FILL
     meta = {
         "submission": {
             "label": cfg.label,
@@ -291,17 +293,17 @@ def system_meta(cfg: PackageConfig, run: Path | None) -> str:
             "description": {
                 "input_sampling_rate": "16kHz",
                 "acoustic_features": "log-mel filterbank (128 bins, 25 ms window, 10 ms hop), BEATs patches",
-                "data_augmentation": _augmentation(ft),
-                "machine_learning_method": recipe,
+                "data_augmentation": _augmentation(ft) if known else FILL,
+                "machine_learning_method": recipe if known else FILL,
                 "pretrained_model": _checkpoint(emb),
                 "decision_making": "score above a gamma-fit quantile of the bank's leave-one-out scores",
                 "external_data_usage": "pre-trained model" if backbone else FILL,
                 "development_data_usage": FILL,
-                "ensemble_method_subsystem_count": 1,
+                "ensemble_method_subsystem_count": 1 if known else FILL,
             },
             "complexity": {
-                "total_parameters": _total(params, _trainable(ft)),
-                "trainable_parameters": _trainable(ft),
+                "total_parameters": _total(params, trainable),
+                "trainable_parameters": trainable,
                 "MACS": transformer_macs(backbone, seconds) if backbone else FILL,
             },
             "source_code": "asdcli " + __version__,
