@@ -293,6 +293,17 @@ def _meta_path(meta: Mapping[str, Any], key: str) -> Path | None:
     return Path(value) if value else None
 
 
+def bank_front_end_files(bank: Bank, checkpoint: Path | None, adapter: Path | None) -> list[Path]:
+    """The files embedding clips for ``bank`` reads (``checkpoint``/``adapter``, else the bank's
+    recorded ones): outputs must never be one of them."""
+    from asdcli.frontend.embed import front_end_files
+
+    meta = bank.embedding_meta
+    return front_end_files(
+        checkpoint or _meta_path(meta, "checkpoint_path"), adapter or _meta_path(meta, "adapter_path")
+    )
+
+
 def bank_embed_config(
     bank: Bank,
     checkpoint: Path | None = None,

@@ -51,8 +51,8 @@ def command(
     """
     from asdcli.artifacts import check_not_input, load_embeddings
     from asdcli.backend.bank import load_bank, save_bank
+    from asdcli.backend.score import bank_front_end_files
     from asdcli.data.dataset import discover_clips
-    from asdcli.frontend.embed import front_end_files
     from asdcli.monitor.enrol import enrol, enrolment_embeddings
 
     if restandardize != (train is not None):
@@ -63,9 +63,7 @@ def command(
     found = [c.path for c in discover_clips(audio)] if audio else []
     check_not_input(out, [*inputs, *found, *([train] if train is not None else [])], "--out")
     bank = load_bank(bank_path)
-    meta = bank.embedding_meta
-    model = front_end_files(checkpoint or meta.get("checkpoint_path"), adapter or meta.get("adapter_path"))
-    check_not_input(out, model, "--out")
+    check_not_input(out, bank_front_end_files(bank, checkpoint, adapter), "--out")
     new = enrolment_embeddings(bank, inputs, checkpoint, adapter, device, batch_size)
     train_emb = load_embeddings(train) if train is not None else None
     grown = enrol(bank, new, domain, train=train_emb, train_what=str(train), inputs=[str(p) for p in inputs])

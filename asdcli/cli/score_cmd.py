@@ -12,6 +12,7 @@ from asdcli.backend.bank import Bank, load_bank, load_banks
 from asdcli.backend.score import (
     SCORE_FORMATS,
     bank_clips,
+    bank_front_end_files,
     check_compatible,
     check_unique_names,
     decide,
@@ -113,7 +114,7 @@ def command(
         return
     assert bank is not None
     the_bank = load_bank(bank)
-    _check_outputs(outputs, _model_files(the_bank, checkpoint, adapter))
+    _check_outputs(outputs, bank_front_end_files(the_bank, checkpoint, adapter))
     windowed = window_options(window, hop, how, windows, plot, embeddings, min_windows)
     if windowed is not None:
         from asdcli.monitor.windowed import score_windowed
@@ -160,15 +161,6 @@ def _note_bank_clips(bank: Bank, names: list[str]) -> None:
             f"(e.g. {own[0]}): each is at distance 0 from itself, so its score says nothing; score test "
             "clips, or fit the bank without them."
         )
-
-
-def _model_files(bank: Bank, checkpoint: Path | None, adapter: Path | None) -> list[Path]:
-    """The front-end files that embedding clips for ``bank`` reads: given, or the bank's recorded ones."""
-    from asdcli.frontend.embed import front_end_files
-
-    meta = bank.embedding_meta
-    recorded = [meta.get("checkpoint_path"), meta.get("adapter_path")]
-    return front_end_files(checkpoint or recorded[0], adapter or recorded[1])
 
 
 def _check_outputs(outputs: dict[str, Path | None], inputs: Iterable[str | Path]) -> None:

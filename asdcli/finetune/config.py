@@ -15,7 +15,7 @@ from typing import Any
 
 from asdcli.data.clip_length import check_clip_seconds
 from asdcli.errors import ConfigError
-from asdcli.seeds import MAX_SEED
+from asdcli.seeds import MAX_SEED, is_seed
 
 LABEL_MODES = ("machine", "attribute", "attribute+domain")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -151,10 +151,6 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _seed_ok(x: object) -> bool:
-    return not isinstance(x, bool) and isinstance(x, int) and 0 <= x <= MAX_SEED
-
-
 def _problems(c: FinetuneConfig) -> list[str]:
     """Every invalid option as one sentence naming its flag (empty when the config is valid)."""
 
@@ -184,7 +180,7 @@ def _problems(c: FinetuneConfig) -> list[str]:
         (_finite(c.mixup) and c.mixup >= 0.0, bad("mixup", "a finite number >= 0 (0 = off)")),
         (c.mixed_precision in MIXED_PRECISION, bad("mixed_precision", f"one of {', '.join(MIXED_PRECISION)}")),
         (c.num_workers >= 0, bad("num_workers", ">= 0")),
-        (_seed_ok(c.seed), bad("seed", f"an integer from 0 to {MAX_SEED} (2**32 - 1)")),
+        (is_seed(c.seed), bad("seed", f"an integer from 0 to {MAX_SEED} (2**32 - 1)")),
     ]
     problems = [message for ok, message in checks if not ok]
     try:

@@ -238,23 +238,13 @@ def log_lock(log: Path, say: Say) -> contextlib.AbstractContextManager[Path]:
     """Hold ``.<log name>.lock`` beside the log while watching: a second watcher on the same log is
     a RunFolderLocked error (a dead watcher's lock is taken over)."""
     from asdcli.artifacts import shortened
-    from asdcli.pipeline.lock import acquire_lock, release
+    from asdcli.pipeline.lock import held_lock
 
-    @contextlib.contextmanager
-    def held() -> Iterator[Path]:
-        if not log.parent.is_dir():
-            raise ConfigError(
-                f"--log {log}: its folder {log.parent} does not exist; create it or choose another --log."
-            )
-        real = log.resolve()  # a link to the log locks the log itself
-        lock = real.with_name(f".{shortened(real.name, len('..lock') + 24)}.lock")  # room for the temp suffix
-        lock = acquire_lock(lock, "asd watch", f"the log {real}", "give another --log", say)
-        try:
-            yield lock
-        finally:
-            release(lock)
-
-    return held()
+    if not log.parent.is_dir():
+        raise ConfigError(f"--log {log}: its folder {log.parent} does not exist; create it or choose another --log.")
+    real = log.resolve()  # a link to the log locks the log itself
+    lock = real.with_name(f".{shortened(real.name, len('..lock') + 24)}.lock")  # room for the temp suffix
+    return held_lock(lock, "asd watch", f"the log {real}", "give another --log", say)
 
 
 def run_command(argv: tuple[str, ...], path: Path, timeout_s: float) -> str | None:

@@ -87,11 +87,6 @@ def _take_over(lock: Path, holder: dict[str, Any]) -> bool:
     return True
 
 
-def acquire(run_dir: Path, say: Callable[[str], None]) -> Path:
-    """Lock ``run_dir`` for this process; RunFolderLocked when another live run holds it."""
-    return acquire_lock(run_dir / LOCK_NAME, "asd run", str(run_dir), "choose another --out", say)
-
-
 def acquire_lock(lock: Path, command: str, what: str, instead: str, say: Callable[[str], None]) -> Path:
     """Create ``lock`` for this process (``command`` using ``what``); RunFolderLocked, saying to
     wait or ``instead``, when a live process holds it. A dead holder's lock is taken over."""
@@ -126,10 +121,15 @@ def release(lock: Path) -> None:
             lock.unlink()
 
 
-@contextlib.contextmanager
-def run_folder_lock(run_dir: Path, say: Callable[[str], None]) -> Iterator[Path]:
+def run_folder_lock(run_dir: Path, say: Callable[[str], None]) -> contextlib.AbstractContextManager[Path]:
     """Hold the lock of ``run_dir`` for the body of the ``with`` block."""
-    lock = acquire(run_dir, say)
+    return held_lock(run_dir / LOCK_NAME, "asd run", str(run_dir), "choose another --out", say)
+
+
+@contextlib.contextmanager
+def held_lock(lock: Path, command: str, what: str, instead: str, say: Callable[[str], None]) -> Iterator[Path]:
+    """Hold ``lock`` (see :func:`acquire_lock`) for the body of the ``with`` block."""
+    acquire_lock(lock, command, what, instead, say)
     try:
         yield lock
     finally:
