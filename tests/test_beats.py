@@ -129,6 +129,29 @@ def test_round_trip_eval_determinism_and_cached_buckets(tiny):
     assert set(raw) == {"cfg", "model"} and raw["cfg"] == tiny_beats_config()
 
 
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_half_precision_and_legacy_checkpoints_load_as_fp32(tmp_path, tiny, zip_format):
+    """Zip files are memory-mapped and their tensors assigned, not copied: a half-precision file
+    must still give an fp32 model, the legacy format must still load, and the shared position
+    table stays one parameter."""
+    path, model = tiny
+    raw = torch.load(path, weights_only=True)
+    raw["model"] = {k: v.half() if v.is_floating_point() else v for k, v in raw["model"].items()}
+    half = tmp_path / "half.pt"
+    torch.save(raw, half, _use_new_zipfile_serialization=zip_format)
+    loaded = load_beats(half).model
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    tables = {id(layer.self_attn.relative_attention_bias.weight) for layer in loaded.encoder.layers
+              if layer.self_attn.relative_attention_bias is not None}  # fmt: skip
+    assert len(tables) == 1
+    wave = torch.randn(1, 16000) * 0.1
+    model.eval()
+    with torch.inference_mode():
+        want = model.half().float().extract_features(wave)
+        torch.testing.assert_close(loaded.extract_features(wave), want, rtol=0, atol=0)
+
+
 def test_config_mistakes_change_the_output(tiny):
     _path, model = tiny
     model.eval()

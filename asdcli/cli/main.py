@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from asdcli import __version__
+from asdcli.cli.process_exit import exit_code_of, exit_without_teardown
 from asdcli.cli.usage import AsdCommand, AsdGroup
 from asdcli.console import stderr_console
 from asdcli.errors import AsdError
@@ -103,7 +104,13 @@ _register()
 
 
 def main() -> None:
-    app(prog_name="asd")
+    """The `asd` entry point: runs the app, then ends the process without the interpreter's
+    teardown (see process_exit)."""
+    try:
+        app(prog_name="asd")
+    except SystemExit as e:
+        exit_without_teardown(exit_code_of(e))
+    exit_without_teardown(0)
 
 
 if __name__ == "__main__":

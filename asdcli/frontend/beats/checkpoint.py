@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from asdcli.artifacts import atomic_write, cached_sha256
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
@@ -65,7 +64,8 @@ def _read(path: Path) -> Mapping[str, Any]:
     if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch.save zip, or a legacy pickle
         raise ArtifactError(f"{path} is not a readable BEATs checkpoint (not a torch.save file); {_OFFICIAL}.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # A zip file is mapped, not read: pages are read once, by the finite check, not copied.
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=magic == b"PK\x03\x04")
     except _LOAD_ERRORS as e:
         first = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
         raise ArtifactError(
@@ -101,7 +101,8 @@ def _state_dict_for(model: BEATs, state: Mapping[str, Any], path: Path) -> dict[
     tables = [v for k, v in state.items() if k.endswith(SHARED_TABLE)]
     if any(not torch.equal(t, tables[0]) for t in tables[1:]):
         raise ArtifactError(f"{path}: the relative position tables of the layers differ; BEATs shares one.")
-    return dict(state)
+    # assign=True keeps a tensor's dtype, where copying into the model's would have cast it
+    return {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -110,15 +111,14 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def _untrained(cfg: BeatsConfig, with_predictor: bool) -> BEATs:
-    """The architecture with uninitialised CPU storage: a random init, which the checkpoint
-    overwrites, costs about as much as reading the file. Built on the meta device, then each
-    parameter and buffer gets ``torch.empty`` storage (``Module.to_empty`` would go through Python
-    references that import sympy, most of a second)."""
+    """The architecture without weights: a random init, which the checkpoint overwrites, costs
+    about as much as reading the file. Built on the meta device; buffers get ``torch.empty``
+    storage (``Module.to_empty`` would go through Python references that import sympy, most of a
+    second), parameters stay on meta until ``load_state_dict(assign=True)`` puts the
+    checkpoint's own tensors in their place."""
     with torch.device("meta"):
         model = BEATs(cfg, with_predictor=with_predictor)
     for module in model.modules():  # each module once, so a shared one keeps being shared
-        for name, param in list(module.named_parameters(recurse=False)):
-            setattr(module, name, nn.Parameter(torch.empty(param.shape, dtype=param.dtype), param.requires_grad))
         for name, buffer in list(module.named_buffers(recurse=False)):
             setattr(module, name, torch.empty(buffer.shape, dtype=buffer.dtype))
     return model
@@ -154,7 +154,7 @@ def load_beats(path: str | Path, with_predictor: bool = False) -> LoadedBeats:
         raise ArtifactError(f"{path} is a pretrained BEATs checkpoint without a predictor head.")
     _check_size_against_file(cfg, path)
     model = _untrained(cfg, with_predictor)
-    model.load_state_dict(_state_dict_for(model, ckpt["model"], path), strict=True)
+    model.load_state_dict(_state_dict_for(model, ckpt["model"], path), strict=True, assign=True)
     model.eval()
     return LoadedBeats(model=model, cfg=dict(ckpt["cfg"]), sha256=cached_sha256(path), path=path)
 
