@@ -5,12 +5,13 @@ One run, three parts (every ratio from the same run):
 1. Speed: fbank + BEATs (random weights of BEATs_iter3's size) + mean pooling on ``--batch-size``
    10 s clips, fp32 vs ``--precision int8`` (torch dynamic int8 of the transformer linears),
    interleaved (fp32, int8, fp32, ...) so that a noisy neighbour slows both alike; best of
-   ``--iters``. With ``--onnx`` also ONNX Runtime fp32 and its int8 variants (the exported model).
+   ``--iters``. With ``--onnx`` also ONNX Runtime fp32 and its int8 variants (the exported model);
+   with ``--bf16`` (the default where the CPU has AVX-512 BF16 or AMX) torch bf16 autocast.
 2. Cosine of int8 vs fp32 embeddings on every clip of a synthetic 10 s set at iter3 size.
 3. Official score on the synthetic dataset (the demo's, 2 s clips) with the demo's tiny random
    BEATs: fp32 bank + fp32 test, int8 bank + int8 test, fp32 bank + int8 test (mixing).
 
-    python bench/int8.py [--batch-size 2] [--iters 3] [--threads 2] [--onnx] [--json PATH|-]
+    python bench/int8.py [--batch-size 2] [--iters 3] [--threads 2] [--onnx] [--[no-]bf16] [--json PATH|-]
 """
 
 from __future__ import annotations
@@ -98,6 +99,14 @@ def speed_and_cosine(args: argparse.Namespace) -> dict[str, object]:
     wave = synth_waves(args.batch_size, 10.0, seed=100)
     runs: dict[str, Callable[[], object]] = {"torch fp32": lambda: fp32(beats_fbank(wave)),
                                              "torch int8": lambda: int8(beats_fbank(wave))}  # fmt: skip
+    if args.bf16:
+
+        def bf16_autocast() -> torch.Tensor:
+            features = beats_fbank(wave)  # the fbank stays fp32, as under asd's own autocast
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fp32(features).float()
+
+        runs["torch bf16 autocast"] = bf16_autocast
     with torch.inference_mode(), tempfile.TemporaryDirectory() as tmp:
         if args.onnx:
             runs.update(onnx_runs(fp32, wave.numpy(), Path(tmp), torch.get_num_threads()))
@@ -157,6 +166,8 @@ def main() -> None:
     parser.add_argument(
         "--onnx", action="store_true", help="also time ONNX Runtime fp32 and int8 (needs the onnx extra)"
     )
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time torch bf16 autocast (default: where the CPU has AVX-512 BF16 or AMX)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset and tiny model (score part)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout)")
     args = parser.parse_args()
@@ -168,6 +179,8 @@ def main() -> None:
     result: dict[str, object] = {"benchmark": "int8", "torch": torch.__version__, "threads": torch.get_num_threads(),
                                  "machine": platform.processor() or platform.machine(), "cpu_bf16": bf16,
                                  "batch_size": args.batch_size, "iters": args.iters}  # fmt: skip
+    if args.bf16 is None:
+        args.bf16 = bf16
     result.update(speed_and_cosine(args))
     for name, v in result["variants"].items():  # type: ignore[union-attr]
         print(f"{name:12s} {v['s_per_clip']:.3f} s/clip  {v['speedup_vs_torch_fp32']:.2f}x torch fp32  "
@@ -177,7 +190,7 @@ def main() -> None:
     result["official_score"] = official_scores(args.seed)
     for name, v in result["official_score"].items():  # type: ignore[union-attr]
         print(f"tiny model, synthetic dataset: {name}: {v:.4f}", file=out)
-    print(f"CPU has AVX-512 BF16 / AMX: {bf16}" + ("" if bf16 else " (bf16 autocast not measured)"), file=out)
+    print(f"CPU has AVX-512 BF16 / AMX: {bf16}" + ("" if args.bf16 else " (bf16 autocast not measured)"), file=out)
     if args.json:
         write_json(result, args.json)
 
