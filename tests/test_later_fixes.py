@@ -6,8 +6,10 @@ Tiny random BEATs, 1 s clips.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_checks import asd as _asd
 from cli_checks import assert_error as _assert_error
@@ -29,3 +31,69 @@ def test_workers_beyond_the_cpus_is_one_error_before_any_work(
                       "--seconds", 1, "--device", "cpu", "--workers", workers)  # fmt: skip
         _assert_error(result, "--workers must be from 0 to this machine's", f"{usable_cpus()} CPUs", f"got {workers}")
         assert not out.exists()
+
+
+# ------------------------------------------------------------------------- threshold quantile
+
+
+def _gaussian_embeddings(path: Path, n: int = 24, seed: int = 0, n_target: int = 4) -> Path:
+    """Train rows of fan section 00 whose nearest-neighbour distances are bell-shaped: a gamma
+    fit to them puts its location far below the smallest one (below 0 for a quantile of 1e-12)."""
+    from test_bank import make_embeddings
+    from test_score import META
+
+    from asdcli.artifacts import save_embeddings
+
+    emb = make_embeddings(groups=(("fan", "00"),), n_train=n, n_target=n_target, n_test=0, dim=12, seed=seed)
+    names = np.char.replace(emb.filenames, ".wav", f"_{seed}.wav")
+    save_embeddings(path, dataclasses.replace(emb, filenames=names, meta=dict(META)))  # `asd enrol` checks META
+    return path
+
+
+@pytest.mark.parametrize("quantile", ["1e-12", "0.01"])
+def test_a_tiny_threshold_quantile_never_puts_the_threshold_below_the_normal_scores(
+    quantile: str, tmp_path: Path
+) -> None:
+    """`asd fit-bank --threshold-quantile 1e-12` used to store a negative threshold for cosine
+    distances (>= 0): every clip flagged. The threshold is now at least the smallest leave-one-out
+    score, the fit-bank line says so, and `asd enrol` (which refits the threshold) agrees."""
+    from asdcli.backend.bank import fit_threshold, load_bank
+
+    emb = _gaussian_embeddings(tmp_path / "train.npz")
+    out = tmp_path / "fan.npz"
+    result = _asd("fit-bank", emb, "--machine", "fan", "--out", out, "--threshold-quantile", quantile)
+    assert result.exit_code == 0, result.output
+    bank = load_bank(out)
+    lowest = float(bank.loo_scores.min())
+    assert bank.threshold == lowest and bank.threshold >= 0.0
+    assert bank.threshold_info["method"] == "min"
+    assert bank.threshold_info["gamma_threshold"] < lowest  # the case: the raw gamma quantile is below the data
+    assert "lies below every normal leave-one-out score" in result.stderr
+    grown_path = tmp_path / "grown.npz"
+    more = _gaussian_embeddings(tmp_path / "more.npz", n=12, seed=1, n_target=0)
+    result = _asd("enrol", out, more, "--domain", "source", "--out", grown_path)
+    assert result.exit_code == 0, result.output
+    grown = load_bank(grown_path)
+    assert grown.threshold >= float(grown.loo_scores.min()) >= 0.0
+    # fuse standardizes scores (negative values are fine there): the floor is the smallest score, not 0
+    threshold, info = fit_threshold(bank.loo_scores - 5.0, float(quantile))
+    assert threshold == pytest.approx(lowest - 5.0, abs=1e-6) and info["method"] == "min"
+
+
+def test_an_ordinary_quantile_keeps_the_gamma_threshold(tmp_path: Path) -> None:
+    from asdcli.backend.bank import load_bank
+
+    out = tmp_path / "fan.npz"
+    result = _asd("fit-bank", _gaussian_embeddings(tmp_path / "train.npz"), "--machine", "fan", "--out", out)
+    assert result.exit_code == 0, result.output
+    bank = load_bank(out)
+    assert bank.threshold_info["method"] == "gamma" and "gamma_threshold" not in bank.threshold_info
+    assert float(bank.loo_scores.min()) < bank.threshold
+
+
+@pytest.mark.parametrize("command", ["fit-bank", "fuse"])
+@pytest.mark.parametrize("quantile", ["0", "1", "nan", "-0.5"])
+def test_a_quantile_outside_0_1_is_one_error(command: str, quantile: str, tmp_path: Path) -> None:
+    args = ("fit-bank", tmp_path / "x.npz", "--out-dir", tmp_path / "b") if command == "fit-bank" else (
+        "fuse", tmp_path / "a", "--out", tmp_path / "f")  # fmt: skip
+    _assert_error(_asd(*args, "--threshold-quantile", quantile), "--threshold-quantile must be in (0, 1)")
