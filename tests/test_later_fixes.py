@@ -7,6 +7,7 @@ Tiny random BEATs, 1 s clips.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,45 @@ def test_a_quantile_outside_0_1_is_one_error(command: str, quantile: str, tmp_pa
     args = ("fit-bank", tmp_path / "x.npz", "--out-dir", tmp_path / "b") if command == "fit-bank" else (
         "fuse", tmp_path / "a", "--out", tmp_path / "f")  # fmt: skip
     _assert_error(_asd(*args, "--threshold-quantile", quantile), "--threshold-quantile must be in (0, 1)")
+
+
+# ------------------------------------------------------------------------- resuming with other options
+
+
+def _finetune(data: Path, ckpt: Path, out: Path, *extra: object):  # type: ignore[no-untyped-def]
+    return _asd("finetune", data, "--checkpoint", ckpt, "--out", out, "--seconds", 1, "--batch-size", 8,
+                "--device", "cpu", *extra)  # fmt: skip
+
+
+def test_resuming_with_other_options_names_them_with_old_and_new_values(
+    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ft"
+    result = _finetune(synth_root, tiny_checkpoint, out, "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    state = (out / "state" / "state.safetensors").read_bytes()
+    line = _assert_error(_finetune(synth_root, tiny_checkpoint, out, "--resume", "--epochs", 1, "--lr", "0.002"),
+                         "state.safetensors was made with --lr 0.0001 (now 0.002);",
+                         "resume with the same options, clips and checkpoint", "or choose a new --out folder")  # fmt: skip
+    assert "--epochs" not in line  # only what differs
+    many = ("--epochs", 2, "--lr", "0.002", "--specaugment", "--mixup", "0.2", "--seed", 3)
+    _assert_error(_finetune(synth_root, tiny_checkpoint, out, "--resume", *many),  # + specaugment, mixup, split
+                  "made with --epochs 1 (now 2), --lr 0.0001 (now 0.002), --seed 0 (now 3) and 3 more;")  # fmt: skip
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    sorted((data / "fan" / "train").glob("*.wav"))[0].unlink()
+    _assert_error(_finetune(data, tiny_checkpoint, out, "--resume", "--epochs", 1),
+                  "made with the training clips (21, now 20);")  # fmt: skip
+    assert (out / "state" / "state.safetensors").read_bytes() == state  # refused: nothing touched
+
+
+def test_asd_run_says_which_fine_tuning_options_changed(
+    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = ("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", out, "--seconds", 1, "--epochs", 1,
+            "--batch-size", 8, "--device", "cpu")  # fmt: skip
+    assert _asd(*args).exit_code == 0
+    result = _asd(*args, "--lr", "0.002")
+    assert result.exit_code == 0, result.output
+    assert f"fine-tuning run from {out / 'finetune'}: it was made with --lr 0.0001 (now 0.002)." in result.stderr

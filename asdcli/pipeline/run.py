@@ -224,6 +224,7 @@ def _finetune_stage(
     first (its files only: anything else in the folder stays)."""
     from asdcli.finetune.labels import training_data
     from asdcli.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+    from asdcli.finetune.resume import listed, recorded_option_changes
     from asdcli.finetune.run_dir import ADAPTER_DIR, HEAD_FILE, RUN_FILE
 
     ft = cfg.finetune_config
@@ -241,11 +242,11 @@ def _finetune_stage(
         from asdcli.finetune.loop import finetune
 
         if not stage.started_with_same_key():
+            changes = recorded_option_changes(out, ft)
             removed = remove_finetune_files(out)
             if removed:
-                runner.say(
-                    f"Removed {removed} file(s) of an earlier fine-tuning run with other options or clips from {out}."
-                )
+                why = f": it was made with {listed(changes)}" if changes else " with other options or clips"
+                runner.say(f"Removed {removed} file(s) of an earlier fine-tuning run from {out}{why}.")
         else:  # same key: keep the resume state, rewrite the final files if one was deleted or changed
             remove_own_files([out / RUN_FILE])
         remove_own_files([stage.record_path.with_suffix(".started")])  # the sidecar of earlier versions
