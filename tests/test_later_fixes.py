@@ -140,3 +140,97 @@ def test_asd_run_says_which_fine_tuning_options_changed(
     result = _asd(*args, "--lr", "0.002")
     assert result.exit_code == 0, result.output
     assert f"fine-tuning run from {out / 'finetune'}: it was made with --lr 0.0001 (now 0.002)." in result.stderr
+
+
+# ------------------------------------------------------------------------- a run's banks and run.json
+
+
+@pytest.fixture(scope="module")
+def finetuned_run(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_checkpoint: Path) -> Path:
+    """An `asd run` folder of the tiny dataset, fine-tuned for one epoch (read-only: copy it)."""
+    out = tmp_path_factory.mktemp("later-run") / "run"
+    result = _asd("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", out, "--seconds", 1, "--epochs", 1,
+                  "--batch-size", 8, "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _score_banks(banks: Path, run: Path, out: Path):  # type: ignore[no-untyped-def]
+    return _asd("score", "--banks", banks, "--embeddings", run / "embeddings" / "test.npz", "--submission-dir", out)
+
+
+def test_score_banks_of_a_run_are_checked_against_its_records(finetuned_run: Path, tmp_path: Path) -> None:
+    run = _copy(finetuned_run, tmp_path)
+    result = _score_banks(run / "banks", run, tmp_path / "sub")
+    assert result.exit_code == 0, result.output  # the run's own banks, unchanged
+    assert (tmp_path / "sub" / "anomaly_score_fan_section_00_test.csv").read_bytes() == (
+        run / "submission" / "anomaly_score_fan_section_00_test.csv"
+    ).read_bytes()
+    fan = run / "banks" / "bank_fan_section_00.npz"
+    result = _asd("fit-bank", run / "embeddings" / "train.npz", "--machine", "fan", "--k", 2, "--out", fan)
+    assert result.exit_code == 0, result.output  # a bank replaced after the run
+    out = tmp_path / "sub2"
+    _assert_error(_score_banks(run / "banks", run, out), str(fan), "is not the bank that `asd run` wrote",
+                  "records another size or SHA-256", "copy the banks out of the run folder")  # fmt: skip
+    assert not out.exists()
+    shutil.copytree(run / "banks", tmp_path / "mine")  # outside a run folder: used as they are
+    result = _score_banks(tmp_path / "mine", run, out)
+    assert result.exit_code == 0, result.output
+    fan.unlink()
+    _assert_error(_score_banks(run / "banks", run, out), str(fan), "a bank of the run, is missing")
+
+
+def test_score_banks_with_an_added_bank_is_refused(finetuned_run: Path, tmp_path: Path) -> None:
+    run = _copy(finetuned_run, tmp_path)
+    extra = run / "banks" / "bank_valve_section_00.npz"
+    shutil.copyfile(run / "banks" / "bank_fan_section_00.npz", extra)
+    _assert_error(_score_banks(run / "banks", run, tmp_path / "sub"), str(extra), "does not list it")
+
+
+def _package(run: Path, out: Path):  # type: ignore[no-untyped-def]
+    return _asd("package", run, "--team", "Doe_ACME", "--system", 1, "--out", out)
+
+
+def test_package_refuses_a_fine_tuning_record_edited_after_the_run(finetuned_run: Path, tmp_path: Path) -> None:
+    run = _copy(finetuned_run, tmp_path)
+    result = _package(run, tmp_path / "pkg")
+    assert result.exit_code == 0, result.output
+    meta = (tmp_path / "pkg" / "task2" / "Doe_ACME_task2_1" / "Doe_ACME_task2_1.meta.yaml").read_text()
+    assert "fine-tuned with LoRA" in meta
+    record = run / "finetune" / "run.json"
+    record.write_text(record.read_text().replace('"specaugment": false', '"specaugment": true'))
+    _assert_error(_package(run, tmp_path / "pkg2"), str(record), "is not the fine-tuning record that `asd run` wrote")
+    assert not (tmp_path / "pkg2").exists()
+
+
+def test_package_of_a_frozen_run_over_a_fine_tuned_one_says_frozen(
+    finetuned_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`asd run --no-finetune` into a fine-tuned run folder leaves finetune/run.json (asdcli never
+    deletes what a later stage may reuse); the package meta describes the frozen system it scored."""
+    run = _copy(finetuned_run, tmp_path)
+    result = _asd("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", run, "--seconds", 1, "--no-finetune",
+                  "--batch-size", 8, "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (run / "finetune" / "run.json").is_file()
+    result = _package(run, tmp_path / "pkg")
+    assert result.exit_code == 0, result.output
+    meta = (tmp_path / "pkg" / "task2" / "Doe_ACME_task2_1" / "Doe_ACME_task2_1.meta.yaml").read_text()
+    assert "fine-tuned" not in meta and "trainable_parameters: 0" in meta
+
+
+def test_score_banks_spelled_as_dot_or_a_link_is_still_the_run_s(finetuned_run: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    run = _copy(finetuned_run, tmp_path)
+    (run / "banks" / "bank_fan_section_00.npz").write_bytes(
+        (run / "banks" / "bank_gearbox_section_00.npz").read_bytes()
+    )
+    (tmp_path / "link").symlink_to(run / "banks")
+    _assert_error(_score_banks(tmp_path / "link", run, tmp_path / "sub"), "is not the bank that `asd run` wrote")
+    monkeypatch.chdir(run / "banks")
+    _assert_error(_score_banks(Path("."), run, tmp_path / "sub"), "is not the bank that `asd run` wrote")

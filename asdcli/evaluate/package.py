@@ -45,7 +45,7 @@ from asdcli.artifacts import write_bytes_atomic
 from asdcli.errors import ConfigError, DataError
 from asdcli.evaluate.ground_truth import first_few
 from asdcli.evaluate.score_rows import Entry, is_header, parse_rows, read_text
-from asdcli.pipeline.run_check import check_run_embeddings, check_run_pair
+from asdcli.pipeline.run_check import check_run_file, check_run_pair
 
 TASK = "task2"
 _TEAM = re.compile(r"^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+$")
@@ -107,7 +107,7 @@ def expected_clips(data: Path | None, run: Path | None) -> dict[tuple[str, str],
         from asdcli.artifacts import load_embeddings
 
         path = run / "embeddings" / "test.npz"
-        check_run_embeddings(run, path)
+        check_run_file(run, "embed", path, "embeddings file")
         emb = load_embeddings(path)
         clips = list(zip(emb.machine.tolist(), emb.section.tolist(), emb.filenames.tolist()))
     else:
@@ -241,9 +241,12 @@ def _run_facts(run: Path | None) -> dict[str, Any]:
         bank = load_bank(banks[0])
         facts.update(bank=bank.config, embedding=bank.embedding_meta, threshold=bank.threshold_info)
     record = run / "finetune" / "run.json"
-    if record.is_file():
+    emb = facts.get("embedding", {})
+    frozen = "adapter_id" in emb and emb["adapter_id"] is None  # banks of --no-finetune over a fine-tuned run
+    if record.is_file() and not frozen:
         from asdcli.artifacts import read_json
 
+        check_run_file(run, "finetune", record, "fine-tuning record")
         facts["finetune"] = read_json(record, what="run record")
     return facts
 
