@@ -221,7 +221,7 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted(ckpt: Path, data_roo
     assert not (tmp_path / "b" / "run.json").exists()
     with pytest.raises(ConfigError, match="--resume"):
         finetune(clips, cfg, tmp_path / "b")
-    with pytest.raises(ConfigError, match="other options"):
+    with pytest.raises(ConfigError, match=r"made with --lr 0\.003 \(now 0\.001\); resume with the same options"):
         finetune(clips, dataclasses.replace(cfg, lr=1e-3), tmp_path / "b", resume=True)
     finetune(clips, cfg, tmp_path / "b", resume=True)
     a, b = _tensors(ref), _tensors(tmp_path / "b")
@@ -232,7 +232,7 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted(ckpt: Path, data_roo
     stamp = (tmp_path / "b" / "run.json").stat().st_mtime_ns
     finetune(clips, cfg, tmp_path / "b", resume=True)  # finished: nothing to do
     assert (tmp_path / "b" / "run.json").stat().st_mtime_ns == stamp
-    with pytest.raises(ConfigError, match="other options"):
+    with pytest.raises(ConfigError, match=r"made with --epochs 2 \(now 3\);"):
         finetune(clips, dataclasses.replace(cfg, epochs=3), tmp_path / "b", resume=True)
 
 

@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from asdcli.cli.main import app
-from asdcli.evaluate.package import transformer_macs
+from asdcli.evaluate.system_meta import transformer_macs
 
 runner = CliRunner()
 MACHINES = ("fan", "valve")
@@ -197,7 +197,8 @@ def test_meta_is_filled_from_the_run_folder(setup, tmp_path: Path) -> None:
     import json
 
     from asdcli.backend.bank import build_bank, save_bank
-    from asdcli.evaluate.package import PackageConfig, backbone_parameters, system_meta
+    from asdcli.evaluate.package import PackageConfig
+    from asdcli.evaluate.system_meta import backbone_parameters, system_meta
     from asdcli.frontend.beats.config import tiny_beats_config
 
     _, sub = setup

@@ -30,6 +30,13 @@ BANK_KIND = "asdcli-knn-bank"
 THRESHOLD_SAMPLE = norm.STATS_SAMPLE
 
 
+def check_quantile(quantile: Any) -> float:
+    """``quantile`` if it is a number in (0, 1), else a ConfigError naming --threshold-quantile."""
+    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0.0 < quantile < 1.0:
+        raise ConfigError(f"--threshold-quantile must be in (0, 1), got {quantile!r}.")
+    return float(quantile)
+
+
 def _int_option(option: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{option} must be an integer of at least {minimum}, got {value!r}.")
@@ -62,9 +69,7 @@ class BankConfig:
             raise ConfigError("--density-k needs --score-norm density or domain-density.")
         if self.density_k_target is not None and self.score_norm != "domain-density":
             raise ConfigError("--density-k-target needs --score-norm domain-density.")
-        q = self.threshold_quantile
-        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
-            raise ConfigError(f"--threshold-quantile must be in (0, 1), got {q!r}.")
+        check_quantile(self.threshold_quantile)
         _int_option("--seed", self.seed, 0)
 
     def key(self) -> dict[str, Any]:
@@ -265,7 +270,10 @@ def fit_threshold(scores: np.ndarray, quantile: float = 0.9) -> tuple[float, dic
 
     Fallbacks (recorded as ``method``): fewer than 3 finite scores or no spread -> ``"max"``, the
     largest score (only scores above every normal one are anomalies); a failed or non-finite gamma
-    fit -> ``"empirical"``, ``np.quantile(scores, quantile)``.
+    fit -> ``"empirical"``, ``np.quantile(scores, quantile)``; a gamma quantile below the smallest
+    score -> ``"min"``, that score (``gamma_threshold`` keeps the quantile). The fitted location
+    can lie far below the data (even below 0, where no cosine distance is), so a small quantile
+    would flag every clip, the bank's own normal ones included; the data says nothing below it.
     """
     from scipy import stats
 
@@ -286,7 +294,22 @@ def fit_threshold(scores: np.ndarray, quantile: float = 0.9) -> tuple[float, dic
         params, threshold = (), math.nan
     if not math.isfinite(threshold):
         return float(np.quantile(finite, quantile)), {**info, "method": "empirical"}
-    return threshold, {**info, "method": "gamma", "gamma": [float(p) for p in params]}
+    gamma = {"gamma": [float(p) for p in params]}
+    lowest = float(finite.min())
+    if threshold < lowest:
+        return lowest, {**info, "method": "min", **gamma, "gamma_threshold": threshold}
+    return threshold, {**info, "method": "gamma", **gamma}
+
+
+def threshold_method(info: dict[str, Any]) -> str:
+    """How a threshold was fitted, for a report line (``threshold_info`` of a bank)."""
+    method = str(info.get("method"))
+    if method == "min" and "gamma_threshold" in info:
+        return (
+            f"min: the gamma quantile {float(info['gamma_threshold']):.4g} lies below every normal "
+            "leave-one-out score, so the lowest one is the threshold"
+        )
+    return method
 
 
 def train_groups(emb: Embeddings) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asdcli.backend.bank import Bank, fit_threshold, load_banks
+from asdcli.backend.bank import Bank, check_quantile, fit_threshold, load_banks
 from asdcli.backend.norm import ZSCORE_STD_FLOOR_ABS, ZSCORE_STD_FLOOR_REL
 from asdcli.backend.score import (
     format_decisions,
@@ -170,8 +170,7 @@ def fuse(
     """Fuse the systems ``specs`` into the challenge folder ``out_dir``; returns the written paths."""
     if len(specs) < 1:
         raise ConfigError("Give at least one SYSTEM to fuse.")
-    if not 0.0 < quantile < 1.0:
-        raise ConfigError(f"--threshold-quantile must be in (0, 1), got {quantile}.")
+    check_quantile(quantile)
     w = check_weights(weights, len(specs))
     for spec in specs:
         if Path(out_dir).resolve() == system_paths(spec)[0].resolve():

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from asdcli.artifacts import check_not_input, load_embeddings
-from asdcli.backend.bank import Bank, BankConfig, fit_bank, fit_banks, save_bank, save_banks
+from asdcli.backend.bank import Bank, BankConfig, fit_bank, fit_banks, save_bank, save_banks, threshold_method
 from asdcli.console import stderr_console
 from asdcli.errors import ConfigError
 
@@ -104,7 +104,7 @@ def _report(bank: Bank, path: Path) -> None:
     stderr_console().print(
         f"{bank.name}: {len(bank)} vectors ({domains}), dim {bank.dim}, "
         f"score norm {bank.config.score_norm}, threshold {bank.threshold:.4g} "
-        f"({bank.threshold_info.get('method')}) -> {path}",
+        f"({threshold_method(bank.threshold_info)}) -> {path}",
         markup=False,  # paths may hold [brackets]
         highlight=False,
         soft_wrap=True,

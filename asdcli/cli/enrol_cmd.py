@@ -50,7 +50,7 @@ def command(
     `asd enrol banks/bank_fan_section_00.npz new_speed/*.wav --domain target --out fan_v2.npz`
     """
     from asdcli.artifacts import check_not_input, load_embeddings
-    from asdcli.backend.bank import load_bank, save_bank
+    from asdcli.backend.bank import load_bank, save_bank, threshold_method
     from asdcli.backend.score import bank_front_end_files
     from asdcli.data.dataset import discover_clips
     from asdcli.monitor.enrol import enrol, enrolment_embeddings
@@ -70,7 +70,7 @@ def command(
     save_bank(out, grown)
     stderr_console().print(
         f"{bank.name}: enrolled {len(new)} {domain} embedding(s); {len(bank)} -> {len(grown)} vectors, "
-        f"threshold {bank.threshold:.4g} -> {grown.threshold:.4g} -> {out}",
+        f"threshold {bank.threshold:.4g} -> {grown.threshold:.4g} ({threshold_method(grown.threshold_info)}) -> {out}",
         markup=False,
         highlight=False,
         soft_wrap=True,

@@ -27,6 +27,7 @@ from asdcli.data.dataset import Clip
 from asdcli.errors import ConfigError, DataError
 from asdcli.monitor.options import window_options
 from asdcli.monitor.render import print_score_table
+from asdcli.pipeline.run_check import check_run_banks
 
 
 def command(
@@ -107,6 +108,7 @@ def command(
     _check_outputs(outputs, [p for p in (bank, banks, embeddings, *(clips or [])) if p is not None])
     if banks is not None:
         assert embeddings is not None and submission_dir is not None
+        check_run_banks(banks)  # RUN/banks of an `asd run` folder: the banks it wrote, unchanged
         paths = write_submission(load_banks(banks), load_embeddings(embeddings), submission_dir, what=str(embeddings))
         stderr_console().print(
             f"Wrote {len(paths)} files to {submission_dir}", markup=False, highlight=False, soft_wrap=True

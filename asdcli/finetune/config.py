@@ -16,6 +16,7 @@ from typing import Any
 from asdcli.data.clip_length import check_clip_seconds
 from asdcli.errors import ConfigError
 from asdcli.seeds import MAX_SEED, is_seed
+from asdcli.workers import is_workers, workers_rule
 
 LABEL_MODES = ("machine", "attribute", "attribute+domain")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -179,7 +180,7 @@ def _problems(c: FinetuneConfig) -> list[str]:
         (_finite(c.scale) and c.scale > 0, bad("scale", "a finite number > 0")),
         (_finite(c.mixup) and c.mixup >= 0.0, bad("mixup", "a finite number >= 0 (0 = off)")),
         (c.mixed_precision in MIXED_PRECISION, bad("mixed_precision", f"one of {', '.join(MIXED_PRECISION)}")),
-        (c.num_workers >= 0, bad("num_workers", ">= 0")),
+        (is_workers(c.num_workers), bad("num_workers", workers_rule())),
         (is_seed(c.seed), bad("seed", f"an integer from 0 to {MAX_SEED} (2**32 - 1)")),
     ]
     problems = [message for ok, message in checks if not ok]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
 import platform
 import time
 from collections.abc import Sequence
@@ -42,13 +40,13 @@ from asdcli.finetune.model import (
     seeded_torch_rng,
     trainable_weights_finite,
 )
+from asdcli.finetune.resume import check_out_dir, resume_inputs, resume_key, resume_state
 from asdcli.finetune.run_dir import RUN_FILE, RUN_KIND, RUN_SCHEMA, write_run_artifacts
 from asdcli.finetune.state import (
     STATE_FILE,
     TrainState,
     derive_seed,
     epoch_batches,
-    load_state,
     lr_at,
     restore_params,
     save_state,
@@ -120,30 +118,6 @@ def label_clips(clips: Sequence[Clip], cfg: FinetuneConfig) -> LabelledClips:
     return LabelledClips(tuple(clips), labels, classes, train, val)
 
 
-def resume_key(cfg: FinetuneConfig, data: LabelledClips, sha256: str) -> str:
-    """Hash of everything that must not change between a run and its resumption."""
-    names = [data.clips[i].name for i in data.train]
-    blob = json.dumps({"opts": cfg.key(), "train": names, "classes": data.classes, "sha256": sha256}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _check_out_dir(out_dir: Path, resume: bool) -> None:
-    if not resume and ((out_dir / STATE_FILE).exists() or (out_dir / RUN_FILE).exists()):
-        raise ConfigError(
-            f"{out_dir} already holds a fine-tuning run; pass --resume to continue it or choose another --out."
-        )
-
-
-def _resume_state(out_dir: Path, key: str) -> TrainState | None:
-    state = load_state(out_dir)
-    if state is not None and state.record.get("key") != key:
-        raise ConfigError(
-            f"{out_dir / STATE_FILE} was made with other options, training clips or checkpoint; "
-            "re-run with the original options or choose another --out."
-        )
-    return state
-
-
 def _as_training_data(
     data: TrainingData | Sequence[Clip],
     noise_clips: Sequence[Clip],
@@ -211,7 +185,7 @@ def finetune(
     from asdcli.frontend.beats import load_beats
 
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, resume)
+    check_out_dir(out_dir, resume)
     data = _as_training_data(data, noise_clips, cfg)
     clips = label_clips(data.clips, cfg)
     probe_clips([*clips.clips, *data.noise], cfg.channel)  # fail before training
@@ -220,8 +194,10 @@ def finetune(
     else:  # LoRA is injected in place: keep the caller's model as it was
         loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
     procs = current_processes(cfg.device)
-    key = resume_key(cfg, clips, loaded.sha256)
-    state = _resume_state(out_dir, key) if resume else None
+    train_names = [clips.clips[i].name for i in clips.train]
+    key = resume_key(cfg, train_names, clips.classes, loaded.sha256)
+    inputs = resume_inputs(cfg, train_names, clips.classes, loaded.sha256)
+    state = resume_state(out_dir, key, inputs) if resume else None
     start = state.epochs_done if state is not None else 0
     history = list(state.record["history"]) if state is not None else []
     shown_console = console if console is not None and procs.is_main else None
@@ -245,7 +221,7 @@ def finetune(
             history.append(_epoch_entry(trainer, totals, _held_out(trainer, clips, cfg)))
             if say:
                 say(_format_entry(history[-1], cfg.epochs), highlight=False)
-            _save_epoch(trainer, out_dir, key, history, cfg, epoch)
+            _save_epoch(trainer, out_dir, {"key": key, "inputs": inputs}, history, cfg, epoch)
     if procs.is_main:
         record = _run_record(cfg, clips, data, loaded, trainer, history)
         write_run_artifacts(out_dir, trainer.model.backbone, trainer.model.head, trainer.model.classifier, record)
@@ -355,7 +331,12 @@ def _epoch_entry(trainer: Trainer, totals: EpochTotals, held_out: tuple[float, i
 
 
 def _save_epoch(
-    trainer: Trainer, out_dir: Path, key: str, history: list[dict[str, Any]], cfg: FinetuneConfig, epoch: int
+    trainer: Trainer,
+    out_dir: Path,
+    key: dict[str, Any],
+    history: list[dict[str, Any]],
+    cfg: FinetuneConfig,
+    epoch: int,
 ) -> None:
     """The resume state after ``epoch`` (main process), unless a weight went non-finite."""
     if not trainable_weights_finite(trainer.model):
@@ -368,7 +349,7 @@ def _save_epoch(
             trainer.optimizer,
             {
                 "epochs_done": epoch + 1,
-                "key": key,
+                **key,  # the resume key and its inputs
                 "history": history,
                 "seed": cfg.seed,
                 "scaler": scaler,

@@ -87,6 +87,16 @@ def save_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     write_bytes_atomic(Path(run_dir) / STATE_FILE, save(tensors, metadata={"record": json.dumps(full)}))
 
 
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The JSON record of ``run_dir``'s state without its tensors (None: no readable state)."""
+    try:
+        with safe_open(str(Path(run_dir) / STATE_FILE), framework="pt") as f:
+            record = json.loads((f.metadata() or {})["record"])
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def load_state(run_dir: Path) -> TrainState | None:
     """The state of ``run_dir`` or None when it has none yet."""
     path = Path(run_dir) / STATE_FILE

@@ -27,6 +27,7 @@ from asdcli.frontend.beats import BEATs, LoadedBeats, load_beats, resolve_checkp
 from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.quantize import check_precision, for_precision
 from asdcli.frontend.spec import FEATURES, SPEC_KEY, FrontendSpec, cfg_sha256, frontend_differences
+from asdcli.workers import is_workers, workers_rule
 
 EMBEDDING_CHOICES = ("head", "pooled")
 POOLING = "mean"  # over all tokens of each pooled layer
@@ -62,11 +63,8 @@ class EmbedConfig:
         check_precision(self.precision)
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if not 0 <= self.num_workers <= usable_cpus():
-            raise ConfigError(
-                f"--workers must be from 0 to this machine's {usable_cpus()} CPUs (one loading process "
-                f"each), got {self.num_workers}."
-            )
+        if not is_workers(self.num_workers):
+            raise ConfigError(f"--workers must be {workers_rule()}, got {self.num_workers!r}.")
         if self.embedding is not None and self.embedding not in EMBEDDING_CHOICES:
             raise ConfigError(f"--embedding must be one of {', '.join(EMBEDDING_CHOICES)}, got {self.embedding!r}.")
         if self.embedding is not None and self.adapter is None:
@@ -155,14 +153,6 @@ def checkpoint_for(cfg: EmbedConfig) -> Path:
 
         return recorded_checkpoint(Path(cfg.adapter))
     return resolve_checkpoint(cfg.checkpoint)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the OS tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def auto_batch_size(device: torch.device, width: int = 768) -> int:

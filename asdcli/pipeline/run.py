@@ -15,19 +15,18 @@ atomically and a stage's record only after its outputs, so an interrupted run ne
 finished and the next run continues (fine-tuning resumes after its last finished epoch,
 embedding after its last saved part of EMBED_CHUNK clips). A run removes only files asdcli
 wrote: those its stage records list and fine-tuning's own file names in RUN_DIR/finetune.
+Each stage's inputs and work are in :mod:`asdcli.pipeline.run_stages`; this module holds the
+run's config, its clips and the order of the stages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.markup import escape
 
 from asdcli.artifacts import cached_sha256
 from asdcli.backend.bank import BankConfig
@@ -35,20 +34,21 @@ from asdcli.data.audio import AudioConfig, probe_clips
 from asdcli.data.dataset import Clip, discover_clips, require_field
 from asdcli.errors import AsdError, ConfigError, DataError
 from asdcli.finetune.config import FinetuneConfig
-from asdcli.frontend.embed import EmbedConfig, embed_inputs, embed_to_file
-from asdcli.pipeline.cleanup import (
-    remove_finetune_files,
-    remove_own_files,
-)
+from asdcli.frontend.embed import EmbedConfig
 from asdcli.pipeline.lock import run_folder_lock
-from asdcli.pipeline.run_check import score_inputs
-from asdcli.pipeline.stages import Stage, files_fingerprint, stage_key
+from asdcli.pipeline.run_stages import (
+    RunCheckpoint,
+    StageRunner,
+    bank_stage,
+    embed_stage,
+    finetune_stage,
+    report_stage,
+    score_stage,
+)
 
 if TYPE_CHECKING:
     from asdcli.evaluate.report import SystemReport
-    from asdcli.frontend.beats.checkpoint import LoadedBeats
 
-STAGE_NAMES = ("finetune", "embed", "fit-bank", "score", "report")
 # what the embedding options share with fine-tuning: set once, in RunConfig.embed
 FRONTEND_FIELDS = ("checkpoint", "seconds", "channel", "device", "num_workers")
 
@@ -130,47 +130,6 @@ class RunResult:
     skipped: tuple[str, ...]
 
 
-class StageRunner:
-    """Runs the stages of one run folder in order, skipping fresh ones, and remembers what happened."""
-
-    def __init__(self, run_dir: Path, console: Console | None) -> None:
-        self.run_dir = run_dir
-        self.console = console
-        self.ran: list[str] = []
-        self.skipped: list[str] = []
-
-    def say(self, text: str, head: str = "") -> None:
-        """Print ``head`` (Rich markup) followed by ``text`` (shown verbatim: paths may hold brackets)."""
-        if self.console is not None:
-            self.console.print(head + escape(text), highlight=False, soft_wrap=True)
-
-    @staticmethod
-    def header(name: str) -> str:
-        return f"[bold][{STAGE_NAMES.index(name) + 1}/{len(STAGE_NAMES)}] {name}[/]"
-
-    def run(
-        self,
-        name: str,
-        inputs: dict[str, Any],
-        what: str,
-        work: Callable[[Stage], tuple[Sequence[Path], dict[str, Any]]],
-    ) -> Stage:
-        """Run stage ``name`` unless it is fresh; ``work`` returns its output files and details."""
-        stage = Stage(self.run_dir, name, stage_key(inputs))
-        head = self.header(name)
-        if stage.is_fresh():
-            self.say(f": up to date, skipped ({what})", head)
-            self.skipped.append(name)
-            return stage
-        self.say(f": {what}", head)
-        start = time.perf_counter()
-        outputs, details = work(stage)
-        stage.mark_done(outputs, {"seconds": round(time.perf_counter() - start, 3), **details})
-        self.ran.append(name)
-        self.say(f": done in {time.perf_counter() - start:.1f} s", head)
-        return stage
-
-
 def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
     """(train, test, supplemental) clips under ``data_root``; no train clips is a DataError."""
     clips = discover_clips([data_root], splits={"train", "test", "supplemental"})
@@ -196,162 +155,6 @@ def _clips(data_root: Path) -> tuple[list[Clip], list[Clip], list[Clip]]:
 def _labelled_machines(test: list[Clip]) -> set[str]:
     """The machines whose test file names carry labels and domains (dev data): the report's."""
     return {c.machine for c in test if c.label and c.domain}
-
-
-@dataclass
-class RunCheckpoint:
-    """The run's checkpoint as one resource: its SHA-256 for the stage keys now, the model loaded
-    by the first stage that runs and then shared (a run opens and hashes its checkpoint once)."""
-
-    path: Path
-    sha256: str
-    _loaded: LoadedBeats | None = None
-
-    def load(self) -> LoadedBeats:
-        if self._loaded is None:
-            from asdcli.frontend.beats import load_beats
-
-            self._loaded = load_beats(self.path)
-        return self._loaded
-
-
-def _finetune_stage(
-    cfg: RunConfig, train: list[Clip], extra: list[Clip], ckpt: RunCheckpoint, runner: StageRunner
-) -> tuple[Path, Stage]:
-    """Fine-tune into RUN_DIR/finetune on the train clips and, as ``asd finetune`` picks them
-    (--use-clean, --noise-mix), the supplemental ones. A run started with the same key resumes
-    after its last finished epoch; one of another key (options, clips, checkpoint) is removed
-    first (its files only: anything else in the folder stays)."""
-    from asdcli.finetune.labels import training_data
-    from asdcli.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-    from asdcli.finetune.run_dir import ADAPTER_DIR, HEAD_FILE, RUN_FILE
-
-    ft = cfg.finetune_config
-    assert ft is not None
-    out = cfg.finetune_dir
-    data = training_data([(cfg.data_root, [*train, *extra])], use_clean=ft.use_clean, noise_mix=ft.noise_mix,
-                         merge_machines=False)  # fmt: skip
-    inputs = {
-        "checkpoint": ckpt.sha256,
-        "options": ft.key(),
-        "clips": files_fingerprint([c.path for c in [*data.clips, *data.noise]]),
-    }
-
-    def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
-        from asdcli.finetune.loop import finetune
-
-        if not stage.started_with_same_key():
-            removed = remove_finetune_files(out)
-            if removed:
-                runner.say(
-                    f"Removed {removed} file(s) of an earlier fine-tuning run with other options or clips from {out}."
-                )
-        else:  # same key: keep the resume state, rewrite the final files if one was deleted or changed
-            remove_own_files([out / RUN_FILE])
-        remove_own_files([stage.record_path.with_suffix(".started")])  # the sidecar of earlier versions
-        stage.mark_started()
-        finetune(data, ft, out, resume=True, console=runner.console, loaded=ckpt.load())
-        return [
-            out / ADAPTER_DIR / ADAPTER_WEIGHTS,
-            out / ADAPTER_DIR / ADAPTER_CONFIG,
-            out / HEAD_FILE,
-            out / RUN_FILE,
-        ], {}
-
-    stage = runner.run("finetune", inputs, f"LoRA fine-tuning, {ft.epochs} epoch(s), labels={ft.labels} -> {out}",
-                       work)  # fmt: skip
-    return out, stage
-
-
-def _embed_stage(cfg: RunConfig, clips: list[Clip], durations: list[float], adapter: Path | None, upstream: str,
-                 ckpt: RunCheckpoint, runner: StageRunner) -> tuple[Path, Path, Stage]:  # fmt: skip
-    """Embed train and test clips into RUN_DIR/embeddings/{train,test}.npz."""
-    out = cfg.run_dir / "embeddings"
-    train_path, test_path = out / "train.npz", out / "test.npz"
-    ecfg = cfg.embed
-    inputs = {**embed_inputs(clips, ecfg, ckpt.sha256), "finetune": upstream}
-
-    def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
-        emb = embed_to_file(
-            clips,
-            ecfg,
-            {train_path: "train", test_path: "test"},
-            runner.console,
-            parts_in=(out, ".parts-"),
-            durations=durations,
-            loaded=ckpt.load(),
-        )
-        return [train_path, test_path], {"clips": len(emb), "dim": emb.dim}
-
-    what = "fine-tuned embeddings" if adapter else "frozen BEATs embeddings (mean-pooled)"
-    stage = runner.run("embed", inputs, f"{what} of {len(clips)} clips -> {out}", work)
-    return train_path, test_path, stage
-
-
-def _bank_stage(cfg: RunConfig, train_path: Path, embed: Stage, runner: StageRunner) -> Stage:
-    """Fit one bank per machine/section into RUN_DIR/banks; banks the stage wrote before for
-    machines no longer in the data are removed (other files in the folder stay)."""
-    out = cfg.run_dir / "banks"
-    inputs = {"embeddings": embed.outputs_id(), "bank": cfg.bank.key()}
-
-    def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
-        from asdcli.artifacts import load_embeddings
-        from asdcli.backend.bank import fit_banks, save_banks
-
-        earlier = stage.recorded_outputs()
-        banks = fit_banks(load_embeddings(train_path), cfg.bank, what=str(train_path))
-        written = save_banks(out, banks)
-        remove_own_files([p for p in earlier if p not in written])
-        return written, {"banks": len(banks)}
-
-    return runner.run("fit-bank", inputs, f"KNN banks per machine/section -> {out}", work)
-
-
-def _score_stage(cfg: RunConfig, test_path: Path, embed: Stage, banks: Stage, runner: StageRunner) -> Path:
-    out = cfg.run_dir / "submission"
-    inputs = score_inputs(embed, banks)  # `asd fuse` checks a run's submission/ against its banks/ by it
-
-    def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
-        from asdcli.artifacts import load_embeddings
-        from asdcli.backend.bank import load_bank
-        from asdcli.backend.score import write_submission
-
-        loaded = [load_bank(p) for p in banks.recorded_outputs()]
-        paths = write_submission(loaded, load_embeddings(test_path), out, str(test_path))
-        return paths, {"files": len(paths)}
-
-    runner.run("score", inputs, f"anomaly scores and decisions -> {out}", work)
-    return out
-
-
-def _report_stage(cfg: RunConfig, submission: Path, runner: StageRunner) -> SystemReport:
-    """Evaluate the submission against the test names' labels into report.csv (always redone:
-    it takes milliseconds)."""
-    from asdcli.artifacts import write_text_atomic
-    from asdcli.evaluate.ground_truth import load_ground_truth
-    from asdcli.evaluate.render import render_text
-    from asdcli.evaluate.report import bank_thresholds, evaluate_submission
-    from asdcli.evaluate.report_command import default_name
-
-    out = cfg.run_dir / "report.csv"
-    runner.say(f": official metrics -> {out}", runner.header("report"))
-    report = evaluate_submission(
-        submission,
-        load_ground_truth(None, cfg.data_root),
-        name=default_name(str(submission)),
-        thresholds=bank_thresholds(cfg.run_dir / "banks"),
-        skip_unlabelled=True,
-    )
-    for warning in report.warnings:
-        runner.say(warning, "[yellow]Warning:[/] ")
-    write_text_atomic(out, render_text([report], "csv"))
-    if cfg.plots:
-        from asdcli.evaluate.plots import write_plots  # matplotlib is slow to import; only when asked
-
-        paths = write_plots([report], cfg.run_dir / "plots")
-        runner.say(f"Wrote {len(paths)} plots to {cfg.run_dir / 'plots'}")
-    runner.ran.append("report")
-    return report
 
 
 def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
@@ -394,18 +197,18 @@ def _run_stages(
     )
     adapter, upstream = None, "off"
     if cfg.finetune is not None:
-        adapter, finetuned = _finetune_stage(cfg, train, extra, ckpt, runner)
+        adapter, finetuned = finetune_stage(cfg, train, extra, ckpt, runner)
         upstream = finetuned.outputs_id()
     else:
         runner.say(": off (--no-finetune), frozen BEATs", runner.header("finetune"))
-    train_path, test_path, embed = _embed_stage(cfg, [*train, *test], durations, adapter, upstream, ckpt, runner)
-    banks = _bank_stage(cfg, train_path, embed, runner)
+    train_path, test_path, embed = embed_stage(cfg, [*train, *test], durations, adapter, upstream, ckpt, runner)
+    banks = bank_stage(cfg, train_path, embed, runner)
     submission = report = None
     if test:
-        submission = _score_stage(cfg, test_path, embed, banks, runner)
+        submission = score_stage(cfg, test_path, embed, banks, runner)
         labelled = _labelled_machines(test)
         if labelled:  # dev machines; eval machines next to them are left out of the report
-            report = _report_stage(cfg, submission, runner)
+            report = report_stage(cfg, submission, runner)
         unlabelled = sorted({c.machine for c in test} - labelled)
         if unlabelled:
             runner.say(

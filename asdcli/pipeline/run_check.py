@@ -4,7 +4,9 @@ The fit-bank record lists every bank with its size and SHA-256, the score record
 and the score stage's key holds the fit-bank record's outputs (:func:`score_inputs`). So a bank
 replaced or added after the run, a score file edited since, or banks fitted again without scoring
 again are each found without reading a clip. A folder without a fit-bank record (assembled by
-hand, or written before stage records) has nothing to check against.
+hand, or written before stage records) has nothing to check against. The same records vouch for
+a run's banks scored with `asd score --banks RUN/banks` and for the fine-tuning record
+(RUN/finetune/run.json) that `asd package` reads.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ def _rerun(run_dir: Path) -> str:
     return f"re-run `asd run DATA --out {run_dir}` to fit and score again"
 
 
-def _check_files(stage: Stage, files: Sequence[Path], what: str) -> None:
-    """Each of ``files`` must be listed in the stage's record with its current size and SHA-256."""
+def _check_files(stage: Stage, files: Sequence[Path], what: str, fix: str = "") -> None:
+    """Each of ``files`` must be listed in the stage's record with its current size and SHA-256;
+    ``fix`` is what the error says to do (default: re-run the run)."""
     outputs = stage.record()["outputs"]
     for path in files:
         if not stage.wrote_unchanged(path):
@@ -35,8 +38,42 @@ def _check_files(stage: Stage, files: Sequence[Path], what: str) -> None:
             how = "records another size or SHA-256 for it" if listed else "does not list it"
             raise ArtifactMismatch(
                 f"{path} is not the {what} that `asd run` wrote ({stage.record_path} {how}): it was replaced "
-                f"or added after the run; {_rerun(stage.run_dir)}."
+                f"or added after the run; {fix or _rerun(stage.run_dir)}."
             )
+
+
+def _check_finished(stage: Stage, what: str, fix: str = "") -> None:
+    if not stage.finished():
+        raise ArtifactMismatch(
+            f"{stage.record_path} does not record a finished {stage.name} stage, so the {what} of "
+            f"{stage.run_dir} cannot be trusted; {fix or _rerun(stage.run_dir)}."
+        )
+
+
+def _check_banks(fit_bank: Stage, banks: Sequence[Path], fix: str = "") -> None:
+    """The bank files ``banks`` are the ones the finished fit-bank stage wrote, and none it wrote is missing."""
+    _check_finished(fit_bank, "banks/", fix)
+    _check_files(fit_bank, banks, "bank", fix)
+    for rel in fit_bank.record()["outputs"]:
+        if not (fit_bank.run_dir / rel).is_file():
+            raise ArtifactMismatch(
+                f"{fit_bank.run_dir / rel}, a bank of the run, is missing; {fix or _rerun(fit_bank.run_dir)}."
+            )
+
+
+def check_run_banks(banks_dir: Path) -> bool:
+    """When ``banks_dir`` is RUN/banks of an `asd run` folder with a fit-bank record, check that
+    every bank file there (what :func:`asdcli.backend.bank.load_banks` reads) is one the run wrote,
+    unchanged, and that none of them is missing: an ArtifactMismatch naming the file otherwise.
+    False when ``banks_dir`` is not a run's banks/ (any other folder of banks: nothing to check)."""
+    banks_dir = banks_dir.resolve()  # `.` inside RUN/banks, or a link to it, is the run's banks too
+    run = banks_dir.parent
+    fit_bank = Stage(run, "fit-bank", "")
+    if banks_dir.name != "banks" or not fit_bank.record_path.is_file():
+        return False
+    fix = f"{_rerun(run)}, or copy the banks out of the run folder to use them as they are"
+    _check_banks(fit_bank, sorted((run / "banks").glob("bank_*.npz")), fix)
+    return True
 
 
 def check_scored_with_banks(
@@ -49,16 +86,9 @@ def check_scored_with_banks(
     fit_bank, score = Stage(run_dir, "fit-bank", ""), Stage(run_dir, "score", "")
     if not fit_bank.record_path.exists():
         return False
-    for stage, what in ((fit_bank, "banks/"), (score, "submission/")):
-        if not stage.finished():
-            raise ArtifactMismatch(
-                f"{stage.record_path} does not record a finished {stage.name} stage, so the {what} of "
-                f"{run_dir} cannot be trusted; {_rerun(run_dir)}."
-            )
-    _check_files(fit_bank, banks, "bank")
-    for rel in fit_bank.record()["outputs"]:
-        if not (run_dir / rel).is_file():
-            raise ArtifactMismatch(f"{run_dir / rel}, a bank of the run, is missing; {_rerun(run_dir)}.")
+    _check_finished(fit_bank, "banks/")
+    _check_finished(score, "submission/")
+    _check_banks(fit_bank, banks)
     _check_files(score, scores, "score file")
     _check_files(score, decisions, "decision file")
     if score.record().get("key") != stage_key(score_inputs(Stage(run_dir, "embed", ""), fit_bank)):
@@ -69,12 +99,14 @@ def check_scored_with_banks(
     return True
 
 
-def check_run_embeddings(run_dir: Path, path: Path) -> None:
-    """When ``run_dir`` has an embed record, ``path`` (RUN/embeddings/...) must be listed in it with
-    its current size and SHA-256 (the score key ties that record to the scores)."""
-    embed = Stage(run_dir, "embed", "")
-    if embed.record_path.exists():
-        _check_files(embed, [path], "embeddings file")
+def check_run_file(run_dir: Path, stage_name: str, path: Path, what: str) -> None:
+    """When ``run_dir`` has a record of stage ``stage_name``, ``path`` (a file under the run folder:
+    RUN/embeddings/test.npz of the embed stage, RUN/finetune/run.json of the finetune stage) must
+    be listed in it with its current size and SHA-256; ``what`` names the file in the error."""
+    stage = Stage(run_dir, stage_name, "")
+    if stage.record_path.exists():
+        _check_finished(stage, f"{stage_name} outputs")
+        _check_files(stage, [path], what)
 
 
 def check_run_pair(submission: Path, banks_dir: Path, decisions: bool = False) -> bool:
