@@ -144,7 +144,10 @@ def system_meta(cfg: PackageConfig, run: Path | None) -> str:
                 "data_augmentation": _augmentation(ft) if known else FILL,
                 "machine_learning_method": recipe if known else FILL,
                 "pretrained_model": _checkpoint(emb),
-                "decision_making": "score above a gamma-fit quantile of the bank's leave-one-out scores",
+                "decision_making": (
+                    "score above a gamma-fit quantile of the bank's leave-one-out scores (the empirical "
+                    "quantile where the fit fails, never below the lowest of those scores)"
+                ),
                 "external_data_usage": "pre-trained model" if backbone else FILL,
                 "development_data_usage": FILL,
                 "ensemble_method_subsystem_count": 1 if known else FILL,
