@@ -59,7 +59,7 @@ def make_run(work: Path, seed: int, ckpt: Path, finetune: bool) -> Path:
     """The dataset of ``seed`` and an `asd run` folder on it (skipped when already done)."""
     from asdcli.finetune.config import FinetuneConfig
     from asdcli.pipeline.run import RunConfig, run_pipeline
-    from asdcli.synth.sounds import SynthConfig, make_dataset
+    from asdcli.synth.dataset import SynthConfig, make_dataset
 
     data = work / f"data-seed{seed}"
     if not (data / "asd-synth.json").is_file():

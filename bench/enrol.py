@@ -31,7 +31,7 @@ from asdcli.backend.score import score_vectors
 from asdcli.data.dataset import discover_clips
 from asdcli.frontend.embed import EmbedConfig, embed_clips
 from asdcli.monitor.enrol import enrol
-from asdcli.synth.sounds import SynthConfig, make_dataset
+from asdcli.synth.dataset import SynthConfig, make_dataset
 
 
 def rates(bank: object, emb: Embeddings) -> dict[str, float]:

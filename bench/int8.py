@@ -42,7 +42,8 @@ SR = 16000
 
 def synth_waves(n: int, seconds: float, seed: int = 0) -> torch.Tensor:
     """``n`` clips of the demo dataset's generator (train and test, every machine), (n, samples)."""
-    from asdcli.synth.sounds import SynthConfig, _plan, render_clip
+    from asdcli.synth.dataset import SynthConfig, _plan
+    from asdcli.synth.sounds import render_clip
 
     cfg = SynthConfig(seed=seed, seconds=seconds)
     plans = [(m, kw) for m in cfg.machines for _, kw in _plan(cfg, m)]
@@ -133,7 +134,7 @@ def official_scores(seed: int) -> dict[str, float]:
     from asdcli.evaluate.report import evaluate_submission
     from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
     from asdcli.frontend.embed import EmbedConfig, embed_clips
-    from asdcli.synth.sounds import SynthConfig, make_dataset
+    from asdcli.synth.dataset import SynthConfig, make_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         root, ckpt = Path(tmp) / "data", make_tiny_checkpoint(Path(tmp) / "tiny.pt", seed=seed)

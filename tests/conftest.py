@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from asdcli.synth.sounds import SynthConfig, make_dataset
+from asdcli.synth.dataset import SynthConfig, make_dataset
 
 # 3 machines (bearing with noAttribute names), 1 s clips, per machine: 6 source + 2 target train,
 # 3 clips per test cell (source/target x normal/anomaly), 1 supplemental machine + 1 noise clip.

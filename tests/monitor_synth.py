@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from asdcli.synth.sounds import MACHINES, SynthConfig, render_clip
+from asdcli.synth.dataset import SynthConfig
+from asdcli.synth.sounds import MACHINES, render_clip
 
 SR = 16000
 ANOMALY_GAIN = 8.0  # the generator's anomalies are subtle for a random tiny BEATs: make them plain

@@ -77,7 +77,7 @@ def test_demo_make_data_never_removes_a_file_the_marker_merely_lists(where: str,
 
 def test_demo_make_data_rerun_after_an_interrupted_regeneration(tmp_path: Path) -> None:
     """asd demo's own clips stay its own: after a re-generation stopped part way, running it again works."""
-    from asdcli.synth.sounds import SynthConfig, make_dataset
+    from asdcli.synth.dataset import SynthConfig, make_dataset
 
     root = tmp_path / "data"
     _demo_data(root)

@@ -32,7 +32,7 @@ from asdcli.finetune.loop import finetune
 from asdcli.finetune.model import build_model, layer_depth, param_groups
 from asdcli.finetune.run_dir import load_adapter_embedder, read_run
 from asdcli.frontend.beats import load_beats
-from asdcli.synth.sounds import SynthConfig, make_dataset
+from asdcli.synth.dataset import SynthConfig, make_dataset
 
 
 def _clip(

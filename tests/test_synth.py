@@ -15,7 +15,8 @@ from scipy.signal import welch
 from asdcli.data.audio import AudioConfig, load_clip
 from asdcli.data.dataset import Clip, discover_clips, parse_filename
 from asdcli.errors import ConfigError, DataError
-from asdcli.synth.sounds import MACHINES, SynthConfig, count_clips, make_dataset
+from asdcli.synth.dataset import SynthConfig, count_clips, make_dataset
+from asdcli.synth.sounds import MACHINES
 
 SMALL = SynthConfig(
     machines=("valve", "fan"),
@@ -81,7 +82,7 @@ def test_rerun_replaces_and_refuses_foreign_folders(tmp_path: Path) -> None:
 
 
 def test_rerun_never_removes_or_overwrites_a_clip_it_did_not_write(tmp_path: Path) -> None:
-    from asdcli.synth.sounds import MARKER, dataset_is_current
+    from asdcli.synth.dataset import MARKER, dataset_is_current
 
     root = tmp_path / "d"
     made = make_dataset(root, SMALL)

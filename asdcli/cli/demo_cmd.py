@@ -88,7 +88,7 @@ def _synthesize(root: Path, seed: int, seconds: float, console: Console, reuse: 
     """Write the synthetic dataset, or with ``reuse`` keep one made before with the same config
     (rewriting it would change every clip's timestamp and redo all stages)."""
     from asdcli.data.dataset import count_clips_table, discover_clips
-    from asdcli.synth.sounds import SynthConfig, count_clips, dataset_is_current, make_dataset
+    from asdcli.synth.dataset import SynthConfig, count_clips, dataset_is_current, make_dataset
 
     cfg = SynthConfig(seed=seed, seconds=seconds)
     if reuse and dataset_is_current(root, cfg):
