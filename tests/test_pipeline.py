@@ -17,7 +17,7 @@ from cli_checks import assert_error
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import asdcli.finetune.loop
+import asdcli.finetune.epoch
 from asdcli.cli.main import app
 from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
 from asdcli.pipeline.stages import files_fingerprint, stage_key
@@ -134,20 +134,20 @@ def test_no_finetune_uses_frozen_backbone(synth_root: Path, tiny_checkpoint: Pat
 def test_ctrl_c_during_finetune_resumes_after_last_epoch(
     synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_save_state = asdcli.finetune.loop.save_state
+    real_save_state = asdcli.finetune.epoch.save_state
 
     def save_then_interrupt(*args, **kwargs):  # type: ignore[no-untyped-def]
         real_save_state(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(asdcli.finetune.loop, "save_state", save_then_interrupt)
+    monkeypatch.setattr(asdcli.finetune.epoch, "save_state", save_then_interrupt)
     run = tmp_path / "run"
     result = _run(synth_root, tiny_checkpoint, run, "--epochs", "2")
     assert result.exit_code == 130
     assert "Interrupted" in result.output
     assert json.loads((run / "stages" / "finetune.json").read_text())["status"] == "started"
     assert not (run / "finetune" / "run.json").exists()
-    monkeypatch.setattr(asdcli.finetune.loop, "save_state", real_save_state)
+    monkeypatch.setattr(asdcli.finetune.epoch, "save_state", real_save_state)
     result = _run(synth_root, tiny_checkpoint, run, "--epochs", "2")
     assert result.exit_code == 0, result.output
     assert "resuming after epoch 1" in result.output
@@ -484,7 +484,7 @@ def test_a_deleted_head_is_rewritten_from_the_resume_state_not_retrained(
     )
     (run / "stages" / "finetune.started").write_text(record["key"] + "\n")
     steps: list[int] = []
-    monkeypatch.setattr(asdcli.finetune.loop, "train_step", lambda *a, **k: steps.append(1))  # type: ignore[func-returns-value]
+    monkeypatch.setattr(asdcli.finetune.epoch, "train_step", lambda *a, **k: steps.append(1))  # type: ignore[func-returns-value]
     result = _run(synth_root, tiny_checkpoint, run)
     assert result.exit_code == 0, result.output
     assert steps == [] and "resuming after epoch 1" in result.output

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from asdcli.data.dataset import Clip
+from asdcli.data.dataset import Clip, require_field
+from asdcli.errors import ConfigError, DataError
+from asdcli.finetune.config import FinetuneConfig
 from asdcli.finetune.state import derive_seed
 
 
@@ -153,3 +155,54 @@ def training_data(
     return TrainingData(
         clips=tuple(out), noise=noise_all, n_clean=sum(len(cl) for _, cl, _ in picked), roots=tuple(records)
     )
+
+
+@dataclass(frozen=True)
+class LabelledClips:
+    """Clips with their class index (N,) int64, the class names, and the train/held-out split."""
+
+    clips: tuple[Clip, ...]
+    labels: np.ndarray
+    classes: list[str]
+    train: np.ndarray  # indices into clips
+    val: np.ndarray
+
+
+def label_clips(clips: Sequence[Clip], cfg: FinetuneConfig) -> LabelledClips:
+    """Labels and the stratified split; DataError when there is nothing to learn from."""
+    if not clips:
+        raise DataError("asd finetune got no train clips; put them in DATA/<machine>/train/.")
+    require_field(clips, "machine", "asd finetune")
+    labels, classes = build_labels(clips, cfg.labels)
+    if len(classes) < 2:
+        raise DataError(
+            f"Fine-tuning needs at least two classes, found only {classes}: point at a dataset "
+            "with several machines or use --labels attribute."
+        )
+    train, val = split_train_val(labels, cfg.val_fraction, cfg.seed)
+    return LabelledClips(tuple(clips), labels, classes, train, val)
+
+
+def as_training_data(
+    data: TrainingData | Sequence[Clip],
+    noise_clips: Sequence[Clip],
+    cfg: FinetuneConfig,
+) -> TrainingData:
+    if not isinstance(data, TrainingData):
+        if cfg.use_clean:
+            raise ConfigError(
+                "--use-clean needs the supplemental clips of each dataset root: use `asd finetune "
+                "--use-clean`, then `asd embed --adapter RUN_DIR`."
+            )
+        data = TrainingData(clips=tuple(data), noise=tuple(noise_clips) if cfg.noise_mix else ())
+    if cfg.noise_mix and not data.noise:
+        raise DataError(
+            "--noise-mix needs supplemental noise-only clips (names with `_noise_`) in "
+            "<machine>/supplemental/, and none were found."
+        )
+    if cfg.use_clean and not data.n_clean:
+        raise DataError(
+            "--use-clean needs supplemental clean machine clips (names with `_machine_`) in "
+            "<machine>/supplemental/, and none were found."
+        )
+    return data

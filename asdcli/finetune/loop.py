@@ -11,56 +11,32 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import platform
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import accelerate
-import numpy as np
-import peft
-import torch
 from rich.console import Console
-from rich.progress import Progress
-from torch.utils.data import DataLoader, Dataset
 
-from asdcli import __version__
 from asdcli.console import make_progress, show_warnings
-from asdcli.data.audio import AudioConfig, AudioWarning, ClipDataset, probe_clips
-from asdcli.data.dataset import Clip, require_field
-from asdcli.errors import ConfigError, DataError, TrainingError
-from asdcli.finetune.augment import NoiseMixDataset
+from asdcli.data.audio import AudioWarning, probe_clips
+from asdcli.data.dataset import Clip
 from asdcli.finetune.config import FinetuneConfig, StepHook
-from asdcli.finetune.labels import TrainingData, build_labels, split_train_val
-from asdcli.finetune.lora import LORA_TARGETS, count_parameters
-from asdcli.finetune.model import (
-    build_model,
-    seeded_torch_rng,
-    trainable_weights_finite,
+from asdcli.finetune.epoch import epoch_entry, evaluate_held_out, format_entry, save_epoch, train_epoch
+from asdcli.finetune.labels import (
+    LabelledClips,
+    TrainingData,
+    as_training_data,
+    build_labels,
+    label_clips,
+    split_train_val,
 )
+from asdcli.finetune.lora import count_parameters
+from asdcli.finetune.model import build_model
 from asdcli.finetune.resume import check_out_dir, resume_inputs, resume_key, resume_state
-from asdcli.finetune.run_dir import RUN_FILE, RUN_KIND, RUN_SCHEMA, write_run_artifacts
-from asdcli.finetune.state import (
-    STATE_FILE,
-    TrainState,
-    derive_seed,
-    epoch_batches,
-    lr_at,
-    restore_params,
-    save_state,
-)
-from asdcli.finetune.trainer import (
-    NonFiniteLoss,
-    Processes,
-    Trainer,
-    current_processes,
-    evaluate,
-    make_trainer,
-    set_lr,
-    train_step,
-)
+from asdcli.finetune.run_dir import RUN_FILE, write_run_artifacts
+from asdcli.finetune.run_record import run_record
+from asdcli.finetune.state import STATE_FILE, TrainState, lr_at, restore_params
+from asdcli.finetune.trainer import Processes, Trainer, current_processes, make_trainer, train_step
 
 if TYPE_CHECKING:
     from asdcli.frontend.beats.checkpoint import LoadedBeats
@@ -79,68 +55,6 @@ __all__ = [
     "split_train_val",
     "train_step",
 ]
-
-
-@dataclass(frozen=True)
-class LabelledClips:
-    """Clips with their class index (N,) int64, the class names, and the train/held-out split."""
-
-    clips: tuple[Clip, ...]
-    labels: np.ndarray
-    classes: list[str]
-    train: np.ndarray  # indices into clips
-    val: np.ndarray
-
-
-@dataclass(frozen=True)
-class EpochTotals:
-    """What one process saw in one training epoch."""
-
-    epoch: int  # 0-based
-    loss_sum: float
-    correct: int
-    seen: int
-    seconds: float
-
-
-def label_clips(clips: Sequence[Clip], cfg: FinetuneConfig) -> LabelledClips:
-    """Labels and the stratified split; DataError when there is nothing to learn from."""
-    if not clips:
-        raise DataError("asd finetune got no train clips; put them in DATA/<machine>/train/.")
-    require_field(clips, "machine", "asd finetune")
-    labels, classes = build_labels(clips, cfg.labels)
-    if len(classes) < 2:
-        raise DataError(
-            f"Fine-tuning needs at least two classes, found only {classes}: point at a dataset "
-            "with several machines or use --labels attribute."
-        )
-    train, val = split_train_val(labels, cfg.val_fraction, cfg.seed)
-    return LabelledClips(tuple(clips), labels, classes, train, val)
-
-
-def _as_training_data(
-    data: TrainingData | Sequence[Clip],
-    noise_clips: Sequence[Clip],
-    cfg: FinetuneConfig,
-) -> TrainingData:
-    if not isinstance(data, TrainingData):
-        if cfg.use_clean:
-            raise ConfigError(
-                "--use-clean needs the supplemental clips of each dataset root: use `asd finetune "
-                "--use-clean`, then `asd embed --adapter RUN_DIR`."
-            )
-        data = TrainingData(clips=tuple(data), noise=tuple(noise_clips) if cfg.noise_mix else ())
-    if cfg.noise_mix and not data.noise:
-        raise DataError(
-            "--noise-mix needs supplemental noise-only clips (names with `_noise_`) in "
-            "<machine>/supplemental/, and none were found."
-        )
-    if cfg.use_clean and not data.n_clean:
-        raise DataError(
-            "--use-clean needs supplemental clean machine clips (names with `_machine_`) in "
-            "<machine>/supplemental/, and none were found."
-        )
-    return data
 
 
 def finetune(
@@ -186,7 +100,7 @@ def finetune(
 
     out_dir = Path(out_dir)
     check_out_dir(out_dir, resume)
-    data = _as_training_data(data, noise_clips, cfg)
+    data = as_training_data(data, noise_clips, cfg)
     clips = label_clips(data.clips, cfg)
     probe_clips([*clips.clips, *data.noise], cfg.channel)  # fail before training
     if loaded is None:
@@ -217,13 +131,13 @@ def finetune(
     shown = show_warnings(shown_console, AudioWarning) if shown_console is not None else contextlib.nullcontext()
     with shown, progress if progress is not None else contextlib.nullcontext():
         for epoch in range(start, cfg.epochs):
-            totals = _train_epoch(trainer, clips, data.noise, cfg, epoch, progress, on_step, out_dir)
-            history.append(_epoch_entry(trainer, totals, _held_out(trainer, clips, cfg)))
+            totals = train_epoch(trainer, clips, data.noise, cfg, epoch, progress, on_step, out_dir)
+            history.append(epoch_entry(trainer, totals, evaluate_held_out(trainer, clips, cfg)))
             if say:
-                say(_format_entry(history[-1], cfg.epochs), highlight=False)
-            _save_epoch(trainer, out_dir, {"key": key, "inputs": inputs}, history, cfg, epoch)
+                say(format_entry(history[-1], cfg.epochs), highlight=False)
+            save_epoch(trainer, out_dir, {"key": key, "inputs": inputs}, history, cfg, epoch)
     if procs.is_main:
-        record = _run_record(cfg, clips, data, loaded, trainer, history)
+        record = run_record(cfg, clips, data, loaded, trainer, history)
         write_run_artifacts(out_dir, trainer.model.backbone, trainer.model.head, trainer.model.classifier, record)
     procs.wait()
     return out_dir
@@ -241,211 +155,3 @@ def _build_trainer(
         if trainer.scaler is not None and state.record.get("scaler"):
             trainer.scaler.load_state_dict(state.record["scaler"])
     return trainer
-
-
-def _train_set(clips: LabelledClips, noise: Sequence[Clip], cfg: FinetuneConfig, epoch: int) -> Dataset:
-    audio = AudioConfig(seconds=cfg.seconds, channel=cfg.channel)
-    train: Dataset = ClipDataset([clips.clips[i] for i in clips.train], audio)
-    if cfg.noise_mix:
-        return NoiseMixDataset(train, ClipDataset(list(noise), audio), cfg.seed, epoch)
-    return train
-
-
-def _train_epoch(
-    trainer: Trainer,
-    clips: LabelledClips,
-    noise: Sequence[Clip],
-    cfg: FinetuneConfig,
-    epoch: int,
-    progress: Progress | None,
-    on_step: StepHook | None,
-    out_dir: Path,
-) -> EpochTotals:
-    """One pass over this process's batches of epoch ``epoch``."""
-    procs = trainer.procs
-    steps = len(epoch_batches(len(clips.train), cfg.batch_size, cfg.seed, 0, procs.rank, procs.world))
-    batches = epoch_batches(len(clips.train), cfg.batch_size, cfg.seed, epoch, procs.rank, procs.world)
-    loader = DataLoader(_train_set(clips, noise, cfg, epoch), batch_sampler=batches, num_workers=cfg.num_workers)
-    train_y = torch.from_numpy(clips.labels[clips.train])
-    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, procs.rank))
-    task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), rate="") if progress else None
-    t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-    trainer.forward.train()
-    # LoRA dropout (and DataLoader worker seeds) draw from torch's global RNG: seeded per epoch
-    with seeded_torch_rng(derive_seed(cfg.seed, epoch, procs.rank, 1), procs.device):
-        for i, (wave, idx) in enumerate(loader):
-            set_lr(trainer.optimizer, lr_at(epoch * steps + i, steps * cfg.epochs, cfg.lr, cfg.warmup_fraction))
-            y = train_y[idx].to(procs.device)
-            try:
-                loss, ok = train_step(trainer, wave.to(procs.device), y, cfg, generator)
-            except NonFiniteLoss as e:
-                raise _diverged(
-                    f"the loss became {e.args[0]} at epoch {epoch + 1}, step {i + 1}", epoch, out_dir
-                ) from None
-            loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
-            if progress is not None and task is not None:
-                rate = seen * procs.world / max(time.perf_counter() - t0, 1e-9)
-                progress.update(
-                    task, advance=1, rate=f"loss {loss_sum / seen:.3f} acc {correct / seen:.1%} {rate:.1f} clips/s"
-                )
-            if on_step is not None:
-                on_step(epoch, i)
-    return EpochTotals(epoch, loss_sum, correct, seen, time.perf_counter() - t0)
-
-
-def _diverged(what: str, epoch: int, out_dir: Path) -> TrainingError:
-    kept = (
-        f"{out_dir / STATE_FILE} keeps the state after epoch {epoch} (--resume continues from it)"
-        if epoch
-        else "no epoch had finished, so no state was kept"
-    )
-    return TrainingError(
-        f"Fine-tuning stopped: {what}; {kept}. Lower --lr (or --scale, --mixup) and start again with another --out."
-    )
-
-
-def _held_out(trainer: Trainer, clips: LabelledClips, cfg: FinetuneConfig) -> tuple[float, int, int]:
-    """Loss sum, correct predictions and count on this process's share of the held-out clips."""
-    mine = clips.val[trainer.procs.rank :: trainer.procs.world]
-    audio = AudioConfig(seconds=cfg.seconds, channel=cfg.channel)
-    loader = DataLoader(
-        ClipDataset([clips.clips[i] for i in mine], audio), batch_size=cfg.batch_size, num_workers=cfg.num_workers
-    )
-    return evaluate(trainer, loader, torch.from_numpy(clips.labels[mine]), cfg)
-
-
-def _epoch_entry(trainer: Trainer, totals: EpochTotals, held_out: tuple[float, int, int]) -> dict[str, Any]:
-    """Train and held-out loss/accuracy of one epoch, summed over all processes."""
-    loss, correct, seen, v_loss, v_correct, v_n = trainer.procs.sum(
-        [totals.loss_sum, totals.correct, totals.seen, *held_out]
-    )
-    return {
-        "epoch": totals.epoch + 1,
-        "train_loss": loss / max(seen, 1),
-        "train_accuracy": correct / max(seen, 1),
-        "val_loss": v_loss / v_n if v_n else None,
-        "val_accuracy": v_correct / v_n if v_n else None,
-        "seconds": round(totals.seconds, 3),
-        "clips_per_second": round(seen / max(totals.seconds, 1e-9), 3),
-    }
-
-
-def _save_epoch(
-    trainer: Trainer,
-    out_dir: Path,
-    key: dict[str, Any],
-    history: list[dict[str, Any]],
-    cfg: FinetuneConfig,
-    epoch: int,
-) -> None:
-    """The resume state after ``epoch`` (main process), unless a weight went non-finite."""
-    if not trainable_weights_finite(trainer.model):
-        raise _diverged(f"a weight became NaN or Inf during epoch {epoch + 1}", epoch, out_dir)
-    if trainer.procs.is_main:
-        scaler = trainer.scaler.state_dict() if trainer.scaler is not None else None
-        save_state(
-            out_dir,
-            trainer.model,
-            trainer.optimizer,
-            {
-                "epochs_done": epoch + 1,
-                **key,  # the resume key and its inputs
-                "history": history,
-                "seed": cfg.seed,
-                "scaler": scaler,
-                "rng": "augmentation and dropout generators seeded from (seed, epoch, process) at every epoch start",
-            },
-        )
-    trainer.procs.wait()
-
-
-def _versions() -> dict[str, str]:
-    return {
-        "asdcli": __version__,
-        "torch": torch.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _model_record(cfg: FinetuneConfig, trainer: Trainer) -> dict[str, Any]:
-    head = trainer.model.head
-    backbone = (
-        {
-            "kind": "full",
-            "layer_decay": cfg.layer_decay,
-            "backbone_mode": "every weight trained, eval mode (dropout and layerdrop off)",
-        }
-        if cfg.full_finetune
-        else {
-            "kind": "lora",
-            "lora": {
-                "rank": cfg.lora_rank,
-                "alpha": cfg.lora_alpha,
-                "dropout": cfg.lora_dropout,
-                "targets": list(LORA_TARGETS),
-            },
-            "backbone_mode": "frozen, eval mode (dropout and layerdrop off); LoRA dropout on",
-        }
-    )
-    return {
-        "backbone_dim": head.in_dim,
-        "hidden_dim": head.hidden_dim,
-        "embedding_dim": head.embedding_dim,
-        **backbone,
-        "aam": {"margin": cfg.margin, "scale": cfg.scale, "subcentres": cfg.subcentres},
-        "trainable_parameters": count_parameters(trainer.model, trainable_only=True),
-        "default_embedding": "head",
-    }
-
-
-def _run_record(
-    cfg: FinetuneConfig,
-    clips: LabelledClips,
-    data: TrainingData,
-    loaded: Any,
-    trainer: Trainer,
-    history: list[dict[str, Any]],
-) -> dict[str, Any]:
-    n = len(clips.classes)
-    return {
-        "schema_version": RUN_SCHEMA,
-        "kind": RUN_KIND,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": cfg.to_dict(),
-        "checkpoint": {"path": str(loaded.path), "sha256": loaded.sha256, "cfg": loaded.cfg},
-        "labels": {
-            "mode": cfg.labels,
-            "classes": clips.classes,
-            "train_counts": np.bincount(clips.labels[clips.train], minlength=n).tolist(),
-            "val_counts": np.bincount(clips.labels[clips.val], minlength=n).tolist(),
-        },
-        "data": {
-            "n_train": len(clips.train),
-            "n_val": len(clips.val),
-            "n_noise": len(data.noise),
-            "n_clean": data.n_clean,
-            "machines": sorted({c.machine for c in clips.clips}),
-            "roots": [dict(r) for r in data.roots],
-        },
-        "model": _model_record(cfg, trainer),
-        "optimizer": {
-            "name": "Adam",
-            "lr": cfg.lr,
-            "schedule": "linear warm-up then cosine to 0",
-            "warmup_fraction": cfg.warmup_fraction,
-        },
-        "seed": cfg.seed,
-        "world_size": trainer.procs.world,
-        "versions": _versions(),
-        "history": history,
-    }
-
-
-def _format_entry(e: dict[str, Any], epochs: int) -> str:
-    val = f", held-out loss {e['val_loss']:.3f} acc {e['val_accuracy']:.1%}" if e["val_loss"] is not None else ""
-    return (
-        f"epoch {e['epoch']}/{epochs}: loss {e['train_loss']:.3f} acc {e['train_accuracy']:.1%}{val} "
-        f"({e['clips_per_second']:.1f} clips/s)"
-    )
