@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -402,3 +405,39 @@ def test_fine_tuning_options_are_declared_once_from_the_config_fields() -> None:
             assert params[f.name].opts == [option_flag(f.name)] and params[f.name].default == f.default, f.name
         assert params["alias__num_workers"].hidden and params["alias__num_workers"].opts == ["--num-workers"]
     assert option_flag("num_workers") == "--workers" and option_flag("lora_alpha") == "--lora-alpha"
+
+
+_WRITE_HEAD = """
+import sys, torch
+from torch import nn
+from asdcli.finetune.head import CosineClassifier, EmbeddingHead
+from asdcli.finetune.run_dir import write_run_artifacts
+torch.manual_seed(0)
+write_run_artifacts(sys.argv[1], nn.Linear(4, 4), EmbeddingHead(4, 6, 3), CosineClassifier(3, 5, 2),
+                    {"schema_version": 1, "kind": "asdcli-finetune-run"})
+"""
+
+
+def test_the_same_run_written_by_two_processes_has_the_same_adapter_id(tmp_path: Path) -> None:
+    """safetensors orders several metadata keys differently in each process: the head's fields
+    are one key, so identical runs get identical files and adapter ids (reproducible from a seed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    runs = [tmp_path / f"run{i}" for i in range(3)]
+    for run in runs:
+        subprocess.run([sys.executable, "-c", _WRITE_HEAD, str(run)], check=True, env=env, timeout=120)
+    heads = {(run / "head.safetensors").read_bytes() for run in runs}
+    assert len(heads) == 1
+    assert len({read_run(run)["adapter_id"] for run in runs}) == 1
+
+
+def test_a_head_written_with_one_metadata_key_per_field_still_loads(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from asdcli.finetune.run_dir import load_head
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", _WRITE_HEAD, str(tmp_path)], check=True, env=env, timeout=120)
+    old = {"in_dim": "4", "hidden_dim": "6", "embedding_dim": "3", "n_classes": "5", "subcentres": "2"}
+    save_file(load_file(tmp_path / "head.safetensors"), tmp_path / "head.safetensors", metadata=old)
+    head, classifier = load_head(tmp_path, in_dim=4)
+    assert (head.in_dim, head.hidden_dim, head.embedding_dim) == (4, 6, 3) and classifier.shape == (10, 3)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ RUN_KIND = "asdcli-finetune-run"
 EMBEDDING_KINDS = ("head", "pooled")
 DEFAULT_EMBEDDING = "head"
 HEAD_FILE = "head.safetensors"
+HEAD_META_KEY = "head"
 RUN_FILE = "run.json"
 ADAPTER_DIR = "adapter"
 BACKBONE_FILE = "backbone.safetensors"
@@ -86,7 +88,10 @@ def write_run_artifacts(
         "n_classes": str(classifier.n_classes),
         "subcentres": str(classifier.subcentres),
     }
-    write_bytes_atomic(run_dir / HEAD_FILE, save(head_tensors(head, classifier), metadata=meta))
+    # One metadata key: safetensors writes several in a random order per process, which would give
+    # the same fine-tuning run another adapter_id each time.
+    head_meta = {HEAD_META_KEY: json.dumps(meta, sort_keys=True)}
+    write_bytes_atomic(run_dir / HEAD_FILE, save(head_tensors(head, classifier), metadata=head_meta))
     write_json_atomic(run_dir / RUN_FILE, {**record, "adapter_id": adapter_id(run_dir)})
 
 
@@ -180,11 +185,13 @@ def load_head(run_dir: Path, in_dim: int | None = None) -> tuple[EmbeddingHead, 
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+        if HEAD_META_KEY in meta:  # else a head written before the key, its fields one key each
+            meta = json.loads(meta[HEAD_META_KEY])
         head = EmbeddingHead(int(meta["in_dim"]), int(meta["hidden_dim"]), int(meta["embedding_dim"]))
         check_weights(tensors, path)
         classifier = tensors.pop("classifier.weight")
         head.load_state_dict(tensors, strict=True)
-    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"Head file {path} is corrupt or incomplete ({e}). Re-run `asd finetune`.") from e
     if in_dim is not None and head.in_dim != in_dim:
         raise ArtifactMismatch(
