@@ -29,6 +29,19 @@ def exit_code_of(exc: SystemExit) -> int:
     return 1
 
 
+def _join_threads() -> None:
+    """What the interpreter's exit does first: run the threading exit hooks (they wake the idle
+    workers of a ThreadPoolExecutor still alive, which would otherwise wait for work forever),
+    then join every non-daemon thread."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if callable(shutdown):
+        shutdown()
+        return
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+
+
 def exit_without_teardown(code: int) -> None:
     """Flush, run the atexit handlers and end the process with ``code``, skipping the teardown.
 
@@ -38,9 +51,7 @@ def exit_without_teardown(code: int) -> None:
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         sys.exit(code)
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    _join_threads()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
