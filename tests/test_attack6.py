@@ -9,7 +9,9 @@ random BEATs, 1 s clips.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +22,11 @@ from cli_checks import asd as _asd
 from cli_checks import assert_error as _assert_error
 from cli_checks import assert_ok as _assert_ok
 
+from conftest import TINY_SYNTH
+
 from asdcli.artifacts import sha256_file
 from asdcli.frontend.beats.checkpoint import load_beats, make_tiny_checkpoint
+from asdcli.synth.sounds import make_dataset
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -93,3 +98,38 @@ def test_the_fast_exit_does_not_hang_on_an_idle_thread_pool() -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("exit_without_teardown hung joining an idle ThreadPoolExecutor worker")
     assert proc.returncode == 5 and proc.stdout.strip() == "42"
+
+
+# ------------------------------------------------------------------------- artifacts that do not belong together
+
+
+@pytest.fixture(scope="module")
+def fan_bank(synth_root: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Fan train embeddings and their bank, and the fan train embeddings of a second synthetic
+    dataset (seed 1) whose clips have the same names but other audio."""
+    folder = tmp_path_factory.mktemp("attack6-fan")
+    other = folder / "other-data"
+    make_dataset(other, dataclasses.replace(TINY_SYNTH, seed=1, machines=("fan",)))
+    for name, root in (("train", synth_root), ("other", other)):
+        _assert_ok(_asd("embed", root / "fan" / "train", "--out", folder / f"{name}.npz",
+                        "--checkpoint", tiny_checkpoint, "--seconds", 1, "--device", "cpu"))  # fmt: skip
+    _assert_ok(_asd("fit-bank", folder / "train.npz", "--out", folder / "bank.npz"))
+    third = folder / "third-data"  # the new condition's clips: audio of neither dataset
+    make_dataset(third, dataclasses.replace(TINY_SYNTH, seed=2, machines=("fan",)))
+    new = folder / "new"
+    new.mkdir()
+    for clip in sorted((third / "fan" / "train").glob("*_target_*.wav"))[:2]:
+        shutil.copy(clip, new / clip.name.replace("_normal_", "_normal_9"))
+    return {"train": folder / "train.npz", "other": folder / "other.npz", "bank": folder / "bank.npz", "new": new}
+
+
+def test_enrol_restandardize_refuses_train_embeddings_of_other_audio(fan_bank: dict[str, Path], tmp_path: Path) -> None:
+    """`asd enrol --restandardize --train T`: DCASE names repeat across years and datasets, so T
+    holding the bank's clip names is not enough; its vectors must be the ones the bank was fitted
+    on, else the new bank is silently made of other clips."""
+    out = tmp_path / "enrolled.npz"
+    args = ("enrol", fan_bank["bank"], fan_bank["new"], "--domain", "target", "--out", out, "--restandardize")
+    _assert_error(_asd(*args, "--train", fan_bank["other"]), str(fan_bank["other"]))
+    assert not out.exists()
+    _assert_ok(_asd(*args, "--train", fan_bank["train"]))
+    assert out.is_file()
