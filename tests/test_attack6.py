@@ -80,6 +80,24 @@ def test_full_finetune_never_modifies_the_checkpoint_file(synth_root: Path, tmp_
     assert load_beats(path).sha256 == digest
 
 
+
+@pytest.mark.parametrize("kind", ["sparse", "meta"])
+def test_a_checkpoint_with_a_sparse_or_meta_tensor_is_one_error_line(kind: str, synth_root: Path, tmp_path: Path) -> None:
+    """A converted or pruned checkpoint may hold a sparse tensor, or a meta one (no values: saved
+    from a model never materialized): one `Error:` line naming the file and the key, not a
+    NotImplementedError traceback from the finite check."""
+    path = make_tiny_checkpoint(tmp_path / "ckpt.pt", seed=0)
+    raw = torch.load(path, weights_only=True)
+    key = next(k for k, v in raw["model"].items() if v.dim() == 2)
+    value = raw["model"][key]
+    raw["model"][key] = value.to_sparse() if kind == "sparse" else torch.empty_like(value, device="meta")
+    bad = tmp_path / f"{kind}.pt"
+    torch.save(raw, bad)
+    out = tmp_path / "emb.npz"
+    _assert_error(_asd("embed", synth_root / "fan" / "test", "--checkpoint", bad, "--out", out), str(bad), key)
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------- the fast process exit
 
 

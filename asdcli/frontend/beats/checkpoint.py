@@ -94,6 +94,9 @@ def _state_dict_for(model: BEATs, state: Mapping[str, Any], path: Path) -> dict[
         if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape:
             got = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
             raise ArtifactError(f"{path}: {k} has shape {got}, expected {tuple(v.shape)}.")
+        if state[k].layout != torch.strided or state[k].is_meta:  # no plain values to check and copy
+            what = "a meta tensor (no values)" if state[k].is_meta else f"a {state[k].layout} tensor"
+            raise ArtifactError(f"{path}: {k} is {what}, not a dense one; save the checkpoint with dense weights.")
         if v.is_floating_point() and not state[k].is_floating_point():  # load_state_dict would cast it silently
             raise ArtifactError(f"{path}: {k} holds {state[k].dtype} values, not floating point; {_OFFICIAL}.")
         if v.is_floating_point() and not _all_finite(state[k]):
