@@ -151,3 +151,16 @@ def test_enrol_restandardize_refuses_train_embeddings_of_other_audio(fan_bank: d
     assert not out.exists()
     _assert_ok(_asd(*args, "--train", fan_bank["train"]))
     assert out.is_file()
+
+
+def test_enrol_restandardize_of_a_windowed_bank_matches_each_window(
+    fan_bank: dict[str, Path], synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A bank made from `asd embed --window` repeats each recording's name once per window: the
+    check of --train must pair the windows in order, not refuse the very embeddings of the bank."""
+    train, bank, out = tmp_path / "windows.npz", tmp_path / "bank.npz", tmp_path / "enrolled.npz"
+    _assert_ok(_asd("embed", synth_root / "fan" / "train", "--checkpoint", tiny_checkpoint, "--seconds", 1,
+                    "--window", 0.5, "--device", "cpu", "--out", train))  # fmt: skip
+    _assert_ok(_asd("fit-bank", train, "--out", bank))
+    _assert_ok(_asd("enrol", bank, fan_bank["new"], "--domain", "target", "--out", out, "--restandardize",
+                    "--train", train))  # fmt: skip

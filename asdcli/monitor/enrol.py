@@ -108,12 +108,22 @@ def _refit(bank: Bank, vectors: np.ndarray, domain: np.ndarray, filenames: np.nd
     )
 
 
+def _occurrences(names: np.ndarray) -> list[tuple[str, int]]:
+    """(name, how many times it came before) of each name: the rows of one recording's windows apart."""
+    seen: dict[str, int] = {}
+    keys = []
+    for name in map(str, names):
+        keys.append((name, seen.get(name, 0)))
+        seen[name] = keys[-1][1] + 1
+    return keys
+
+
 def _check_same_vectors(bank: Bank, rows: Embeddings, train_what: str) -> None:
     """ArtifactMismatch unless ``rows`` standardized with the bank's mean/std give the bank's own
     vectors: DCASE clip names repeat across years and datasets, so the names alone do not show
     that these are the embeddings the bank was fitted on."""
-    index = {str(name): i for i, name in enumerate(rows.filenames)}
-    shared = [(i, index[str(name)]) for i, name in enumerate(bank.filenames) if str(name) in index]
+    index = dict(zip(_occurrences(rows.filenames), range(len(rows))))  # a windowed bank repeats each name
+    shared = [(i, index[key]) for i, key in enumerate(_occurrences(bank.filenames)) if key in index]
     if not shared:
         return
     mine, theirs = (np.array(ix) for ix in zip(*shared))
