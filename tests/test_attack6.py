@@ -10,6 +10,7 @@ random BEATs, 1 s clips.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import subprocess
@@ -164,3 +165,36 @@ def test_enrol_restandardize_of_a_windowed_bank_matches_each_window(
     _assert_ok(_asd("fit-bank", train, "--out", bank))
     _assert_ok(_asd("enrol", bank, fan_bank["new"], "--domain", "target", "--out", out, "--restandardize",
                     "--train", train))  # fmt: skip
+
+
+# ------------------------------------------------------------------------- a full disk
+
+
+@pytest.mark.parametrize("failure", ["enospc", "short"])
+def test_watch_log_on_a_full_disk_is_one_error_line(
+    failure: str, fan_bank: dict[str, Path], synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk of the watch log fills up: the append fails (ENOSPC) or writes part of the row.
+    One `Error:` line naming the log, not a traceback; no torn row followed by more rows; the lock
+    released and no temp file left."""
+    watched, logs = tmp_path / "incoming", tmp_path / "logs"
+    watched.mkdir()
+    logs.mkdir()
+    for clip in sorted((synth_root / "fan" / "test").glob("*.wav"))[:3]:
+        shutil.copy(clip, watched / clip.name)
+    log = logs / "watch.csv"
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if not log.exists() or os.fstat(fd).st_ino != log.stat().st_ino or log.stat().st_size == 0:
+            return real_write(fd, data)  # not the log, or its header
+        if failure == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(os, "write", full_disk)
+    result = _asd("watch", watched, "--bank", fan_bank["bank"], "--log", log, "--once")
+    monkeypatch.undo()
+    _assert_error(result, str(log))
+    assert sorted(p.name for p in logs.iterdir()) == ["watch.csv"]
+    assert log.read_text().count("\n") <= 2  # the header, and at most one torn row: never a row after it
