@@ -198,3 +198,25 @@ def test_watch_log_on_a_full_disk_is_one_error_line(
     _assert_error(result, str(log))
     assert sorted(p.name for p in logs.iterdir()) == ["watch.csv"]
     assert log.read_text().count("\n") <= 2  # the header, and at most one torn row: never a row after it
+
+
+def test_a_lock_that_cannot_be_written_leaves_no_temp_file(
+    fan_bank: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock file is written beside its place first; when the disk is full that write fails after
+    the file was created: the error is one line and the empty temp file does not stay behind."""
+    watched = tmp_path / "incoming"
+    watched.mkdir()
+    real_write_text = Path.write_text
+
+    def full_disk(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        if ".lock." in self.name:
+            self.touch()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_text(self, data, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    result = _asd("watch", watched, "--bank", fan_bank["bank"], "--once")
+    monkeypatch.undo()
+    _assert_error(result, "No space left")
+    assert list(watched.iterdir()) == []
