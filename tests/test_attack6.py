@@ -220,3 +220,24 @@ def test_a_lock_that_cannot_be_written_leaves_no_temp_file(
     monkeypatch.undo()
     _assert_error(result, "No space left")
     assert list(watched.iterdir()) == []
+
+
+def test_finetune_adapter_save_on_a_full_disk_is_one_error_line(
+    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """peft writes the adapter itself (into a temp folder beside adapter/): on a full disk its
+    safetensors error must be one `Error:` line naming the run folder, with no temp folder left."""
+    from safetensors import SafetensorError
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("peft.peft_model.safe_save_file", full_disk)
+    out = tmp_path / "ft"
+    result = _asd("finetune", synth_root, "--checkpoint", tiny_checkpoint, "--epochs", 1, "--seconds", 1,
+                  "--lora-rank", 2, "--device", "cpu", "--out", out)  # fmt: skip
+    monkeypatch.undo()
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    last = result.stderr.strip().splitlines()[-1]  # after the per-epoch lines
+    assert last.startswith("Error: ") and str(out) in last and "No space left" in last, last
+    assert not list(out.glob(".adapter.*"))
