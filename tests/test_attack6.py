@@ -241,3 +241,30 @@ def test_finetune_adapter_save_on_a_full_disk_is_one_error_line(
     last = result.stderr.strip().splitlines()[-1]  # after the per-epoch lines
     assert last.startswith("Error: ") and str(out) in last and "No space left" in last, last
     assert not list(out.glob(".adapter.*"))
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_export_on_a_full_disk_is_one_error_line(
+    int8: bool, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`asd export` saves the model (and its int8 copy) into a temp folder beside --out: a full
+    disk there is one `Error:` line naming --out, and nothing is left beside it."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    real_save = onnx.save_model
+    calls = []
+
+    def full_disk(proto: object, path: str, *args: object, **kwargs: object) -> None:
+        calls.append(path)
+        if len(calls) == (2 if int8 else 1):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(proto, path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnx, "save_model", full_disk)
+    out = tmp_path / "out" / "model.onnx"
+    result = _asd("export", "--checkpoint", tiny_checkpoint, "--seconds", 1, "--out", out, *(["--int8"] if int8 else []))
+    monkeypatch.undo()
+    _assert_error(result, str(out), "No space left")
+    assert list(out.parent.iterdir()) == []
