@@ -167,6 +167,28 @@ def test_enrol_restandardize_of_a_windowed_bank_matches_each_window(
                     "--train", train))  # fmt: skip
 
 
+
+@pytest.mark.parametrize("where", ["split sub-folder", "machine folder"])
+def test_clips_the_layout_does_not_read_are_an_error_not_dropped(
+    where: str, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`test/normal/*.wav` (a layout of other datasets) or a clip left beside `train/` and `test/`
+    was skipped without a word: the machine's outputs silently lacked those clips."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "fan", data / "fan")
+    clip = sorted((data / "fan" / "test").glob("*.wav"))[0]
+    moved = data / "fan" / "test" / "normal" / clip.name if where == "split sub-folder" else data / "fan" / clip.name
+    moved.parent.mkdir(exist_ok=True)
+    clip.rename(moved)
+    out = tmp_path / "emb.npz"
+    for given in (data, data / "fan", data / "fan" / "test"):
+        if where == "machine folder" and given.name == "test":
+            continue  # a clip beside the split folders is outside test/
+        _assert_error(_asd("embed", given, "--checkpoint", tiny_checkpoint, "--seconds", 1, "--out", out),
+                      str(moved.parent), clip.name)  # fmt: skip
+        assert not out.exists()
+
+
 # ------------------------------------------------------------------------- a full disk
 
 
