@@ -22,7 +22,6 @@ import torch
 from cli_checks import asd as _asd
 from cli_checks import assert_error as _assert_error
 from cli_checks import assert_ok as _assert_ok
-
 from conftest import TINY_SYNTH
 
 from asdcli.artifacts import sha256_file
@@ -81,9 +80,10 @@ def test_full_finetune_never_modifies_the_checkpoint_file(synth_root: Path, tmp_
     assert load_beats(path).sha256 == digest
 
 
-
 @pytest.mark.parametrize("kind", ["sparse", "meta"])
-def test_a_checkpoint_with_a_sparse_or_meta_tensor_is_one_error_line(kind: str, synth_root: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_with_a_sparse_or_meta_tensor_is_one_error_line(
+    kind: str, synth_root: Path, tmp_path: Path
+) -> None:
     """A converted or pruned checkpoint may hold a sparse tensor, or a meta one (no values: saved
     from a model never materialized): one `Error:` line naming the file and the key, not a
     NotImplementedError traceback from the finite check."""
@@ -165,7 +165,6 @@ def test_enrol_restandardize_of_a_windowed_bank_matches_each_window(
     _assert_ok(_asd("fit-bank", train, "--out", bank))
     _assert_ok(_asd("enrol", bank, fan_bank["new"], "--domain", "target", "--out", out, "--restandardize",
                     "--train", train))  # fmt: skip
-
 
 
 @pytest.mark.parametrize("where", ["split sub-folder", "machine folder"])
@@ -286,7 +285,9 @@ def test_export_on_a_full_disk_is_one_error_line(
 
     monkeypatch.setattr(onnx, "save_model", full_disk)
     out = tmp_path / "out" / "model.onnx"
-    result = _asd("export", "--checkpoint", tiny_checkpoint, "--seconds", 1, "--out", out, *(["--int8"] if int8 else []))
+    result = _asd(
+        "export", "--checkpoint", tiny_checkpoint, "--seconds", 1, "--out", out, *(["--int8"] if int8 else [])
+    )
     monkeypatch.undo()
     _assert_error(result, str(out), "No space left")
     assert list(out.parent.iterdir()) == []

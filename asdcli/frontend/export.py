@@ -210,7 +210,9 @@ def export_onnx(module: nn.Module, meta: Mapping[str, Any], out: Path, int8: boo
                 _quantize_int8(path, Path(tmp) / "model.int8.onnx")
                 path = Path(tmp) / "model.int8.onnx"
         except OSError as e:  # a full disk, beside --out
-            raise AsdError(f"Cannot write {out}: {e.strerror or e}. Free disk space or choose another output path.") from e
+            raise AsdError(
+                f"Cannot write {out}: {e.strerror or e}. Free disk space or choose another output path."
+            ) from e
         diff, cosine, clips = verify_onnx(_session(ort, path), module, seconds)
         if (not int8 and diff > FP32_TOLERANCE) or (int8 and cosine < INT8_MIN_COSINE):
             raise ArtifactError(
