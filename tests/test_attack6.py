@@ -119,6 +119,21 @@ def test_the_fast_exit_does_not_hang_on_an_idle_thread_pool() -> None:
     assert proc.returncode == 5 and proc.stdout.strip() == "42"
 
 
+def test_a_closed_stdout_is_not_a_traceback(fan_bank: dict[str, Path], synth_root: Path, tmp_path: Path) -> None:
+    """`asd ... >&-` (stdout closed, as some daemons and cron setups start commands): Python then
+    has no sys.stdout; the command must run (its data going nowhere, as print's would), not end in
+    an AttributeError traceback. Checked for --version and a report table."""
+    scores = _asd("score", "--bank", fan_bank["bank"], synth_root / "fan" / "test")
+    _assert_ok(scores)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "anomaly_score_fan_section_00_test.csv").write_text(scores.stdout)
+    for args in (["--version"], ["report", str(sub), "--data", str(synth_root), "--format", "csv"]):
+        proc = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', sys.executable, "-m", "asdcli", *args],
+                              capture_output=False, stderr=subprocess.PIPE, text=True, env=ENV, timeout=120)  # fmt: skip
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr[-2000:])
+
+
 # ------------------------------------------------------------------------- artifacts that do not belong together
 
 
