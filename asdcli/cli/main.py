@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from asdcli import __version__
-from asdcli.cli.process_exit import exit_code_of, exit_without_teardown
+from asdcli.cli.process_exit import exit_code_of, exit_without_teardown, reopen_closed_std_streams
 from asdcli.cli.usage import AsdCommand, AsdGroup
 from asdcli.console import stderr_console
 from asdcli.errors import AsdError
@@ -106,6 +106,7 @@ _register()
 def main() -> None:
     """The `asd` entry point: runs the app, then ends the process without the interpreter's
     teardown (see process_exit)."""
+    reopen_closed_std_streams()
     try:
         app(prog_name="asd")
     except SystemExit as e:

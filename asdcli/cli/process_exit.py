@@ -29,6 +29,33 @@ def exit_code_of(exc: SystemExit) -> int:
     return 1
 
 
+def reopen_closed_std_streams() -> None:
+    """A command started with stdout or stderr closed (`asd ... >&-`, some daemons): Python sets
+    ``sys.stdout`` to None, which Click and Rich write to and fail. Give the descriptor the null
+    device instead: the output goes nowhere, as ``print`` would send it, and no file asdcli opens
+    later gets descriptor 1 or 2 (a child process would write into it)."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, "w", encoding="utf-8", errors="surrogateescape", closefd=False))
+
+
+def _join_threads() -> None:
+    """What the interpreter's exit does first: run the threading exit hooks (they wake the idle
+    workers of a ThreadPoolExecutor still alive, which would otherwise wait for work forever),
+    then join every non-daemon thread."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if callable(shutdown):
+        shutdown()
+        return
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+
+
 def exit_without_teardown(code: int) -> None:
     """Flush, run the atexit handlers and end the process with ``code``, skipping the teardown.
 
@@ -38,9 +65,7 @@ def exit_without_teardown(code: int) -> None:
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         sys.exit(code)
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    _join_threads()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -215,12 +215,45 @@ def _has_split_dir(folder: Path) -> bool:
     return any((folder / s).is_dir() for s in SPLITS)
 
 
+def _refuse_unread_audio(folder: Path, where: str) -> None:
+    """DataError when audio files lie where the DCASE layout reads none: in a sub-folder of a
+    split folder (``test/normal/*.wav``) or, ``where == "machine"``, directly in a machine folder
+    beside its split folders. They would silently go missing from every output."""
+    try:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return  # listing the split folder itself reports it
+    if where == "machine":
+        loose = [p for p in entries if _is_audio(p) and p.is_file()]
+        if loose:
+            raise DataError(
+                f"{folder} holds {len(loose)} audio file(s) beside its {'/'.join(SPLITS)} folders (e.g. {loose[0].name}), "
+                "which asdcli does not read; move them into the split folder they belong to, or out of the dataset."
+            )
+        return
+    for sub in (p for p in entries if p.is_dir()):
+        nested = next((Path(d) / f for d, _, files in os.walk(sub) for f in sorted(files) if _is_audio(Path(f))), None)
+        if nested is not None:
+            raise DataError(
+                f"{sub} holds audio files (e.g. {nested.name}) in a sub-folder of {folder}, which asdcli does not "
+                f"read (a split keeps its clips directly in it); move them into {folder}, or out of the dataset."
+            )
+
+
+def _split_files(split_dir: Path) -> list[Path]:
+    """The clips of a split folder; audio in its sub-folders is a DataError (see _refuse_unread_audio)."""
+    files = _audio_files(split_dir)
+    _refuse_unread_audio(split_dir, "split")
+    return files
+
+
 def _machine_clips(machine_dir: Path) -> list[Clip]:
+    _refuse_unread_audio(machine_dir, "machine")
     clips = []
     for split in SPLITS:
         split_dir = machine_dir / split
         if split_dir.is_dir():
-            clips += [make_clip(p, machine_dir.name, split) for p in _audio_files(split_dir)]
+            clips += [make_clip(p, machine_dir.name, split) for p in _split_files(split_dir)]
     return clips
 
 
@@ -259,7 +292,7 @@ def _clips_in(path: Path) -> list[Clip]:
         split = path.parent.name if path.parent.name in SPLITS else ""
         return [make_clip(path, layout_machine(path), split)]
     if path.name in SPLITS and not _has_split_dir(path):
-        return [make_clip(p, path.parent.name, path.name) for p in _audio_files(path)]
+        return [make_clip(p, path.parent.name, path.name) for p in _split_files(path)]
     if _has_split_dir(path):
         return _machine_clips(path)
     clips = [c for m in _find_machine_dirs(path) for c in _machine_clips(m)]

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from asdcli.artifacts import read_json, write_bytes_atomic
-from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
+from asdcli.errors import ArtifactError, ArtifactNotFound, AsdError, ConfigError
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -93,10 +93,19 @@ def set_backbone_mode(model: nn.Module, backbone_train: bool) -> None:
 def save_adapter(model: PeftModel, adapter_dir: Path) -> None:
     """Write the adapter in peft format to ``adapter_dir``; each file is replaced atomically."""
     adapter_dir = Path(adapter_dir)
-    adapter_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=adapter_dir.parent))
     try:
-        model.save_pretrained(str(tmp))
+        adapter_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=adapter_dir.parent))
+    except OSError as e:
+        raise AsdError(f"Cannot write in {adapter_dir.parent}: {e.strerror or e}. Choose another output path.") from e
+    try:
+        try:
+            model.save_pretrained(str(tmp))
+        except (OSError, SafetensorError) as e:  # peft writes the files itself: a full disk lands here
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise AsdError(
+                f"Cannot write the adapter into {adapter_dir.parent}: {reason}. Free disk space or choose another output path."
+            ) from e
         for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
             write_bytes_atomic(adapter_dir / name, (tmp / name).read_bytes())
     finally:

@@ -204,10 +204,15 @@ def export_onnx(module: nn.Module, meta: Mapping[str, Any], out: Path, int8: boo
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(full_meta, sort_keys=True)})
     with tempfile.TemporaryDirectory(dir=parent, prefix=temp_dir_prefix(out.name)) as tmp:
         path = Path(tmp) / "model.onnx"
-        onnx.save_model(proto, str(path))
-        if int8:
-            _quantize_int8(path, Path(tmp) / "model.int8.onnx")
-            path = Path(tmp) / "model.int8.onnx"
+        try:
+            onnx.save_model(proto, str(path))
+            if int8:
+                _quantize_int8(path, Path(tmp) / "model.int8.onnx")
+                path = Path(tmp) / "model.int8.onnx"
+        except OSError as e:  # a full disk, beside --out
+            raise AsdError(
+                f"Cannot write {out}: {e.strerror or e}. Free disk space or choose another output path."
+            ) from e
         diff, cosine, clips = verify_onnx(_session(ort, path), module, seconds)
         if (not int8 and diff > FP32_TOLERANCE) or (int8 and cosine < INT8_MIN_COSINE):
             raise ArtifactError(

@@ -24,6 +24,8 @@ from asdcli.backend.score import check_compatible
 from asdcli.data.dataset import DOMAINS, discover_clips
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError
 
+SAME_VECTOR_ATOL = 1e-4  # largest component difference of a bank vector recomputed from its raw embedding
+
 
 def _check_normal(emb: Embeddings, what: str) -> None:
     bad = emb.filenames[emb.label == "anomaly"]
@@ -106,6 +108,36 @@ def _refit(bank: Bank, vectors: np.ndarray, domain: np.ndarray, filenames: np.nd
     )
 
 
+def _occurrences(names: np.ndarray) -> list[tuple[str, int]]:
+    """(name, how many times it came before) of each name: the rows of one recording's windows apart."""
+    seen: dict[str, int] = {}
+    keys = []
+    for name in map(str, names):
+        keys.append((name, seen.get(name, 0)))
+        seen[name] = keys[-1][1] + 1
+    return keys
+
+
+def _check_same_vectors(bank: Bank, rows: Embeddings, train_what: str) -> None:
+    """ArtifactMismatch unless ``rows`` standardized with the bank's mean/std give the bank's own
+    vectors: DCASE clip names repeat across years and datasets, so the names alone do not show
+    that these are the embeddings the bank was fitted on."""
+    index = dict(zip(_occurrences(rows.filenames), range(len(rows))))  # a windowed bank repeats each name
+    shared = [(i, index[key]) for i, key in enumerate(_occurrences(bank.filenames)) if key in index]
+    if not shared:
+        return
+    mine, theirs = (np.array(ix) for ix in zip(*shared))
+    prepared = knn.prepare(rows.vectors[theirs], bank.mean, bank.std)
+    # unit vectors: float32 rounding moves a component by ~1e-7; another clip's vector by ~0.1 and more
+    differs = np.abs(prepared - bank.vectors[mine]).max(axis=1) > SAME_VECTOR_ATOL
+    if differs.any():
+        raise ArtifactMismatch(
+            f"{train_what} holds other vectors than the bank of {bank.name} for {int(differs.sum())} of its "
+            f"clips (e.g. {bank.filenames[mine[differs]][0]}): other audio under the same names, or another "
+            "dataset; pass the embeddings the bank was fitted on."
+        )
+
+
 def _restandardized(bank: Bank, new: Embeddings, domain: str, train: Embeddings, train_what: str) -> Bank:
     rows = train.select((train.split == "train") & (train.machine == bank.machine) & (train.section == bank.section))
     if len(rows) == 0:
@@ -118,6 +150,7 @@ def _restandardized(bank: Bank, new: Embeddings, domain: str, train: Embeddings,
             "pass the embeddings the bank was fitted on (and earlier enrolled clips)."
         )
     check_compatible(bank, rows, f"The bank of {bank.name}", train_what)
+    _check_same_vectors(bank, rows, train_what)
     old = rows.select(~np.isin(rows.filenames, new.filenames))
     vectors = np.concatenate([old.vectors, new.vectors])
     domains = np.concatenate([old.domain, np.full(len(new), domain)]).astype(str)

@@ -134,13 +134,23 @@ class ScoreLog:
         return {r["filename"] for r in self.rows}
 
     def _append(self, text: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        data = text.encode("utf-8", "surrogateescape")
         try:
-            os.write(fd, text.encode("utf-8", "surrogateescape"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                written = os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:  # a full disk: stop, rather than score files that are never logged
+            raise AsdError(f"Cannot append to the log {self.path}: {e.strerror or e}; free disk space or "
+                           "choose another --log file, then start asd watch again.") from e  # fmt: skip
+        if written != len(data):  # a row appended after this torn one would be mangled with it
+            raise AsdError(
+                f"Cannot append to the log {self.path}: {written} of {len(data)} bytes written (disk full?); "
+                "free disk space and start asd watch again (it fences off the torn row)."
+            )
 
     def append(self, filename: str, score: float, threshold: float, flags: np.ndarray) -> dict[str, str]:
         """Log a file: its score and the threshold, its decision (score above it) and its window

@@ -53,7 +53,8 @@ def _try_create(lock: Path, record: dict[str, Any]) -> bool:
     tmp = lock.with_name(shortened(lock.name, len(suffix)) + suffix)  # a long name still leaves room
     try:
         tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    except OSError as e:
+    except OSError as e:  # a full disk: the file was created, but not written
+        tmp.unlink(missing_ok=True)
         raise AsdError(f"Cannot write in {lock.parent}: {e.strerror or e}; choose a writable folder.") from e
     try:
         os.link(tmp, lock)

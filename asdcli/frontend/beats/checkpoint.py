@@ -64,7 +64,7 @@ def _read(path: Path) -> Mapping[str, Any]:
     if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch.save zip, or a legacy pickle
         raise ArtifactError(f"{path} is not a readable BEATs checkpoint (not a torch.save file); {_OFFICIAL}.")
     try:
-        # A zip file is mapped, not read: pages are read once, by the finite check, not copied.
+        # A zip file is mapped, not read: its pages are copied once, into the model's tensors.
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=magic == b"PK\x03\x04")
     except _LOAD_ERRORS as e:
         first = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
@@ -94,6 +94,9 @@ def _state_dict_for(model: BEATs, state: Mapping[str, Any], path: Path) -> dict[
         if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape:
             got = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
             raise ArtifactError(f"{path}: {k} has shape {got}, expected {tuple(v.shape)}.")
+        if state[k].layout != torch.strided or state[k].is_meta:  # no plain values to check and copy
+            what = "a meta tensor (no values)" if state[k].is_meta else f"a {state[k].layout} tensor"
+            raise ArtifactError(f"{path}: {k} is {what}, not a dense one; save the checkpoint with dense weights.")
         if v.is_floating_point() and not state[k].is_floating_point():  # load_state_dict would cast it silently
             raise ArtifactError(f"{path}: {k} holds {state[k].dtype} values, not floating point; {_OFFICIAL}.")
         if v.is_floating_point() and not _all_finite(state[k]):
@@ -101,8 +104,11 @@ def _state_dict_for(model: BEATs, state: Mapping[str, Any], path: Path) -> dict[
     tables = [v for k, v in state.items() if k.endswith(SHARED_TABLE)]
     if any(not torch.equal(t, tables[0]) for t in tables[1:]):
         raise ArtifactError(f"{path}: the relative position tables of the layers differ; BEATs shares one.")
-    # assign=True keeps a tensor's dtype, where copying into the model's would have cast it
-    return {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
+    # One private copy each, in the model's dtype: a mapped page still reads the file, so a file
+    # rewritten in place (cp, curl -o) would change the weights of a running command, and one
+    # truncated would kill it (SIGBUS). The copy also keeps two keys stored as one tensor apart.
+    return {k: v.to(dtype=expected[k].dtype, memory_format=torch.contiguous_format, copy=True)
+            for k, v in state.items()}  # fmt: skip
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -114,8 +120,8 @@ def _untrained(cfg: BeatsConfig, with_predictor: bool) -> BEATs:
     """The architecture without weights: a random init, which the checkpoint overwrites, costs
     about as much as reading the file. Built on the meta device; buffers get ``torch.empty``
     storage (``Module.to_empty`` would go through Python references that import sympy, most of a
-    second), parameters stay on meta until ``load_state_dict(assign=True)`` puts the
-    checkpoint's own tensors in their place."""
+    second), parameters stay on meta until ``load_state_dict(assign=True)`` puts the copies
+    that ``_state_dict_for`` made of the checkpoint's tensors in their place."""
     with torch.device("meta"):
         model = BEATs(cfg, with_predictor=with_predictor)
     for module in model.modules():  # each module once, so a shared one keeps being shared
