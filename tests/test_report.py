@@ -132,6 +132,24 @@ def test_ground_truth_out_cli_then_report_with_it(setup, tmp_path: Path) -> None
     assert json.loads(a.stdout) == json.loads(b.stdout)
 
 
+def test_ground_truth_out_never_overwrites_files_with_other_content(setup, tmp_path: Path) -> None:
+    """The official evaluator's own ground truth (or any other file) under the same name is kept:
+    a re-run into the same folder is fine, a file with other content is one error and nothing moves."""
+    data, _, _ = setup
+    gt = tmp_path / "gt"
+    args = ["report", "--ground-truth-out", str(gt), "--data", str(data)]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, args).exit_code == 0  # the same files again: nothing to change
+    theirs = sorted(gt.rglob("*.csv"))[0]
+    theirs.write_text("section_00_0000.wav,1\n")
+    before = {p: p.read_bytes() for p in gt.rglob("*.csv")}
+    (sorted(gt.rglob("*.csv"))[-1]).unlink()  # a missing file is not written either when one is refused
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and str(theirs) in res.output
+    assert "will not overwrite" in res.output
+    assert {p: p.read_bytes() for p in gt.rglob("*.csv")} == {p: b for p, b in before.items() if p.exists()}
+
+
 def test_anonymised_ground_truth_accepts_labelled_names_via_attributes(tmp_path: Path) -> None:
     gt = tmp_path / "gt"
     names = _names()

@@ -274,8 +274,23 @@ def write_ground_truth(truth: GroundTruth, out_dir: Path | str) -> list[Path]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir} is a file; --ground-truth-out needs a folder path.")
-    written = []
-    for rel, text in ground_truth_texts(truth).items():
-        write_text_atomic(out_dir / rel, text)
-        written.append(out_dir / rel)
-    return sorted(written)
+    texts = {out_dir / rel: text for rel, text in ground_truth_texts(truth).items()}
+    other = [path for path, text in texts.items() if path.exists() and not _holds(path, text)]
+    if other:
+        more = f" and {len(other) - 1} more" if len(other) > 1 else ""
+        raise DataError(
+            f"{other[0]}{more} already exist with other content, which asdcli did not write for this "
+            "data and will not overwrite; choose an empty --ground-truth-out folder or remove them."
+        )
+    for path, text in texts.items():
+        if not path.exists():
+            write_text_atomic(path, text)
+    return sorted(texts)
+
+
+def _holds(path: Path, text: str) -> bool:
+    """True when ``path`` is a file holding exactly ``text`` (a re-run writes nothing new)."""
+    try:
+        return path.is_file() and path.read_bytes() == text.encode("utf-8", errors="surrogateescape")
+    except OSError:
+        return False
