@@ -430,14 +430,24 @@ def test_error_extra_or_unknown_names(setup) -> None:
     assert "section_00_source_test_normal_0900_x_1.wav" in msg and "and 2 more" in msg
 
 
-@pytest.mark.parametrize("bad", ["abc", "nan", "inf", ""])
+@pytest.mark.parametrize("bad", ["abc", "nan", "inf", "", "1_000", "\u0661\u0662", "\uff11", "0x1p-3"])
 def test_error_non_numeric_scores(setup, bad: str) -> None:
+    """Also Python-only number forms (float() reads "1_000" and Arabic-Indic digits): the official
+    evaluator would not, and `asd package` would upload them as written."""
     data, sub, _ = setup
     lines = _fan_file(sub).read_text().splitlines(keepends=True)
     lines[4] = lines[4].split(",")[0] + f",{bad}\n"
     _fan_file(sub).write_text("".join(lines))
     msg = _error([str(sub), "--data", str(data)])
     assert "anomaly_score_fan_section_00_test.csv line 5" in msg and "not a finite number" in msg
+
+
+def test_plain_decimal_scores_in_every_form_are_read() -> None:
+    from asdcli.evaluate.score_rows import parse_rows
+
+    forms = ["0.5", "-.5", "+2.", "1e-3", "1.5E+02", " 7 ", "0"]
+    rows = parse_rows("".join(f"c{i}.wav,{v}\n" for i, v in enumerate(forms)), "scores")
+    assert [r.value for r in rows] == [float(v) for v in forms]
 
 
 def test_error_bad_decision(setup) -> None:

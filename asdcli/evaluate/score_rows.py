@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,15 +79,20 @@ def _json_rows(text: str, where: str, decisions: bool) -> list[Entry]:
     return entries
 
 
+# What the official evaluator (pandas) and a spreadsheet read as a number: ASCII digits, no
+# Python-only forms such as "1_000" or non-ASCII digits, which float() would accept.
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def _value(raw: str, at: str, decisions: bool) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
+    value = float(raw) if _NUMBER.fullmatch(raw) else math.nan
     if decisions and value not in (0.0, 1.0):
         raise DataError(f"{at}: a decision must be 0 or 1, got {raw!r}.")
     if not math.isfinite(value):
-        raise DataError(f"{at}: the score {raw!r} is not a finite number; every clip needs a numeric score.")
+        raise DataError(
+            f"{at}: the score {raw!r} is not a finite number in plain decimal digits (such as 0.25 or "
+            "1.5e-03); every clip needs a numeric score."
+        )
     return value
 
 
