@@ -229,7 +229,8 @@ def cache_dir() -> Path:
     return Path(base) / "asdcli"
 
 
-def _stat_key(path: Path) -> dict[str, Any]:
+def file_key(path: Path) -> dict[str, Any]:
+    """What identifies a file's version without reading it: real path, size, mtime_ns, inode, device."""
     st = path.stat()
     return {"path": os.fsdecode(os.path.realpath(path)), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "inode": st.st_ino, "device": st.st_dev}  # fmt: skip
@@ -243,7 +244,7 @@ def cached_sha256(path: str | Path) -> str:
     is ignored (the file is hashed).
     """
     path = Path(path)
-    key = _stat_key(path)
+    key = file_key(path)
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8", "surrogateescape")).hexdigest()[:32]
     entry = cache_dir() / "sha256" / f"{name}.json"
     with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
@@ -251,7 +252,7 @@ def cached_sha256(path: str | Path) -> str:
         if isinstance(stored, dict) and stored.get("key") == key and isinstance(stored.get("sha256"), str):
             return str(stored["sha256"])
     digest = sha256_file(path)
-    if _stat_key(path) == key:
+    if file_key(path) == key:
         with contextlib.suppress(OSError, AsdError):
             write_json_atomic(entry, {"key": key, "sha256": digest})
     return digest

@@ -26,7 +26,7 @@ from conftest import TINY_SYNTH
 
 from asdcli.artifacts import sha256_file
 from asdcli.frontend.beats.checkpoint import load_beats, make_tiny_checkpoint
-from asdcli.synth.sounds import make_dataset
+from asdcli.synth.dataset import make_dataset
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 

@@ -1037,7 +1037,11 @@ def _rewrite_safetensors(
     with safe_open(str(path), framework="pt") as f:
         old_meta = f.metadata()
     change(tensors)
-    save_file(tensors, str(path), metadata={**(old_meta or {}), **(meta or {})})
+    merged = dict(old_meta or {})
+    if meta and "head" in merged:  # a head's fields are one JSON key (run_dir.HEAD_META_KEY)
+        merged["head"] = json.dumps({**json.loads(merged["head"]), **meta}, sort_keys=True)
+        meta = None
+    save_file(tensors, str(path), metadata={**merged, **(meta or {})})
 
 
 def _first_nan(tensors: dict[str, torch.Tensor]) -> None:

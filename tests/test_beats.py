@@ -243,3 +243,32 @@ def test_resolve_checkpoint(tmp_path, monkeypatch, tiny):
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(ArtifactNotFound, match="BEATs_iter3.pt"):
         resolve_checkpoint(None)
+
+
+def test_a_checkpoint_replaced_while_loading_is_refused(tiny, monkeypatch, tmp_path):
+    """The SHA-256 recorded with the model must name the bytes its weights came from."""
+    import asdcli.frontend.beats.checkpoint as checkpoint
+
+    path, _ = tiny
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    save_official_checkpoint(other, BEATs(BeatsConfig.from_dict(tiny_beats_config())), tiny_beats_config())
+    real = checkpoint.cached_sha256
+
+    def replaced_then_hashed(p):
+        os.replace(other, path)  # another download lands between the read and the hash
+        return real(p)
+
+    monkeypatch.setattr(checkpoint, "cached_sha256", replaced_then_hashed)
+    with pytest.raises(ArtifactError, match="changed while it was being loaded"):
+        load_beats(path)
+
+
+def test_an_int8_checkpoint_is_named_as_not_floating_point(tiny, tmp_path):
+    path, _ = tiny
+    raw = torch.load(path, weights_only=True)
+    raw["model"] = {k: v.to(torch.int8) if v.is_floating_point() else v for k, v in raw["model"].items()}
+    small = tmp_path / "int8.pt"
+    torch.save(raw, small)
+    with pytest.raises(ArtifactError, match="not floating point"):
+        load_beats(small)

@@ -441,3 +441,23 @@ def test_a_head_written_with_one_metadata_key_per_field_still_loads(tmp_path: Pa
     save_file(load_file(tmp_path / "head.safetensors"), tmp_path / "head.safetensors", metadata=old)
     head, classifier = load_head(tmp_path, in_dim=4)
     assert (head.in_dim, head.hidden_dim, head.embedding_dim) == (4, 6, 3) and classifier.shape == (10, 3)
+
+
+def test_a_head_whose_fields_do_not_fit_its_tensors_is_a_one_line_error(tmp_path: Path) -> None:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from asdcli.errors import ArtifactError
+    from asdcli.finetune.run_dir import load_head
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", _WRITE_HEAD, str(tmp_path)], check=True, env=env, timeout=120)
+    path = tmp_path / "head.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        fields = json.loads(f.metadata()["head"])
+    save_file(load_file(path), path, metadata={"head": json.dumps({**fields, "hidden_dim": "7"})})
+    with pytest.raises(ArtifactError) as err:
+        load_head(tmp_path)
+    assert "\n" not in str(err.value) and "corrupt or incomplete" in str(err.value)

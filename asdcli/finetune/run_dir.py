@@ -192,7 +192,8 @@ def load_head(run_dir: Path, in_dim: int | None = None) -> tuple[EmbeddingHead, 
         classifier = tensors.pop("classifier.weight")
         head.load_state_dict(tensors, strict=True)
     except (SafetensorError, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ArtifactError(f"Head file {path} is corrupt or incomplete ({e}). Re-run `asd finetune`.") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")  # torch's are multi-line
+        raise ArtifactError(f"Head file {path} is corrupt or incomplete ({first}). Re-run `asd finetune`.") from e
     if in_dim is not None and head.in_dim != in_dim:
         raise ArtifactMismatch(
             f"Head file {path} takes {head.in_dim}-d backbone features, but the checkpoint's "

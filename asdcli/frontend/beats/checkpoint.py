@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from asdcli.artifacts import atomic_write, cached_sha256
+from asdcli.artifacts import atomic_write, cached_sha256, file_key
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
 from asdcli.frontend.beats.backbone import BEATs
 from asdcli.frontend.beats.config import BeatsConfig, tiny_beats_config
@@ -131,9 +131,10 @@ def _untrained(cfg: BeatsConfig, with_predictor: bool) -> BEATs:
 
 
 def _check_size_against_file(cfg: BeatsConfig, path: Path) -> None:
-    """Refuse, before building it, a cfg describing a model bigger than the file holds (at 2 bytes
-    per value, the smallest float type): its weights cannot be in the file."""
-    needed = 2 * cfg.min_parameters()
+    """Refuse, before building it, a cfg describing a model bigger than the file holds (at 1 byte
+    per value, the smallest type; a non-float one is refused later, by name): its weights cannot
+    be in the file."""
+    needed = cfg.min_parameters()
     size = path.stat().st_size
     if needed > size:
         raise ArtifactError(
@@ -151,6 +152,7 @@ def load_beats(path: str | Path, with_predictor: bool = False) -> LoadedBeats:
     Raises ArtifactNotFound / ArtifactError for a missing, corrupt or non-BEATs file.
     """
     path = Path(path)
+    version = file_key(path) if path.is_file() else None
     ckpt = _read(path)
     try:
         cfg = BeatsConfig.from_dict(ckpt["cfg"])
@@ -162,7 +164,10 @@ def load_beats(path: str | Path, with_predictor: bool = False) -> LoadedBeats:
     model = _untrained(cfg, with_predictor)
     model.load_state_dict(_state_dict_for(model, ckpt["model"], path), strict=True, assign=True)
     model.eval()
-    return LoadedBeats(model=model, cfg=dict(ckpt["cfg"]), sha256=cached_sha256(path), path=path)
+    sha256 = cached_sha256(path)
+    if file_key(path) != version:  # the hash would name other bytes than the weights loaded
+        raise ArtifactError(f"{path} changed while it was being loaded; run again once it is complete.")
+    return LoadedBeats(model=model, cfg=dict(ckpt["cfg"]), sha256=sha256, path=path)
 
 
 def save_official_checkpoint(path: str | Path, model: BEATs, cfg_dict: Mapping[str, Any]) -> None:
