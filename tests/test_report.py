@@ -506,6 +506,27 @@ def test_error_messages_from_library(setup) -> None:
 # ---------------------------------------------------------------- plots
 
 
+def test_plots_that_cannot_be_written_leave_no_empty_folder(tmp_path: Path, monkeypatch) -> None:
+    import asdcli.evaluate.plots as plots
+    from asdcli.errors import AsdError
+
+    def full_disk(path, data) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # as the real atomic write does first
+        raise AsdError(f"Cannot write {path}: No space left on device.")
+
+    monkeypatch.setattr(plots, "write_bytes_atomic", full_disk)
+    data = _make_data(tmp_path / "data", machines=("fan",))
+    _write_sub(tmp_path / "runA", machines=("fan",))
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    for out, survives in ((tmp_path / "plots", False), (keep, True)):
+        res = runner.invoke(app, ["report", str(tmp_path / "runA"), "--data", str(data), "--plots", str(out)])
+        assert res.exit_code == 1 and "No space left" in res.output
+        assert out.exists() == survives
+    assert (keep / "notes.txt").read_text() == "mine" and sorted(keep.iterdir()) == [keep / "notes.txt"]
+
+
 def test_plots_written_and_non_empty(tmp_path: Path) -> None:
     data = _make_data(tmp_path / "data", machines=("fan",))
     _write_sub(tmp_path / "runA", machines=("fan",))

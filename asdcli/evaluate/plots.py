@@ -11,6 +11,7 @@ Legends sit below the axes, never over the data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
@@ -253,9 +254,18 @@ def figures(reports: Sequence[SystemReport]) -> list[tuple[str, Figure]]:
 
 def write_plots(reports: Sequence[SystemReport], out_dir: Path | str) -> list[Path]:
     """Write every PNG of :func:`figures` under ``out_dir`` (atomically); returns the paths."""
+    out_dir = Path(out_dir)
+    existing = {out_dir, *(d for d in out_dir.rglob("*") if d.is_dir())} if out_dir.is_dir() else set()
     written = []
-    for rel, fig in figures(reports):
-        path = Path(out_dir) / rel
-        write_bytes_atomic(path, png_bytes(fig))
-        written.append(path)
+    try:
+        for rel, fig in figures(reports):
+            path = out_dir / rel
+            write_bytes_atomic(path, png_bytes(fig))
+            written.append(path)
+    except BaseException:
+        made = [d for d in out_dir.rglob("*") if d.is_dir() and d not in existing] if out_dir.is_dir() else []
+        for folder in sorted(made, key=lambda d: len(d.parts), reverse=True) + ([] if existing else [out_dir]):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # the folders this call made, if empty: rmdir never removes a file
+        raise
     return written
