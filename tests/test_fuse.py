@@ -261,3 +261,23 @@ def test_a_score_too_large_to_standardize_is_an_error_not_inf(systems: dict[str,
     line = _error("fuse", a, f"{sub}:{a / 'banks'}", "--out", tmp_path / "x")
     assert "overflows" in line and "1e+308" in line
     assert not (tmp_path / "x").exists()
+
+
+def test_fuse_on_a_full_disk_names_the_output(systems: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import os
+
+    import asdcli.backend.score as score
+    from asdcli.errors import AsdError
+
+    def full_disk(path: Path, text: str) -> None:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            raise AsdError(f"Cannot write {path}: {e.strerror}.") from e
+
+    monkeypatch.setattr(score, "write_text_atomic", full_disk)
+    out = tmp_path / "fused"
+    msg = _error("fuse", systems["a"], systems["b_spec"], "--out", out)
+    assert str(out / "anomaly_score_") in msg and "No space left" in msg and ".tmp" not in msg
+    assert not out.exists() and sorted(tmp_path.iterdir()) == []

@@ -247,7 +247,14 @@ def write_submission_folder(files: Mapping[str, str], out_dir: str | Path) -> li
         raise AsdError(f"Cannot write in {parent}: {e.strerror or e}. Choose a writable output folder.") from e
     try:
         for name, text in files.items():
-            write_text_atomic(tmp / name, text)
+            try:
+                write_text_atomic(tmp / name, text)
+            except AsdError as e:  # it names the temp folder; say which output could not be written
+                cause = e.__cause__
+                why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(e)
+                raise AsdError(
+                    f"Cannot write {out_dir / name}: {why}. Free disk space or choose another output folder."
+                ) from e
         _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
