@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tolerances import fp32_tiny_model_atol
 from torch import nn
 from typer.testing import CliRunner
 
@@ -105,8 +106,7 @@ def test_merge_lora_computes_what_the_adapter_computes(tiny_checkpoint: Path) ->
     assert not any("lora" in n for n, _ in merged.named_parameters())
     ref, plain = _embed(adapted, _waves()), _embed(MeanPooledBackbone(load_beats(tiny_checkpoint).model), _waves())
     assert np.abs(ref - plain).max() > 1e-2  # the adapter matters
-    scale = max(1.0, float(np.abs(ref).max()))
-    np.testing.assert_allclose(_embed(merged, _waves()), ref, atol=1e-5 * scale, rtol=0)  # fp32 re-association only
+    np.testing.assert_allclose(_embed(merged, _waves()), ref, atol=fp32_tiny_model_atol(ref), rtol=0)  # W+BA folded
     assert cosine_rows(_embed(quantize_for_cpu(adapted), _waves()), ref).min() >= 0.99
 
 
@@ -273,6 +273,11 @@ def test_int8_embedding_of_a_clip_does_not_depend_on_its_batch_mates(tiny_checkp
     int8 = for_precision(module, "int8", torch.device("cpu"))
     quiet = _waves()[:1] * 0.01
     loud = _waves()[1:2] * 50.0  # another activation range: a batch-wide int8 scale would change quiet's
-    alone = _embed(int8, quiet)
-    together = _embed(int8, torch.cat([loud, quiet]))
+    # Each clip's fbank is made alone, so the int8 module gets the very same (1, T, 128) input for
+    # quiet either way (a batched fbank may round differently on another CPU, and one flipped int8
+    # rounding is a whole quantization step): bit equality then tests the batch-mates only.
+    quiet_fbank, loud_fbank = beats_fbank(quiet), beats_fbank(loud)
+    with torch.inference_mode():
+        alone = int8(quiet_fbank).numpy()
+        together = int8(torch.cat([loud_fbank, quiet_fbank])).numpy()
     np.testing.assert_array_equal(together[1:], alone)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tolerances import fp32_tiny_model_atol
 from torch import nn
 from typer.testing import CliRunner
 
@@ -65,9 +66,10 @@ def test_embed_clips_matches_a_manual_forward(data_dir, checkpoint):
     waves = torch.stack([torch.from_numpy(load_clip(c.path, AudioConfig(seconds=SECONDS))) for c in clips])
     with torch.no_grad():
         manual = model(beats_fbank(waves)).mean(dim=1).numpy()
-    np.testing.assert_allclose(emb.vectors, manual, atol=1e-5)
+    # batches of 3 and 1 against one of 4: other GEMM kernels on some CPUs, fp32 rounding only
+    np.testing.assert_allclose(emb.vectors, manual, rtol=0, atol=fp32_tiny_model_atol(manual))
     single = embed_clips(clips, EmbedConfig(checkpoint=checkpoint, batch_size=1, num_workers=1, seconds=SECONDS))
-    np.testing.assert_allclose(single.vectors, emb.vectors, atol=1e-5)
+    np.testing.assert_allclose(single.vectors, emb.vectors, rtol=0, atol=fp32_tiny_model_atol(manual))
     spec = emb.meta["frontend"]
     assert spec["checkpoint_sha256"] == load_beats(checkpoint).sha256 and spec["pooling"] == "mean"
     assert spec["backbone_cfg_sha256"] == cfg_sha256(tiny_beats_config()) and spec["adapter_sha256"] is None
@@ -155,8 +157,7 @@ def test_accelerate_launch_two_processes_writes_the_single_process_file(data_dir
         assert a.files == b.files
         for k in a.files:
             if k == "embeddings":  # fewer threads per process may sum in another order (MKL on AVX-512)
-                scale = max(1.0, float(np.abs(a[k]).max()))
-                np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * scale)  # fp32 re-association only
+                np.testing.assert_allclose(b[k], a[k], rtol=0, atol=fp32_tiny_model_atol(a[k]))
             else:
                 assert np.array_equal(a[k], b[k]), k
 
@@ -187,7 +188,9 @@ def test_cli_embed_interrupted_continues_from_its_saved_parts(data_dir, checkpoi
     assert result.exit_code == 0, result.output
     assert calls == [2]  # only the part that was not saved
     assert not list(tmp_path.glob(".emb.npz.parts-*"))
-    np.testing.assert_allclose(load_embeddings(out).vectors, load_embeddings(tmp_path / "whole.npz").vectors, atol=1e-6)
+    whole = load_embeddings(tmp_path / "whole.npz").vectors
+    # parts of 2 clips are other batches than one of 4: other GEMM kernels, fp32 rounding only
+    np.testing.assert_allclose(load_embeddings(out).vectors, whole, rtol=0, atol=fp32_tiny_model_atol(whole))
 
 
 def test_a_non_finite_embedding_is_an_error_naming_the_clip(data_dir, checkpoint):

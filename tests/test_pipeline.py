@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 from cli_checks import assert_error
 from safetensors.torch import load_file
+from tolerances import fp32_tiny_model_atol
 from typer.testing import CliRunner
 
 import asdcli.finetune.epoch
@@ -287,7 +288,8 @@ def test_ctrl_c_during_embed_resumes_after_the_last_saved_part(
     assert not list((run / "embeddings").glob(".parts-*"))
     for name in ("train.npz", "test.npz"):  # same result as the uninterrupted run
         a, b = np.load(run / "embeddings" / name), np.load(finished_run / "embeddings" / name)
-        np.testing.assert_allclose(a["embeddings"], b["embeddings"], atol=1e-6)
+        # parts of 20 clips are batched otherwise than 60 at once (batches of 8): fp32 rounding only
+        np.testing.assert_allclose(a["embeddings"], b["embeddings"], rtol=0, atol=fp32_tiny_model_atol(b["embeddings"]))
         assert list(a["filenames"]) == list(b["filenames"])
 
 
