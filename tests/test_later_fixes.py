@@ -192,6 +192,24 @@ def test_score_banks_with_an_added_bank_is_refused(finetuned_run: Path, tmp_path
     _assert_error(_score_banks(run / "banks", run, tmp_path / "sub"), str(extra), "does not list it")
 
 
+def test_one_bank_of_a_run_and_watch_on_its_banks_are_checked_too(finetuned_run: Path, tmp_path: Path) -> None:
+    """`asd score --bank RUN/banks/x.npz` and `asd watch --banks RUN/banks` (or --bank) read the
+    run's banks like `asd score --banks`: a bank replaced after the run is refused by each."""
+    run = _copy(finetuned_run, tmp_path)
+    fan = run / "banks" / "bank_fan_section_00.npz"
+    test = run / "embeddings" / "test.npz"
+    assert _asd("score", "--bank", fan, "--embeddings", test).exit_code == 0
+    result = _asd("fit-bank", run / "embeddings" / "train.npz", "--machine", "fan", "--k", 2, "--out", fan)
+    assert result.exit_code == 0, result.output
+    _assert_error(_asd("score", "--bank", fan, "--embeddings", test), str(fan), "is not the bank that `asd run` wrote")
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for how in (["--banks", run / "banks"], ["--bank", fan]):
+        result = _asd("watch", incoming, *how, "--once", "--log", tmp_path / "watch.csv")
+        _assert_error(result, str(fan), "is not the bank that `asd run` wrote")
+    assert not (tmp_path / "watch.csv").exists()
+
+
 def _package(run: Path, out: Path):  # type: ignore[no-untyped-def]
     return _asd("package", run, "--team", "Doe_ACME", "--system", 1, "--out", out)
 

@@ -27,7 +27,7 @@ from asdcli.data.dataset import Clip
 from asdcli.errors import ConfigError, DataError
 from asdcli.monitor.options import window_options
 from asdcli.monitor.render import print_score_table
-from asdcli.pipeline.run_check import check_run_banks
+from asdcli.pipeline.run_check import check_run_bank, check_run_banks
 
 
 def command(
@@ -115,6 +115,7 @@ def command(
         )
         return
     assert bank is not None
+    check_run_bank(bank)  # a bank of RUN/banks: the one the run wrote, unchanged
     the_bank = load_bank(bank)
     _check_outputs(outputs, bank_front_end_files(the_bank, checkpoint, adapter))
     windowed = window_options(window, hop, how, windows, plot, embeddings, min_windows)

@@ -78,6 +78,12 @@ def command(
                       min_windows=min_windows,
                       on_anomaly=parse_command(on_anomaly), command_timeout_s=command_timeout, poll_s=poll,
                       once=once, window_s=window, hop_s=hop, aggregate=how, batch_size=batch_size)  # fmt: skip
+    from asdcli.pipeline.run_check import check_run_bank, check_run_banks
+
+    if bank is not None:
+        check_run_bank(bank)  # in RUN/banks of an `asd run` folder: the bank it wrote, unchanged
+    else:
+        check_run_banks(banks or Path())
     loaded = {ONE_BANK: load_bank(bank)} if bank is not None else load_banks(banks or Path())
     console = stderr_console()
 

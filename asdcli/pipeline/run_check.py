@@ -76,6 +76,20 @@ def check_run_banks(banks_dir: Path) -> bool:
     return True
 
 
+def check_run_bank(bank_file: Path) -> bool:
+    """When ``bank_file`` lies in RUN/banks of an `asd run` folder with a fit-bank record, check that
+    the run wrote it, unchanged (ArtifactMismatch naming it otherwise). False for any other bank."""
+    bank_file = bank_file.resolve()
+    run = bank_file.parent.parent
+    fit_bank = Stage(run, "fit-bank", "")
+    if bank_file.parent.name != "banks" or not fit_bank.record_path.is_file():
+        return False
+    fix = f"{_rerun(run)}, or copy the bank out of the run folder to use it as it is"
+    _check_finished(fit_bank, "banks/", fix)
+    _check_files(fit_bank, [bank_file], "bank", fix)
+    return True
+
+
 def check_scored_with_banks(
     run_dir: Path, banks: Sequence[Path], scores: Sequence[Path], decisions: Sequence[Path] = ()
 ) -> bool:
