@@ -1,0 +1,403 @@
+"""The mismatch matrix: every consumer of an artifact, fed two parts that differ in exactly one
+way, refuses with one `Error:` line naming the difference or gives the result the README documents.
+
+Parts are made once per module through the real CLI (tiny random BEATs, the fan machine of the
+synthetic dataset, 1 s clips). A cell that makes no sense is left out with a comment saying why.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.cli_checks import asd, assert_error, assert_ok
+
+BANK = "bank_fan_section_00.npz"
+SCORES = "anomaly_score_fan_section_00_test.csv"
+# one difference each, relative to the part named first: (reference variant, other variant, field named)
+FRONTEND_CELLS = {
+    "checkpoint": ("base", "checkpoint", "checkpoint_sha256"),
+    "adapter": ("head_a", "head_b", "adapter_sha256"),
+    "embedding kind": ("head_a", "pooled_a", "embedding"),
+    "layers": ("base", "layers", "layers"),
+    "clip seconds": ("base", "seconds", "clip_seconds"),
+    "channel": ("base", "channel", "channel"),
+    "precision": ("base", "int8", "precision"),
+}
+# ONNX vs torch front end: not a cell here, as one `asd export` costs ~20 s on 2 cores;
+# tests/test_deploy.py checks that `asd embed --onnx` of an fp32 export records the torch fp32 front
+# end (so it scores against torch banks, as the README says) and that `--int8` records its own
+# precision ("int8-onnxruntime"), which the precision cell above shows is refused.
+# --embedding-dim 64 = the tiny backbone's width: head and pooled vectors have one dimension, so
+# only the front-end record can tell them apart
+FINETUNE = ("--epochs", 1, "--seconds", 1, "--embedding-dim", 64, "--batch-size", 8, "--device", "cpu")
+
+
+class Parts:
+    """The artifacts of the matrix, each made on first use and kept for the module."""
+
+    def __init__(self, root: Path, data: Path, checkpoint: Path) -> None:
+        self.root, self.data, self.checkpoint = root, data, checkpoint
+        self.fan = data / "fan"
+
+    @functools.cached_property
+    def other_checkpoint(self) -> Path:
+        from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
+
+        return make_tiny_checkpoint(self.root / "other.pt", seed=1)  # same cfg, other weights
+
+    @functools.cache  # noqa: B019 (one Parts per module)
+    def adapter(self, seed: int) -> Path:
+        """A fine-tuning run folder; seed 0's is the `asd run` folder's (one fine-tuning less)."""
+        if seed == 0:
+            return self.run / "finetune"
+        out = self.root / f"ft{seed}"
+        assert_ok(asd("finetune", self.data, "--checkpoint", self.checkpoint, "--out", out, *FINETUNE, "--seed", seed))
+        return out
+
+    def embed_args(self, variant: str) -> list[object]:
+        ckpt: list[object] = ["--checkpoint", self.checkpoint]
+        if variant == "checkpoint":
+            return ["--checkpoint", self.other_checkpoint]
+        if variant in ("head_a", "head_b", "pooled_a"):
+            kind = ["--embedding", "pooled"] if variant == "pooled_a" else []
+            return [*ckpt, "--adapter", self.adapter(1 if variant == "head_b" else 0), *kind]
+        options: dict[str, list[object]] = {
+            "base": [],
+            "layers": ["--layers", "1"],
+            "seconds": ["--seconds", 2],
+            "channel": ["--channel", 0],
+            "int8": ["--precision", "int8"],
+            "window": ["--window", 1],
+        }
+        return [*ckpt, *options[variant]]
+
+    @functools.cache  # noqa: B019
+    def embeddings(self, variant: str) -> Path:
+        """Train and test clips of fan embedded with the variant's front end."""
+        out = self.root / f"emb_{variant}.npz"
+        args = self.embed_args(variant)
+        seconds = [] if "--seconds" in args else ["--seconds", 1]
+        assert_ok(asd("embed", self.fan, "--out", out, *seconds, *args, "--device", "cpu"))
+        return out
+
+    @functools.cache  # noqa: B019
+    def banks(self, variant: str, *options: object) -> Path:
+        out = self.root / f"banks_{variant}{''.join(map(str, options))}"
+        assert_ok(asd("fit-bank", self.embeddings(variant), "--out-dir", out, *options))
+        return out
+
+    def bank(self, variant: str) -> Path:
+        return self.banks(variant) / BANK
+
+    @functools.cache  # noqa: B019
+    def system(self, variant: str, *options: object) -> str:
+        """SUBMISSION_DIR:BANKS_DIR of the variant's banks scoring its own test embeddings."""
+        banks = self.banks(variant, *options)
+        sub = Path(f"{banks}_submission")
+        assert_ok(asd("score", "--banks", banks, "--embeddings", self.embeddings(variant), "--submission-dir", sub))
+        return f"{sub}:{banks}"
+
+    @functools.cached_property
+    def run(self) -> Path:
+        """An `asd run` folder: fine-tuned (seed 0), pooled embeddings."""
+        out = self.root / "run"
+        assert_ok(asd("run", self.data, "--checkpoint", self.checkpoint, *FINETUNE, "--seed", 0,
+                      "--embedding", "pooled", "--out", out))  # fmt: skip
+        return out
+
+    def run_with_bank_of(self, variant: str, name: str) -> Path:
+        """A copy of the run folder whose fan bank was replaced by the variant's (scores left as they were)."""
+        copy = self.root / name
+        shutil.copytree(self.run, copy)
+        shutil.copy(self.bank(variant), copy / "banks" / BANK)
+        return copy
+
+    @functools.cached_property
+    def other_section_clip(self) -> Path:
+        """A fan test clip renamed to section 01 (the bank is of section 00)."""
+        clip = sorted((self.fan / "test").glob("section_00_*_normal_*.wav"))[0]
+        folder = self.root / "section01" / "fan" / "test"
+        folder.mkdir(parents=True)
+        return Path(shutil.copy(clip, folder / clip.name.replace("section_00", "section_01")))
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_checkpoint: Path) -> Parts:
+    data = tmp_path_factory.mktemp("matrix-data") / "dev"
+    for machine in ("fan", "gearbox"):  # two machines: fine-tuning classifies machines
+        shutil.copytree(synth_root / machine, data / machine)
+    return Parts(tmp_path_factory.mktemp("matrix"), data, tiny_checkpoint)
+
+
+def _scores(stdout: str) -> dict[str, float]:
+    rows = (line.rsplit(",", 1) for line in stdout.splitlines() if line)
+    return {name: float(value) for name, value in rows}
+
+
+def _score_file(path: Path) -> dict[str, float]:
+    return _scores(path.read_text())
+
+
+# --- score --bank BANK --embeddings EMB, score --banks DIR --embeddings EMB, enrol BANK EMB.npz --------
+
+
+@pytest.mark.parametrize("cell", FRONTEND_CELLS)
+def test_score_bank_refuses_embeddings_of_another_front_end(parts: Parts, cell: str, tmp_path: Path) -> None:
+    ref, other, field = FRONTEND_CELLS[cell]
+    result = asd("score", "--bank", parts.bank(ref), "--embeddings", parts.embeddings(other))
+    assert_error(result, field, "different front ends")
+
+
+@pytest.mark.parametrize("cell", FRONTEND_CELLS)
+def test_score_banks_refuses_embeddings_of_another_front_end(parts: Parts, cell: str, tmp_path: Path) -> None:
+    ref, other, field = FRONTEND_CELLS[cell]
+    sub = tmp_path / "sub"
+    result = asd("score", "--banks", parts.banks(ref), "--embeddings", parts.embeddings(other), "--submission-dir", sub)
+    assert_error(result, field, "different front ends")
+    assert not sub.exists()
+
+
+@pytest.mark.parametrize("cell", FRONTEND_CELLS)
+def test_enrol_refuses_embeddings_of_another_front_end(parts: Parts, cell: str, tmp_path: Path) -> None:
+    ref, other, field = FRONTEND_CELLS[cell]
+    out = tmp_path / "new.npz"
+    result = asd("enrol", parts.bank(ref), parts.embeddings(other), "--domain", "target", "--out", out)
+    assert_error(result, field, "different front ends")
+    assert not out.exists()
+
+
+def test_enrol_restandardize_refuses_train_embeddings_of_another_front_end(parts: Parts, tmp_path: Path) -> None:
+    clip = sorted((parts.fan / "test").glob("*target*normal*.wav"))[0]
+    result = asd("enrol", parts.bank("base"), clip, "--domain", "target", "--out", tmp_path / "new.npz",
+                 "--restandardize", "--train", parts.embeddings("checkpoint"))  # fmt: skip
+    assert_error(result, "checkpoint_sha256")
+
+
+# --- score on the fly: clips embedded with the bank's own front end, or an override ------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "override", "field"),
+    [
+        ("base", "checkpoint", "checkpoint_sha256"),
+        ("head_a", "adapter", "adapter_sha256"),
+        ("base", "precision", "precision"),
+    ],
+)
+@pytest.mark.parametrize("consumer", ["score", "score --window", "enrol", "watch"])
+def test_on_the_fly_override_of_another_front_end_is_refused(
+    parts: Parts, variant: str, override: str, field: str, consumer: str, tmp_path: Path
+) -> None:
+    flag = {
+        "checkpoint": ["--checkpoint", parts.other_checkpoint],
+        "adapter": ["--adapter", parts.adapter(1)],
+        "precision": ["--precision", "int8"],
+    }[override]
+    if override == "precision" and consumer in ("enrol", "watch"):
+        pytest.skip("enrol and watch take no --precision: they embed with the bank's own precision")
+    bank = parts.bank(variant)
+    test = parts.fan / "test"
+    if consumer == "score":
+        result = asd("score", "--bank", bank, test, *flag)
+    elif consumer == "score --window":
+        result = asd("score", "--bank", bank, test, "--window", 1, *flag)
+    elif consumer == "enrol":
+        clip = sorted(test.glob("*target*normal*.wav"))[0]
+        result = asd("enrol", bank, clip, "--domain", "target", "--out", tmp_path / "new.npz", *flag)
+    else:
+        incoming = tmp_path / "incoming" / "fan"
+        incoming.mkdir(parents=True)
+        shutil.copy(sorted(test.glob("*.wav"))[0], incoming)
+        result = asd("watch", incoming.parent, "--bank", bank, "--once", "--poll", 0.1, *flag)
+    assert_error(result, field, "different front ends")
+
+
+@pytest.mark.parametrize("variant", ["base", "layers", "seconds", "channel", "int8", "head_a", "pooled_a"])
+def test_score_on_the_fly_embeds_like_the_bank(parts: Parts, variant: str) -> None:
+    """Allowed as documented: clips are embedded with the bank's own front end (layers, clip length,
+    channel, precision, adapter and embedding kind from its record), so scoring clips gives the
+    scores of scoring the variant's own test embeddings."""
+    from_clips = asd("score", "--bank", parts.bank(variant), parts.fan / "test", "--device", "cpu")
+    from_file = asd("score", "--bank", parts.bank(variant), "--embeddings", parts.embeddings(variant))
+    assert_ok(from_clips)
+    assert_ok(from_file)
+    a, b = _scores(from_clips.stdout), _scores(from_file.stdout)
+    assert a.keys() == b.keys() and len(a) == 12
+    # the same forward on the same clips; batching may change float sums in the last bits
+    assert max(abs(a[k] - b[k]) for k in a) < 1e-5
+
+
+# --- window / hop -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("consumer", ["score", "watch"])
+def test_window_of_another_length_than_the_bank_clips_is_refused(parts: Parts, consumer: str, tmp_path: Path) -> None:
+    test = parts.fan / "test"
+    if consumer == "score":
+        result = asd("score", "--bank", parts.bank("base"), test, "--window", 0.5)
+    else:
+        result = asd("watch", test, "--bank", parts.bank("base"), "--once", "--window", 0.5)
+    assert_error(result, "--window")
+
+
+def test_windowed_bank_refuses_embeddings_of_whole_clips_only_through_the_record(parts: Parts) -> None:
+    """A bank of 1 s windows and embeddings of 1 s clips have one front end: allowed (the README: a
+    window must be as long as the bank's clips; the hop is free)."""
+    result = asd("score", "--bank", parts.bank("window"), parts.fan / "test", "--window", 1, "--hop", 0.5)
+    assert_ok(result)
+    assert len(_scores(result.stdout)) == 12
+
+
+def test_windowed_embeddings_are_not_scored_as_clips(parts: Parts) -> None:
+    result = asd("score", "--bank", parts.bank("base"), "--embeddings", parts.embeddings("window"))
+    assert_error(result, "--window")
+
+
+# --- machine, section, domain -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("consumer", ["score", "score --window", "enrol"])
+@pytest.mark.parametrize("differs", ["machine", "section"])
+def test_clip_of_another_machine_or_section_is_refused(
+    parts: Parts, consumer: str, differs: str, tmp_path: Path
+) -> None:
+    if differs == "machine":
+        clip = sorted((parts.data / "gearbox" / "train").glob("*.wav"))[0]
+        needle = "gearbox"
+    else:
+        clip = parts.other_section_clip
+        needle = "section 01"
+    bank = parts.bank("base")
+    if consumer == "enrol":
+        result = asd("enrol", bank, clip, "--domain", "source", "--out", tmp_path / "new.npz")
+    else:
+        window = ["--window", 1] if consumer == "score --window" else []
+        result = asd("score", "--bank", bank, clip, *window)
+    assert_error(result, needle)
+
+
+def test_watch_skips_a_file_of_another_section(parts: Parts, tmp_path: Path) -> None:
+    """Documented: a file whose name's section is not its bank's is one `Warning: Skipped` line and not logged."""
+    incoming = tmp_path / "incoming" / "fan"
+    incoming.mkdir(parents=True)
+    shutil.copy(parts.other_section_clip, incoming)
+    log = tmp_path / "log.csv"
+    result = asd("watch", incoming.parent, "--bank", parts.bank("base"), "--once", "--poll", 0.1, "--log", log)
+    assert result.exit_code == 0, result.output
+    assert "Skipped" in result.stderr and "section 01" in result.stderr
+    assert len(log.read_text().splitlines()) <= 1  # at most the header
+
+
+def test_enrol_refuses_a_clip_named_as_the_other_domain(parts: Parts, tmp_path: Path) -> None:
+    clip = sorted((parts.fan / "test").glob("*source*normal*.wav"))[0]
+    result = asd("enrol", parts.bank("base"), clip, "--domain", "target", "--out", tmp_path / "new.npz")
+    assert_error(result, "--domain")
+
+
+def test_score_banks_refuses_embeddings_without_a_bank_of_their_machine(parts: Parts, tmp_path: Path) -> None:
+    # the run's fan bank only (outside the run folder), its test embeddings of fan and gearbox
+    banks = tmp_path / "banks"
+    banks.mkdir()
+    shutil.copy(parts.run / "banks" / BANK, banks)
+    sub = tmp_path / "sub"
+    result = asd("score", "--banks", banks, "--embeddings", parts.run / "embeddings" / "test.npz",
+                 "--submission-dir", sub)  # fmt: skip
+    assert_error(result, "No bank for gearbox")
+
+
+# --- fuse: systems of other front ends or bank options are what it is for -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("other", "options"),
+    [("checkpoint", ()), ("base", ("--k", 2)), ("base", ("--score-norm", "density", "--density-k", 3))],
+)
+def test_fuse_of_systems_that_differ_is_the_documented_mean(
+    parts: Parts, other: str, options: tuple[object, ...], tmp_path: Path
+) -> None:
+    """Allowed: per section, each system's scores standardized by its own bank's leave-one-out
+    mean/std, then averaged (README `asd fuse`)."""
+    from asdcli.backend.bank import load_bank
+
+    systems = [parts.system("base"), parts.system(other, *options)]
+    out = tmp_path / "fused"
+    assert_ok(asd("fuse", *systems, "--out", out))
+    expected: dict[str, float] = {}
+    for spec in systems:
+        sub, banks = spec.rsplit(":", 1)
+        mean, std = load_bank(Path(banks) / BANK).loo_stats or (0.0, 1.0)
+        for name, value in _score_file(Path(sub) / SCORES).items():
+            expected[name] = expected.get(name, 0.0) + (value - mean) / std / 2
+    fused = _score_file(out / SCORES)
+    assert fused.keys() == expected.keys()
+    assert max(abs(fused[k] - expected[k]) for k in fused) < 1e-5 * max(1.0, max(map(abs, fused.values())))
+
+
+def test_fuse_refuses_systems_of_other_bank_train_clips(parts: Parts, tmp_path: Path) -> None:
+    # the windowed bank's rows are windows of the same clips under the same names: same clip set;
+    # a bank enrolled with one more clip has other train clips
+    clip = sorted((parts.fan / "test").glob("*target*normal*.wav"))[0]
+    banks = tmp_path / "banks"
+    banks.mkdir()
+    assert_ok(asd("enrol", parts.bank("base"), clip, "--domain", "target", "--out", banks / BANK))
+    sub = parts.system("base").rsplit(":", 1)[0]
+    result = asd("fuse", parts.system("base"), f"{sub}:{banks}", "--out", tmp_path / "fused")
+    assert_error(result, "train clips")
+
+
+# --- run folders: a bank replaced by one of another front end -----------------------------------------
+
+
+@pytest.mark.parametrize("consumer", ["fuse", "report", "package", "score --banks"])
+def test_run_folder_with_a_bank_of_another_front_end_is_refused(parts: Parts, consumer: str, tmp_path: Path) -> None:
+    # the run's banks are of pooled vectors of its adapter: the replacement differs in the kind only
+    run = parts.run_with_bank_of("head_a", f"run_{consumer.replace(' ', '_')}")
+    if consumer == "fuse":
+        result = asd("fuse", run, parts.run, "--out", tmp_path / "fused")
+    elif consumer == "report":
+        result = asd("report", run / "submission", "--data", parts.data, "--format", "csv")
+    elif consumer == "package":
+        result = asd("package", run, "--team", "Doe_ACME", "--system", 1, "--out", tmp_path / "pkg")
+    else:
+        result = asd("score", "--banks", run / "banks", "--embeddings", run / "embeddings" / "test.npz",
+                     "--submission-dir", tmp_path / "sub")  # fmt: skip
+    assert_error(result, BANK)
+
+
+def test_report_with_other_banks_is_not_checked(parts: Parts) -> None:
+    """Documented: a submission read with `--banks` of another folder is not checked (a submission
+    folder records no front end); the thresholds shown are those banks'."""
+    from asdcli.backend.bank import load_bank
+
+    banks = parts.banks("base", "--k", 2)
+    result = asd("report", parts.run / "submission", "--data", parts.data, "--banks", banks, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    shown = [float(r[4]) for r in rows if r[1] == "fan" and r[3] == "decision threshold"]
+    assert shown == [pytest.approx(load_bank(banks / BANK).threshold, rel=1e-6)]
+
+
+def test_package_meta_says_which_embedding_the_banks_hold(parts: Parts, tmp_path: Path) -> None:
+    """The meta YAML's method is the banks' front end: the run's banks hold pooled vectors of the
+    fine-tuned backbone, not head embeddings."""
+    result = asd("package", parts.run, "--team", "Doe_ACME", "--system", 1, "--out", tmp_path / "pkg")
+    assert_ok(result)
+    text = (tmp_path / "pkg" / "task2" / "Doe_ACME_task2_1" / "Doe_ACME_task2_1.meta.yaml").read_text()
+    method = next(line for line in text.splitlines() if "machine_learning_method" in line)
+    assert "pooled" in method and "head embeddings" not in method, method
+
+
+def test_package_method_follows_the_record_of_layers_and_full_fine_tuning() -> None:
+    from asdcli.evaluate.system_meta import method
+
+    assert "mean over tokens of the last layer" in method({"layers": "last"}, None)
+    assert "layers 1,2, concatenated" in method({"layers": "1,2"}, None)
+    assert "fine-tuned with LoRA" in method({"embedding": "head"}, {"config": {}})
+    full = method({"embedding": "head"}, {"config": {"full_finetune": True}})
+    assert "fully fine-tuned" in full and "LoRA" not in full and "head embeddings" in full
