@@ -13,6 +13,7 @@ import io
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.cli_checks import asd, assert_error, assert_ok
@@ -401,3 +402,112 @@ def test_package_method_follows_the_record_of_layers_and_full_fine_tuning() -> N
     assert "fine-tuned with LoRA" in method({"embedding": "head"}, {"config": {}})
     full = method({"embedding": "head"}, {"config": {"full_finetune": True}})
     assert "fully fine-tuned" in full and "LoRA" not in full and "head embeddings" in full
+
+
+# --- enrol and watch embed with the bank's own front end ---------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["layers", "seconds", "channel", "int8", "pooled_a", "window"])
+def test_enrol_embeds_like_the_bank(parts: Parts, variant: str, tmp_path: Path) -> None:
+    """Allowed as documented: clips are embedded with the bank's own front end (window by window
+    for a bank of windows), so the enrolled vector is the variant's embedding of that clip."""
+    from asdcli.artifacts import load_embeddings
+    from asdcli.backend import knn
+    from asdcli.backend.bank import load_bank
+
+    clip = sorted((parts.fan / "test").glob("*target*normal*.wav"))[0]
+    out = tmp_path / "new.npz"
+    assert_ok(asd("enrol", parts.bank(variant), clip, "--domain", "target", "--out", out, "--device", "cpu"))
+    bank, grown = load_bank(parts.bank(variant)), load_bank(out)
+    emb = load_embeddings(parts.embeddings(variant))
+    rows = emb.vectors[emb.filenames == clip.name]
+    assert len(grown) == len(bank) + len(rows) and list(grown.filenames[len(bank) :]) == [clip.name] * len(rows)
+    expected = knn.prepare(rows, bank.mean, bank.std)
+    # unit vectors of the same forward: float32 rounding only
+    np.testing.assert_allclose(grown.vectors[len(bank) :], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["base", "seconds", "channel", "int8", "pooled_a"])
+def test_watch_scores_like_score(parts: Parts, variant: str, tmp_path: Path) -> None:
+    """Allowed as documented: a file is scored with the bank's own front end in windows of the
+    bank's clip length; a 1 s file is one (zero-padded) window, scored as `asd score` scores it."""
+    clip = sorted((parts.fan / "test").glob("*.wav"))[0]
+    incoming = tmp_path / "incoming" / "fan"
+    incoming.mkdir(parents=True)
+    shutil.copy(clip, incoming)
+    log = tmp_path / "log.csv"
+    watched = asd("watch", incoming.parent, "--bank", parts.bank(variant), "--once", "--poll", 0.1, "--log", log,
+                  "--device", "cpu")  # fmt: skip
+    assert watched.exit_code == 0, watched.output
+    scored = asd("score", "--bank", parts.bank(variant), clip, "--device", "cpu")
+    assert_ok(scored)
+    rows = list(csv.DictReader(io.StringIO(log.read_text())))
+    assert len(rows) == 1 and rows[0]["windows"] == "1"
+    assert float(rows[0]["score"]) == pytest.approx(_scores(scored.stdout)[clip.name], abs=1e-5)
+
+
+# --- report and package against --data of other machines ---------------------------------------------
+
+
+@pytest.mark.parametrize("consumer", ["report", "package"])
+def test_data_of_other_machines_than_the_submission(parts: Parts, consumer: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(parts.fan, data / "fan")  # the run scored fan and gearbox
+    if consumer == "report":
+        result = asd("report", parts.run / "submission", "--data", data, "--format", "csv")
+    else:
+        result = asd(
+            "package", parts.run, "--team", "Doe_ACME", "--system", 1, "--out", tmp_path / "pkg", "--data", data
+        )
+        # documented: packs the --data machines and says which files of the submission it left out
+        assert_ok(result)
+        import zipfile
+
+        names = zipfile.ZipFile(tmp_path / "pkg" / "Doe_ACME_task2_1.zip").namelist()
+        assert any("anomaly_score_fan_" in n for n in names) and not any("gearbox" in n for n in names)
+        assert "anomaly_score_gearbox_section_00_test.csv" in result.output
+        return
+    assert_error(result, "gearbox section 00", "no ground truth")
+
+
+# --- the bank's recorded checkpoint moved: same bytes elsewhere are the same front end ----------------
+
+
+@pytest.fixture(scope="module")
+def moved_bank(parts: Parts) -> tuple[Path, Path]:
+    """A bank made with a copy of the checkpoint that was moved afterwards, and its new path."""
+    old, new = parts.root / "moving.pt", parts.root / "moved.pt"
+    shutil.copy(parts.checkpoint, old)
+    emb, banks = parts.root / "emb_moving.npz", parts.root / "banks_moving"
+    assert_ok(asd("embed", parts.fan / "train", "--checkpoint", old, "--seconds", 1, "--out", emb, "--device", "cpu"))
+    assert_ok(asd("fit-bank", emb, "--out-dir", banks))
+    old.rename(new)
+    return banks / BANK, new
+
+
+@pytest.mark.parametrize("consumer", ["score", "score --window", "enrol", "watch"])
+@pytest.mark.parametrize("given", [False, True])
+def test_moved_checkpoint(
+    parts: Parts, moved_bank: tuple[Path, Path], consumer: str, given: bool, tmp_path: Path
+) -> None:
+    """Documented: a moved checkpoint is an error saying to pass --checkpoint; passed, its SHA-256
+    equals the bank's record and the clips are scored (or enrolled)."""
+    bank, new = moved_bank
+    flag: list[object] = ["--checkpoint", new] if given else []
+    clip = sorted((parts.fan / "test").glob("*target*normal*.wav"))[0]
+    if consumer == "enrol":
+        result = asd("enrol", bank, clip, "--domain", "target", "--out", tmp_path / "new.npz", *flag)
+    elif consumer == "watch":
+        incoming = tmp_path / "incoming" / "fan"
+        incoming.mkdir(parents=True)
+        shutil.copy(clip, incoming)
+        result = asd("watch", incoming.parent, "--bank", bank, "--once", "--poll", 0.1, *flag)
+    else:
+        window = ["--window", 1] if consumer == "score --window" else []
+        result = asd("score", "--bank", bank, clip, *window, *flag)
+    if not given:
+        assert_error(result, "does not exist any more", "--checkpoint")
+    elif consumer == "watch":
+        assert result.exit_code == 0 and "Scored 1 file(s)" in result.stderr, result.output
+    else:
+        assert_ok(result)
