@@ -3,6 +3,37 @@ way, refuses with one `Error:` line naming the difference or gives the result th
 
 Parts are made once per module through the real CLI (tiny random BEATs, the fan machine of the
 synthetic dataset, 1 s clips). A cell that makes no sense is left out with a comment saying why.
+
+Consumers x differences (R refused naming the field, A allowed as documented, = the code path of
+the row above, not a cell of its own, - no such cell):
+
+                    ckpt adapter kind layers secs channel prec window machine section domain bank-opts run-bank
+  score --bank EMB   R    R      R    R      R    R       R    R(1)   A(2)    =       -      -         -
+  score --banks EMB  R    R      R    R      R    R       R    =      R(3)    =       -      -         R
+  score CLIPS        R/A  R/A    A    A      A    A       R/A  -      R       R       -      -         -
+  score --window     R    R      =    =      =    =       R    R(4)   R       R       -      -         -
+  enrol EMB/CLIPS    R/A  R/A    R/A  R/A    R/A  R/A     R/A  A(5)   R       R       R      -         -
+  watch              R/A  R      A    =      A    A       A    R(4)   A(6)    A(6)    -      -         -
+  fuse               A    -      -    -      -    -       -    -      -       -       -      A         R
+  report             -    -      -    -      -    -       -    -      R       -       -      A(7)      R
+  package            -    -      A(8) A(8)   -    -       -    -      A(9)    -       -      -         R
+
+R/A: refused when the override (--checkpoint, --adapter, --precision) or the embeddings differ from
+the bank, allowed (the bank's own front end, scores equal to scoring its embeddings) otherwise.
+(1) windowed embeddings are not clips; (2) other rows counted, --all scores them; (3) no bank for
+the machine; (4) a --window of another length than the bank's clips, the hop is free; (5) clips
+of a bank of windows are embedded window by window; (6) one `Warning: Skipped` line, not logged;
+(7) another --banks folder is not checked (a submission folder records no front end); the
+thresholds shown are that folder's; (8) the meta YAML's method follows the banks' record;
+(9) packs the --data machines and names the files left out. Left out: `-` cells where the
+consumer has no such input or option (fuse and report read score CSVs, which record no front
+end: their front ends are checked through the run folder's records, the run-bank column);
+the domain column plays no part in a score (only enrol reads it, and fit-bank's domain norms);
+`--precision` with enrol/watch (no such option: they use the bank's); ONNX vs torch (below).
+Fixed by the commit that added this matrix: score --window x prec (--precision was ignored),
+watch x ckpt/adapter (every file skipped with a warning, now one error at start), package x
+kind/layers (the method said head embeddings / the last layer), score --bank EMB x window (a
+"Scored N" line came before the refusal).
 """
 
 from __future__ import annotations
@@ -283,16 +314,36 @@ def test_clip_of_another_machine_or_section_is_refused(
     assert_error(result, needle)
 
 
-def test_watch_skips_a_file_of_another_section(parts: Parts, tmp_path: Path) -> None:
-    """Documented: a file whose name's section is not its bank's is one `Warning: Skipped` line and not logged."""
-    incoming = tmp_path / "incoming" / "fan"
+@pytest.mark.parametrize("differs", ["machine", "section"])
+def test_watch_skips_a_file_of_another_machine_or_section(parts: Parts, differs: str, tmp_path: Path) -> None:
+    """Documented: a file whose DCASE layout's machine or name's section is not its bank's is one
+    `Warning: Skipped` line and not logged (`--bank` scores every file, still refusing those)."""
+    if differs == "machine":
+        clip, folder, needle = sorted((parts.data / "gearbox" / "test").glob("*.wav"))[0], "gearbox/test", "gearbox"
+    else:
+        clip, folder, needle = parts.other_section_clip, "fan", "section 01"
+    incoming = tmp_path / "incoming" / folder
     incoming.mkdir(parents=True)
-    shutil.copy(parts.other_section_clip, incoming)
+    shutil.copy(clip, incoming)
     log = tmp_path / "log.csv"
-    result = asd("watch", incoming.parent, "--bank", parts.bank("base"), "--once", "--poll", 0.1, "--log", log)
+    result = asd("watch", tmp_path / "incoming", "--bank", parts.bank("base"), "--once", "--poll", 0.1, "--log", log)
     assert result.exit_code == 0, result.output
-    assert "Skipped" in result.stderr and "section 01" in result.stderr
-    assert len(log.read_text().splitlines()) <= 1  # at most the header
+    assert "Warning: Skipped" in result.stderr and needle in result.stderr, result.stderr
+    assert "Scored 0 file(s)" in result.stderr
+    assert not log.exists() or len(log.read_text().splitlines()) <= 1  # at most the header
+
+
+@pytest.mark.parametrize("all_rows", [False, True])
+def test_score_embeddings_of_other_machines(parts: Parts, all_rows: bool) -> None:
+    """Documented: with --embeddings the test rows of the bank's machine/section are scored and the
+    other rows counted on stderr; --all scores every row (same front end: the run's)."""
+    emb = parts.run / "embeddings" / "test.npz"
+    result = asd("score", "--bank", parts.run / "banks" / BANK, "--embeddings", emb, *(["--all"] if all_rows else []))
+    assert result.exit_code == 0, result.output
+    names = _scores(result.stdout)
+    assert len(names) == (24 if all_rows else 12)
+    fan = {p.name for p in (parts.fan / "test").glob("*.wav")}
+    assert all_rows or (set(names) == fan and "skipped 12 other rows" in result.stderr)
 
 
 def test_enrol_refuses_a_clip_named_as_the_other_domain(parts: Parts, tmp_path: Path) -> None:
