@@ -125,7 +125,7 @@ def command(
         names, scores = score_windowed(
             the_bank, clips or [], windowed, checkpoint, adapter, device, batch_size, stderr_console(),
             check_clips=lambda found: _check_outputs(outputs, (c.path for c in found)),
-            skip_other_sections=skip_other_sections,
+            skip_other_sections=skip_other_sections, precision=precision,
         )  # fmt: skip
     elif embeddings is not None:
         rows = _rows_from_file(the_bank, embeddings, all_rows)
@@ -204,6 +204,7 @@ def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
     rows = select_test(emb, bank.machine, bank.section)
     if len(rows) == 0:
         raise DataError(f"{path} has no test clips of {bank.name}; pass --all to score every row.")
+    check_unique_names(rows, str(path))  # before the line saying which rows are scored
     if len(rows) < len(emb):
         stderr_console().print(
             f"Scored the {len(rows)} test clips of {bank.name} in {path}; skipped {len(emb) - len(rows)} "

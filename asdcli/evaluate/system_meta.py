@@ -106,12 +106,7 @@ def system_meta(cfg: PackageConfig, run: Path | None) -> str:
     ft = facts.get("finetune")
     bank = facts.get("bank")
     params = backbone_parameters(backbone) if backbone else None
-    recipe = "BEATs embeddings (mean over tokens of the last layer), KNN cosine distance to the train clips"
-    if ft is not None:
-        recipe = (
-            "BEATs fine-tuned with LoRA as a machine-type classifier (AAM softmax); head embeddings; "
-            "KNN cosine distance to the train clips"
-        )
+    recipe = method(spec, ft)
     if bank is not None:
         norm = f", score norm {bank.score_norm}" if bank.score_norm != "none" else ""
         recipe += f" (k={bank.k}{norm})"
@@ -180,6 +175,23 @@ def _total(backbone: int | None, trainable: int | str) -> int | str:
     if backbone is None or not isinstance(trainable, int):
         return FILL
     return backbone + trainable
+
+
+def method(spec: Mapping[str, Any], ft: Mapping[str, Any] | None) -> str:
+    """The front end of the banks in words, from their front-end record (embedding kind, layers)
+    and the fine-tuning record: what the meta YAML says the system computes."""
+    knn = "KNN cosine distance to the train clips"
+    if ft is None:
+        layers = str(spec.get("layers", "last"))
+        pooled = "the last layer" if layers == "last" else f"layers {layers}, concatenated"
+        return f"BEATs embeddings (mean over tokens of {pooled}), {knn}"
+    how = "fully fine-tuned" if dict(ft.get("config") or {}).get("full_finetune") else "fine-tuned with LoRA"
+    vector = (
+        "pooled embeddings (mean over tokens of the fine-tuned backbone)"
+        if spec.get("embedding") == "pooled"
+        else "head embeddings"
+    )
+    return f"BEATs {how} as a machine-type classifier (AAM softmax); {vector}; {knn}"
 
 
 def _trainable(ft: Mapping[str, Any] | None) -> int | str:

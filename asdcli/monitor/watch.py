@@ -29,6 +29,7 @@ from asdcli.backend.bank import Bank
 from asdcli.backend.score import fits_bank, format_score
 from asdcli.data.dataset import AUDIO_SUFFIXES, layout_machine, make_clip, parse_filename
 from asdcli.errors import AsdError, ConfigError
+from asdcli.frontend.spec import check_same_frontend
 from asdcli.monitor.windows import Streak, WindowSpec, aggregate, check_window_length, trailing_anomalous
 
 if TYPE_CHECKING:
@@ -278,8 +279,12 @@ class Watcher:
     def __init__(self, cfg: WatchConfig, banks: dict[tuple[str, str], Bank], embedder_for: Callable[[Bank], Embedder],
                  say: Say, warn: Say) -> None:  # fmt: skip
         self.cfg, self.banks, self.embedder_for, self.say, self.warn = cfg, banks, embedder_for, say, warn
-        for each in banks.values():  # --window/--hop against every bank now, not at the first file hours later
+        # --window/--hop and the front end against every bank now, not at the first file hours later
+        for each in banks.values():
             window_for(cfg, each)
+            check_same_frontend(
+                each.embedding_meta, embedder_for(each).meta, f"The bank of {each.name}", "the embedder"
+            )
         self.log = ScoreLog.open(cfg.log)
         self.tracker = FileTracker(cfg.folder, {cfg.log})
         self.streaks: dict[tuple[str, str], Streak] = {}

@@ -63,12 +63,13 @@ def format_windows(results: Sequence[RecordingScores]) -> str:
 def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, checkpoint: Path | None,
                    adapter: Path | None, device: str, batch_size: int | None, console: Console | None,
                    check_clips: Callable[[Sequence[Clip]], None] | None = None,
-                   skip_other_sections: bool = False) -> tuple[list[str], np.ndarray]:  # fmt: skip
+                   skip_other_sections: bool = False, precision: str | None = None) -> tuple[list[str], np.ndarray]:  # fmt: skip
     """Score every recording window by window; write ``opts.windows_csv`` and ``opts.plot``.
 
     ``check_clips`` sees the recordings found before any is read (e.g. to refuse an output that is
     one of them); recordings of another machine/section than the bank's are then refused or
-    skipped as `asd score` does (:func:`~asdcli.backend.score.bank_clips`). Notes (skipped
+    skipped as `asd score` does (:func:`~asdcli.backend.score.bank_clips`). ``checkpoint``,
+    ``adapter`` and ``precision`` override the bank's front end, which is then checked. Notes (skipped
     recordings, ``--min-windows`` alarms) go to ``console``, else stderr. Returns the recordings'
     file names and their aggregate scores (N,) float32.
     """
@@ -83,7 +84,7 @@ def score_windowed(bank: Bank, paths: Sequence[Path], opts: WindowedScoring, che
 
     clips = bank_clips(bank, clips, skip_other_sections, note)
     check_window_length(spec, bank_clip_seconds(bank), bank.name)
-    embedder = load_embedder(bank_embed_config(bank, checkpoint, adapter, device, batch_size))
+    embedder = load_embedder(bank_embed_config(bank, checkpoint, adapter, device, batch_size, precision))
     results = []
     for clip in clips:
         info = recording_info(clip.path, embedder.channel)
