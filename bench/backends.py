@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asdcli.artifacts import Embeddings, load_embeddings
-from asdcli.backend.bank import BankConfig, fit_banks, save_banks
+from asdcli.backend.bank import BankConfig, save_banks
+from asdcli.backend.bank_fit import fit_banks
 from asdcli.backend.score import write_submission
 from asdcli.evaluate.ground_truth import load_ground_truth
 from asdcli.evaluate.report import evaluate_submission

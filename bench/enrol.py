@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asdcli.artifacts import Embeddings
-from asdcli.backend.bank import fit_bank
+from asdcli.backend.bank_fit import fit_bank
 from asdcli.backend.score import score_vectors
 from asdcli.data.dataset import discover_clips
 from asdcli.frontend.embed import EmbedConfig, embed_clips

@@ -127,7 +127,7 @@ def speed_and_cosine(args: argparse.Namespace) -> dict[str, object]:
 
 def official_scores(seed: int) -> dict[str, float]:
     """Official score of the demo dataset with the tiny random BEATs for each precision pairing."""
-    from asdcli.backend.bank import fit_banks
+    from asdcli.backend.bank_fit import fit_banks
     from asdcli.backend.score import write_submission
     from asdcli.data.dataset import discover_clips
     from asdcli.evaluate.ground_truth import ground_truth_from_data

@@ -41,7 +41,8 @@ def write_recording(path: Path, minutes: float, seed: int = 0) -> None:
 
 def make_bank(tmp: Path) -> Path:
     from asdcli.artifacts import save_embeddings
-    from asdcli.backend.bank import fit_bank, save_bank
+    from asdcli.backend.bank import save_bank
+    from asdcli.backend.bank_fit import fit_bank
     from asdcli.data.dataset import discover_clips
     from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
     from asdcli.frontend.embed import EmbedConfig, embed_clips

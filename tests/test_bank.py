@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.backend import bank as B
+from asdcli.backend import bank_fit as F
 from asdcli.backend import knn
 from asdcli.cli.main import app
 from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError, DataError
@@ -49,7 +50,7 @@ def train_rows(emb: Embeddings, machine: str = "fan") -> Embeddings:
 
 def test_default_bank_is_standardized_normalized_train_vectors() -> None:
     emb = make_embeddings()
-    bank = B.fit_bank(emb, machine="fan")
+    bank = F.fit_bank(emb, machine="fan")
     rows = train_rows(emb)
     np.testing.assert_allclose(bank.mean, rows.vectors.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(bank.std, rows.vectors.std(axis=0), rtol=1e-5)
@@ -62,7 +63,7 @@ def test_default_bank_is_standardized_normalized_train_vectors() -> None:
 
 
 def test_threshold_is_gamma_quantile_of_leave_one_out_scores() -> None:
-    bank = B.fit_bank(make_embeddings(), machine="fan")
+    bank = F.fit_bank(make_embeddings(), machine="fan")
     v = bank.vectors.astype(np.float64)
     d = 1 - v @ v.T
     np.fill_diagonal(d, np.inf)
@@ -70,16 +71,16 @@ def test_threshold_is_gamma_quantile_of_leave_one_out_scores() -> None:
     params = stats.gamma.fit(bank.loo_scores.astype(np.float64))
     assert bank.threshold == pytest.approx(stats.gamma.ppf(0.9, *params), rel=1e-6)
     assert bank.threshold_info["method"] == "gamma"
-    higher = B.fit_bank(make_embeddings(), B.BankConfig(threshold_quantile=0.99), machine="fan")
+    higher = F.fit_bank(make_embeddings(), B.BankConfig(threshold_quantile=0.99), machine="fan")
     assert higher.threshold > bank.threshold
 
 
 def test_threshold_fallbacks() -> None:
-    assert B.fit_threshold(np.full(10, 0.25)) == (0.25, {"quantile": 0.9, "n_scores": 10, "method": "max"})
-    assert B.fit_threshold(np.array([0.1, 0.3]))[0] == 0.3
-    assert B.fit_threshold(np.array([0.1, np.inf, 0.2, 0.3]))[1]["n_scores"] == 3
+    assert F.fit_threshold(np.full(10, 0.25)) == (0.25, {"quantile": 0.9, "n_scores": 10, "method": "max"})
+    assert F.fit_threshold(np.array([0.1, 0.3]))[0] == 0.3
+    assert F.fit_threshold(np.array([0.1, np.inf, 0.2, 0.3]))[1]["n_scores"] == 3
     with pytest.raises(DataError):
-        B.fit_threshold(np.array([np.inf]))
+        F.fit_threshold(np.array([np.inf]))
 
 
 def test_threshold_falls_back_to_empirical_quantile_when_gamma_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,12 +89,12 @@ def test_threshold_falls_back_to_empirical_quantile_when_gamma_fails(monkeypatch
 
     monkeypatch.setattr(stats.gamma, "fit", broken)
     scores = np.linspace(0.1, 1.0, 11)
-    thr, info = B.fit_threshold(scores, 0.9)
+    thr, info = F.fit_threshold(scores, 0.9)
     assert info["method"] == "empirical" and thr == pytest.approx(np.quantile(scores, 0.9))
 
 
 def test_k_option_means_k_smallest_distances() -> None:
-    bank = B.fit_bank(make_embeddings(), B.BankConfig(k=3), machine="fan")
+    bank = F.fit_bank(make_embeddings(), B.BankConfig(k=3), machine="fan")
     v = bank.vectors.astype(np.float64)
     d = 1 - v @ v.T
     np.fill_diagonal(d, np.inf)
@@ -103,7 +104,7 @@ def test_k_option_means_k_smallest_distances() -> None:
 def test_condense_source_keeps_every_target_vector() -> None:
     emb = make_embeddings(n_train=40, n_target=5)
     cfg = B.BankConfig(condense_source=6, seed=1)
-    bank = B.fit_bank(emb, cfg, machine="fan")
+    bank = F.fit_bank(emb, cfg, machine="fan")
     rows = train_rows(emb)
     tgt = rows.domain == "target"
     assert len(bank) == 6 + 5
@@ -112,18 +113,18 @@ def test_condense_source_keeps_every_target_vector() -> None:
         bank.vectors[bank.domain == "target"], knn.prepare(rows.vectors, bank.mean, bank.std)[tgt], atol=1e-6
     )
     assert all(f.startswith("kmeans_centre_") for f in bank.filenames[bank.domain == "source"])
-    np.testing.assert_array_equal(B.fit_bank(emb, cfg, machine="fan").vectors, bank.vectors)  # seeded
+    np.testing.assert_array_equal(F.fit_bank(emb, cfg, machine="fan").vectors, bank.vectors)  # seeded
     assert not np.array_equal(
-        B.fit_bank(emb, B.BankConfig(condense_source=6, seed=2), machine="fan").vectors, bank.vectors
+        F.fit_bank(emb, B.BankConfig(condense_source=6, seed=2), machine="fan").vectors, bank.vectors
     )
     # More centres than source vectors: nothing to condense.
-    assert len(B.fit_bank(emb, B.BankConfig(condense_source=1000), machine="fan")) == 40
+    assert len(F.fit_bank(emb, B.BankConfig(condense_source=1000), machine="fan")) == 40
 
 
 def test_score_norms_are_applied_with_the_groups_they_define() -> None:
     emb = make_embeddings()
     q = knn.prepare(train_rows(emb, "valve").vectors, *knn.standardization_stats(train_rows(emb).vectors))
-    dd = B.fit_bank(emb, B.BankConfig(score_norm="domain-density", density_k=3, density_k_target=2), machine="fan")
+    dd = F.fit_bank(emb, B.BankConfig(score_norm="domain-density", density_k=3, density_k_target=2), machine="fan")
     src, tgt = dd.domain == "source", dd.domain == "target"
     np.testing.assert_allclose(dd.radii[src], knn.density_radii(dd.vectors[src], 3))
     np.testing.assert_allclose(dd.radii[tgt], knn.density_radii(dd.vectors[tgt], 2))
@@ -132,7 +133,7 @@ def test_score_norms_are_applied_with_the_groups_they_define() -> None:
     # float32 against float64: the dot's rounding bound for unit 12-d vectors, divided by the radius
     tol = unit_dot_atol(12) / float(min(dd.radii.min(), 1.0))
     np.testing.assert_allclose(dd.score_prepared(q), np.minimum(d(src, dd.radii[src]), d(tgt, dd.radii[tgt])), atol=tol)
-    plain = B.fit_bank(emb, B.BankConfig(score_norm="density", density_k=3), machine="fan")
+    plain = F.fit_bank(emb, B.BankConfig(score_norm="density", density_k=3), machine="fan")
     np.testing.assert_allclose(plain.radii, knn.density_radii(plain.vectors, 3))
     tol = unit_dot_atol(12) / float(min(plain.radii.min(), 1.0))
     np.testing.assert_allclose(plain.score_prepared(q), d(np.arange(24), plain.radii), atol=tol)
@@ -150,7 +151,7 @@ def test_score_norms_are_applied_with_the_groups_they_define() -> None:
 )
 def test_too_small_banks_are_clear_errors(cfg: B.BankConfig, n_train: int, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
-        B.fit_bank(make_embeddings(n_train=n_train, n_target=0), cfg, machine="fan")
+        F.fit_bank(make_embeddings(n_train=n_train, n_target=0), cfg, machine="fan")
 
 
 @pytest.mark.parametrize(
@@ -178,31 +179,31 @@ def test_nan_embeddings_are_refused() -> None:
     emb = make_embeddings(groups=(("fan", "00"),))
     emb.vectors[0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
-        B.fit_bank(emb)
+        F.fit_bank(emb)
 
 
 def test_choosing_machine_and_section() -> None:
     emb = make_embeddings(groups=(("fan", "00"), ("fan", "01"), ("valve", "00")))
     with pytest.raises(ConfigError, match="fan section 00, fan section 01, valve section 00"):
-        B.fit_bank(emb, what="x.npz")
+        F.fit_bank(emb, what="x.npz")
     with pytest.raises(ConfigError, match="fan section 00, fan section 01"):
-        B.fit_bank(emb, machine="fan")
-    assert B.fit_bank(emb, machine="fan", section="01").section == "01"
-    assert B.fit_bank(emb, machine="valve").machine == "valve"
+        F.fit_bank(emb, machine="fan")
+    assert F.fit_bank(emb, machine="fan", section="01").section == "01"
+    assert F.fit_bank(emb, machine="valve").machine == "valve"
     with pytest.raises(DataError, match="no train clips of machine pump.*it holds fan section 00"):
-        B.fit_bank(emb, machine="pump")
-    banks = B.fit_banks(emb)
+        F.fit_bank(emb, machine="pump")
+    banks = F.fit_banks(emb)
     assert sorted(banks) == [("fan", "00"), ("fan", "01"), ("valve", "00")]
     assert all(len(b) == 24 for b in banks.values())  # test clips never enter a bank
-    assert sorted(B.fit_banks(emb, machine="fan")) == [("fan", "00"), ("fan", "01")]
+    assert sorted(F.fit_banks(emb, machine="fan")) == [("fan", "00"), ("fan", "01")]
     test_only = emb.select(emb.split == "test")
     with pytest.raises(DataError, match="no train clips \\(splits found: test\\)"):
-        B.fit_banks(test_only)
+        F.fit_banks(test_only)
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
     cfg = B.BankConfig(k=2, score_norm="domain-density", density_k=2, condense_source=5, threshold_quantile=0.8, seed=4)
-    bank = B.fit_bank(make_embeddings(), cfg, machine="fan")
+    bank = F.fit_bank(make_embeddings(), cfg, machine="fan")
     path = tmp_path / "b.npz"
     B.save_bank(path, bank)
     loaded = B.load_bank(path)
@@ -229,7 +230,7 @@ def test_load_errors(tmp_path: Path) -> None:
     save_embeddings(emb_path, make_embeddings())
     with pytest.raises(ArtifactError, match="lacks"):
         B.load_bank(emb_path)
-    bank = B.fit_bank(make_embeddings(), machine="fan")
+    bank = F.fit_bank(make_embeddings(), machine="fan")
     good = tmp_path / "good.npz"
     B.save_bank(good, bank)
     with np.load(good) as z:
@@ -247,7 +248,7 @@ def test_load_banks_folder(tmp_path: Path) -> None:
         B.load_banks(tmp_path / "nope")
     with pytest.raises(ArtifactNotFound, match="no bank_"):
         B.load_banks(tmp_path)
-    banks = B.fit_banks(make_embeddings())
+    banks = F.fit_banks(make_embeddings())
     paths = B.save_banks(tmp_path, banks)
     assert [p.name for p in paths] == ["bank_fan_section_00.npz", "bank_valve_section_00.npz"]
     assert sorted(B.load_banks(tmp_path)) == [("fan", "00"), ("valve", "00")]
@@ -329,16 +330,16 @@ def test_threshold_of_a_big_bank_is_fitted_on_a_seeded_sample(monkeypatch: pytes
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 16)).astype(np.float32)
     domain, names = np.full(200, "source"), np.array([f"c{i}.wav" for i in range(200)])
-    full = B.build_bank(x, domain, names)
-    monkeypatch.setattr(B, "THRESHOLD_SAMPLE", 50)
-    sampled = B.build_bank(x, domain, names)
+    full = F.build_bank(x, domain, names)
+    monkeypatch.setattr(F, "THRESHOLD_SAMPLE", 50)
+    sampled = F.build_bank(x, domain, names)
     assert sampled.loo_scores.shape == (50,)
     # The same LOO scores, fewer rows: fewer queries is another GEMM shape (another BLAS kernel on
     # some CPUs), so equal up to the rounding of a float32 dot of unit 16-d vectors.
     assert len(set(sampled.loo_rows.tolist())) == 50 and np.array_equal(full.loo_rows, np.arange(200))
     np.testing.assert_allclose(sampled.loo_scores, full.loo_scores[sampled.loo_rows], rtol=0, atol=unit_dot_atol(16))
     assert sampled.threshold_info["n_scores"] == 50
-    again = B.build_bank(x, domain, names)
+    again = F.build_bank(x, domain, names)
     np.testing.assert_array_equal(again.loo_scores, sampled.loo_scores)  # seeded
     B.save_bank(tmp_path / "b.npz", sampled)
     np.testing.assert_array_equal(B.load_bank(tmp_path / "b.npz").loo_scores, sampled.loo_scores)

@@ -58,7 +58,8 @@ def test_a_tiny_threshold_quantile_never_puts_the_threshold_below_the_normal_sco
     """`asd fit-bank --threshold-quantile 1e-12` used to store a negative threshold for cosine
     distances (>= 0): every clip flagged. The threshold is now at least the smallest leave-one-out
     score, the fit-bank line says so, and `asd enrol` (which refits the threshold) agrees."""
-    from asdcli.backend.bank import fit_threshold, load_bank
+    from asdcli.backend.bank import load_bank
+    from asdcli.backend.bank_fit import fit_threshold
 
     emb = _gaussian_embeddings(tmp_path / "train.npz")
     out = tmp_path / "fan.npz"

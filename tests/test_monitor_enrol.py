@@ -12,7 +12,8 @@ from typer.testing import CliRunner, Result
 
 from asdcli.artifacts import load_embeddings, save_embeddings
 from asdcli.backend import knn
-from asdcli.backend.bank import build_bank, fit_threshold, load_bank
+from asdcli.backend.bank import load_bank
+from asdcli.backend.bank_fit import build_bank, fit_threshold
 from asdcli.backend.score import score_vectors
 from asdcli.cli.main import app
 

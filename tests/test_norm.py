@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from asdcli.backend import bank as B
+from asdcli.backend import bank_fit as F
 from asdcli.backend import knn, norm
 
 SOURCE = [0.0, 10.0, 30.0]
@@ -115,10 +116,10 @@ def test_thresholds_come_from_the_same_normalized_leave_one_out_scores() -> None
     x = rng.standard_normal((30, 6)).astype(np.float32)
     dom = np.array(["source"] * 24 + ["target"] * 6)
     for score_norm in norm.SCORE_NORMS:
-        bank = B.build_bank(x, dom, np.array([f"c{i}" for i in range(30)]), B.BankConfig(score_norm=score_norm))
+        bank = F.build_bank(x, dom, np.array([f"c{i}" for i in range(30)]), B.BankConfig(score_norm=score_norm))
         rows = np.arange(30)
         np.testing.assert_array_equal(bank.loo_scores, bank.score_prepared(bank.vectors, self_index=rows))
-        assert bank.threshold == B.fit_threshold(bank.loo_scores)[0]
+        assert bank.threshold == F.fit_threshold(bank.loo_scores)[0]
         assert bank.loo_stats == pytest.approx((bank.loo_scores.mean(), bank.loo_scores.std()), rel=1e-5)
 
 
@@ -128,11 +129,11 @@ def test_statistics_never_see_test_clips() -> None:
     x = rng.standard_normal((20, 4)).astype(np.float32)
     dom = np.array(["source"] * 16 + ["target"] * 4)
     names = np.array([f"c{i}" for i in range(20)])
-    bank = B.build_bank(x, dom, names, B.BankConfig(score_norm="domain-zscore"))
+    bank = F.build_bank(x, dom, names, B.BankConfig(score_norm="domain-zscore"))
     before = dict(bank.normalization)
     bank.score_prepared(knn.prepare(rng.standard_normal((50, 4)).astype(np.float32), bank.mean, bank.std))
     assert (
         bank.normalization
         == before
-        == B.build_bank(x, dom, names, B.BankConfig(score_norm="domain-zscore")).normalization
+        == F.build_bank(x, dom, names, B.BankConfig(score_norm="domain-zscore")).normalization
     )

@@ -196,7 +196,8 @@ def test_a_zip_asd_package_did_not_write_is_never_replaced(setup, tmp_path: Path
 def test_meta_is_filled_from_the_run_folder(setup, tmp_path: Path) -> None:
     import json
 
-    from asdcli.backend.bank import build_bank, save_bank
+    from asdcli.backend.bank import save_bank
+    from asdcli.backend.bank_fit import build_bank
     from asdcli.evaluate.package import PackageConfig
     from asdcli.evaluate.system_meta import backbone_parameters, system_meta
     from asdcli.frontend.beats.config import tiny_beats_config

@@ -209,7 +209,8 @@ def test_cli_json_has_the_csv_fields_in_the_csv_order(setup) -> None:
 
 
 def _bank(folder: Path, machine: str, seed: int) -> float:
-    from asdcli.backend.bank import bank_filename, build_bank, save_bank
+    from asdcli.backend.bank import bank_filename, save_bank
+    from asdcli.backend.bank_fit import build_bank
 
     rng = np.random.default_rng(seed)
     bank = build_bank(

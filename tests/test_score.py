@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.backend import bank as B
+from asdcli.backend import bank_fit as F
 from asdcli.backend import knn
 from asdcli.backend import score as S
 from asdcli.cli.main import app
@@ -69,13 +70,13 @@ def files(tmp_path: Path, emb: Embeddings) -> dict[str, Path]:
     """Embeddings file, a fan bank file and a bank folder."""
     paths = {"emb": tmp_path / "emb.npz", "bank": tmp_path / "fan.npz", "banks": tmp_path / "banks"}
     save_embeddings(paths["emb"], emb)
-    B.save_bank(paths["bank"], B.fit_bank(emb, machine="fan"))
-    B.save_banks(paths["banks"], B.fit_banks(emb))
+    B.save_bank(paths["bank"], F.fit_bank(emb, machine="fan"))
+    B.save_banks(paths["banks"], F.fit_banks(emb))
     return paths
 
 
 def test_scores_are_nearest_cosine_distance_in_standardized_space(emb: Embeddings) -> None:
-    bank = B.fit_bank(emb, machine="fan")
+    bank = F.fit_bank(emb, machine="fan")
     test = S.select_test(emb, "fan", "00")
     scores = S.score_embeddings(bank, test)
     z = (test.vectors - bank.mean) / bank.std
@@ -88,13 +89,13 @@ def test_scores_are_nearest_cosine_distance_in_standardized_space(emb: Embedding
 
 
 def test_decisions_use_the_bank_threshold(emb: Embeddings) -> None:
-    bank = replace(B.fit_bank(emb, machine="fan"), threshold=0.5)
+    bank = replace(F.fit_bank(emb, machine="fan"), threshold=0.5)
     flags = S.decide(bank, np.array([0.1, 0.5, 0.50001, 2.0]))
     assert flags.tolist() == [0, 0, 1, 1]
 
 
 def test_mismatched_embeddings_are_refused(emb: Embeddings) -> None:
-    bank = B.fit_bank(emb, machine="fan")
+    bank = F.fit_bank(emb, machine="fan")
     other_dim = Embeddings(
         vectors=np.zeros((len(emb), 4), np.float32), meta=emb.meta, **{f: getattr(emb, f) for f in Embeddings.FIELDS}
     )
@@ -128,7 +129,7 @@ def _read(path: Path) -> list[list[str]]:
 
 
 def test_write_submission_folder(tmp_path: Path, emb: Embeddings) -> None:
-    banks = B.fit_banks(emb)
+    banks = F.fit_banks(emb)
     out = tmp_path / "sub"
     paths = S.write_submission(banks, emb, out)
     expected = sorted(
@@ -146,7 +147,7 @@ def test_write_submission_folder(tmp_path: Path, emb: Embeddings) -> None:
 
 
 def test_write_submission_replaces_stale_files_and_refuses_foreign_ones(tmp_path: Path, emb: Embeddings) -> None:
-    banks = B.fit_banks(emb)
+    banks = F.fit_banks(emb)
     out = tmp_path / "sub"
     out.mkdir()
     (out / "anomaly_score_pump_section_00_test.csv").write_text("old\n")
@@ -162,7 +163,7 @@ def test_write_submission_replaces_stale_files_and_refuses_foreign_ones(tmp_path
 
 
 def test_write_submission_checks_everything_first(tmp_path: Path, emb: Embeddings) -> None:
-    banks = B.fit_banks(emb)
+    banks = F.fit_banks(emb)
     out = tmp_path / "sub"
     with pytest.raises(DataError, match="No bank for valve section 00 \\(banks: fan section 00\\)"):
         S.write_submission([banks[("fan", "00")]], emb, out)
@@ -242,10 +243,10 @@ def test_cli_submission(files: dict[str, Path], tmp_path: Path) -> None:
 )
 def test_cli_score_errors(files: dict[str, Path], tmp_path: Path, args: list[str], match: str) -> None:
     pump = make_embeddings(groups=(("pump", "00"),))
-    B.save_bank(tmp_path / "pump.npz", B.fit_bank(pump))
+    B.save_bank(tmp_path / "pump.npz", F.fit_bank(pump))
     B.save_bank(
         tmp_path / "other.npz",
-        B.fit_bank(replace(make_embeddings(), meta=meta_with(checkpoint_sha256="f" * 64)), machine="fan"),
+        F.fit_bank(replace(make_embeddings(), meta=meta_with(checkpoint_sha256="f" * 64)), machine="fan"),
     )
     subst = {
         "EMB": files["emb"],
@@ -263,7 +264,7 @@ def test_cli_score_errors(files: dict[str, Path], tmp_path: Path, args: list[str
 
 def test_domain_density_bank_scores(emb: Embeddings) -> None:
     cfg = B.BankConfig(k=2, score_norm="domain-density", density_k=3, condense_source=6)
-    bank = B.fit_bank(emb, cfg, machine="fan")
+    bank = F.fit_bank(emb, cfg, machine="fan")
     test = S.select_test(emb, "fan", "00")
     q = knn.prepare(test.vectors, bank.mean, bank.std)
     src, tgt = bank.domain == "source", bank.domain == "target"
@@ -304,7 +305,7 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         EmbedConfig(checkpoint=paths["ckpt1"], device="cpu", seconds=0.5),
     )
     paths["bank"] = root / "bank.npz"
-    B.save_bank(paths["bank"], B.fit_bank(train))
+    B.save_bank(paths["bank"], F.fit_bank(train))
     return paths
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asdcli.backend.bank import Bank, check_quantile, fit_threshold, load_banks
+from asdcli.backend.bank import Bank, check_quantile, load_banks
+from asdcli.backend.bank_fit import fit_threshold
 from asdcli.backend.norm import ZSCORE_STD_FLOOR_ABS, ZSCORE_STD_FLOOR_REL
 from asdcli.backend.score import (
     format_decisions,

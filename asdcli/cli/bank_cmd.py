@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from asdcli.artifacts import check_not_input, load_embeddings
-from asdcli.backend.bank import Bank, BankConfig, fit_bank, fit_banks, save_bank, save_banks, threshold_method
+from asdcli.backend.bank import Bank, BankConfig, save_bank, save_banks
+from asdcli.backend.bank_fit import fit_bank, fit_banks, threshold_method
 from asdcli.console import stderr_console
 from asdcli.errors import ConfigError
 

@@ -50,7 +50,8 @@ def command(
     `asd enrol banks/bank_fan_section_00.npz new_speed/*.wav --domain target --out fan_v2.npz`
     """
     from asdcli.artifacts import check_not_input, load_embeddings
-    from asdcli.backend.bank import load_bank, save_bank, threshold_method
+    from asdcli.backend.bank import load_bank, save_bank
+    from asdcli.backend.bank_fit import threshold_method
     from asdcli.backend.score import bank_front_end_files
     from asdcli.data.dataset import discover_clips
     from asdcli.monitor.enrol import enrol, enrolment_embeddings

@@ -19,7 +19,8 @@ import numpy as np
 
 from asdcli.artifacts import Embeddings, load_embeddings
 from asdcli.backend import knn
-from asdcli.backend.bank import Bank, build_bank, fit_prepared
+from asdcli.backend.bank import Bank
+from asdcli.backend.bank_fit import build_bank, fit_prepared
 from asdcli.backend.score import check_compatible
 from asdcli.data.dataset import DOMAINS, discover_clips
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError

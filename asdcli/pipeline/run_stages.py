@@ -169,7 +169,8 @@ def bank_stage(cfg: RunConfig, train_path: Path, embed: Stage, runner: StageRunn
 
     def work(stage: Stage) -> tuple[list[Path], dict[str, Any]]:
         from asdcli.artifacts import load_embeddings
-        from asdcli.backend.bank import fit_banks, save_banks
+        from asdcli.backend.bank import save_banks
+        from asdcli.backend.bank_fit import fit_banks
 
         earlier = stage.recorded_outputs()
         banks = fit_banks(load_embeddings(train_path), cfg.bank, what=str(train_path))
