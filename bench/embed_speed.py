@@ -21,7 +21,7 @@ import time
 import torch
 
 from asdcli.frontend.beats import BEATs, BeatsConfig
-from asdcli.frontend.embed import MeanPooledBackbone
+from asdcli.frontend.embedder import MeanPooledBackbone
 from asdcli.frontend.features import beats_fbank
 
 GFLOP_PER_CLIP = 98.7  # iter3 forward of one 10 s clip (496 tokens), 2 FLOPs per multiply-add

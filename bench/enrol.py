@@ -29,7 +29,8 @@ from asdcli.artifacts import Embeddings
 from asdcli.backend.bank_fit import fit_bank
 from asdcli.backend.score import score_vectors
 from asdcli.data.dataset import discover_clips
-from asdcli.frontend.embed import EmbedConfig, embed_clips
+from asdcli.frontend.embed import embed_clips
+from asdcli.frontend.embedder import EmbedConfig
 from asdcli.monitor.enrol import enrol
 from asdcli.synth.dataset import SynthConfig, make_dataset
 

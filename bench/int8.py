@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from embed_speed import write_json
 
 from asdcli.frontend.beats import BEATs, BeatsConfig
-from asdcli.frontend.embed import MeanPooledBackbone
+from asdcli.frontend.embedder import MeanPooledBackbone
 from asdcli.frontend.export import cosine_rows
 from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.quantize import for_precision
@@ -133,7 +133,8 @@ def official_scores(seed: int) -> dict[str, float]:
     from asdcli.evaluate.ground_truth import ground_truth_from_data
     from asdcli.evaluate.report import evaluate_submission
     from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
-    from asdcli.frontend.embed import EmbedConfig, embed_clips
+    from asdcli.frontend.embed import embed_clips
+    from asdcli.frontend.embedder import EmbedConfig
     from asdcli.synth.dataset import SynthConfig, make_dataset
 
     with tempfile.TemporaryDirectory() as tmp:

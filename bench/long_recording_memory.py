@@ -45,7 +45,8 @@ def make_bank(tmp: Path) -> Path:
     from asdcli.backend.bank_fit import fit_bank
     from asdcli.data.dataset import discover_clips
     from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
-    from asdcli.frontend.embed import EmbedConfig, embed_clips
+    from asdcli.frontend.embed import embed_clips
+    from asdcli.frontend.embedder import EmbedConfig
 
     ckpt = make_tiny_checkpoint(tmp / "tiny.pt", seed=0)
     for i in range(4):

@@ -43,7 +43,7 @@ from embed_speed import write_json
 from int8 import synth_waves
 
 from asdcli.frontend.beats import BEATs, BeatsConfig, load_beats, save_official_checkpoint
-from asdcli.frontend.embed import MeanPooledBackbone, auto_batch_size
+from asdcli.frontend.embedder import MeanPooledBackbone, auto_batch_size
 from asdcli.frontend.features import beats_fbank
 
 CLIPS = 8

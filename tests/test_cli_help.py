@@ -148,7 +148,7 @@ def test_choice_lists_match_the_library() -> None:
     from asdcli.backend.score import SCORE_FORMATS
     from asdcli.cli.usage import TEXT_CHOICES
     from asdcli.finetune.config import LABEL_MODES, MIXED_PRECISION
-    from asdcli.frontend.embed import EMBEDDING_CHOICES
+    from asdcli.frontend.embedder import EMBEDDING_CHOICES
 
     assert TEXT_CHOICES == {
         "--labels": LABEL_MODES,

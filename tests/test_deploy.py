@@ -26,7 +26,7 @@ from asdcli.backend.score import score_vectors
 from asdcli.cli.main import app
 from asdcli.errors import ConfigError
 from asdcli.frontend.beats import load_beats
-from asdcli.frontend.embed import MeanPooledBackbone
+from asdcli.frontend.embedder import MeanPooledBackbone
 from asdcli.frontend.export import cosine_rows
 from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.quantize import QUANTIZED_LINEARS, for_precision, merge_lora, quantize_for_cpu

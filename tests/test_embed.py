@@ -21,7 +21,8 @@ from asdcli.device import resolve_device
 from asdcli.errors import ConfigError
 from asdcli.frontend.beats import load_beats, tiny_beats_config
 from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
-from asdcli.frontend.embed import EmbedConfig, embed_clips
+from asdcli.frontend.embed import embed_clips
+from asdcli.frontend.embedder import EmbedConfig
 from asdcli.frontend.features import beats_fbank
 from asdcli.frontend.spec import cfg_sha256
 
@@ -197,7 +198,8 @@ def test_a_non_finite_embedding_is_an_error_naming_the_clip(data_dir, checkpoint
     from dataclasses import replace
 
     from asdcli.errors import ArtifactError
-    from asdcli.frontend.embed import build_embedder, embed
+    from asdcli.frontend.embed import embed
+    from asdcli.frontend.embedder import build_embedder
 
     class NanForSecond(nn.Module):
         def forward(self, fbank: torch.Tensor) -> torch.Tensor:  # (B, T, 128) -> (B, 2), NaN in row 1
@@ -230,7 +232,7 @@ def test_embed_stage_of_asd_run_says_when_clips_are_cut(data_dir, checkpoint, tm
 
 
 def test_the_default_batch_follows_the_device_and_the_model_size() -> None:
-    from asdcli.frontend.embed import auto_batch_size
+    from asdcli.frontend.embedder import auto_batch_size
 
     assert auto_batch_size(torch.device("cpu"), 768) == 2  # iter3 on a CPU: batch 2 is the fastest
     assert auto_batch_size(torch.device("cpu"), 64) == 8  # a small model: per-call overhead dominates

@@ -173,7 +173,8 @@ def test_adapter_round_trip_gives_identical_embeddings(ckpt: Path, tmp_path: Pat
 
 def test_embed_uses_the_run_folder(trained_run: Path, ckpt: Path, data_root: Path) -> None:
     from asdcli.data.audio import AudioConfig, load_clip
-    from asdcli.frontend.embed import EmbedConfig, embed_clips
+    from asdcli.frontend.embed import embed_clips
+    from asdcli.frontend.embedder import EmbedConfig
 
     clips = _train_clips(data_root)[:5]
     emb = embed_clips(clips, EmbedConfig(checkpoint=ckpt, adapter=trained_run, seconds=1.0, device="cpu"))

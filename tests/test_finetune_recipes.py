@@ -263,7 +263,8 @@ def test_recipe_trains_and_resumes_to_the_same_weights(recipe: str, synth_root: 
 def test_full_finetune_changes_the_backbone_and_embed_reproduces_it(synth_root: Path, tiny_checkpoint: Path,
                                                                     tmp_path: Path) -> None:  # fmt: skip
     from asdcli.data.audio import AudioConfig, load_clip
-    from asdcli.frontend.embed import EmbedConfig, embed_clips
+    from asdcli.frontend.embed import embed_clips
+    from asdcli.frontend.embedder import EmbedConfig
     from asdcli.frontend.features import beats_fbank
 
     out = tmp_path / "full"

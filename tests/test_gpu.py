@@ -12,7 +12,8 @@ from asdcli.data.dataset import discover_clips
 from asdcli.finetune.config import FinetuneConfig
 from asdcli.finetune.loop import finetune
 from asdcli.finetune.run_dir import read_run
-from asdcli.frontend.embed import EmbedConfig, embed_clips
+from asdcli.frontend.embed import embed_clips
+from asdcli.frontend.embedder import EmbedConfig
 
 pytestmark = [
     pytest.mark.gpu,

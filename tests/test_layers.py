@@ -11,7 +11,7 @@ import torch
 
 from asdcli.errors import ConfigError
 from asdcli.frontend.beats import load_beats
-from asdcli.frontend.embed import MeanPooledLayers, parse_layers
+from asdcli.frontend.embedder import MeanPooledLayers, parse_layers
 from asdcli.frontend.features import beats_fbank
 
 FIXTURES = Path(os.environ.get("ASD_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))

@@ -282,7 +282,8 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pytest.importorskip("asdcli.frontend.embed")  # the front end may land after the back end
     from asdcli.data.dataset import discover_clips
     from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
-    from asdcli.frontend.embed import EmbedConfig, embed_clips
+    from asdcli.frontend.embed import embed_clips
+    from asdcli.frontend.embedder import EmbedConfig
 
     root = tmp_path_factory.mktemp("onthefly")
     paths = {"data": root / "fan"}
@@ -311,7 +312,8 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_cli_score_embeds_clips_with_the_banks_checkpoint(tiny_setup: dict[str, Path]) -> None:
     from asdcli.data.dataset import discover_clips
-    from asdcli.frontend.embed import EmbedConfig, embed_clips
+    from asdcli.frontend.embed import embed_clips
+    from asdcli.frontend.embedder import EmbedConfig
 
     r = runner.invoke(app, ["score", "--bank", str(tiny_setup["bank"]), str(tiny_setup["data"]), "--device", "cpu"])
     assert r.exit_code == 0, r.output

@@ -28,7 +28,7 @@ from asdcli.errors import ArtifactMismatch, ArtifactNotFound, AsdError, ConfigEr
 from asdcli.frontend.spec import check_same_frontend, spec_of
 
 if TYPE_CHECKING:
-    from asdcli.frontend.embed import EmbedConfig
+    from asdcli.frontend.embedder import EmbedConfig
 
 SCORE_FORMATS = ("csv", "jsonl")
 
@@ -303,7 +303,7 @@ def _meta_path(meta: Mapping[str, Any], key: str) -> Path | None:
 def bank_front_end_files(bank: Bank, checkpoint: Path | None, adapter: Path | None) -> list[Path]:
     """The files embedding clips for ``bank`` reads (``checkpoint``/``adapter``, else the bank's
     recorded ones): outputs must never be one of them."""
-    from asdcli.frontend.embed import front_end_files
+    from asdcli.frontend.embedder import front_end_files
 
     meta = bank.embedding_meta
     return front_end_files(
@@ -323,7 +323,7 @@ def bank_embed_config(
     embedding kind, layers, clip length, channel and precision from its front-end record);
     ``checkpoint``/``adapter``/``precision`` override, and a different front end is then caught
     by the contract check before scoring."""
-    from asdcli.frontend.embed import EMBEDDING_CHOICES, EmbedConfig
+    from asdcli.frontend.embedder import EMBEDDING_CHOICES, EmbedConfig
 
     meta = bank.embedding_meta
     spec = spec_of(meta, f"The bank of {bank.name}")

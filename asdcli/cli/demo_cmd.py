@@ -54,7 +54,7 @@ def command(
     from asdcli.cli.run_cmd import show_result
     from asdcli.finetune.config import FinetuneConfig
     from asdcli.frontend.beats.checkpoint import make_tiny_checkpoint
-    from asdcli.frontend.embed import EmbedConfig
+    from asdcli.frontend.embedder import EmbedConfig
     from asdcli.pipeline.run import RunConfig, run_pipeline
 
     start = time.perf_counter()

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from asdcli.artifacts import Embeddings
-    from asdcli.frontend.embed import EmbedConfig
+    from asdcli.frontend.embedder import EmbedConfig
 
 
 def command(
@@ -78,7 +78,8 @@ def command(
     from accelerate import PartialState
 
     from asdcli.artifacts import check_not_input
-    from asdcli.frontend.embed import EmbedConfig, embed_to_file, front_end_files, parts_prefix
+    from asdcli.frontend.embed import embed_to_file, parts_prefix
+    from asdcli.frontend.embedder import EmbedConfig, front_end_files
 
     cfg = EmbedConfig(checkpoint=checkpoint, adapter=adapter, embedding=embedding, batch_size=batch_size,
                       device=device, seconds=seconds, channel=channel, num_workers=workers, layers=layers,

@@ -36,7 +36,7 @@ def command(
     After the export ONNX Runtime embeds random clips and is compared with asdcli's torch path (max abs diff at most 1e-4 in fp32, cosine at least 0.99 with --int8); nothing is written if it differs. Run the model with `asd embed --onnx MODEL`. Needs `pip install 'asdcli\\[onnx]'`.
     """
     from asdcli.artifacts import check_not_input
-    from asdcli.frontend.embed import EmbedConfig, build_embedder, front_end_files
+    from asdcli.frontend.embedder import EmbedConfig, build_embedder, front_end_files
     from asdcli.frontend.export import export_onnx
 
     check_not_input(out, front_end_files(checkpoint, adapter), "--out")

@@ -75,7 +75,7 @@ def command(
     from asdcli.backend.recipes import recipe_bank_config
     from asdcli.cli.bank_cmd import removed_options
     from asdcli.frontend.beats import resolve_checkpoint
-    from asdcli.frontend.embed import EmbedConfig
+    from asdcli.frontend.embedder import EmbedConfig
     from asdcli.pipeline.run import RunConfig, run_pipeline
 
     removed_options(domain_aware, None)

@@ -39,7 +39,7 @@ _CLICK_PLACEHOLDERS = {
 TEXT_CHOICES: dict[str, tuple[str, ...]] = {
     "--labels": ("machine", "attribute", "attribute+domain"),  # finetune.config.LABEL_MODES
     "--mixed-precision": ("no", "bf16", "fp16"),  # finetune.config.MIXED_PRECISION
-    "--embedding": ("head", "pooled"),  # frontend.embed.EMBEDDING_CHOICES
+    "--embedding": ("head", "pooled"),  # frontend.embedder.EMBEDDING_CHOICES
     "score --format": ("csv", "jsonl"),  # backend.score.SCORE_FORMATS
 }
 

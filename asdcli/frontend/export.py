@@ -280,7 +280,7 @@ def embed_clips_onnx(clips: Sequence[Clip], model: Path, audio: AudioConfig, bat
     if spec is None:
         raise ArtifactError(f"{model} does not record its front end (exported by an older asdcli); re-export it.")
     if batch_size is None:  # as asd embed's torch path on a CPU
-        from asdcli.frontend.embed import auto_batch_size
+        from asdcli.frontend.embedder import auto_batch_size
 
         width = int(dict(meta.get("backbone_cfg") or {}).get("encoder_embed_dim", 768))
         batch_size = auto_batch_size(torch.device("cpu"), width)

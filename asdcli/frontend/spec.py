@@ -3,7 +3,7 @@
 Every embeddings file stores it as ``meta["frontend"]`` and every bank keeps the embeddings' meta,
 so two artifacts belong together exactly when :func:`check_same_frontend` finds every field equal.
 A field missing on either side is a mismatch: an artifact that cannot say how it was made is not
-trusted. Built only by :func:`asdcli.frontend.embed.build_embedder`.
+trusted. Built only by :func:`asdcli.frontend.embedder.build_embedder`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The front end for windows: the job's :class:`~asdcli.frontend.embed.Embedder` (built once, the
+"""The front end for windows: the job's :class:`~asdcli.frontend.embedder.Embedder` (built once, the
 same one `asd embed` uses) applied to batches of waves; ``asdcli.backend.score.bank_embed_config``
 gives the EmbedConfig of a bank's own front end.
 """
@@ -15,8 +15,8 @@ from asdcli.backend.bank import Bank
 from asdcli.frontend.spec import spec_of
 
 if TYPE_CHECKING:
-    from asdcli.frontend.embed import EmbedConfig
-    from asdcli.frontend.embed import Embedder as FrontendEmbedder
+    from asdcli.frontend.embedder import EmbedConfig
+    from asdcli.frontend.embedder import Embedder as FrontendEmbedder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Embedder:
 
 def load_embedder(cfg: EmbedConfig) -> Embedder:
     """Build the front end of ``cfg`` once (checkpoint loaded and hashed once), in eval mode on its device."""
-    from asdcli.frontend.embed import build_embedder
+    from asdcli.frontend.embedder import build_embedder
 
     return Embedder(build_embedder(cfg))
 

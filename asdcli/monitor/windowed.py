@@ -32,7 +32,7 @@ from asdcli.monitor.windows import WindowSpec, aggregate, alarm_runs, check_wind
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from asdcli.frontend.embed import EmbedConfig
+    from asdcli.frontend.embedder import EmbedConfig
 
 WINDOW_COLUMNS = ("filename", "start_s", "end_s", "score", "decision")
 

@@ -34,7 +34,7 @@ from asdcli.data.audio import AudioConfig, probe_clips
 from asdcli.data.dataset import Clip, discover_clips, require_field
 from asdcli.errors import AsdError, ConfigError, DataError
 from asdcli.finetune.config import FinetuneConfig
-from asdcli.frontend.embed import EmbedConfig
+from asdcli.frontend.embedder import EmbedConfig
 from asdcli.pipeline.lock import run_folder_lock
 from asdcli.pipeline.run_stages import (
     RunCheckpoint,
