@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from asdcli.data.dataset import (
-    Clip,
-    discover_clips,
-    group_by_machine,
-    parse_filename,
-    require_field,
-)
+from asdcli.data.dataset import discover_clips, group_by_machine
+from asdcli.data.names import Clip, parse_filename, require_field
 from asdcli.errors import ConfigError, DataError
 
 # name -> (section, domain, split, label, index, attributes, kind, form)

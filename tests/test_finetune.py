@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from asdcli.cli.main import app
-from asdcli.data.dataset import Clip, discover_clips
+from asdcli.data.dataset import discover_clips
+from asdcli.data.names import Clip
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError
 from asdcli.finetune.loop import (
     FinetuneConfig,

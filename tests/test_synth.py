@@ -13,7 +13,8 @@ from conftest import TINY_SYNTH
 from scipy.signal import welch
 
 from asdcli.data.audio import AudioConfig, load_clip
-from asdcli.data.dataset import Clip, discover_clips, parse_filename
+from asdcli.data.dataset import discover_clips
+from asdcli.data.names import Clip, parse_filename
 from asdcli.errors import ConfigError, DataError
 from asdcli.synth.dataset import SynthConfig, count_clips, make_dataset
 from asdcli.synth.sounds import MACHINES

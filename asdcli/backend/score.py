@@ -23,7 +23,7 @@ import numpy as np
 from asdcli.artifacts import Embeddings, check_name_length, temp_dir_prefix, write_text_atomic
 from asdcli.backend import knn
 from asdcli.backend.bank import Bank
-from asdcli.data.dataset import Clip, missing_field_error
+from asdcli.data.names import Clip, missing_field_error
 from asdcli.errors import ArtifactMismatch, ArtifactNotFound, AsdError, ConfigError, DataError
 from asdcli.frontend.spec import check_same_frontend, spec_of
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from asdcli.console import rate_text, stderr_console
-from asdcli.data.dataset import Clip, discover_clips
+from asdcli.data.dataset import discover_clips
+from asdcli.data.names import Clip
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -23,7 +23,7 @@ from asdcli.backend.score import (
     write_submission,
 )
 from asdcli.console import is_terminal, stderr_console
-from asdcli.data.dataset import Clip
+from asdcli.data.names import Clip
 from asdcli.errors import ConfigError, DataError
 from asdcli.monitor.options import window_options
 from asdcli.monitor.render import print_score_table

@@ -36,7 +36,7 @@ import soundfile as sf
 import torch
 
 from asdcli.data.clip_length import CLIP_SECONDS, MAX_SECONDS, MIN_SECONDS, SAMPLE_RATE, check_clip_seconds
-from asdcli.data.dataset import Clip
+from asdcli.data.names import Clip
 from asdcli.errors import AudioError, ConfigError
 
 

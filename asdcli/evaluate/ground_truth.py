@@ -27,7 +27,7 @@ from asdcli.artifacts import write_text_atomic
 from asdcli.errors import DataError
 
 if TYPE_CHECKING:
-    from asdcli.data.dataset import Clip
+    from asdcli.data.names import Clip
 
 GT_DIRS = ("ground_truth_data", "ground_truth_domain", "ground_truth_attributes")
 _GT_NAME = re.compile(r"^ground_truth_(?P<machine>.+?)_section_(?P<section>\d+)_test\.csv$")
@@ -126,7 +126,7 @@ def _stem(name: str) -> str:
 
 
 def ground_truth_from_clips(clips: Iterable[Clip], origin: str) -> GroundTruth:
-    """Truth from labelled test clips (``asdcli.data.dataset.Clip``); names give label and domain.
+    """Truth from labelled test clips (``asdcli.data.names.Clip``); names give label and domain.
 
     A machine whose test clips are all unlabelled (anonymised evaluation names) is listed in
     ``unlabelled``; a machine with some labelled and some unlabelled clips is a DataError.

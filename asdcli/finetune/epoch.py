@@ -13,7 +13,7 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
 from asdcli.data.audio import AudioConfig, ClipDataset
-from asdcli.data.dataset import Clip
+from asdcli.data.names import Clip
 from asdcli.errors import TrainingError
 from asdcli.finetune.augment import NoiseMixDataset
 from asdcli.finetune.config import FinetuneConfig, StepHook

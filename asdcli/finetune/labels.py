@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from asdcli.data.dataset import Clip, require_field
+from asdcli.data.names import Clip, require_field
 from asdcli.errors import ConfigError, DataError
 from asdcli.finetune.config import FinetuneConfig
 from asdcli.finetune.state import derive_seed

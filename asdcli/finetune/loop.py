@@ -19,7 +19,7 @@ from rich.console import Console
 
 from asdcli.console import make_progress, show_warnings
 from asdcli.data.audio import AudioWarning, probe_clips
-from asdcli.data.dataset import Clip
+from asdcli.data.names import Clip
 from asdcli.finetune.config import FinetuneConfig, StepHook
 from asdcli.finetune.epoch import epoch_entry, evaluate_held_out, format_entry, save_epoch, train_epoch
 from asdcli.finetune.labels import (

@@ -18,7 +18,7 @@ import torch
 
 from asdcli.artifacts import Embeddings, save_embeddings
 from asdcli.data.audio import SAMPLE_RATE, AudioWarning, ClipDataset, probe_clips
-from asdcli.data.dataset import Clip
+from asdcli.data.names import Clip
 from asdcli.errors import ArtifactError, AsdError, ConfigError
 from asdcli.frontend.beats import LoadedBeats
 from asdcli.frontend.embedder import EmbedConfig, Embedder, build_embedder

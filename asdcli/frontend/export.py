@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from asdcli.artifacts import Embeddings, check_name_length, temp_dir_prefix
 from asdcli.data.audio import SAMPLE_RATE, AudioConfig, load_clip, probe_clips
-from asdcli.data.dataset import Clip
+from asdcli.data.names import Clip
 from asdcli.errors import ArtifactError, ArtifactNotFound, AsdError, ConfigError
 from asdcli.frontend.features import HOP_SIZE, WINDOW_SIZE, beats_fbank
 from asdcli.frontend.quantize import merge_lora

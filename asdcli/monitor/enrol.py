@@ -22,7 +22,8 @@ from asdcli.backend import knn
 from asdcli.backend.bank import Bank
 from asdcli.backend.bank_fit import build_bank, fit_prepared
 from asdcli.backend.score import check_compatible
-from asdcli.data.dataset import DOMAINS, discover_clips
+from asdcli.data.dataset import discover_clips
+from asdcli.data.names import DOMAINS
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError
 
 SAME_VECTOR_ATOL = 1e-4  # largest component difference of a bank vector recomputed from its raw embedding

@@ -27,7 +27,8 @@ import numpy as np
 
 from asdcli.backend.bank import Bank
 from asdcli.backend.score import fits_bank, format_score
-from asdcli.data.dataset import AUDIO_SUFFIXES, layout_machine, make_clip, parse_filename
+from asdcli.data.dataset import layout_machine
+from asdcli.data.names import AUDIO_SUFFIXES, make_clip, parse_filename
 from asdcli.errors import AsdError, ConfigError
 from asdcli.frontend.spec import check_same_frontend
 from asdcli.monitor.windows import Streak, WindowSpec, aggregate, check_window_length, trailing_anomalous

@@ -21,7 +21,8 @@ from asdcli.artifacts import Embeddings, load_npz, save_embeddings, write_text_a
 from asdcli.backend.bank import Bank
 from asdcli.backend.score import bank_clips, bank_embed_config, format_score
 from asdcli.console import stderr_console
-from asdcli.data.dataset import Clip, discover_clips
+from asdcli.data.dataset import discover_clips
+from asdcli.data.names import Clip
 from asdcli.errors import ArtifactError, ConfigError
 from asdcli.monitor.embedder import bank_clip_seconds, load_embedder
 from asdcli.monitor.options import WindowedScoring

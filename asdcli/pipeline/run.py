@@ -31,7 +31,8 @@ from rich.console import Console
 from asdcli.artifacts import cached_sha256
 from asdcli.backend.bank import BankConfig
 from asdcli.data.audio import AudioConfig, probe_clips
-from asdcli.data.dataset import Clip, discover_clips, require_field
+from asdcli.data.dataset import discover_clips
+from asdcli.data.names import Clip, require_field
 from asdcli.errors import AsdError, ConfigError, DataError
 from asdcli.finetune.config import FinetuneConfig
 from asdcli.frontend.embedder import EmbedConfig

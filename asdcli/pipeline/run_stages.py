@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape
 
-from asdcli.data.dataset import Clip
+from asdcli.data.names import Clip
 from asdcli.frontend.embed import embed_inputs, embed_to_file
 from asdcli.pipeline.cleanup import remove_finetune_files, remove_own_files
 from asdcli.pipeline.run_check import score_inputs
