@@ -70,6 +70,7 @@ def command(
     from asdcli.backend.bank import load_bank, load_banks
     from asdcli.monitor.options import check_aggregate
     from asdcli.monitor.watch import DEFAULT_LOG, ONE_BANK, Embedders, WatchConfig, Watcher, log_lock, parse_command
+    from asdcli.pipeline.run_check import check_run_bank, check_run_banks
 
     if (bank is None) == (banks is None):
         raise ConfigError("Give exactly one of --banks DIR or --bank BANK.npz.")
@@ -78,13 +79,13 @@ def command(
                       min_windows=min_windows,
                       on_anomaly=parse_command(on_anomaly), command_timeout_s=command_timeout, poll_s=poll,
                       once=once, window_s=window, hop_s=hop, aggregate=how, batch_size=batch_size)  # fmt: skip
-    from asdcli.pipeline.run_check import check_run_bank, check_run_banks
-
     if bank is not None:
         check_run_bank(bank)  # in RUN/banks of an `asd run` folder: the bank it wrote, unchanged
+        loaded = {ONE_BANK: load_bank(bank)}
     else:
-        check_run_banks(banks or Path())
-    loaded = {ONE_BANK: load_bank(bank)} if bank is not None else load_banks(banks or Path())
+        assert banks is not None
+        check_run_banks(banks)
+        loaded = load_banks(banks)
     console = stderr_console()
 
     def note(text: str) -> None:

@@ -11,7 +11,6 @@ Legends sit below the axes, never over the data.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import re
@@ -29,6 +28,7 @@ from asdcli.artifacts import write_bytes_atomic
 from asdcli.errors import ConfigError
 from asdcli.evaluate import metrics
 from asdcli.evaluate.report import SectionResult, SystemReport
+from asdcli.pipeline.cleanup import remove_empty_folder
 
 DPI = 110
 _COLORS = {"source": "#1f77b4", "target": "#d62728", "all": "#555555"}
@@ -253,9 +253,10 @@ def figures(reports: Sequence[SystemReport]) -> list[tuple[str, Figure]]:
 
 
 def write_plots(reports: Sequence[SystemReport], out_dir: Path | str) -> list[Path]:
-    """Write every PNG of :func:`figures` under ``out_dir`` (atomically); returns the paths."""
+    """Write every PNG of :func:`figures` under ``out_dir`` (atomically); returns the paths. A
+    failed write leaves no empty folder that this call made."""
     out_dir = Path(out_dir)
-    existing = {out_dir, *(d for d in out_dir.rglob("*") if d.is_dir())} if out_dir.is_dir() else set()
+    existing = _folders(out_dir)
     written = []
     try:
         for rel, fig in figures(reports):
@@ -263,9 +264,12 @@ def write_plots(reports: Sequence[SystemReport], out_dir: Path | str) -> list[Pa
             write_bytes_atomic(path, png_bytes(fig))
             written.append(path)
     except BaseException:
-        made = [d for d in out_dir.rglob("*") if d.is_dir() and d not in existing] if out_dir.is_dir() else []
-        for folder in sorted(made, key=lambda d: len(d.parts), reverse=True) + ([] if existing else [out_dir]):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # the folders this call made, if empty: rmdir never removes a file
+        for folder in sorted(_folders(out_dir) - existing, key=lambda d: len(d.parts), reverse=True):
+            remove_empty_folder(folder)  # deepest first; never a file, never a folder that was there
         raise
     return written
+
+
+def _folders(root: Path) -> set[Path]:
+    """``root`` and every folder below it (empty when ``root`` is not a folder)."""
+    return {root, *(d for d in root.rglob("*") if d.is_dir())} if root.is_dir() else set()

@@ -61,18 +61,25 @@ def _check_banks(fit_bank: Stage, banks: Sequence[Path], fix: str = "") -> None:
             )
 
 
+def _fit_bank_of(banks_dir: Path) -> Stage | None:
+    """The fit-bank stage of the run whose RUN/banks ``banks_dir`` is (`.` inside it, or a link to
+    it, included); None for any other folder of banks."""
+    banks_dir = banks_dir.resolve()
+    fit_bank = Stage(banks_dir.parent, "fit-bank", "")
+    return fit_bank if banks_dir.name == "banks" and fit_bank.record_path.is_file() else None
+
+
 def check_run_banks(banks_dir: Path) -> bool:
     """When ``banks_dir`` is RUN/banks of an `asd run` folder with a fit-bank record, check that
     every bank file there (what :func:`asdcli.backend.bank.load_banks` reads) is one the run wrote,
     unchanged, and that none of them is missing: an ArtifactMismatch naming the file otherwise.
     False when ``banks_dir`` is not a run's banks/ (any other folder of banks: nothing to check)."""
-    banks_dir = banks_dir.resolve()  # `.` inside RUN/banks, or a link to it, is the run's banks too
-    run = banks_dir.parent
-    fit_bank = Stage(run, "fit-bank", "")
-    if banks_dir.name != "banks" or not fit_bank.record_path.is_file():
+    fit_bank = _fit_bank_of(banks_dir)
+    if fit_bank is None:
         return False
-    fix = f"{_rerun(run)}, or copy the banks out of the run folder to use them as they are"
-    _check_banks(fit_bank, sorted((run / "banks").glob("bank_*.npz")), fix)
+    banks = sorted((fit_bank.run_dir / "banks").glob("bank_*.npz"))
+    fix = f"{_rerun(fit_bank.run_dir)}, or copy the banks out of the run folder to use them as they are"
+    _check_banks(fit_bank, banks, fix)
     return True
 
 
@@ -80,11 +87,10 @@ def check_run_bank(bank_file: Path) -> bool:
     """When ``bank_file`` lies in RUN/banks of an `asd run` folder with a fit-bank record, check that
     the run wrote it, unchanged (ArtifactMismatch naming it otherwise). False for any other bank."""
     bank_file = bank_file.resolve()
-    run = bank_file.parent.parent
-    fit_bank = Stage(run, "fit-bank", "")
-    if bank_file.parent.name != "banks" or not fit_bank.record_path.is_file():
+    fit_bank = _fit_bank_of(bank_file.parent)
+    if fit_bank is None:
         return False
-    fix = f"{_rerun(run)}, or copy the bank out of the run folder to use it as it is"
+    fix = f"{_rerun(fit_bank.run_dir)}, or copy the bank out of the run folder to use it as it is"
     _check_finished(fit_bank, "banks/", fix)
     _check_files(fit_bank, [bank_file], "bank", fix)
     return True
