@@ -279,7 +279,7 @@ def write_ground_truth(truth: GroundTruth, out_dir: Path | str) -> list[Path]:
     if other:
         more = f" and {len(other) - 1} more" if len(other) > 1 else ""
         raise DataError(
-            f"{other[0]}{more} already exist with other content, which asdcli did not write for this "
+            f"{other[0]}{more} already {'exist' if more else 'exists'} with other content, which asdcli did not write for this "
             "data and will not overwrite; choose an empty --ground-truth-out folder or remove them."
         )
     for path, text in texts.items():
