@@ -11,6 +11,7 @@ import typer
 from asdcli.console import rate_text, stderr_console
 from asdcli.data.dataset import discover_clips
 from asdcli.data.names import Clip
+from asdcli.processes import process_state
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -76,8 +77,6 @@ def command(
 
     Run under `accelerate launch` to split the clips across processes.
     """
-    from accelerate import PartialState
-
     from asdcli.artifacts import check_not_input
     from asdcli.frontend.embed import embed_to_file, parts_prefix
     from asdcli.frontend.embedder import EmbedConfig, front_end_files
@@ -99,7 +98,7 @@ def command(
         # single process: resumable parts beside the output (Ctrl-C keeps the finished ones);
         # under accelerate launch: split across processes, the main one writes
         emb = embed_to_file(clips, cfg, {out: None}, console, parts_in=(out.parent, parts_prefix(out)))
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         took = time.perf_counter() - start
         console.print(f"Embedded {len(emb)} clips into {emb.dim}-d vectors in {took:.1f} s "
                       f"({rate_text(len(emb), took)}) -> {out}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
@@ -109,8 +108,6 @@ def _embed_onnx(
     clips: list[Clip], cfg: EmbedConfig, model: Path, out: Path, torch_options: tuple[object, ...], console: Console
 ) -> Embeddings:
     """Embed with an exported ONNX model and write ``out`` (not resumable: one pass, one write)."""
-    from accelerate import PartialState
-
     from asdcli.artifacts import save_embeddings
     from asdcli.errors import ConfigError
     from asdcli.frontend.embed import _progress_bar
@@ -127,7 +124,7 @@ def _embed_onnx(
             "on CPU, clip by clip: drop --checkpoint, --adapter, --embedding, --layers, --precision, "
             "--device, --window and --hop."
         )
-    if PartialState().num_processes > 1:
+    if process_state().num_processes > 1:
         raise ConfigError("--onnx runs in one process; run it without `accelerate launch`.")
     with _progress_bar(console, len(clips)) as advance:
         emb = embed_clips_onnx(clips, model, cfg.audio, cfg.batch_size, progress=advance)

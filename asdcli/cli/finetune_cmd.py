@@ -12,6 +12,7 @@ from asdcli.cli.finetune_options import with_finetune_options
 from asdcli.console import stderr_console
 from asdcli.errors import DataError
 from asdcli.finetune.config import DEFAULT_RUN_DIR, FinetuneConfig
+from asdcli.processes import process_state
 
 
 @with_finetune_options()
@@ -39,8 +40,6 @@ def command(
     (ROOT/machine) unless --merge-machines.
     Data-parallel on several GPUs: `accelerate launch -m asdcli finetune DATA ...`.
     """
-    from accelerate import PartialState
-
     from asdcli.data.dataset import discover_clips
     from asdcli.finetune.labels import training_data
     from asdcli.finetune.loop import finetune
@@ -60,5 +59,5 @@ def command(
         sources.append((root, clips))
     train = training_data(sources, use_clean=cfg.use_clean, noise_mix=cfg.noise_mix, merge_machines=cfg.merge_machines)
     run_dir = finetune(train, cfg, out, resume=resume, console=stderr_console())
-    if PartialState().is_main_process:  # one line on stdout even under `accelerate launch`
+    if process_state().is_main_process:  # one line on stdout even under `accelerate launch`
         typer.echo(str(run_dir))

@@ -71,15 +71,16 @@ def embed(embedder: Embedder, clips: Sequence[Clip], progress: Progress | None =
     Returns float32 (N, D) vectors in the order of ``clips``, with the clips' parsed fields and
     the embedder's meta. A non-finite vector is an ArtifactError naming the clip.
     """
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
+    from asdcli.processes import process_state
 
     if not clips:
         raise ConfigError("No clips to embed.")
-    state = PartialState()
+    state = process_state()
     with state.split_between_processes(list(range(len(clips)))) as mine:
         pairs = _embed_indices(embedder, clips, list(mine), progress)
     if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
         pairs = gather_object(pairs)
     pairs = sorted(pairs, key=lambda p: p[0])
     vectors = np.stack([v for _, v in pairs]).astype(np.float32)
@@ -110,9 +111,9 @@ def embed_clips(clips: Sequence[Clip], cfg: EmbedConfig, progress: Progress | No
 
 def local_share(num_clips: int) -> int:
     """How many of ``num_clips`` the main process embeds (all of them without a launcher); 0 elsewhere."""
-    from accelerate import PartialState
+    from asdcli.processes import process_state
 
-    state = PartialState()
+    state = process_state()
     return -(-num_clips // state.num_processes) if state.is_main_process else 0
 
 
@@ -256,12 +257,11 @@ def embed_job(
     for the caller to delete once the result is saved; under ``accelerate launch`` (or without
     ``parts_in``) nothing is saved and the second item is None.
     """
-    from accelerate import PartialState
-
     from asdcli.pipeline.cleanup import remove_parts
+    from asdcli.processes import process_state
 
     embedder = prepare_job(clips, cfg, console, durations, loaded)
-    if parts_in is None or PartialState().num_processes > 1:
+    if parts_in is None or process_state().num_processes > 1:
         return embed_with_progress(embedder, clips, console), None
     from asdcli.pipeline.stages import stage_key
 
@@ -285,12 +285,11 @@ def embed_to_file(
 ) -> Embeddings:
     """:func:`embed_job`, then write each ``outputs`` path (atomically, main process only) with
     the rows of its split (None: all rows) and remove the saved parts. Returns all rows."""
-    from accelerate import PartialState
-
     from asdcli.pipeline.cleanup import remove_parts
+    from asdcli.processes import process_state
 
     emb, parts = embed_job(clips, cfg, console, parts_in, durations, loaded)
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         for path, split in outputs.items():
             save_embeddings(path, emb if split is None else emb.select(emb.split == split))

@@ -173,7 +173,7 @@ def build_embedder(cfg: EmbedConfig, loaded: LoadedBeats | None = None) -> Embed
     """Load the checkpoint (hashed once), the adapter if any, and place the module on its device.
 
     ``loaded``: the checkpoint of ``cfg`` already loaded by the job (it must be that file)."""
-    from accelerate import PartialState
+    from asdcli.processes import process_state
 
     if loaded is None:
         loaded = load_beats(checkpoint_for(cfg))
@@ -195,10 +195,11 @@ def build_embedder(cfg: EmbedConfig, loaded: LoadedBeats | None = None) -> Embed
     meta.update(
         {SPEC_KEY: spec.to_dict(), "checkpoint_path": os.fsdecode(loaded.path.resolve()), "backbone_cfg": loaded.cfg}
     )
-    state = PartialState()
     device = resolve_device(cfg.device)
-    if device.type == "cuda" and state.num_processes > 1:
-        device = state.device
+    if device.type == "cuda" and process_state().num_processes > 1:
+        from accelerate import PartialState  # launched: each process has its own GPU
+
+        device = PartialState().device
     module = for_precision(module.to(device).eval(), cfg.precision, device)  # int8: quantized once per job
     width = int(loaded.model.cfg.encoder_embed_dim)
     batch_size = cfg.batch_size if cfg.batch_size is not None else auto_batch_size(device, width)

@@ -164,9 +164,9 @@ def run_pipeline(cfg: RunConfig, console: Console | None = None) -> RunResult:
     Stages whose record matches are skipped. Without test clips the run stops after the banks;
     without labels on the test clips (eval data) it stops after the submission folder.
     """
-    from accelerate import PartialState
+    from asdcli.processes import process_state
 
-    if PartialState().num_processes > 1:
+    if process_state().num_processes > 1:
         raise ConfigError(
             "asd run is single-process; under accelerate launch run `asd finetune` and `asd embed` "
             "instead, then fit-bank/score on one process."
