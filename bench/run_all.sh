@@ -8,6 +8,7 @@
 #   bash bench/run_all.sh --quick         # smoke run (~40-90 s on 2 cores): no 1e6 bank, 200 queries,
 #                                         # 1 clip x 1 iter, 1 s clips x 1 step; header says QUICK
 #   bash bench/run_all.sh --out DIR       # keep the JSON files (and the table, summary.md) in DIR
+#   bash bench/run_all.sh --device cuda   # embed and fine-tune on the GPU (default cpu; KNN is CPU)
 #
 # Run it on a quiet machine: the benchmarks time wall clock on all cores. Not part of the tests.
 # Python: $PYTHON, else the active virtualenv's python, else the repository's .venv, else python3.
@@ -16,12 +17,15 @@ set -euo pipefail
 usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
 
 quick=0
+device=cpu
 out=""
 kept=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) quick=1 ;;
     --out) [[ $# -ge 2 ]] || { echo "run_all.sh: --out needs a folder" >&2; exit 2; }; out=$2; shift ;;
+    --device) [[ $# -ge 2 && $2 =~ ^(cpu|cuda)$ ]] || { echo "run_all.sh: --device takes cpu or cuda" >&2; exit 2; }
+      device=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
@@ -76,9 +80,9 @@ bench() {  # bench NAME SCRIPT ARGS...: run one benchmark into $out/NAME.json, k
 }
 
 total=$SECONDS
-bench embed bench/embed_speed.py "${embed_args[@]}"
+bench embed bench/embed_speed.py --device "$device" "${embed_args[@]}"
 bench knn bench/knn_speed.py "${knn_args[@]}"
-bench finetune bench/finetune_speed.py "${finetune_args[@]}"
+bench finetune bench/finetune_speed.py --device "$device" "${finetune_args[@]}"
 echo "== all benchmarks: $((SECONDS - total)) s, JSON in $out$kept" >&2
 echo >&2
 

@@ -117,16 +117,19 @@ def bank_label(m: int) -> str:
 
 
 def embed_rows(e: dict[str, Any]) -> list[list[str]]:
+    device = e.get("device", "cpu")  # JSON of an earlier embed_speed.py holds no device: it ran on CPU
+    where = e.get("device_name", "") if device == "cuda" else f"{e['threads']} threads"
+    cast = f", {e['autocast']} autocast" if e.get("autocast", "none") != "none" else ""
     case = (
         f"fbank + BEATs iter3 + mean pool, {e['clip_seconds']:g} s clips, batch {e['batch_size']}, "
-        f"{e['threads']} threads, best of {e['iters']}"
+        f"{where}{cast}, best of {e['iters']}"
     )
     return [[
-        "embed (`asd embed` forward, cpu)", case,
+        f"embed (`asd embed` forward, {device})", case,
         f"{num(e['clips_per_s'], 'clips/s')} ({num(e['model_gflops'], 'GFLOP/s')})",
         f"fp32 matmul peak {num(e['matmul_gflops'], 'GFLOP/s')}",
         f"{e['pct_of_peak']:.0f} % of matmul peak",
-        f"{num(e['peak_rss_mib'])} (process RSS)", "-", "-",
+        f"{num(e['peak_rss_mib'])} ({e.get('peak_memory_kind', 'process RSS')})", "-", "-",
     ]]  # fmt: skip
 
 
@@ -194,7 +197,8 @@ def summarize(folder: Path) -> str:
     lines += [
         "",
         (
-            "Peak memory: embed = the process's peak RSS (model, fbank, activations, matmul buffers); "
+            "Peak memory: embed = the process's peak RSS (model, fbank, activations, matmul buffers; CUDA: max "
+            "allocated); "
             "KNN = tracemalloc peak of new allocations during the search (bank excluded); fine-tune = peak "
             "RSS above the child's baseline (CUDA: max allocated), i.e. weights, gradients, Adam state, activations."
         ),

@@ -80,6 +80,15 @@ def test_one_table_with_every_benchmark(summarize: ModuleType, tmp_path: Path) -
     assert ft[5:] == ["500", "2,000", "0.25x"]
 
 
+def test_a_cuda_embed_run_says_so(summarize: ModuleType, tmp_path: Path) -> None:
+    cuda = EMBED | {"device": "cuda", "device_name": "NVIDIA H200", "autocast": "bf16", "batch_size": 16,
+                    "peak_memory_kind": "CUDA max allocated"}  # fmt: skip
+    embed = table_rows(summarize.summarize(write(tmp_path, machine=MACHINE, embed=cuda)))[2]
+    assert embed[0] == "embed (`asd embed` forward, cuda)"
+    assert "batch 16, NVIDIA H200, bf16 autocast" in embed[1] and "threads" not in embed[1]
+    assert embed[5] == "812 (CUDA max allocated)"
+
+
 def test_missing_or_broken_json_gives_a_failed_row(summarize: ModuleType, tmp_path: Path) -> None:
     write(tmp_path, machine={**MACHINE, "quick": True}, embed=EMBED)
     (tmp_path / "finetune.json").write_text("{not json")
