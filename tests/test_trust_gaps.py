@@ -69,3 +69,55 @@ def test_a_malformed_window_record_is_one_error_line(windows: dict[str, Path], t
     save_npz_atomic(bad, {**arrays, "meta": np.asarray(json.dumps(meta))})
     assert_error(asd("enrol", windows["bank"], bad, "--domain", "target", "--out", tmp_path / "e.npz"),
                  "malformed window record")  # fmt: skip
+
+
+# ------------------------------------------------------------------------- 4. the threshold floor
+
+
+@pytest.fixture(scope="module")
+def clip_bank(synth_root: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Fan train and test embeddings of 1 s clips, and the bank fitted on the train ones."""
+    root = tmp_path_factory.mktemp("trust-clips")
+    parts = {"banks": root / "banks"}
+    for split in ("train", "test"):
+        parts[split] = root / f"{split}.npz"
+        assert_ok(asd("embed", synth_root / "fan" / split, "--checkpoint", tiny_checkpoint, *EMBED, "--out", parts[split]))
+    assert_ok(asd("fit-bank", parts["train"], "--out-dir", parts["banks"]))
+    return parts
+
+
+def _rewrite_threshold(bank: Path, out: Path, threshold: float) -> None:
+    """``bank`` saved to ``out`` with another stored threshold (as a bank of an earlier asdcli)."""
+    from asdcli.artifacts import load_npz, save_npz_atomic
+
+    arrays = load_npz(bank, what="bank")
+    meta = json.loads(str(arrays["meta"]))
+    meta["threshold"] = {**meta["threshold"], "value": threshold, "method": "gamma"}
+    meta["threshold"].pop("gamma_threshold", None)
+    save_npz_atomic(out, {**arrays, "threshold": np.asarray(threshold), "meta": np.asarray(json.dumps(meta))})
+
+
+def test_a_bank_fitted_before_the_threshold_floor_decides_with_the_floor(
+    clip_bank: dict[str, Path], tmp_path: Path
+) -> None:
+    """A bank of an earlier asdcli may store a gamma threshold below every normal leave-one-out
+    score (even below 0, where no cosine distance is): every clip, the bank's own included, was an
+    anomaly. It is raised to the lowest leave-one-out score, the threshold a refit gives, with one
+    `Warning:` line saying to refit; the decisions are those of the raised threshold."""
+    from asdcli.backend.bank import load_bank
+    from asdcli.errors import AsdWarning
+
+    old = tmp_path / BANK
+    _rewrite_threshold(clip_bank["banks"] / BANK, old, -0.5)
+    lowest = float(load_bank(clip_bank["banks"] / BANK).loo_scores.min())
+    decisions = tmp_path / "decisions.csv"
+    result = asd("score", "--bank", old, "--embeddings", clip_bank["test"], "--decisions", decisions)
+    assert_ok(result)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1 and str(old) in warnings[0] and "asd fit-bank" in warnings[0], result.stderr
+    scores = {n: np.float32(v) for n, v in (line.rsplit(",", 1) for line in result.stdout.splitlines())}
+    decided = {n: int(v) for n, v in (line.rsplit(",", 1) for line in decisions.read_text().splitlines())}
+    assert decided == {n: int(s > np.float32(lowest)) for n, s in scores.items()}
+    assert 0 in decided.values()  # with the stored -0.5 every clip was an anomaly
+    with pytest.warns(AsdWarning, match="asd fit-bank"):
+        assert load_bank(old).threshold == lowest
