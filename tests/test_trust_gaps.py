@@ -81,7 +81,9 @@ def clip_bank(synth_root: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.
     parts = {"banks": root / "banks"}
     for split in ("train", "test"):
         parts[split] = root / f"{split}.npz"
-        assert_ok(asd("embed", synth_root / "fan" / split, "--checkpoint", tiny_checkpoint, *EMBED, "--out", parts[split]))
+        assert_ok(
+            asd("embed", synth_root / "fan" / split, "--checkpoint", tiny_checkpoint, *EMBED, "--out", parts[split])
+        )
     assert_ok(asd("fit-bank", parts["train"], "--out-dir", parts["banks"]))
     return parts
 
@@ -121,3 +123,102 @@ def test_a_bank_fitted_before_the_threshold_floor_decides_with_the_floor(
     assert 0 in decided.values()  # with the stored -0.5 every clip was an anomaly
     with pytest.warns(AsdWarning, match="asd fit-bank"):
         assert load_bank(old).threshold == lowest
+
+
+# ------------------------------------------------------------------------- 2, 3. banks given beside a submission
+
+
+@pytest.fixture(scope="module")
+def systems(
+    clip_bank: dict[str, Path], synth_root: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Submission folders of the fan clip bank (plain folders, outside any run) and of a bank of
+    the same clips fitted with another threshold quantile, and an `asd run` folder of fan."""
+    root = tmp_path_factory.mktemp("trust-systems")
+    parts = {"banks": clip_bank["banks"], "data": root / "data", "run": root / "run"}
+    parts["banks_q5"] = root / "banks_q5"
+    assert_ok(asd("fit-bank", clip_bank["train"], "--out-dir", parts["banks_q5"], "--threshold-quantile", 0.5))
+    for name in ("banks", "banks_q5"):
+        parts[f"sub_{name}"] = root / f"sub_{name}"
+        assert_ok(asd("score", "--banks", parts[name], "--embeddings", clip_bank["test"], "--submission-dir",
+                      parts[f"sub_{name}"]))  # fmt: skip
+    shutil.copytree(synth_root / "fan", parts["data"] / "fan")
+    assert_ok(asd("run", parts["data"], "--checkpoint", tiny_checkpoint, "--out", parts["run"], "--no-finetune",
+                  "--seconds", 1, "--batch-size", 8, "--device", "cpu"))  # fmt: skip
+    return parts
+
+
+def test_the_systems_differ_in_their_decisions(systems: dict[str, Path]) -> None:
+    """The premise of the tests below: the two banks' thresholds decide some test clip apart."""
+    a = (systems["sub_banks"] / "decision_result_fan_section_00_test.csv").read_text()
+    b = (systems["sub_banks_q5"] / "decision_result_fan_section_00_test.csv").read_text()
+    assert a != b
+
+
+def test_fuse_refuses_a_submission_paired_with_banks_that_did_not_score_it(
+    systems: dict[str, Path], tmp_path: Path
+) -> None:
+    """SUBMISSION_DIR:BANKS_DIR with the banks of another threshold (same clips, same front end):
+    the scores were standardized with the wrong bank's leave-one-out statistics without a word.
+    The submission's decisions disagree with those banks' threshold: one error naming both."""
+    out = tmp_path / "fused"
+    wrong = f"{systems['sub_banks']}:{systems['banks_q5']}"
+    line = assert_error(asd("fuse", wrong, f"{systems['sub_banks_q5']}:{systems['banks_q5']}", "--out", out),
+                        "decision_result_fan_section_00_test.csv", BANK, "not the banks that scored it")  # fmt: skip
+    assert str(systems["banks_q5"]) in line
+    assert not out.exists()
+    right = f"{systems['sub_banks']}:{systems['banks']}"
+    assert_ok(asd("fuse", right, f"{systems['sub_banks_q5']}:{systems['banks_q5']}", "--out", out))
+
+
+def test_fuse_checks_a_run_submission_against_the_run_record(systems: dict[str, Path], tmp_path: Path) -> None:
+    """RUN/submission paired with another folder of banks: the run's fit-bank record says which
+    bank files scored it; a copy of RUN/banks passes, other banks are refused by name."""
+    run, out = systems["run"], tmp_path / "fused"
+    copy = tmp_path / "copied-banks"
+    shutil.copytree(run / "banks", copy)
+    assert_ok(asd("fuse", f"{run / 'submission'}:{copy}", "--out", out))
+    shutil.copy(systems["banks_q5"] / BANK, copy / BANK)
+    assert_error(asd("fuse", f"{run / 'submission'}:{copy}", "--out", tmp_path / "fused2"),
+                 str(copy / BANK), "fit-bank")  # fmt: skip
+    assert not (tmp_path / "fused2").exists()
+
+
+@pytest.mark.parametrize("submission", ["plain folder", "run folder"])
+def test_report_refuses_banks_that_did_not_score_the_submission(
+    systems: dict[str, Path], submission: str, synth_root: Path
+) -> None:
+    """`asd report SUB --banks DIR` drew DIR's thresholds beside decisions made with other ones."""
+    sub = systems["sub_banks"] if submission == "plain folder" else systems["run"] / "submission"
+    result = asd("report", sub, "--data", synth_root, "--banks", systems["banks_q5"], "--format", "csv")
+    assert_error(result, str(systems["banks_q5"] / BANK))
+
+
+def test_report_refuses_banks_without_the_scored_section(
+    systems: dict[str, Path], synth_root: Path, tmp_path: Path
+) -> None:
+    """A folder of banks of other sections only: the report showed no threshold, without a word."""
+    from asdcli.artifacts import load_npz, save_npz_atomic
+
+    other = tmp_path / "other"
+    other.mkdir()
+
+    arrays = load_npz(systems["banks"] / BANK, what="bank")
+    meta = json.loads(str(arrays["meta"]))
+    meta["section"] = "01"
+    save_npz_atomic(other / "bank_fan_section_01.npz", {**arrays, "meta": np.asarray(json.dumps(meta))})
+    result = asd("report", systems["sub_banks"], "--data", synth_root, "--banks", other, "--format", "csv")
+    assert_error(result, str(other), "fan section 00")
+
+
+def test_report_with_the_banks_that_scored_it_shows_their_thresholds(
+    systems: dict[str, Path], synth_root: Path
+) -> None:
+    from asdcli.backend.bank import load_bank
+
+    result = asd("report", systems["sub_banks_q5"], "--data", synth_root, "--banks", systems["banks_q5"],
+                 "--format", "csv")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",") for line in result.stdout.splitlines()]
+    shown = [float(r[4]) for r in rows if r[1] == "fan" and r[3] == "decision threshold"]
+    assert shown == [pytest.approx(load_bank(systems["banks_q5"] / BANK).threshold, rel=1e-6)]

@@ -258,16 +258,21 @@ def floored_threshold(
 
 def load_banks(folder: str | Path) -> dict[tuple[str, str], Bank]:
     """Every ``bank_*.npz`` in ``folder``, keyed by (machine, section); duplicates are an error."""
+    return {key: bank for key, (_, bank) in load_bank_files(folder).items()}
+
+
+def load_bank_files(folder: str | Path) -> dict[tuple[str, str], tuple[Path, Bank]]:
+    """:func:`load_banks` with each bank's file: (path, bank) keyed by (machine, section)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactNotFound(f"Bank folder {folder} does not exist; write it with `asd fit-bank --out-dir`.")
-    banks: dict[tuple[str, str], Bank] = {}
+    banks: dict[tuple[str, str], tuple[Path, Bank]] = {}
     for path in sorted(folder.glob("bank_*.npz")):
         bank = load_bank(path)
         key = (bank.machine, bank.section)
         if key in banks:
             raise ArtifactError(f"{folder} holds two banks for {bank.name}; keep one.")
-        banks[key] = bank
+        banks[key] = (path, bank)
     if not banks:
         raise ArtifactNotFound(f"{folder} holds no bank_*.npz files; write them with `asd fit-bank --out-dir`.")
     return banks

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -127,12 +128,13 @@ def window_record(meta: Mapping[str, Any], what: str) -> tuple[float, float] | N
     if not record:
         return None
     values = [record.get(k) for k in ("window_s", "hop_s")] if isinstance(record, Mapping) else []
-    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) != 2 or not all(math.isfinite(v) and v > 0 for v in numbers):
         raise ArtifactError(
             f"{what} has a malformed window record ({WINDOW_KEY!r} needs window_s and hop_s in seconds); "
             "re-create it with `asd embed --window`."
         )
-    return float(values[0]), float(values[1])
+    return numbers[0], numbers[1]
 
 
 def same_windows(a: tuple[float, float], b: tuple[float, float]) -> bool:
