@@ -32,3 +32,8 @@ class ArtifactMismatch(AsdError):
 
 class TrainingError(AsdError):
     """Training cannot go on (the loss or a weight became NaN or Inf)."""
+
+
+class AsdWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI shows each one as
+    one ``Warning: ...`` line on stderr (``python -W error::asdcli.errors.AsdWarning`` makes it fatal)."""

@@ -15,7 +15,7 @@ the row above, not a cell of its own, - no such cell):
   enrol EMB/CLIPS    R/A  R/A    R/A  R/A    R/A  R/A     R/A  A(5)   R       R       R      -         -
   watch              R/A  R      A    =      A    A       A    R(4)   A(6)    A(6)    -      -         -
   fuse               A    -      -    -      -    -       -    -      -       -       -      A         R
-  report             -    -      -    -      -    -       -    -      R       -       -      A(7)      R
+  report             -    -      -    -      -    -       -    -      R       -       -      R(7)      R
   package            -    -      A(8) A(8)   -    -       -    -      A(9)    -       -      -         R
 
 R/A: refused when the override (--checkpoint, --adapter, --precision) or the embeddings differ from
@@ -23,8 +23,8 @@ the bank, allowed (the bank's own front end, scores equal to scoring its embeddi
 (1) windowed embeddings are not clips; (2) other rows counted, --all scores them; (3) no bank for
 the machine; (4) a --window of another length than the bank's clips, the hop is free; (5) clips
 of a bank of windows are embedded window by window; (6) one `Warning: Skipped` line, not logged;
-(7) another --banks folder is not checked (a submission folder records no front end); the
-thresholds shown are that folder's; (8) the meta YAML's method follows the banks' record;
+(7) another --banks folder is checked against the run's records and the decision files
+(tests/test_trust_gaps.py); (8) the meta YAML's method follows the banks' record;
 (9) packs the --data machines and names the files left out. Left out: `-` cells where the
 consumer has no such input or option (fuse and report read score CSVs, which record no front
 end: their front ends are checked through the run folder's records, the run-bank column);
@@ -422,17 +422,18 @@ def test_run_folder_with_a_bank_of_another_front_end_is_refused(parts: Parts, co
     assert_error(result, BANK)
 
 
-def test_report_with_other_banks_is_not_checked(parts: Parts) -> None:
-    """Documented: a submission read with `--banks` of another folder is not checked (a submission
-    folder records no front end); the thresholds shown are those banks'."""
-    from asdcli.backend.bank import load_bank
-
+def test_report_with_other_banks_is_refused(parts: Parts) -> None:
+    """A run's submission read with `--banks` of another folder: the run's fit-bank record names the
+    bank files that scored it, so other banks are refused by name (a copy of RUN/banks passes;
+    these are of fan only, the run's of fan and gearbox)."""
     banks = parts.banks("base", "--k", 2)
     result = asd("report", parts.run / "submission", "--data", parts.data, "--banks", banks, "--format", "csv")
-    assert result.exit_code == 0, result.output
-    rows = list(csv.reader(io.StringIO(result.stdout)))
-    shown = [float(r[4]) for r in rows if r[1] == "fan" and r[3] == "decision threshold"]
-    assert shown == [pytest.approx(load_bank(banks / BANK).threshold, rel=1e-6)]
+    assert_error(result, str(banks), "gearbox section 00")
+    both = parts.root / "banks_both"
+    shutil.copytree(parts.run / "banks", both)
+    shutil.copy(banks / BANK, both / BANK)
+    result = asd("report", parts.run / "submission", "--data", parts.data, "--banks", both, "--format", "csv")
+    assert_error(result, str(both / BANK), "fit-bank")
 
 
 def test_package_meta_says_which_embedding_the_banks_hold(parts: Parts, tmp_path: Path) -> None:

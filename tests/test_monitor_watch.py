@@ -26,7 +26,8 @@ from asdcli.backend.score import bank_embed_config
 from asdcli.cli.main import app
 from asdcli.monitor.embedder import load_embedder
 from asdcli.monitor.recording import score_recording
-from asdcli.monitor.watch import LOG_COLUMNS, Embedders, ScoreLog, WatchConfig, Watcher
+from asdcli.monitor.watch import Embedders, WatchConfig, Watcher
+from asdcli.monitor.watch_log import LOG_COLUMNS, ScoreLog
 from asdcli.monitor.windows import WindowSpec
 
 runner = CliRunner()

@@ -221,7 +221,18 @@ def _bank(folder: Path, machine: str, seed: int) -> float:
         section="00",
     )
     save_bank(folder / bank_filename(machine, "00"), bank)
+    _decide_with(folder.parent / "submission", machine, bank.threshold)
     return bank.threshold
+
+
+def _decide_with(submission: Path, machine: str, threshold: float) -> None:
+    """Rewrite the machine's decision file (if any) as `asd score` decides with ``threshold``: the
+    decisions are checked against the bank's threshold."""
+    decisions = submission / f"decision_result_{machine}_section_00_test.csv"
+    if decisions.is_file():
+        scores = (submission / f"anomaly_score_{machine}_section_00_test.csv").read_text().splitlines()
+        limit = float(np.float32(threshold))
+        decisions.write_text("".join(f"{n},{int(float(v) > limit)}\n" for n, v in (r.rsplit(",", 1) for r in scores)))
 
 
 def test_thresholds_come_from_the_banks_of_the_run(tmp_path: Path) -> None:

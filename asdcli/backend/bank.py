@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from asdcli import __version__
 from asdcli.artifacts import load_npz, save_npz_atomic
 from asdcli.backend import bank_check, knn, norm
-from asdcli.errors import ArtifactError, ArtifactNotFound, ConfigError
+from asdcli.errors import ArtifactError, ArtifactNotFound, AsdWarning, ConfigError
 
 BANK_SCHEMA = 2
 BANK_KIND = "asdcli-knn-bank"
@@ -208,7 +209,8 @@ def load_bank(path: str | Path) -> Bank:
     cfg = BankConfig.from_dict(meta.get("config", {}), str(path))
     domain = arrays["domain"].astype(str)
     normalization = bank_check.check_options(meta, cfg.score_norm, cfg.k, domain, path)
-    thr = meta.get("threshold", {})
+    loo_scores = arrays["loo_scores"].astype(np.float32)
+    threshold, info = floored_threshold(float(arrays["threshold"]), meta.get("threshold", {}), loo_scores, path)
     stats = meta.get("loo_stats")
     return Bank(
         mean=arrays["mean"].astype(np.float32),
@@ -218,30 +220,59 @@ def load_bank(path: str | Path) -> Bank:
         filenames=arrays["filenames"].astype(str),
         radii=arrays["radii"].astype(np.float32),
         loo_rows=arrays["loo_rows"].astype(np.int64),
-        loo_scores=arrays["loo_scores"].astype(np.float32),
-        threshold=float(arrays["threshold"]),
+        loo_scores=loo_scores,
+        threshold=threshold,
         config=cfg,
         normalization=normalization,
         loo_stats=None if stats is None else (float(stats["mean"]), float(stats["std"])),
         machine=str(meta.get("machine", "")),
         section=str(meta.get("section", "")),
         embedding_meta=dict(meta.get("embedding", {})),
-        threshold_info={k: v for k, v in thr.items() if k != "value"},
+        threshold_info=info,
     )
+
+
+def floored_threshold(
+    threshold: float, record: dict[str, Any], loo_scores: np.ndarray, path: str | Path
+) -> tuple[float, dict[str, Any]]:
+    """A bank file's threshold and its record, raised to the lowest leave-one-out score where it lies
+    below it (a bank fitted before :func:`asdcli.backend.bank_fit.fit_threshold` had that floor):
+    exactly the threshold a refit gives, since the scores it is fitted on are the file's. Says so
+    with one :class:`~asdcli.errors.AsdWarning`."""
+    info = {k: v for k, v in record.items() if k != "value"}
+    lowest = float(loo_scores.min())
+    if threshold >= lowest:
+        return threshold, info
+    warnings.warn(
+        f"{path} has the threshold {threshold:.4g}, below every normal leave-one-out score (it was fitted "
+        f"before asdcli raised such a threshold to the lowest one); using {lowest:.4g}, as a refit would. "
+        "Refit it with `asd fit-bank` to store it.",
+        AsdWarning,
+        stacklevel=3,
+    )
+    raised = {**info, "method": "min", "raised_at_load_from": threshold}
+    if info.get("method") == "gamma":
+        raised["gamma_threshold"] = threshold
+    return lowest, raised
 
 
 def load_banks(folder: str | Path) -> dict[tuple[str, str], Bank]:
     """Every ``bank_*.npz`` in ``folder``, keyed by (machine, section); duplicates are an error."""
+    return {key: bank for key, (_, bank) in load_bank_files(folder).items()}
+
+
+def load_bank_files(folder: str | Path) -> dict[tuple[str, str], tuple[Path, Bank]]:
+    """:func:`load_banks` with each bank's file: (path, bank) keyed by (machine, section)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactNotFound(f"Bank folder {folder} does not exist; write it with `asd fit-bank --out-dir`.")
-    banks: dict[tuple[str, str], Bank] = {}
+    banks: dict[tuple[str, str], tuple[Path, Bank]] = {}
     for path in sorted(folder.glob("bank_*.npz")):
         bank = load_bank(path)
         key = (bank.machine, bank.section)
         if key in banks:
             raise ArtifactError(f"{folder} holds two banks for {bank.name}; keep one.")
-        banks[key] = bank
+        banks[key] = (path, bank)
     if not banks:
         raise ArtifactNotFound(f"{folder} holds no bank_*.npz files; write them with `asd fit-bank --out-dir`.")
     return banks

@@ -5,8 +5,9 @@ leave-one-out scores of the train clips.
 
 A system is an `asd run` folder (``banks/`` and ``submission/``) or ``SUBMISSION_DIR:BANKS_DIR``.
 A run folder's files are first checked against its stage records (pipeline/run_check.py): banks
-replaced after its submission was scored are an error. A SUBMISSION_DIR:BANKS_DIR pair records
-nothing that ties the scores to the banks, so only names and clip lists are checked.
+replaced after its submission was scored are an error. A SUBMISSION_DIR:BANKS_DIR pair is checked
+as far as its files tell (pipeline/scored_with.py: run records where there are some, decision
+files against the banks' thresholds), then by names and clip lists.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asdcli.backend.bank import Bank, check_quantile, load_banks
+from asdcli.backend.bank import Bank, check_quantile, load_bank_files
 from asdcli.backend.bank_fit import fit_threshold
 from asdcli.backend.norm import ZSCORE_STD_FLOOR_ABS, ZSCORE_STD_FLOOR_REL
 from asdcli.backend.score import (
@@ -30,6 +31,7 @@ from asdcli.backend.score import (
 from asdcli.errors import ConfigError, DataError
 from asdcli.evaluate.report import parse_rows
 from asdcli.pipeline.run_check import check_run_pair
+from asdcli.pipeline.scored_with import check_scored_with
 
 Key = tuple[str, str]
 
@@ -67,14 +69,17 @@ def system_paths(spec: str) -> tuple[Path, Path]:
 def load_system(spec: str) -> System:
     """Read a system's banks and the score file of every machine/section it has a bank for."""
     sub, bank_dir = system_paths(spec)
-    check_run_pair(sub, bank_dir)  # an `asd run` folder's banks replaced after scoring are an error
-    banks = load_banks(bank_dir)
+    run_pair = check_run_pair(sub, bank_dir)  # an `asd run` folder's banks replaced after scoring are an error
+    files = load_bank_files(bank_dir)
+    banks = {key: bank for key, (_, bank) in files.items()}
     expected = {submission_names(m, s)[0]: (m, s) for m, s in banks}
     scores: dict[Key, dict[str, float]] = {}
+    paths: dict[Key, Path] = {}
     for path in sorted(sub.glob("anomaly_score_*.csv")):
         key = expected.get(path.name)
         if key is None:
             raise DataError(f"{path} has no bank in {bank_dir}; fuse systems whose banks/ made their submission/.")
+        paths[key] = path
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -86,6 +91,8 @@ def load_system(spec: str) -> System:
         scores[key] = {r.name: r.value for r in rows}
     if not scores:
         raise DataError(f"{sub} holds no anomaly_score_<machine>_section_<SS>_test.csv file of a bank in {bank_dir}.")
+    if not run_pair:
+        check_scored_with(sub, bank_dir, paths, files, f"pair {sub} with the banks that scored it")
     return System(spec, scores, banks)
 
 

@@ -25,7 +25,7 @@ from asdcli.backend import knn
 from asdcli.backend.bank import Bank
 from asdcli.data.names import Clip, missing_field_error
 from asdcli.errors import ArtifactMismatch, ArtifactNotFound, AsdError, ConfigError, DataError
-from asdcli.frontend.spec import check_same_frontend, spec_of
+from asdcli.frontend.spec import check_same_frontend, check_same_windows, spec_of
 
 if TYPE_CHECKING:
     from asdcli.frontend.embedder import EmbedConfig
@@ -36,13 +36,15 @@ SCORE_FORMATS = ("csv", "jsonl")
 def check_compatible(
     bank: Bank, emb: Embeddings, what_bank: str = "the bank", what_emb: str = "the embeddings"
 ) -> None:
-    """Raise ArtifactMismatch when ``emb`` was not made like the bank's training embeddings."""
+    """Raise ArtifactMismatch when ``emb`` was not made like the bank's training embeddings (front
+    end, and windows of the same length and hop when both are windows of long recordings)."""
     if emb.dim != bank.dim:
         raise ArtifactMismatch(
             f"{what_bank} has dimension {bank.dim} but {what_emb} has {emb.dim}; "
             "embed the test clips with the checkpoint and adapter used for the bank."
         )
     check_same_frontend(bank.embedding_meta, emb.meta, what_bank, what_emb)
+    check_same_windows(bank.embedding_meta, emb.meta, what_bank, what_emb)
 
 
 def score_vectors(bank: Bank, vectors: np.ndarray) -> np.ndarray:

@@ -13,8 +13,8 @@ from rich.markup import escape
 from asdcli import __version__
 from asdcli.cli.process_exit import exit_code_of, exit_without_teardown, reopen_closed_std_streams
 from asdcli.cli.usage import AsdCommand, AsdGroup
-from asdcli.console import stderr_console
-from asdcli.errors import AsdError
+from asdcli.console import show_warnings, stderr_console
+from asdcli.errors import AsdError, AsdWarning
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,12 +36,14 @@ app = typer.Typer(
 
 
 def handle_errors(fn: F) -> F:
-    """Render AsdError as one `Error: ...` line on stderr and exit 1; Ctrl-C exits 130."""
+    """Render AsdError as one `Error: ...` line on stderr and exit 1, each AsdWarning as one
+    `Warning: ...` line; Ctrl-C exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with show_warnings(stderr_console(), AsdWarning):
+                return fn(*args, **kwargs)
         except AsdError as e:
             stderr_console().print(f"[bold red]Error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None

@@ -191,6 +191,29 @@ def _coverage_warnings(done: set[tuple[str, str]], truth: GroundTruth, system: s
     ]
 
 
+def score_files(folder: Path) -> dict[tuple[str, str], Path]:
+    """The score files of a submission folder by (machine, section) from their names (the
+    baseline's names too); two for one machine/section is a DataError."""
+    found: dict[tuple[str, str], Path] = {}
+    for path in sorted(folder.iterdir()):
+        m = _SCORE_NAME.match(path.name)
+        if not m or not path.is_file():
+            continue
+        key = (m["machine"], m["section"])
+        if key in found:
+            raise DataError(
+                f"{folder} holds two score files for {key[0]} section {key[1]}: {found[key].name}, {path.name}."
+            )
+        found[key] = path
+    return found
+
+
+def score_file_key(path: Path) -> tuple[str, str] | None:
+    """(machine, section) of a score file's name, or None when the name does not say."""
+    m = _SCORE_NAME.match(path.name)
+    return None if m is None else (m["machine"], m["section"])
+
+
 def evaluate_submission(
     submission: Path | str,
     truth: GroundTruth,
@@ -209,17 +232,7 @@ def evaluate_submission(
     folder = Path(submission)
     if not folder.is_dir():
         raise DataError(f"Submission folder {folder} does not exist or is not a folder.")
-    found: dict[tuple[str, str], Path] = {}
-    for path in sorted(folder.iterdir()):
-        m = _SCORE_NAME.match(path.name)
-        if not m or not path.is_file():
-            continue
-        key = (m["machine"], m["section"])
-        if key in found:
-            raise DataError(
-                f"{folder} holds two score files for {key[0]} section {key[1]}: {found[key].name}, {path.name}."
-            )
-        found[key] = path
+    found = score_files(folder)
     if not found:
         raise DataError(
             f"{folder} holds no anomaly_score_<machine>_section_<SS>_test.csv file; "

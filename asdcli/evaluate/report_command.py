@@ -19,7 +19,7 @@ from asdcli.console import is_terminal, stderr_console
 from asdcli.errors import ConfigError
 from asdcli.evaluate.ground_truth import GroundTruth, load_ground_truth, write_ground_truth
 from asdcli.evaluate.render import FORMATS, pct, render, render_text
-from asdcli.evaluate.report import STDIN, SystemReport, bank_thresholds, evaluate_all
+from asdcli.evaluate.report import STDIN, SystemReport, bank_thresholds, evaluate_all, score_file_key, score_files
 from asdcli.pipeline.run_check import check_run_pair
 
 
@@ -125,10 +125,32 @@ def _thresholds(cfg: ReportConfig) -> list[dict[tuple[str, str], float] | None]:
     banks: Sequence[Path | None] = cfg.banks or [None if run is None else run / "banks" for run in runs]
     out: list[dict[tuple[str, str], float] | None] = []
     for submission, bank_dir in zip(cfg.submissions, banks):
-        if bank_dir is not None and submission != STDIN:
-            check_run_pair(Path(submission), bank_dir, decisions=True)
-        out.append(None if bank_dir is None else bank_thresholds(bank_dir))
+        if bank_dir is None:
+            out.append(None)
+        elif submission == STDIN or check_run_pair(Path(submission), bank_dir, decisions=True):
+            out.append(bank_thresholds(bank_dir))
+        else:
+            out.append(_checked_thresholds(Path(submission), bank_dir))
     return out
+
+
+def _checked_thresholds(submission: Path, bank_dir: Path) -> dict[tuple[str, str], float]:
+    """The thresholds of ``bank_dir`` once checked against the submission (folder or score file)
+    as far as its files tell (:mod:`asdcli.pipeline.scored_with`)."""
+    from asdcli.backend.bank import load_bank_files
+    from asdcli.pipeline.scored_with import check_scored_with
+
+    if not bank_dir.is_dir():
+        bank_thresholds(bank_dir)  # its error: the folder does not exist
+    files = load_bank_files(bank_dir)
+    if submission.is_dir():
+        scores = score_files(submission)
+    else:
+        key = score_file_key(submission)
+        scores = {} if key is None else {key: submission}
+    fix = f"pass --banks with the folder of banks that scored {submission}"
+    check_scored_with(submission, bank_dir, scores, files, fix)
+    return {key: float(bank.threshold) for key, (_, bank) in files.items()}
 
 
 def _file_format(cfg: ReportConfig, out: Path) -> str:

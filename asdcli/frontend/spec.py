@@ -4,20 +4,27 @@ Every embeddings file stores it as ``meta["frontend"]`` and every bank keeps the
 so two artifacts belong together exactly when :func:`check_same_frontend` finds every field equal.
 A field missing on either side is a mismatch: an artifact that cannot say how it was made is not
 trusted. Built only by :func:`asdcli.frontend.embedder.build_embedder`.
+
+Embeddings of windows of long recordings (`asd embed --window`), and the banks fitted on them, also
+record the windows as ``meta["window"]`` (``window_s``, ``hop_s``): :func:`check_same_windows`.
+An artifact without that record holds whole clips (every asdcli that cut windows recorded them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from asdcli.data.clip_length import SAMPLE_RATE
 from asdcli.errors import ArtifactError, ArtifactMismatch
 
 SPEC_SCHEMA = 1
 SPEC_KEY = "frontend"  # where the spec lives in an artifact's meta
+WINDOW_KEY = "window"  # where windowed artifacts record their window and hop
 FEATURES = "beats-kaldi-fbank128-v1"  # the fbank and its normalization (frontend/features.py)
 
 
@@ -112,3 +119,42 @@ def check_same_frontend(meta_a: Mapping[str, Any], meta_b: Mapping[str, Any], wh
             f"{what_a} and {what_b} were made with different front ends ({shown}{more}); "
             "embed both with the same checkpoint, adapter and options."
         )
+
+
+def window_record(meta: Mapping[str, Any], what: str) -> tuple[float, float] | None:
+    """(window_s, hop_s) of an artifact made of windows of long recordings; None: whole clips.
+    A record that is not two positive numbers is ArtifactError."""
+    record = meta.get(WINDOW_KEY)
+    if not record:
+        return None
+    values = [record.get(k) for k in ("window_s", "hop_s")] if isinstance(record, Mapping) else []
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) != 2 or not all(math.isfinite(v) and v > 0 for v in numbers):
+        raise ArtifactError(
+            f"{what} has a malformed window record ({WINDOW_KEY!r} needs window_s and hop_s in seconds); "
+            "re-create it with `asd embed --window`."
+        )
+    return numbers[0], numbers[1]
+
+
+def same_windows(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two (window_s, hop_s) cut the same windows (equal in 16 kHz samples)."""
+    return all(round(x * SAMPLE_RATE) == round(y * SAMPLE_RATE) for x, y in zip(a, b))
+
+
+def describe_windows(windows: tuple[float, float] | None) -> str:
+    """``windows of 1 s every 0.5 s`` (or ``whole clips``) for a one-line message."""
+    return "whole clips" if windows is None else f"windows of {windows[0]:g} s every {windows[1]:g} s"
+
+
+def check_same_windows(meta_a: Mapping[str, Any], meta_b: Mapping[str, Any], what_a: str, what_b: str) -> None:
+    """ArtifactMismatch when both artifacts are of windows and their window length or hop differs:
+    another hop gives other windows (overlapping ones have closer neighbours), so the bank's
+    threshold would not fit them. Whole clips (no record) are checked by their clip length alone."""
+    a, b = window_record(meta_a, what_a), window_record(meta_b, what_b)
+    if a is None or b is None or same_windows(a, b):
+        return
+    raise ArtifactMismatch(
+        f"{what_a} is made of {describe_windows(a)} but {what_b} of {describe_windows(b)}; cut them "
+        f"the same way (`asd embed --window {a[0]:g} --hop {a[1]:g}`)."
+    )

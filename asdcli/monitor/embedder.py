@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from asdcli.backend.bank import Bank
-from asdcli.frontend.spec import spec_of
+from asdcli.frontend.spec import spec_of, window_record
 
 if TYPE_CHECKING:
     from asdcli.frontend.embedder import EmbedConfig
@@ -58,3 +58,8 @@ def bank_clip_seconds(bank: Bank) -> float | None:
     spec = spec_of(bank.embedding_meta, f"The bank of {bank.name}") or {}
     seconds = spec.get("clip_seconds")
     return None if seconds is None else float(seconds)
+
+
+def bank_windows(bank: Bank) -> tuple[float, float] | None:
+    """The (window_s, hop_s) of the windows the bank was fitted on (None: whole clips)."""
+    return window_record(bank.embedding_meta, f"The bank of {bank.name}")

@@ -77,12 +77,14 @@ def enrolment_embeddings(bank: Bank, inputs: Sequence[Path], checkpoint: Path | 
         found = discover_clips(audio)
         clips = [c for c in found if c.split == "train"] or found
         cfg = bank_embed_config(bank, checkpoint, adapter, device, batch_size)
-        window = bank.embedding_meta.get("window")
-        if window:  # a bank of windows of long recordings: enrol windows of the same length
+        from asdcli.monitor.embedder import bank_windows
+
+        windows = bank_windows(bank)
+        if windows is not None:  # a bank of windows of long recordings: enrol windows cut the same way
             from asdcli.monitor.windowed import window_embeddings
             from asdcli.monitor.windows import WindowSpec
 
-            emb = window_embeddings(clips, cfg, WindowSpec(window["window_s"], window["hop_s"]))[0]
+            emb = window_embeddings(clips, cfg, WindowSpec(*windows))[0]
         else:
             emb = embed_clips(clips, cfg)
         check_compatible(bank, emb, f"The bank of {bank.name}", "the enrolled clips")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from asdcli.errors import ArtifactMismatch
-from asdcli.pipeline.stages import Stage, stage_key
+from asdcli.pipeline.stages import Stage, stage_key, stamp_of
 
 
 def score_inputs(embed: Stage, banks: Stage) -> dict[str, Any]:
@@ -103,12 +103,21 @@ def check_scored_with_banks(
     files ``decisions`` (in RUN/submission) are the ones `asd run` wrote, and that the score stage
     read these banks: an ArtifactMismatch naming the file otherwise. False when ``run_dir`` has no
     fit-bank record."""
-    fit_bank, score = Stage(run_dir, "fit-bank", ""), Stage(run_dir, "score", "")
+    fit_bank = Stage(run_dir, "fit-bank", "")
     if not fit_bank.record_path.exists():
         return False
+    _check_banks(fit_bank, banks)
+    _check_scored(fit_bank, scores, decisions)
+    return True
+
+
+def _check_scored(fit_bank: Stage, scores: Sequence[Path], decisions: Sequence[Path] = ()) -> None:
+    """The score and decision files are the ones the run's finished score stage wrote, from the
+    banks its finished fit-bank stage recorded."""
+    run_dir = fit_bank.run_dir
+    score = Stage(run_dir, "score", "")
     _check_finished(fit_bank, "banks/")
     _check_finished(score, "submission/")
-    _check_banks(fit_bank, banks)
     _check_files(score, scores, "score file")
     _check_files(score, decisions, "decision file")
     if score.record().get("key") != stage_key(score_inputs(Stage(run_dir, "embed", ""), fit_bank)):
@@ -116,7 +125,6 @@ def check_scored_with_banks(
             f"{run_dir / 'submission'} was not scored with the banks in {run_dir / 'banks'} "
             f"({score.record_path} records other banks or embeddings); {_rerun(run_dir)}."
         )
-    return True
 
 
 def check_run_file(run_dir: Path, stage_name: str, path: Path, what: str) -> None:
@@ -145,3 +153,27 @@ def check_run_pair(submission: Path, banks_dir: Path, decisions: bool = False) -
     scores = sorted(submission.glob("anomaly_score_*.csv"))
     decision_files = sorted(submission.glob("decision_result_*.csv")) if decisions else []
     return check_scored_with_banks(run, banks, scores, decision_files)
+
+
+def check_banks_scored_run(submission: Path, bank_files: Sequence[Path]) -> bool:
+    """When ``submission`` is RUN/submission of an `asd run` folder with a fit-bank record, check that
+    ``bank_files`` (from any folder: a copy of RUN/banks passes) are the banks the run scored it
+    with: same names, sizes and SHA-256s as its fit-bank record lists, the score files unchanged
+    and the score stage keyed on those banks. ArtifactMismatch naming the file otherwise; False
+    when ``submission`` is not such a folder (nothing recorded to check against)."""
+    run = submission.resolve().parent
+    fit_bank = Stage(run, "fit-bank", "")
+    if submission.resolve().name != "submission" or not fit_bank.record_path.is_file():
+        return False
+    banks_dir = run / "banks"
+    _check_scored(fit_bank, sorted((run / "submission").glob("anomaly_score_*.csv")))
+    outputs = fit_bank.record()["outputs"]
+    for path in bank_files:
+        stamp = outputs.get(f"banks/{path.name}")
+        if stamp is None or stamp_of(path) != stamp:
+            how = "records another size or SHA-256 for" if stamp is not None else "lists no"
+            raise ArtifactMismatch(
+                f"{path} is not the bank {submission} was scored with ({fit_bank.record_path} {how} "
+                f"banks/{path.name}); pass {banks_dir} (or a copy of it) with that submission."
+            )
+    return True

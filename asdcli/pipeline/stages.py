@@ -40,7 +40,7 @@ def files_fingerprint(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
-def _stamp(path: Path) -> dict[str, Any] | None:
+def stamp_of(path: Path) -> dict[str, Any] | None:
     """Size and SHA-256 of a file, or None when it is not a readable file."""
     try:
         return {"size": path.stat().st_size, "sha256": sha256_file(path)} if path.is_file() else None
@@ -84,7 +84,7 @@ class Stage:
         outputs = record.get("outputs")
         if record.get("key") != self.key or record.get("status") != DONE or not isinstance(outputs, dict):
             return False
-        return all(_stamp(self.run_dir / rel) == stamp for rel, stamp in outputs.items())
+        return all(stamp_of(self.run_dir / rel) == stamp for rel, stamp in outputs.items())
 
     def finished(self) -> bool:
         """True when the record says the stage finished and lists its outputs' stamps (any key)."""
@@ -97,7 +97,7 @@ class Stage:
         if not isinstance(outputs, dict):
             return False
         stamp = outputs.get(Path(path).relative_to(self.run_dir).as_posix())
-        return stamp is not None and _stamp(Path(path)) == stamp
+        return stamp is not None and stamp_of(Path(path)) == stamp
 
     def outputs_id(self) -> str:
         """A hash of the recorded outputs' stamps: part of the key of the stages that read them."""
@@ -114,7 +114,7 @@ class Stage:
         """Record the outputs (every one must exist) with their size and hash, and ``details``."""
         stamps = {}
         for path in outputs:
-            stamp = _stamp(path)
+            stamp = stamp_of(path)
             if stamp is None:
                 raise FileNotFoundError(f"stage {self.name} did not write {path}")
             stamps[Path(path).relative_to(self.run_dir).as_posix()] = stamp
