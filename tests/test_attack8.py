@@ -53,7 +53,6 @@ def _enrol(cuts: dict[str, Path], bank: str, new: str, out: Path) -> object:
     return asd("enrol", cuts[f"bank_{bank}"], cuts[f"new_{new}"], "--domain", "target", "--out", out)
 
 
-@pytest.mark.xfail(strict=True, reason="enrol mixes whole clips and overlapping windows")
 def test_enrol_refuses_overlapping_windows_into_a_bank_of_whole_clips(cuts: dict[str, Path], tmp_path: Path) -> None:
     """Whole clips are windows of their length every their length: windows every 0.25 s overlap
     (near-duplicates, closer neighbours), so they were mixed into the clips' threshold silently."""
@@ -64,7 +63,6 @@ def test_enrol_refuses_overlapping_windows_into_a_bank_of_whole_clips(cuts: dict
     assert_ok(_enrol(cuts, "clips", "half", out))  # windows every their length are whole clips
 
 
-@pytest.mark.xfail(strict=True, reason="enrol mixes whole clips and overlapping windows")
 def test_enrol_refuses_whole_clips_into_a_bank_of_overlapping_windows(cuts: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "enrolled.npz"
     assert_error(_enrol(cuts, "quarter", "clips", out), "every 0.25 s", "whole clips", "--hop 0.25")

@@ -25,8 +25,16 @@ from asdcli.backend.score import check_compatible
 from asdcli.data.dataset import discover_clips
 from asdcli.data.names import DOMAINS
 from asdcli.errors import ArtifactMismatch, ConfigError, DataError
+from asdcli.frontend.spec import check_same_spacing
 
 SAME_VECTOR_ATOL = 1e-4  # largest component difference of a bank vector recomputed from its raw embedding
+
+
+def _check_fits(bank: Bank, emb: Embeddings, what: str) -> None:
+    """``emb`` made like the bank's vectors (:func:`check_compatible`), and cut alike: whole clips
+    and windows that overlap do not go into one bank."""
+    check_compatible(bank, emb, f"The bank of {bank.name}", what)
+    check_same_spacing(bank.embedding_meta, emb.meta, f"The bank of {bank.name}", what)
 
 
 def _check_normal(emb: Embeddings, what: str) -> None:
@@ -68,7 +76,7 @@ def enrolment_embeddings(bank: Bank, inputs: Sequence[Path], checkpoint: Path | 
     parts = []
     for path in npz:
         emb = load_embeddings(path)
-        check_compatible(bank, emb, f"The bank of {bank.name}", str(path))
+        _check_fits(bank, emb, str(path))
         parts.append(emb)
     if audio:
         from asdcli.backend.score import bank_embed_config
@@ -87,7 +95,7 @@ def enrolment_embeddings(bank: Bank, inputs: Sequence[Path], checkpoint: Path | 
             emb = window_embeddings(clips, cfg, WindowSpec(*windows))[0]
         else:
             emb = embed_clips(clips, cfg)
-        check_compatible(bank, emb, f"The bank of {bank.name}", "the enrolled clips")
+        _check_fits(bank, emb, "the enrolled clips")
         parts.append(emb)
     if not parts:
         raise ConfigError("Give clips or embeddings files to enrol.")
@@ -153,7 +161,7 @@ def _restandardized(bank: Bank, new: Embeddings, domain: str, train: Embeddings,
             f"{train_what} lacks {len(missing)} of the bank's clips ({', '.join(missing[:3])}); "
             "pass the embeddings the bank was fitted on (and earlier enrolled clips)."
         )
-    check_compatible(bank, rows, f"The bank of {bank.name}", train_what)
+    _check_fits(bank, rows, train_what)
     _check_same_vectors(bank, rows, train_what)
     old = rows.select(~np.isin(rows.filenames, new.filenames))
     vectors = np.concatenate([old.vectors, new.vectors])
@@ -175,7 +183,7 @@ def enrol(bank: Bank, new: Embeddings, domain: str, *, train: Embeddings | None 
         raise ConfigError(f"--domain must be one of {', '.join(DOMAINS)}, got {domain!r}.")
     if len(new) == 0:
         raise DataError("Nothing to enrol: the inputs hold no clips.")
-    check_compatible(bank, new, f"The bank of {bank.name}", "the enrolled embeddings")
+    _check_fits(bank, new, "the enrolled embeddings")
     named = [(str(f), str(d)) for f, d in zip(new.filenames, new.domain) if str(d) in DOMAINS and str(d) != domain]
     if named:
         clip, own = named[0]
