@@ -71,7 +71,6 @@ def test_enrol_refuses_whole_clips_into_a_bank_of_overlapping_windows(cuts: dict
     assert_ok(_enrol(cuts, "quarter", "quarter", tmp_path / "same.npz"))
 
 
-@pytest.mark.xfail(strict=True, reason="the hop error's advice leads to another error")
 def test_score_embeddings_of_windows_says_to_score_the_recordings(cuts: dict[str, Path]) -> None:
     """Windows of another hop against a bank of windows: the error said to re-embed with the bank's
     hop, and that file is refused in turn (windows, several rows per file). Say what works at once."""

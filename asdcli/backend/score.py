@@ -147,14 +147,19 @@ def format_decisions(filenames: Iterable[str], decisions: np.ndarray) -> str:
     return _csv_text((str(n), int(d)) for n, d in zip(filenames, decisions))
 
 
-def check_unique_names(emb: Embeddings, what: str) -> None:
-    """DataError naming both clips when two rows share a file name: an output that names clips by
-    file name could not tell them apart."""
+def check_not_windows(emb: Embeddings, what: str) -> None:
+    """DataError when ``emb`` holds windows of long recordings: several rows per file, not clips."""
     if emb.meta.get("window"):
         raise DataError(
             f"{what} holds windows of long recordings (`asd embed --window`), several rows per file, not "
             "clips; score the recordings themselves with `asd score --bank BANK REC... --window SECONDS`."
         )
+
+
+def check_unique_names(emb: Embeddings, what: str) -> None:
+    """DataError naming both clips when two rows share a file name (or when ``emb`` holds windows):
+    an output that names clips by file name could not tell them apart."""
+    check_not_windows(emb, what)
     first: dict[str, int] = {}
     for i, name in enumerate(emb.filenames):
         j = first.setdefault(str(name), i)

@@ -14,6 +14,7 @@ from asdcli.backend.score import (
     bank_clips,
     bank_front_end_files,
     check_compatible,
+    check_not_windows,
     check_unique_names,
     decide,
     format_rows,
@@ -198,6 +199,7 @@ def _check_modes(
 
 def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
     emb = load_embeddings(path)
+    check_not_windows(emb, str(path))  # before the window check, whose advice would lead here
     check_compatible(bank, emb, f"The bank of {bank.name}", str(path))  # before any line saying rows were scored
     if all_rows:
         return emb
