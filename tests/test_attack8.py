@@ -154,7 +154,6 @@ def test_a_moved_run_copy_reports_and_fuses(run: dict[str, Path], tmp_path: Path
     assert_ok(asd("fuse", run["run"], f"{moved / 'submission'}:{moved / 'banks'}", "--out", tmp_path / "fused"))
 
 
-@pytest.mark.xfail(strict=True, reason="report draws the raised threshold beside old decisions")
 def test_report_shows_the_threshold_an_old_bank_decided_with(run: dict[str, Path], tmp_path: Path) -> None:
     """A bank of an earlier asdcli with its threshold below the floor is raised at load; decisions
     an earlier asdcli made with the stored threshold (every clip anomalous) are accepted beside it,

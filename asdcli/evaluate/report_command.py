@@ -127,18 +127,20 @@ def _thresholds(cfg: ReportConfig) -> list[dict[tuple[str, str], float] | None]:
     for submission, bank_dir in zip(cfg.submissions, banks):
         if bank_dir is None:
             out.append(None)
-        elif submission == STDIN or check_run_pair(Path(submission), bank_dir, decisions=True):
+        elif submission == STDIN:
             out.append(bank_thresholds(bank_dir))
         else:
-            out.append(_checked_thresholds(Path(submission), bank_dir))
+            run_pair = check_run_pair(Path(submission), bank_dir, decisions=True)
+            out.append(_checked_thresholds(Path(submission), bank_dir, run_pair))
     return out
 
 
-def _checked_thresholds(submission: Path, bank_dir: Path) -> dict[tuple[str, str], float]:
+def _checked_thresholds(submission: Path, bank_dir: Path, run_pair: bool) -> dict[tuple[str, str], float]:
     """The thresholds of ``bank_dir`` once checked against the submission (folder or score file)
-    as far as its files tell (:mod:`asdcli.pipeline.scored_with`)."""
+    as far as its files tell (:mod:`asdcli.pipeline.scored_with`; ``run_pair``: the run's records
+    vouched for them), each the one its decision file was made with."""
     from asdcli.backend.bank import load_bank_files
-    from asdcli.pipeline.scored_with import check_scored_with
+    from asdcli.pipeline.scored_with import check_scored_with, decision_thresholds
 
     if not bank_dir.is_dir():
         bank_thresholds(bank_dir)  # its error: the folder does not exist
@@ -149,8 +151,11 @@ def _checked_thresholds(submission: Path, bank_dir: Path) -> dict[tuple[str, str
         key = score_file_key(submission)
         scores = {} if key is None else {key: submission}
     fix = f"pass --banks with the folder of banks that scored {submission}"
-    check_scored_with(submission, bank_dir, scores, files, fix)
-    return {key: float(bank.threshold) for key, (_, bank) in files.items()}
+    if run_pair:
+        decided = decision_thresholds(scores, files, fix)
+    else:
+        decided = check_scored_with(submission, bank_dir, scores, files, fix)
+    return {key: float(bank.threshold) for key, (_, bank) in files.items()} | decided
 
 
 def _file_format(cfg: ReportConfig, out: Path) -> str:

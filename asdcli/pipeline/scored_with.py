@@ -32,18 +32,27 @@ Key = tuple[str, str]
 
 def check_scored_with(
     submission: Path, bank_dir: Path, score_files: Mapping[Key, Path], banks: Mapping[Key, tuple[Path, Bank]], fix: str
-) -> None:
+) -> dict[Key, float]:
     """Check that the submission's ``score_files`` (by machine/section) were scored with ``banks``
     ((file, bank) of ``bank_dir`` by machine/section), as the module docstring says: an
-    ArtifactMismatch or DataError naming the file otherwise, ending with ``fix`` (what to do)."""
+    ArtifactMismatch or DataError naming the file otherwise, ending with ``fix`` (what to do).
+    Returns :func:`decision_thresholds`."""
     missing = sorted(set(score_files) - set(banks))
     if missing:
         m, s = missing[0]
         raise DataError(f"{bank_dir} has no bank of {m} section {s}, which {score_files[missing[0]]} scores; {fix}.")
     check_run_banks(bank_dir)
     check_banks_scored_run(submission, [banks[key][0] for key in sorted(score_files)])
-    for key, path in sorted(score_files.items()):
-        check_decisions(path, *banks[key], fix)
+    return decision_thresholds(score_files, banks, fix)
+
+
+def decision_thresholds(
+    score_files: Mapping[Key, Path], banks: Mapping[Key, tuple[Path, Bank]], fix: str
+) -> dict[Key, float]:
+    """The threshold each score file's decisions were made with (:func:`check_decisions`), by
+    machine/section: the bank's, or the one its file stores when loading raised it and an earlier
+    asdcli decided with that one."""
+    return {key: check_decisions(path, *banks[key], fix) for key, path in sorted(score_files.items()) if key in banks}
 
 
 def _thresholds(bank: Bank) -> list[float]:
@@ -53,12 +62,13 @@ def _thresholds(bank: Bank) -> list[float]:
     return [bank.threshold] + ([float(stored)] if isinstance(stored, (int, float)) else [])
 
 
-def check_decisions(score_file: Path, bank_file: Path, bank: Bank, fix: str) -> None:
+def check_decisions(score_file: Path, bank_file: Path, bank: Bank, fix: str) -> float:
     """The decision file beside ``score_file`` (if any) says 1 exactly for the clips whose score
-    is above the bank's threshold, compared in float32 as `asd score` decides."""
+    is above the bank's threshold, compared in float32 as `asd score` decides. Returns the
+    threshold it agrees with (the bank's when there is no decision file)."""
     decision_file = score_file.with_name(score_file.name.replace("anomaly_score_", "decision_result_", 1))
     if not decision_file.is_file():
-        return
+        return bank.threshold
     scores = {e.name: e.value for e in parse_rows(read_text(score_file), str(score_file))}
     decisions = [(e.name, int(e.value)) for e in parse_rows(read_text(decision_file), str(decision_file), True)]
     decisions = [(name, d) for name, d in decisions if name in scores]
@@ -69,7 +79,7 @@ def check_decisions(score_file: Path, bank_file: Path, bank: Bank, fix: str) -> 
         limit = float(np.float32(threshold))
         wrong = [(name, d) for name, d in decisions if int(scores[name] > limit) != d]
         if not wrong:
-            return
+            return threshold
     name, d = wrong[0]
     raise ArtifactMismatch(
         f"{decision_file} disagrees with the threshold {bank.threshold:.6g} of {bank_file} on {len(wrong)} "
