@@ -177,7 +177,6 @@ def test_report_shows_the_threshold_an_old_bank_decided_with(run: dict[str, Path
     assert _shown_threshold(result.stdout) == pytest.approx(-0.5)
 
 
-@pytest.mark.xfail(strict=True, reason="a run's score file skips the run record")
 def test_a_run_score_file_is_checked_against_the_run_record(run: dict[str, Path], tmp_path: Path) -> None:
     """`asd report RUN/submission/FILE --banks DIR` skipped the run's record of its banks that
     `asd report RUN/submission --banks DIR` and `asd fuse` check: a bank file the run did not

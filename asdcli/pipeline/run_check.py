@@ -156,14 +156,16 @@ def check_run_pair(submission: Path, banks_dir: Path, decisions: bool = False) -
 
 
 def check_banks_scored_run(submission: Path, bank_files: Sequence[Path]) -> bool:
-    """When ``submission`` is RUN/submission of an `asd run` folder with a fit-bank record, check that
-    ``bank_files`` (from any folder: a copy of RUN/banks passes) are the banks the run scored it
-    with: same names, sizes and SHA-256s as its fit-bank record lists, the score files unchanged
-    and the score stage keyed on those banks. ArtifactMismatch naming the file otherwise; False
-    when ``submission`` is not such a folder (nothing recorded to check against)."""
-    run = submission.resolve().parent
+    """When ``submission`` is RUN/submission of an `asd run` folder with a fit-bank record (or a
+    score file in it), check that ``bank_files`` (from any folder: a copy of RUN/banks passes) are
+    the banks the run scored it with: same names, sizes and SHA-256s as its fit-bank record lists,
+    the score files unchanged and the score stage keyed on those banks. ArtifactMismatch naming
+    the file otherwise; False when ``submission`` is not such a folder (nothing recorded to check against)."""
+    folder = submission.resolve()
+    folder = folder if folder.is_dir() else folder.parent
+    run = folder.parent
     fit_bank = Stage(run, "fit-bank", "")
-    if submission.resolve().name != "submission" or not fit_bank.record_path.is_file():
+    if folder.name != "submission" or not fit_bank.record_path.is_file():
         return False
     banks_dir = run / "banks"
     _check_scored(fit_bank, sorted((run / "submission").glob("anomaly_score_*.csv")))
