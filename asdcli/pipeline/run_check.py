@@ -162,13 +162,14 @@ def check_banks_scored_run(submission: Path, bank_files: Sequence[Path]) -> bool
     the score files unchanged and the score stage keyed on those banks. ArtifactMismatch naming
     the file otherwise; False when ``submission`` is not such a folder (nothing recorded to check against)."""
     folder = submission.resolve()
+    scores = sorted(folder.glob("anomaly_score_*.csv")) if folder.is_dir() else [folder]
     folder = folder if folder.is_dir() else folder.parent
     run = folder.parent
     fit_bank = Stage(run, "fit-bank", "")
     if folder.name != "submission" or not fit_bank.record_path.is_file():
         return False
     banks_dir = run / "banks"
-    _check_scored(fit_bank, sorted((run / "submission").glob("anomaly_score_*.csv")))
+    _check_scored(fit_bank, scores)
     outputs = fit_bank.record()["outputs"]
     for path in bank_files:
         stamp = outputs.get(f"banks/{path.name}")
