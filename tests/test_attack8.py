@@ -189,3 +189,34 @@ def test_a_run_score_file_is_checked_against_the_run_record(run: dict[str, Path]
     assert_ok(asd("report", score_file, "--banks", copy, *args))
     assert_error(asd("report", run["run"] / "submission", "--banks", other, *args), str(other / BANK), "fit-bank")
     assert_error(asd("report", score_file, "--banks", other, *args), str(other / BANK), "fit-bank")
+
+
+def _set_first_clip(sub: Path, score: np.float32, decision: int) -> None:
+    """The first clip of the fan score file given this score (written as `asd score` writes it) and decision."""
+    from asdcli.backend.score import format_score
+
+    lines = (sub / SCORES).read_text().splitlines()
+    name = lines[0].rsplit(",", 1)[0]
+    (sub / SCORES).write_text("\n".join([f"{name},{format_score(score)}", *lines[1:]]) + "\n")
+    rows = (sub / DECISIONS).read_text().splitlines()
+    (sub / DECISIONS).write_text(
+        "\n".join(f"{name},{decision}" if r.startswith(name + ",") else r for r in rows) + "\n"
+    )
+
+
+def test_a_score_equal_to_the_threshold_is_normal(run: dict[str, Path], tmp_path: Path) -> None:
+    """`asd score` decides score > threshold in float32: a score written equal to the threshold is
+    decided 0. Read back in float64 its 9 digits lie a hair above the threshold, and the check
+    refused the decision `asd score` made. One float32 step below, a 1 is still refused."""
+    from asdcli.backend.bank import load_bank
+
+    sub = tmp_path / "sub"
+    shutil.copytree(run["run"] / "submission", sub)
+    threshold = np.float32(load_bank(run["run"] / "banks" / BANK).threshold)
+    args = ("report", sub, "--banks", run["run"] / "banks", "--data", run["data"], "--format", "csv")
+    for score in (threshold, np.nextafter(threshold, np.float32(np.inf))):
+        _set_first_clip(sub, score, int(score > threshold))
+        result = asd(*args)
+        assert result.exit_code == 0, result.output
+    _set_first_clip(sub, np.nextafter(threshold, np.float32(0)), 1)
+    assert_error(asd(*args), str(sub / DECISIONS), "1 clip(s)")

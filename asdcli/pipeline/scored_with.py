@@ -62,6 +62,16 @@ def _thresholds(bank: Bank) -> list[float]:
     return [bank.threshold] + ([float(stored)] if isinstance(stored, (int, float)) else [])
 
 
+def _decided(score: float, threshold: float) -> tuple[int, int]:
+    """The decisions `asd score` may have made of a score read back from its file: score > threshold
+    in float32 (a clip's score: %.9g gives its float32 back once rounded to float32, not in float64,
+    so a score equal to the threshold reads as a hair above it), or in float64 (the aggregate of a
+    recording's windows). They differ only within a float32 step of the threshold."""
+    with np.errstate(over="ignore"):  # a score beyond float32 is infinite there: still above
+        in_float32 = bool(np.float32(score) > np.float32(threshold))
+    return int(in_float32), int(score > threshold)
+
+
 def check_decisions(score_file: Path, bank_file: Path, bank: Bank, fix: str) -> float:
     """The decision file beside ``score_file`` (if any) says 1 exactly for the clips whose score
     is above the bank's threshold, compared in float32 as `asd score` decides. Returns the
@@ -74,10 +84,7 @@ def check_decisions(score_file: Path, bank_file: Path, bank: Bank, fix: str) -> 
     decisions = [(name, d) for name, d in decisions if name in scores]
     wrong: list[tuple[str, int]] = []
     for threshold in _thresholds(bank):
-        # a score `asd score` wrote is a float32 (%.9g round-trips it): compared with the float32
-        # threshold in float64 it is decided as in float32, and a score beyond float32 cannot overflow
-        limit = float(np.float32(threshold))
-        wrong = [(name, d) for name, d in decisions if int(scores[name] > limit) != d]
+        wrong = [(name, d) for name, d in decisions if d not in _decided(scores[name], threshold)]
         if not wrong:
             return threshold
     name, d = wrong[0]
