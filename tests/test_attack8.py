@@ -220,3 +220,18 @@ def test_a_score_equal_to_the_threshold_is_normal(run: dict[str, Path], tmp_path
         assert result.exit_code == 0, result.output
     _set_first_clip(sub, np.nextafter(threshold, np.float32(0)), 1)
     assert_error(asd(*args), str(sub / DECISIONS), "1 clip(s)")
+
+
+def test_a_warning_made_fatal_is_one_error_line(run: dict[str, Path], tmp_path: Path) -> None:
+    """`python -W error::asdcli.errors.AsdWarning` makes the Warning of a bank raised at load fatal
+    (as asdcli.errors documents): that was a traceback, not one `Error:` line."""
+    import warnings
+
+    from asdcli.errors import AsdWarning
+
+    old = tmp_path / BANK
+    _rewrite_bank(run["run"] / "banks" / BANK, old, threshold=-0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AsdWarning)
+        result = asd("score", "--bank", old, "--embeddings", run["run"] / "embeddings" / "test.npz")
+    assert_error(result, str(old), "asd fit-bank")

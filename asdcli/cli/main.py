@@ -37,14 +37,15 @@ app = typer.Typer(
 
 def handle_errors(fn: F) -> F:
     """Render AsdError as one `Error: ...` line on stderr and exit 1, each AsdWarning as one
-    `Warning: ...` line; Ctrl-C exits 130."""
+    `Warning: ...` line (an `Error: ...` line when ``-W error::asdcli.errors.AsdWarning`` makes it
+    fatal); Ctrl-C exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             with show_warnings(stderr_console(), AsdWarning):
                 return fn(*args, **kwargs)
-        except AsdError as e:
+        except (AsdError, AsdWarning) as e:
             stderr_console().print(f"[bold red]Error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
