@@ -235,3 +235,21 @@ def test_a_warning_made_fatal_is_one_error_line(run: dict[str, Path], tmp_path: 
         warnings.simplefilter("error", AsdWarning)
         result = asd("score", "--bank", old, "--embeddings", run["run"] / "embeddings" / "test.npz")
     assert_error(result, str(old), "asd fit-bank")
+
+
+def test_report_compares_a_submission_and_its_banks_with_a_fused_folder(run: dict[str, Path], tmp_path: Path) -> None:
+    """`asd report SUB FUSED --banks B X`: a fused folder has no banks, and any X is refused now
+    (its thresholds did not make the fused decisions), so a submission with its banks could not be
+    reported beside a fusion of it. `--banks -` gives that one none."""
+    banks, sub, fused = tmp_path / "banks", tmp_path / "sub", tmp_path / "fused"
+    assert_ok(asd("fit-bank", run["run"] / "embeddings" / "train.npz", "--out-dir", banks, "--k", 2))
+    assert_ok(asd("score", "--banks", banks, "--embeddings", run["run"] / "embeddings" / "test.npz",
+                  "--submission-dir", sub))  # fmt: skip
+    assert_ok(asd("fuse", run["run"], f"{sub}:{banks}", "--out", fused))
+    args = ("report", sub, fused, "--data", run["data"], "--format", "csv", "--banks", banks)
+    assert_error(asd(*args, "--banks", banks), str(fused / DECISIONS), "--banks -")
+    result = asd(*args, "--banks", "-")
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",") for line in result.stdout.splitlines()]
+    shown = {r[0] for r in rows if r[3] == "decision threshold"}
+    assert shown == {"sub"}, shown

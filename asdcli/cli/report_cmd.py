@@ -65,7 +65,7 @@ def command(
         metavar="DIR",
         help="Bank folder of each submission, in order: its decision thresholds "
         "go into the tables and plots (default: RUN/banks for a RUN/submission folder, checked against the run's "
-        "stage records).",
+        "stage records); - for none (a folder of `asd fuse`).",
     ),
     plots: Path | None = typer.Option(
         None,

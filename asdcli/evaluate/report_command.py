@@ -22,6 +22,8 @@ from asdcli.evaluate.render import FORMATS, pct, render, render_text
 from asdcli.evaluate.report import STDIN, SystemReport, bank_thresholds, evaluate_all, score_file_key, score_files
 from asdcli.pipeline.run_check import check_run_pair
 
+NO_BANKS = "-"  # `--banks -`: this submission has no banks (a fused folder)
+
 
 @dataclass(frozen=True)
 class ReportConfig:
@@ -36,7 +38,9 @@ class ReportConfig:
     out: Path | None = None
     ground_truth_out: Path | None = None
     names: tuple[str, ...] = ()  # display names, one per submission (default: the run folder's name)
-    banks: tuple[Path, ...] = ()  # bank folders, one per submission (default: RUN/banks next to RUN/submission)
+    banks: tuple[
+        Path, ...
+    ] = ()  # bank folders, one per submission or NO_BANKS (default: RUN/banks beside RUN/submission)
     html: Path | None = None
 
     def __post_init__(self) -> None:
@@ -122,7 +126,8 @@ def _thresholds(cfg: ReportConfig) -> list[dict[tuple[str, str], float] | None]:
     """The thresholds of each submission's banks (None without), after checking an `asd run`
     folder's submission/ and banks/ against its stage records."""
     runs = [run_folder(s) for s in cfg.submissions]
-    banks: Sequence[Path | None] = cfg.banks or [None if run is None else run / "banks" for run in runs]
+    given = [None if b == Path(NO_BANKS) else b for b in cfg.banks]  # `--banks -`: a fused folder has none
+    banks: Sequence[Path | None] = given or [None if run is None else run / "banks" for run in runs]
     out: list[dict[tuple[str, str], float] | None] = []
     for submission, bank_dir in zip(cfg.submissions, banks):
         if bank_dir is None:
@@ -150,7 +155,7 @@ def _checked_thresholds(submission: Path, bank_dir: Path, run_pair: bool) -> dic
     else:
         key = score_file_key(submission)
         scores = {} if key is None else {key: submission}
-    fix = f"pass --banks with the folder of banks that scored {submission}"
+    fix = f"pass --banks with the folder of banks that scored {submission} (`--banks -` for a folder of `asd fuse`, which has none)"
     if run_pair:
         decided = decision_thresholds(scores, files, fix)
     else:
