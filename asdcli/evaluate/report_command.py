@@ -38,9 +38,7 @@ class ReportConfig:
     out: Path | None = None
     ground_truth_out: Path | None = None
     names: tuple[str, ...] = ()  # display names, one per submission (default: the run folder's name)
-    banks: tuple[
-        Path, ...
-    ] = ()  # bank folders, one per submission or NO_BANKS (default: RUN/banks beside RUN/submission)
+    banks: tuple[Path, ...] = ()  # one per submission, or NO_BANKS (default: RUN/banks beside RUN/submission)
     html: Path | None = None
 
     def __post_init__(self) -> None:
@@ -155,7 +153,10 @@ def _checked_thresholds(submission: Path, bank_dir: Path, run_pair: bool) -> dic
     else:
         key = score_file_key(submission)
         scores = {} if key is None else {key: submission}
-    fix = f"pass --banks with the folder of banks that scored {submission} (`--banks -` for a folder of `asd fuse`, which has none)"
+    fix = (
+        f"pass --banks with the folder of banks that scored {submission} "
+        "(`--banks -` for a folder of `asd fuse`, which has none)"
+    )
     if run_pair:
         decided = decision_thresholds(scores, files, fix)
     else:
