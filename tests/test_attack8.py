@@ -25,8 +25,8 @@ CPU = ("--device", "cpu")
 
 @pytest.fixture(scope="module")
 def cuts(synth_root: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Banks of the fan train clips as whole 0.5 s clips, as windows of 0.5 s every 0.5 s and every
-    0.25 s; two target clips not in them embedded the same three ways."""
+    """Banks of the fan train clips as whole 0.5 s clips, as windows of 0.5 s every 0.5 s, every
+    0.25 s and every 0.75 s (apart); two target clips not in them embedded the same four ways."""
     root = tmp_path_factory.mktemp("attack8-cuts")
     new = root / "new"
     new.mkdir()
@@ -36,6 +36,7 @@ def cuts(synth_root: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempP
         "clips": ("--seconds", 0.5),
         "half": ("--window", 0.5, "--hop", 0.5),
         "quarter": ("--window", 0.5, "--hop", 0.25),
+        "apart": ("--window", 0.5, "--hop", 0.75),
     }
     parts: dict[str, Path] = {}
     for way, options in ways.items():
@@ -68,6 +69,8 @@ def test_enrol_refuses_whole_clips_into_a_bank_of_overlapping_windows(cuts: dict
     assert_error(_enrol(cuts, "quarter", "clips", out), "every 0.25 s", "whole clips", "--hop 0.25")
     assert not out.exists()
     assert_ok(_enrol(cuts, "half", "clips", out))
+    assert_ok(_enrol(cuts, "apart", "clips", tmp_path / "apart.npz"))  # windows that do not overlap
+    assert_ok(_enrol(cuts, "clips", "apart", tmp_path / "clips.npz"))
     assert_ok(_enrol(cuts, "quarter", "quarter", tmp_path / "same.npz"))
 
 

@@ -162,14 +162,14 @@ def check_same_windows(meta_a: Mapping[str, Any], meta_b: Mapping[str, Any], wha
 
 def check_same_spacing(meta_a: Mapping[str, Any], meta_b: Mapping[str, Any], what_a: str, what_b: str) -> None:
     """:func:`check_same_windows` for vectors that go into one bank (`asd enrol`), where whole clips
-    count as windows of their length every their length: windows that overlap (a hop below the
-    window) are near-duplicates of each other, unlike whole clips, so one leave-one-out threshold
-    cannot serve both. ArtifactMismatch naming both and the `asd embed` that cuts them alike."""
+    count as windows that do not overlap: windows that do (a hop below the window) are
+    near-duplicates of each other, unlike whole clips, so one leave-one-out threshold cannot serve
+    both. ArtifactMismatch naming both and the `asd embed` that cuts them alike."""
     check_same_windows(meta_a, meta_b, what_a, what_b)
     a, b = window_record(meta_a, what_a), window_record(meta_b, what_b)
     cut = b if a is None else a
-    if (a is None) == (b is None) or cut is None or same_windows((cut[0], cut[0]), cut):
-        return
+    if (a is None) == (b is None) or cut is None or round(cut[1] * SAMPLE_RATE) >= round(cut[0] * SAMPLE_RATE):
+        return  # windows that do not overlap are cut like whole clips
     how = f"--window {cut[0]:g}" + (f" --hop {cut[0]:g}" if a is None else f" --hop {cut[1]:g}")
     raise ArtifactMismatch(
         f"{what_a} is made of {describe_windows(a)} but {what_b} of {describe_windows(b)}, and overlapping "
