@@ -9,7 +9,7 @@ import os
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from asdcli.data.names import AUDIO_SUFFIXES, SPLITS, Clip, make_clip
+from asdcli.data.names import AUDIO_SUFFIXES, OTHER_AUDIO_SUFFIXES, SPLITS, Clip, make_clip
 from asdcli.errors import ConfigError, DataError
 
 # root/dev_data/raw/<machine>/train is three levels below the root; one more for slack.
@@ -45,9 +45,16 @@ def _check_link(path: Path) -> None:
 def _audio_files(folder: Path) -> list[Path]:
     """The audio files of ``folder``; an audio-named entry that is not a readable file is a DataError."""
     try:
-        entries = sorted(p for p in folder.iterdir() if _is_audio(p))
+        names = sorted(folder.iterdir())
     except OSError as e:
         raise DataError(f"Cannot list {folder}: {e.strerror}; check its permissions.") from e
+    other = [p for p in names if p.suffix.lower() in OTHER_AUDIO_SUFFIXES and not p.name.startswith(".")]
+    if other:
+        raise DataError(
+            f"{other[0]} is {other[0].suffix} audio ({len(other)} such file(s) in {folder}), which asdcli does not "
+            f"read (it reads {' and '.join(AUDIO_SUFFIXES)} files); convert them to WAV or FLAC, or move them out."
+        )
+    entries = [p for p in names if _is_audio(p)]
     for p in entries:
         if p.is_symlink() or not p.is_file():
             _check_link(p)
