@@ -143,7 +143,6 @@ def _new_folder_mode(parent: Path) -> int:
     return mode
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet")
 def test_submission_folder_has_the_mode_of_a_new_folder(fan: dict[str, Path], tmp_path: Path) -> None:
     """Every file asdcli writes gets the mode `open()` would give it (0o666 less the umask); the
     submission folder was built with tempfile.mkdtemp and renamed into place, so it was 0o700:

@@ -13,14 +13,13 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asdcli.artifacts import Embeddings, check_name_length, temp_dir_prefix, write_text_atomic
+from asdcli.artifacts import Embeddings, check_name_length, make_temp_dir, write_text_atomic
 from asdcli.backend import knn
 from asdcli.backend.bank import Bank
 from asdcli.data.names import Clip, missing_field_error
@@ -242,7 +241,7 @@ def write_submission_folder(files: Mapping[str, str], out_dir: str | Path) -> li
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=temp_dir_prefix(out_dir.name), suffix=".tmp", dir=parent))
+        tmp = make_temp_dir(parent, out_dir.name, ".tmp")
     except OSError as e:
         raise AsdError(f"Cannot write in {parent}: {e.strerror or e}. Choose a writable output folder.") from e
     try:
@@ -279,7 +278,7 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=temp_dir_prefix(out_dir.name), suffix=".old", dir=out_dir.parent))
+    old = make_temp_dir(out_dir.parent, out_dir.name, ".old")
     previous = old / "previous"
     try:
         os.replace(out_dir, previous)
