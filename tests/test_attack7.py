@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -152,7 +153,6 @@ def test_submission_folder_has_the_mode_of_a_new_folder(fan: dict[str, Path], tm
     assert out.stat().st_mode & 0o777 == _new_folder_mode(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet")
 def test_a_second_finetune_on_a_folder_in_use_is_an_error(
     synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -170,10 +170,11 @@ def test_a_second_finetune_on_a_folder_in_use_is_an_error(
     try:
         deadline = time.monotonic() + 120
         assert first.stderr is not None
-        for line in first.stderr:  # training has started once the first epoch is done
-            if line.startswith("epoch 1/") or time.monotonic() > deadline:
+        for line in first.stderr:  # the folder is taken once training starts
+            if line.startswith("Fine-tuning on ") or time.monotonic() > deadline:
                 break
         assert first.poll() is None, "the first fine-tuning stopped early"
+        first.send_signal(signal.SIGSTOP)  # it holds the folder, but leaves the CPUs to the second one
         _assert_error(_asd(*args, "--epochs", 1), str(out), str(first.pid))
     finally:
         first.kill()

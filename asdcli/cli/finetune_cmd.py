@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ def command(
     from asdcli.finetune.labels import training_data
     from asdcli.finetune.loop import finetune
     from asdcli.frontend.beats import resolve_checkpoint
+    from asdcli.pipeline.lock import folder_lock
 
     cfg = FinetuneConfig(checkpoint=resolve_checkpoint(checkpoint), **(finetune_options or {}))
     sources = []
@@ -59,6 +61,13 @@ def command(
             )
         sources.append((root, clips))
     train = training_data(sources, use_clean=cfg.use_clean, noise_mix=cfg.noise_mix, merge_machines=cfg.merge_machines)
-    run_dir = finetune(train, cfg, out, resume=resume, console=stderr_console())
+    console = stderr_console()
+    # One fine-tuning per --out: two would write adapter, head and state over each other (main process only).
+    with (
+        folder_lock(out, "asd finetune", lambda text: console.print(f"Warning: {text}", markup=False))
+        if PartialState().is_main_process
+        else contextlib.nullcontext()
+    ):
+        run_dir = finetune(train, cfg, out, resume=resume, console=console)
     if PartialState().is_main_process:  # one line on stdout even under `accelerate launch`
         typer.echo(str(run_dir))
