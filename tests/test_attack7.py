@@ -192,3 +192,25 @@ def test_watch_says_it_skips_audio_of_another_format(fan: dict[str, Path], synth
     result = _asd("watch", incoming, "--banks", fan["banks"], "--once", "--poll", 0.1)
     assert result.exit_code == 0, result.output
     assert f"Warning: Skipped fan/{clip.with_suffix('.ogg').name}: asdcli reads .wav and .flac" in result.stderr
+
+
+# ------------------------------------------------------------------------- asd run with --full-finetune
+
+
+def test_run_full_finetune_finishes_and_a_switch_to_lora_leaves_no_stale_backbone(
+    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`asd run` takes every fine-tuning option, --full-finetune included; its fine-tuning stage
+    listed the LoRA adapter files as its outputs, so every such run ended in a traceback after
+    training (and again on each re-run). Redoing the stage as LoRA removed fine-tuning's files but
+    not backbone.safetensors, and a run folder holding one is read as a full fine-tuning."""
+    run = tmp_path / "run"
+    args = ("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", run, "--seconds", 1, "--epochs", 1,
+            "--batch-size", 12, "--embedding-dim", 8, "--val-fraction", 0, "--device", "cpu")  # fmt: skip
+    _assert_ok(_asd(*args, "--full-finetune"))
+    assert (run / "finetune" / "backbone.safetensors").is_file() and (run / "report.csv").is_file()
+    again = _asd(*args, "--full-finetune")
+    _assert_ok(again)
+    assert "finetune: up to date, skipped" in again.stderr
+    _assert_ok(_asd(*args, "--lora-rank", 2))
+    assert sorted(p.name for p in (run / "finetune").iterdir()) == ["adapter", "head.safetensors", "run.json", "state"]
