@@ -8,6 +8,8 @@ Tiny random BEATs, 1 s clips.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import signal
@@ -197,20 +199,53 @@ def test_watch_says_it_skips_audio_of_another_format(fan: dict[str, Path], synth
 # ------------------------------------------------------------------------- asd run with --full-finetune
 
 
+def _run_args(synth_root: Path, tiny_checkpoint: Path, run: Path) -> tuple[object, ...]:
+    return ("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", run, "--seconds", 1, "--epochs", 1,
+            "--batch-size", 12, "--embedding-dim", 8, "--val-fraction", 0, "--device", "cpu")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def full_run(synth_root: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An `asd run --full-finetune` folder (1 epoch); copy it before changing it."""
+    run = tmp_path_factory.mktemp("attack7-full") / "full"
+    _assert_ok(_asd(*_run_args(synth_root, tiny_checkpoint, run), "--full-finetune"))
+    return run
+
+
 def test_run_full_finetune_finishes_and_a_switch_to_lora_leaves_no_stale_backbone(
-    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+    full_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     """`asd run` takes every fine-tuning option, --full-finetune included; its fine-tuning stage
     listed the LoRA adapter files as its outputs, so every such run ended in a traceback after
     training (and again on each re-run). Redoing the stage as LoRA removed fine-tuning's files but
     not backbone.safetensors, and a run folder holding one is read as a full fine-tuning."""
+    assert (full_run / "finetune" / "backbone.safetensors").is_file() and (full_run / "report.csv").is_file()
     run = tmp_path / "run"
-    args = ("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", run, "--seconds", 1, "--epochs", 1,
-            "--batch-size", 12, "--embedding-dim", 8, "--val-fraction", 0, "--device", "cpu")  # fmt: skip
-    _assert_ok(_asd(*args, "--full-finetune"))
-    assert (run / "finetune" / "backbone.safetensors").is_file() and (run / "report.csv").is_file()
+    shutil.copytree(full_run, run)
+    args = _run_args(synth_root, tiny_checkpoint, run)
     again = _asd(*args, "--full-finetune")
     _assert_ok(again)
     assert "finetune: up to date, skipped" in again.stderr
     _assert_ok(_asd(*args, "--lora-rank", 2))
     assert sorted(p.name for p in (run / "finetune").iterdir()) == ["adapter", "head.safetensors", "run.json", "state"]
+
+
+def _report_name(run: Path, data: Path) -> str:
+    result = _asd("report", run, "--data", data, "--format", "csv")
+    _assert_ok(result)
+    return {row[0] for row in list(csv.reader(io.StringIO(result.stdout)))[1:]}.pop()
+
+
+def test_report_names_a_run_by_the_front_end_of_its_banks(
+    full_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A run's default report name says how its embeddings were made: a full fine-tuning was
+    named `(LoRA, machine labels)`, and so was a `--no-finetune` run in a folder that still holds
+    an earlier fine-tuning (its finetune/ is kept), whose banks are of frozen BEATs."""
+    assert _report_name(full_run, synth_root) == "full (full fine-tuning, machine labels)"
+    run = tmp_path / "full"
+    shutil.copytree(full_run, run)
+    _assert_ok(_asd("run", synth_root, "--checkpoint", tiny_checkpoint, "--out", run, "--seconds", 1,
+                    "--no-finetune", "--device", "cpu"))  # fmt: skip
+    assert (run / "finetune" / "run.json").is_file()
+    assert _report_name(run, synth_root) == "full (frozen BEATs)"
