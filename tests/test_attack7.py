@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from cli_checks import asd as _asd
@@ -249,3 +251,24 @@ def test_report_names_a_run_by_the_front_end_of_its_banks(
                     "--no-finetune", "--device", "cpu"))  # fmt: skip
     assert (run / "finetune" / "run.json").is_file()
     assert _report_name(run, synth_root) == "full (frozen BEATs)"
+
+
+def test_watch_never_passes_a_file_name_as_an_option_of_the_alarm_command(
+    fan: dict[str, Path], synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`asd watch . --on-anomaly CMD`: a file `-d.wav` in the watched folder was passed to CMD as
+    `-d.wav`, an option (`ls -d.wav`: invalid option), so the alarm never named the file."""
+    arrays = dict(np.load(fan["bank"], allow_pickle=False))
+    arrays["threshold"] = np.asarray(-1.0)  # every file is anomalous: one alarm per file
+    bank = tmp_path / "bank.npz"
+    np.savez(bank, **arrays)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    shutil.copy(sorted((synth_root / "fan" / "test").glob("*.wav"))[0], incoming / "-d.wav")
+    record, script = tmp_path / "argv.txt", tmp_path / "record.py"
+    script.write_text(f"import sys\nopen({str(record)!r}, 'a').write(repr(sys.argv[1:]))\n")
+    monkeypatch.chdir(incoming)
+    result = _asd("watch", ".", "--bank", bank, "--once", "--poll", 0.1, "--on-anomaly",
+                  f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert record.read_text() == repr([os.path.join(os.curdir, "-d.wav")])

@@ -263,9 +263,13 @@ def log_lock(log: Path, say: Say) -> contextlib.AbstractContextManager[Path]:
 
 
 def run_command(argv: tuple[str, ...], path: Path, timeout_s: float) -> str | None:
-    """Run ``argv + [path]`` (no shell); None on success, else what went wrong (one line)."""
+    """Run ``argv + [path]`` (no shell); None on success, else what went wrong (one line). A path
+    starting with ``-`` (a file in the watched ``.``) is passed as ``./-...``: never as an option."""
+    arg = str(path)
+    if arg.startswith("-"):
+        arg = os.path.join(os.curdir, arg)
     try:
-        done = subprocess.run([*argv, str(path)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        done = subprocess.run([*argv, arg], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout_s, check=False)  # fmt: skip
     except subprocess.TimeoutExpired:
         return f"did not finish within {timeout_s:g} s and was stopped"
