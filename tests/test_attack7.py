@@ -272,3 +272,18 @@ def test_watch_never_passes_a_file_name_as_an_option_of_the_alarm_command(
                   f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert record.read_text() == repr([os.path.join(os.curdir, "-d.wav")])
+
+
+def test_run_says_it_rewrites_a_bank_enrolled_in_place(
+    full_run: Path, synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """README: `asd enrol BANK CLIPS --out BANK` enrols in place; a bank replaced in RUN/banks makes
+    the next `asd run` fit it again, so the enrolment was overwritten without a word."""
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    bank = run / "banks" / "bank_fan_section_00.npz"
+    clip = sorted((synth_root / "fan" / "supplemental").glob("*_machine_*.wav"))[0]
+    _assert_ok(_asd("enrol", bank, clip, "--domain", "target", "--out", bank))
+    result = _asd(*_run_args(synth_root, tiny_checkpoint, run), "--full-finetune")
+    _assert_ok(result)
+    assert f"Notice: {bank} changed since this stage wrote it" in result.stderr.replace("\n", " ")

@@ -62,6 +62,12 @@ class StageRunner:
             self.skipped.append(name)
             return stage
         self.say(f": {what}", head)
+        changed = stage.changed_outputs()
+        if changed:  # e.g. a bank enrolled in place: say that it is about to be rewritten
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            self.say(f"{changed[0]}{more} changed since this stage wrote it (edited, replaced by `asd enrol`, or "
+                     "deleted); the stage writes it again from the run's inputs: keep a copy elsewhere to keep yours.",
+                     "[yellow]Notice:[/] ")  # fmt: skip
         start = time.perf_counter()
         outputs, details = work(stage)
         stage.mark_done(outputs, {"seconds": round(time.perf_counter() - start, 3), **details})
