@@ -287,3 +287,26 @@ def test_run_says_it_rewrites_a_bank_enrolled_in_place(
     result = _asd(*_run_args(synth_root, tiny_checkpoint, run), "--full-finetune")
     _assert_ok(result)
     assert f"Notice: {bank} changed since this stage wrote it" in result.stderr.replace("\n", " ")
+
+
+def test_enrol_in_place_never_loses_an_enrolment_written_meanwhile(
+    fan: dict[str, Path], synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `asd enrol BANK ... --out BANK` at once (two new conditions, two operators): each read
+    the bank, and the one that finished last replaced the other's enrolment without a word."""
+    import asdcli.monitor.enrol
+
+    bank = tmp_path / "bank.npz"
+    shutil.copy(fan["bank"], bank)
+    clips = sorted((synth_root / "fan" / "supplemental").glob("*_machine_*.wav"))[:1]
+    original = asdcli.monitor.enrol.enrol
+
+    def meanwhile(*args: object, **kwargs: object) -> object:
+        grown = original(*args, **kwargs)  # type: ignore[arg-type]
+        shutil.copy(fan["bank"], bank)  # the other enrolment's bank lands first
+        os.utime(bank, ns=(1, 1))
+        return grown
+
+    monkeypatch.setattr(asdcli.monitor.enrol, "enrol", meanwhile)
+    _assert_error(_asd("enrol", bank, *clips, "--domain", "target", "--out", bank), str(bank), "changed while")
+    assert bank.read_bytes() == fan["bank"].read_bytes()
