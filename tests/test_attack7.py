@@ -310,3 +310,35 @@ def test_enrol_in_place_never_loses_an_enrolment_written_meanwhile(
     monkeypatch.setattr(asdcli.monitor.enrol, "enrol", meanwhile)
     _assert_error(_asd("enrol", bank, *clips, "--domain", "target", "--out", bank), str(bank), "changed while")
     assert bank.read_bytes() == fan["bank"].read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("fit-bank", "{train}", "--out-dir", ""),
+        ("fit-bank", "{train}", "--out-dir="),
+        ("score", "--banks", "{banks}", "--embeddings", "{test}", "--submission-dir", ""),
+        ("report", "{submission}", "--plots", ""),
+        ("embed", "", "--out", "{out}"),
+        ("run", "", "--no-finetune"),
+    ],
+    ids=["fit-bank --out-dir", "fit-bank --out-dir=", "score --submission-dir", "report --plots", "embed DATA",
+         "run DATA"],  # fmt: skip
+)
+def test_an_empty_path_is_a_usage_error(
+    args: tuple[str, ...], fan: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--out-dir "$OUT"` with OUT unset is `Path("")`, the current folder: `asd fit-bank` and
+    `asd report --plots` wrote into it, `asd score --submission-dir` failed with 'Cannot replace
+    submission folder .: Device or resource busy', an empty DATA read the current folder."""
+    submission = tmp_path / "submission"
+    _assert_ok(_asd("score", "--banks", fan["banks"], "--embeddings", fan["test"], "--submission-dir", submission))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    names = {"train": fan["train"], "banks": fan["banks"], "test": fan["test"], "submission": submission,
+             "out": tmp_path / "emb.npz"}  # fmt: skip
+    result = _asd(*(a.format(**names) for a in args))
+    assert result.exit_code == 2, result.output
+    assert "is empty; give a path." in result.stderr and "Traceback" not in result.output
+    assert list(cwd.iterdir()) == []

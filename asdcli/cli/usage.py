@@ -135,7 +135,30 @@ class AsdCommand(TyperCommand):
                 if choices and _annotation(param) in (str, None):
                     setattr(param, "asd_choices", choices)  # noqa: B010 (click's Parameter has no slot for it)
 
+    def _refuse_empty_paths(self, ctx: Any, args: list[str]) -> None:
+        """A usage error for ``--out ""`` or an empty path argument (an unset shell variable):
+        ``Path("")`` is the current folder, which would be read, or written into, instead."""
+        options = {opt: p for p in self.params if p.param_type_name == "option" for opt in p.opts}
+        paths = [p for p in self.params if p.param_type_name == "argument" and _annotation(p) is Path]
+        tokens = iter(args)
+        for token in tokens:
+            name, eq, value = token.partition("=")
+            param = options.get(name) if token.startswith("--") else options.get(token)
+            if token == "--":
+                break
+            if param is None or param.is_flag or param.count:
+                if token == "" and paths:
+                    raise _click_exceptions().BadParameter("is empty; give a path.", ctx=ctx, param=paths[0])
+                continue
+            if not eq:
+                value = next(tokens, None)
+            if value == "" and _annotation(param) is Path:
+                raise _click_exceptions().BadParameter("is empty; give a path.", ctx=ctx, param=param)
+        if "" in list(tokens) and paths:
+            raise _click_exceptions().BadParameter("is empty; give a path.", ctx=ctx, param=paths[0])
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        self._refuse_empty_paths(ctx, args)
         rest = super().parse_args(ctx, args)
         for param in self.params:
             choices = getattr(param, "asd_choices", None)
