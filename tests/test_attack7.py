@@ -322,8 +322,14 @@ def test_enrol_in_place_never_loses_an_enrolment_written_meanwhile(
         ("embed", "", "--out", "{out}"),
         ("run", "", "--no-finetune"),
     ],
-    ids=["fit-bank --out-dir", "fit-bank --out-dir=", "score --submission-dir", "report --plots", "embed DATA",
-         "run DATA"],  # fmt: skip
+    ids=[
+        "fit-bank --out-dir",
+        "fit-bank --out-dir=",
+        "score --submission-dir",
+        "report --plots",
+        "embed DATA",
+        "run DATA",
+    ],
 )
 def test_an_empty_path_is_a_usage_error(
     args: tuple[str, ...], fan: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -138,24 +138,25 @@ class AsdCommand(TyperCommand):
     def _refuse_empty_paths(self, ctx: Any, args: list[str]) -> None:
         """A usage error for ``--out ""`` or an empty path argument (an unset shell variable):
         ``Path("")`` is the current folder, which would be read, or written into, instead."""
-        options = {opt: p for p in self.params if p.param_type_name == "option" for opt in p.opts}
-        paths = [p for p in self.params if p.param_type_name == "argument" and _annotation(p) is Path]
+        options: dict[str, Any] = {opt: p for p in self.params if p.param_type_name == "option" for opt in p.opts}
+        arguments = [p for p in self.params if p.param_type_name == "argument" and _annotation(p) is Path]
+        empty = None
         tokens = iter(args)
         for token in tokens:
-            name, eq, value = token.partition("=")
-            param = options.get(name) if token.startswith("--") else options.get(token)
-            if token == "--":
+            if token == "--":  # the rest are arguments
+                empty = arguments[0] if arguments and "" in tokens else None
                 break
-            if param is None or param.is_flag or param.count:
-                if token == "" and paths:
-                    raise _click_exceptions().BadParameter("is empty; give a path.", ctx=ctx, param=paths[0])
-                continue
-            if not eq:
-                value = next(tokens, None)
-            if value == "" and _annotation(param) is Path:
-                raise _click_exceptions().BadParameter("is empty; give a path.", ctx=ctx, param=param)
-        if "" in list(tokens) and paths:
-            raise _click_exceptions().BadParameter("is empty; give a path.", ctx=ctx, param=paths[0])
+            name, eq, value = token.partition("=")
+            param = options.get(name if token.startswith("--") else token)
+            if param is not None and not (param.is_flag or param.count):
+                if (value if eq else next(tokens, None)) == "" and _annotation(param) is Path:
+                    empty = param
+                    break
+            elif token == "" and arguments:
+                empty = arguments[0]
+                break
+        if empty is not None:
+            raise _click_exceptions().BadParameter("is empty; give a path.", ctx=ctx, param=empty)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         self._refuse_empty_paths(ctx, args)
