@@ -25,6 +25,7 @@ import soundfile as sf
 from cli_checks import asd as _asd
 from cli_checks import assert_error as _assert_error
 from cli_checks import assert_ok as _assert_ok
+from tolerances import fp32_tiny_model_atol
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -348,3 +349,28 @@ def test_an_empty_path_is_a_usage_error(
     assert result.exit_code == 2, result.output
     assert "is empty; give a path." in result.stderr and "Traceback" not in result.output
     assert list(cwd.iterdir()) == []
+
+
+# ------------------------------------------------------------------------- interrupted and resumed jobs
+
+
+def test_a_damaged_saved_part_is_embedded_again_not_an_error_for_ever(
+    synth_root: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`asd embed` resumes from its saved parts (`.EMB.npz.parts-KEY/NNNNN.npz`); a part that
+    cannot be read (a disk error, an asdcli of another schema) stopped every later run of the same
+    command with 'Re-create it', naming a hidden file the user never made."""
+    import asdcli.pipeline.cleanup
+
+    out = tmp_path / "emb.npz"
+    with monkeypatch.context() as patch:  # keep the parts of a finished job, as an interrupted one leaves them
+        patch.setattr(asdcli.pipeline.cleanup, "remove_parts", lambda parts: 0)
+        _assert_ok(_embed([synth_root / "fan" / "test"], out, tiny_checkpoint))
+    want = dict(np.load(out, allow_pickle=False))["embeddings"]
+    (part,) = tmp_path.glob(".emb.npz.parts-*/00000.npz")
+    part.write_bytes(b"not an npz any more")
+    out.unlink()
+    _assert_ok(_embed([synth_root / "fan" / "test"], out, tiny_checkpoint))
+    got = dict(np.load(out, allow_pickle=False))["embeddings"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=fp32_tiny_model_atol(want))
+    assert not list(tmp_path.glob(".emb.npz.parts-*"))
