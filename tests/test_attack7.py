@@ -374,3 +374,18 @@ def test_a_damaged_saved_part_is_embedded_again_not_an_error_for_ever(
     got = dict(np.load(out, allow_pickle=False))["embeddings"]
     np.testing.assert_allclose(got, want, rtol=0, atol=fp32_tiny_model_atol(want))
     assert not list(tmp_path.glob(".emb.npz.parts-*"))
+
+
+@pytest.mark.parametrize("inside", ["submission", "submission/pkg", "banks"])
+def test_package_out_inside_the_folders_it_reads_is_an_error(
+    inside: str, full_run: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    """`asd package RUN --out RUN/submission` wrote task2/ and the zip among the score files: a
+    later `asd run` that scores again then fails on the submission folder holding other files."""
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    out = run / inside
+    result = _asd("package", run, "--team", "Doe_ACME", "--out", out, "--data", synth_root)
+    _assert_error(result, f"--out {out}", "choose another --out")
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
