@@ -138,10 +138,13 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
 
     On any exception (Ctrl-C included) the temp file is removed and ``path`` is untouched,
-    so an existing artifact is never replaced by a partial one.
+    so an existing artifact is never replaced by a partial one. A ``path`` that is a symlink is
+    written through: its target is replaced, the user's link stays a link.
     """
     path = Path(path)
     check_name_length(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         try:

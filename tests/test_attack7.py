@@ -389,3 +389,24 @@ def test_package_out_inside_the_folders_it_reads_is_an_error(
     result = _asd("package", run, "--team", "Doe_ACME", "--out", out, "--data", synth_root)
     _assert_error(result, f"--out {out}", "choose another --out")
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+@pytest.mark.parametrize("command", ["embed", "enrol in place"])
+def test_an_output_that_is_a_symlink_is_written_through(
+    command: str, fan: dict[str, Path], synth_root: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`current.npz -> bank_v3.npz`, then `asd enrol current.npz ... --out current.npz`: the
+    atomic rename replaced the user's link by a file, and bank_v3.npz (what `asd watch --bank`
+    reads) stayed the old bank. An output link is written through; it stays a link."""
+    target, link = tmp_path / "store" / "v3.npz", tmp_path / "current.npz"
+    target.parent.mkdir()
+    shutil.copy(fan["bank"], target)
+    link.symlink_to(target)
+    clip = sorted((synth_root / "fan" / "supplemental").glob("*_machine_*.wav"))[0]
+    if command == "embed":
+        _assert_ok(_embed([clip], link, tiny_checkpoint))
+    else:
+        _assert_ok(_asd("enrol", link, clip, "--domain", "target", "--out", link))
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert target.read_bytes() != fan["bank"].read_bytes()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["v3.npz"]
