@@ -391,6 +391,19 @@ def test_package_out_inside_the_folders_it_reads_is_an_error(
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
+def test_a_submission_folder_that_is_a_symlink_is_written_through(fan: dict[str, Path], tmp_path: Path) -> None:
+    """`asd score --submission-dir latest` with `latest -> runs/2026-12-01/submission`: the folder
+    swap replaced the user's link by a new folder and left the linked folder's old scores."""
+    target, link = tmp_path / "store" / "submission", tmp_path / "latest"
+    target.mkdir(parents=True)
+    link.symlink_to(target, target_is_directory=True)
+    _assert_ok(_asd("score", "--banks", fan["banks"], "--embeddings", fan["test"], "--submission-dir", link))
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert sorted(p.name for p in target.iterdir()) == ["anomaly_score_fan_section_00_test.csv",
+                                                        "decision_result_fan_section_00_test.csv"]  # fmt: skip
+    assert sorted(p.name for p in target.parent.iterdir()) == ["submission"]
+
+
 @pytest.mark.parametrize("command", ["embed", "enrol in place"])
 def test_an_output_that_is_a_symlink_is_written_through(
     command: str, fan: dict[str, Path], synth_root: Path, tiny_checkpoint: Path, tmp_path: Path

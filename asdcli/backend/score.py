@@ -235,8 +235,11 @@ def write_submission(
 
 def write_submission_folder(files: Mapping[str, str], out_dir: str | Path) -> list[Path]:
     """Write ``files`` {file name: text} as the folder ``out_dir`` (built beside it and renamed into
-    place; a folder holding anything but submission files is refused). Returns the paths, sorted."""
+    place; a folder holding anything but submission files is refused; a link to a folder is written
+    through, so it stays a link). Returns the paths, sorted."""
     out_dir = Path(out_dir)
+    if out_dir.is_symlink() and out_dir.is_dir():
+        out_dir = Path(os.path.realpath(out_dir))
     _check_out_dir(out_dir)
     parent = out_dir.parent
     try:
