@@ -45,6 +45,7 @@ def command(
     from asdcli.data.dataset import discover_clips
     from asdcli.finetune.labels import training_data
     from asdcli.finetune.loop import finetune
+    from asdcli.finetune.trainer import current_processes
     from asdcli.frontend.beats import resolve_checkpoint
     from asdcli.pipeline.lock import folder_lock
 
@@ -62,10 +63,11 @@ def command(
         sources.append((root, clips))
     train = training_data(sources, use_clean=cfg.use_clean, noise_mix=cfg.noise_mix, merge_machines=cfg.merge_machines)
     console = stderr_console()
-    # One fine-tuning per --out: two would write adapter, head and state over each other (main process only).
+    # One fine-tuning per --out: two would write adapter, head and state over each other. The main
+    # process locks; the process state is made as training makes it (CPU or not), before training.
     with (
         folder_lock(out, "asd finetune", lambda text: console.print(f"Warning: {text}", markup=False))
-        if PartialState().is_main_process
+        if current_processes(cfg.device).rank == 0
         else contextlib.nullcontext()
     ):
         run_dir = finetune(train, cfg, out, resume=resume, console=console)
