@@ -423,3 +423,16 @@ def test_an_output_that_is_a_symlink_is_written_through(
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert target.read_bytes() != fan["bank"].read_bytes()
     assert sorted(p.name for p in target.parent.iterdir()) == ["v3.npz"]
+
+
+@pytest.mark.slow  # an export traces and verifies the model: ~20 s on 2 busy cores
+def test_export_out_that_is_a_symlink_is_written_through(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`asd export --out current.onnx` with `current.onnx -> models/v3.onnx` replaced the link."""
+    pytest.importorskip("onnxruntime")
+    target, link = tmp_path / "models" / "v3.onnx", tmp_path / "current.onnx"
+    target.parent.mkdir()
+    target.write_bytes(b"an older model")
+    link.symlink_to(target)
+    _assert_ok(_asd("export", "--out", link, "--checkpoint", tiny_checkpoint, "--seconds", 1))
+    assert link.is_symlink() and target.read_bytes() != b"an older model"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["v3.onnx"]
