@@ -58,6 +58,21 @@ def temp_dir_prefix(name: str) -> str:
     return f".{shortened(name, len('..') + 8 + 4)}."
 
 
+def make_temp_dir(parent: Path, name: str, suffix: str) -> Path:
+    """Create a new folder ``parent/.<name>.<hex8><suffix>`` (suffix of up to 4 characters) with
+    mode 0o777 less the umask, as ``mkdir`` gives: not ``tempfile.mkdtemp``, whose 0o700 a folder
+    renamed into place would keep (a submission folder no one else could read)."""
+    prefix = temp_dir_prefix(name)
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            path.mkdir(mode=0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"No free temp folder name for {name}")
+
+
 def _temp_stem(name: str, pid: str) -> str:
     """The part of ``name`` in its temp name ``.<stem>.<pid>-<hex8>.tmp`` (at most NAME_MAX bytes)."""
     return shortened(name, len(f"..{pid}-{'0' * 8}{_TEMP_SUFFIX}"))
@@ -123,10 +138,13 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
 
     On any exception (Ctrl-C included) the temp file is removed and ``path`` is untouched,
-    so an existing artifact is never replaced by a partial one.
+    so an existing artifact is never replaced by a partial one. A ``path`` that is a symlink is
+    written through: its target is replaced, the user's link stays a link.
     """
     path = Path(path)
     check_name_length(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         try:

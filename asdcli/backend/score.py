@@ -13,14 +13,13 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asdcli.artifacts import Embeddings, check_name_length, temp_dir_prefix, write_text_atomic
+from asdcli.artifacts import Embeddings, check_name_length, make_temp_dir, write_text_atomic
 from asdcli.backend import knn
 from asdcli.backend.bank import Bank
 from asdcli.data.names import Clip, missing_field_error
@@ -243,13 +242,16 @@ def write_submission(
 
 def write_submission_folder(files: Mapping[str, str], out_dir: str | Path) -> list[Path]:
     """Write ``files`` {file name: text} as the folder ``out_dir`` (built beside it and renamed into
-    place; a folder holding anything but submission files is refused). Returns the paths, sorted."""
+    place; a folder holding anything but submission files is refused; a link to a folder is written
+    through, so it stays a link). Returns the paths, sorted."""
     out_dir = Path(out_dir)
+    if out_dir.is_symlink() and out_dir.is_dir():
+        out_dir = Path(os.path.realpath(out_dir))
     _check_out_dir(out_dir)
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=temp_dir_prefix(out_dir.name), suffix=".tmp", dir=parent))
+        tmp = make_temp_dir(parent, out_dir.name, ".tmp")
     except OSError as e:
         raise AsdError(f"Cannot write in {parent}: {e.strerror or e}. Choose a writable output folder.") from e
     try:
@@ -286,7 +288,7 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=temp_dir_prefix(out_dir.name), suffix=".old", dir=out_dir.parent))
+    old = make_temp_dir(out_dir.parent, out_dir.name, ".old")
     previous = old / "previous"
     try:
         os.replace(out_dir, previous)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -49,7 +50,7 @@ def command(
 
     `asd enrol banks/bank_fan_section_00.npz new_speed/*.wav --domain target --out fan_v2.npz`
     """
-    from asdcli.artifacts import check_not_input, load_embeddings
+    from asdcli.artifacts import check_not_input, file_key, load_embeddings
     from asdcli.backend.bank import load_bank, save_bank
     from asdcli.backend.bank_fit import threshold_method
     from asdcli.backend.score import bank_front_end_files
@@ -63,11 +64,16 @@ def command(
     audio = [p for p in inputs if p.suffix.lower() != ".npz"]
     found = [c.path for c in discover_clips(audio)] if audio else []
     check_not_input(out, [*inputs, *found, *([train] if train is not None else [])], "--out")
+    before = file_key(bank_path) if bank_path.is_file() else None
     bank = load_bank(bank_path)
     check_not_input(out, bank_front_end_files(bank, checkpoint, adapter), "--out")
     new = enrolment_embeddings(bank, inputs, checkpoint, adapter, device, batch_size)
     train_emb = load_embeddings(train) if train is not None else None
     grown = enrol(bank, new, domain, train=train_emb, train_what=str(train), inputs=[str(p) for p in inputs])
+    if out.exists() and os.path.samefile(out, bank_path) and file_key(bank_path) != before:
+        raise ConfigError(  # another enrolment (or fit) wrote it meanwhile: saving would lose that one
+            f"{bank_path} changed while enrolling (another `asd enrol` or `asd fit-bank` wrote it); run asd enrol again."
+        )
     save_bank(out, grown)
     stderr_console().print(
         f"{bank.name}: enrolled {len(new)} {domain} embedding(s); {len(bank)} -> {len(grown)} vectors, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,6 @@ from asdcli.cli.finetune_options import with_finetune_options
 from asdcli.console import stderr_console
 from asdcli.errors import DataError
 from asdcli.finetune.config import DEFAULT_RUN_DIR, FinetuneConfig
-from asdcli.processes import process_state
 
 
 @with_finetune_options()
@@ -43,7 +43,9 @@ def command(
     from asdcli.data.dataset import discover_clips
     from asdcli.finetune.labels import training_data
     from asdcli.finetune.loop import finetune
+    from asdcli.finetune.trainer import current_processes
     from asdcli.frontend.beats import resolve_checkpoint
+    from asdcli.pipeline.lock import folder_lock
 
     cfg = FinetuneConfig(checkpoint=resolve_checkpoint(checkpoint), **(finetune_options or {}))
     sources = []
@@ -58,6 +60,14 @@ def command(
             )
         sources.append((root, clips))
     train = training_data(sources, use_clean=cfg.use_clean, noise_mix=cfg.noise_mix, merge_machines=cfg.merge_machines)
-    run_dir = finetune(train, cfg, out, resume=resume, console=stderr_console())
-    if process_state().is_main_process:  # one line on stdout even under `accelerate launch`
+    console = stderr_console()
+    # One fine-tuning per --out: two would write adapter, head and state over each other. The main
+    # process locks; the process state is made as training makes it (CPU or not), before training.
+    with (
+        folder_lock(out, "asd finetune", lambda text: console.print(f"Warning: {text}", markup=False))
+        if current_processes(cfg.device).rank == 0
+        else contextlib.nullcontext()
+    ):
+        run_dir = finetune(train, cfg, out, resume=resume, console=console)
+    if current_processes(cfg.device).rank == 0:  # one line on stdout even under `accelerate launch`
         typer.echo(str(run_dir))

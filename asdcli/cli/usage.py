@@ -135,7 +135,31 @@ class AsdCommand(TyperCommand):
                 if choices and _annotation(param) in (str, None):
                     setattr(param, "asd_choices", choices)  # noqa: B010 (click's Parameter has no slot for it)
 
+    def _refuse_empty_paths(self, ctx: Any, args: list[str]) -> None:
+        """A usage error for ``--out ""`` or an empty path argument (an unset shell variable):
+        ``Path("")`` is the current folder, which would be read, or written into, instead."""
+        options: dict[str, Any] = {opt: p for p in self.params if p.param_type_name == "option" for opt in p.opts}
+        arguments = [p for p in self.params if p.param_type_name == "argument" and _annotation(p) is Path]
+        empty = None
+        tokens = iter(args)
+        for token in tokens:
+            if token == "--":  # the rest are arguments
+                empty = arguments[0] if arguments and "" in tokens else None
+                break
+            name, eq, value = token.partition("=")
+            param = options.get(name if token.startswith("--") else token)
+            if param is not None and not (param.is_flag or param.count):
+                if (value if eq else next(tokens, None)) == "" and _annotation(param) is Path:
+                    empty = param
+                    break
+            elif token == "" and arguments:
+                empty = arguments[0]
+                break
+        if empty is not None:
+            raise _click_exceptions().BadParameter("is empty; give a path.", ctx=ctx, param=empty)
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        self._refuse_empty_paths(ctx, args)
         rest = super().parse_args(ctx, args)
         for param in self.params:
             choices = getattr(param, "asd_choices", None)

@@ -9,7 +9,7 @@ import os
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from asdcli.data.names import AUDIO_SUFFIXES, SPLITS, Clip, make_clip
+from asdcli.data.names import AUDIO_SUFFIXES, OTHER_AUDIO_SUFFIXES, SPLITS, Clip, make_clip
 from asdcli.errors import ConfigError, DataError
 
 # root/dev_data/raw/<machine>/train is three levels below the root; one more for slack.
@@ -45,9 +45,16 @@ def _check_link(path: Path) -> None:
 def _audio_files(folder: Path) -> list[Path]:
     """The audio files of ``folder``; an audio-named entry that is not a readable file is a DataError."""
     try:
-        entries = sorted(p for p in folder.iterdir() if _is_audio(p))
+        names = sorted(folder.iterdir())
     except OSError as e:
         raise DataError(f"Cannot list {folder}: {e.strerror}; check its permissions.") from e
+    other = [p for p in names if p.suffix.lower() in OTHER_AUDIO_SUFFIXES and not p.name.startswith(".")]
+    if other:
+        raise DataError(
+            f"{other[0]} is {other[0].suffix} audio ({len(other)} such file(s) in {folder}), which asdcli does not "
+            f"read (it reads {' and '.join(AUDIO_SUFFIXES)} files); convert them to WAV or FLAC, or move them out."
+        )
+    entries = [p for p in names if _is_audio(p)]
     for p in entries:
         if p.is_symlink() or not p.is_file():
             _check_link(p)
@@ -100,24 +107,47 @@ def _machine_clips(machine_dir: Path) -> list[Clip]:
     return clips
 
 
-def _find_machine_dirs(root: Path) -> list[Path]:
-    """Folders below ``root`` (depth <= 4) that contain a train/test/supplemental folder."""
+def _find_machine_dirs(root: Path) -> tuple[list[Path], list[Path]]:
+    """Folders below ``root`` (depth <= 4) that contain a train/test/supplemental folder, and the
+    audio files found outside them (in ``root`` itself or in folders that are not machine folders)."""
     found: list[Path] = []
+    outside: list[Path] = []
 
     def unreadable(e: OSError) -> None:
         raise DataError(
             f"Cannot list {e.filename}: {e.strerror}; check its permissions (its clips would be missing)."
         ) from e
 
-    for dirpath, dirnames, _ in os.walk(root, onerror=unreadable, followlinks=True):  # depth-limited: no endless loop
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):  # depth-limited
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if _has_split_dir(here):
             found.append(here)
             dirnames[:] = []  # don't look for machines inside a machine folder
-        elif len(here.relative_to(root).parts) >= _MAX_DEPTH:
+            continue
+        outside += [here / f for f in sorted(filenames) if _is_audio(Path(f))]
+        if len(here.relative_to(root).parts) >= _MAX_DEPTH:
             dirnames[:] = []
-    return found
+    return found, outside
+
+
+def _refuse_outside(root: Path, outside: Sequence[Path], machine_dirs: bool) -> None:
+    """DataError for audio files under ``root`` that no layout reads: beside its machine folders
+    (``DATA/valve/*.wav`` without train/test, a clip in DATA itself) or, in a loose folder of
+    audio files, in its sub-folders. They would silently go missing from every output."""
+    unread = [p for p in outside if machine_dirs or p.parent != root]
+    if not unread:
+        return
+    first = unread[0]
+    where = (
+        f"outside the machine folders of {root} (which keep their clips in <machine>/{{{','.join(SPLITS)}}}/)"
+        if machine_dirs
+        else f"in a sub-folder of {root} (a folder of audio files is read one level deep)"
+    )
+    raise DataError(
+        f"{first.parent} holds {len(unread)} audio file(s) {where}, e.g. {first.name}, which asdcli does not "
+        "read; move them where they belong, or out of the folder."
+    )
 
 
 def layout_machine(path: Path) -> str:
@@ -138,7 +168,9 @@ def _clips_in(path: Path) -> list[Clip]:
         return [make_clip(p, path.parent.name, path.name) for p in _split_files(path)]
     if _has_split_dir(path):
         return _machine_clips(path)
-    clips = [c for m in _find_machine_dirs(path) for c in _machine_clips(m)]
+    machine_dirs, outside = _find_machine_dirs(path)
+    _refuse_outside(path, outside, bool(machine_dirs))
+    clips = [c for m in machine_dirs for c in _machine_clips(m)]
     # A loose folder of wav files: machine unknown unless a stage is told otherwise.
     return clips or [make_clip(p) for p in _audio_files(path)]
 

@@ -27,6 +27,9 @@ DOMAINS = ("source", "target")
 LABELS = ("normal", "anomaly")
 KINDS = ("machine", "noise")
 AUDIO_SUFFIXES = (".wav", ".flac")
+# Audio that soundfile or a recorder may produce but the layout does not read: an error, never skipped.
+OTHER_AUDIO_SUFFIXES = (".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".m4a", ".aac", ".wma", ".au", ".caf",
+                        ".w64", ".rf64")  # fmt: skip
 NO_ATTRIBUTE = "noAttribute"
 
 _HEADER = {

@@ -230,11 +230,21 @@ def _stale_files(folder: Path, packed: Mapping[str, int], new: Mapping[str, byte
     return [folder / name for name in sorted(set(packed) - set(new)) if (folder / name).is_file()]
 
 
+def _check_out_outside(out: Path, inputs: Sequence[Path]) -> None:
+    """ConfigError when --out is one of the input folders or inside one: the package would be
+    mixed with the score files (a later `asd score` into that folder refuses it) or the banks."""
+    real = out.resolve()
+    for folder in inputs:
+        if real == folder.resolve() or folder.resolve() in real.parents:
+            raise ConfigError(f"--out {out} is inside {folder}, which asd package reads; choose another --out.")
+
+
 def write_package(cfg: PackageConfig) -> tuple[Path, list[str]]:
     """Check the submission, write OUT/task2/<label>/ (removing the files of an earlier package
     that this one does not hold) and OUT/<label>.zip; returns the zip and the submission's files
     left out (machines the dataset does not have)."""
     submission, run = locate(cfg.source)
+    _check_out_outside(cfg.out, [submission, *([run / "banks"] if run is not None else [])])
     if run is not None:  # its banks (the meta YAML's facts) and submission as `asd run` wrote them
         check_run_pair(submission, run / "banks", decisions=True)
     new, left_out = check_submission(submission, expected_clips(cfg.data, run))

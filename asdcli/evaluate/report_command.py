@@ -14,9 +14,9 @@ from typing import TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from asdcli.artifacts import check_not_input, write_text_atomic
+from asdcli.artifacts import check_not_input, load_npz, write_text_atomic
 from asdcli.console import is_terminal, stderr_console
-from asdcli.errors import ConfigError
+from asdcli.errors import AsdError, ConfigError
 from asdcli.evaluate.ground_truth import GroundTruth, load_ground_truth, write_ground_truth
 from asdcli.evaluate.render import FORMATS, pct, render, render_text
 from asdcli.evaluate.report import STDIN, SystemReport, bank_thresholds, evaluate_all, score_file_key, score_files
@@ -70,16 +70,32 @@ def run_folder(submission: str) -> Path | None:
     return path.resolve().parent
 
 
+def _frozen_banks(run: Path) -> bool:
+    """True when the run's banks hold frozen BEATs embeddings (no adapter in their front-end
+    record): `asd run --no-finetune` over a fine-tuned run folder keeps its finetune/."""
+    banks = sorted((run / "banks").glob("bank_*.npz"))
+    if not banks:
+        return False
+    try:
+        meta = json.loads(str(load_npz(banks[0], ("meta",), what="bank")["meta"]))
+    except (AsdError, ValueError):
+        return False  # the report's own loading of the banks says what is wrong
+    emb = meta.get("embedding") if isinstance(meta, dict) else None
+    return isinstance(emb, dict) and "adapter_id" in emb and emb["adapter_id"] is None
+
+
 def run_recipe(run: Path) -> str:
-    """How a run's embeddings were made, in a few words: ``LoRA, machine labels`` or ``frozen BEATs``."""
+    """How a run's embeddings were made, in a few words: ``LoRA, machine labels``, ``full
+    fine-tuning, machine labels`` or ``frozen BEATs``."""
     record = run / "finetune" / "run.json"
-    if not record.is_file():
+    if not record.is_file() or _frozen_banks(run):
         return "frozen BEATs"
     try:
-        labels = json.loads(record.read_text(encoding="utf-8"))["config"]["labels"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "LoRA"
-    return f"LoRA, {labels} labels"
+        config = json.loads(record.read_text(encoding="utf-8"))["config"]
+        how = "full fine-tuning" if config.get("full_finetune") else "LoRA"
+        return f"{how}, {config['labels']} labels"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "fine-tuned"
 
 
 def default_name(submission: str) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asdcli.artifacts import Embeddings, save_embeddings
+from asdcli.artifacts import Embeddings, load_embeddings, save_embeddings
 from asdcli.data.audio import SAMPLE_RATE, AudioWarning, ClipDataset, probe_clips
 from asdcli.data.names import Clip
 from asdcli.errors import ArtifactError, AsdError, ConfigError
@@ -158,14 +158,12 @@ def embed_in_parts(
     and options (the caller names it from them) and is the caller's to delete once the result is
     saved. Single-process only. One progress bar over all clips on ``console`` (None: silent).
     """
-    from asdcli.artifacts import load_embeddings
-
     chunk = chunk or EMBED_CHUNK
     parts: list[Embeddings] = []
     with _progress_bar(console, len(clips)) as advance:
         for i, first in enumerate(range(0, len(clips), chunk)):
             piece, path = clips[first : first + chunk], parts_dir / f"{i:05d}.npz"
-            emb = load_embeddings(path) if path.is_file() else None
+            emb = _saved_part(path)
             if (
                 emb is not None
                 and list(emb.paths) == [os.fsdecode(c.path) for c in piece]
@@ -177,6 +175,17 @@ def embed_in_parts(
                 save_embeddings(path, emb)
             parts.append(emb)
     return Embeddings.concat(parts)
+
+
+def _saved_part(path: Path) -> Embeddings | None:
+    """A saved part, or None when there is none or it cannot be read (damaged, or written by an
+    asdcli of another schema): it is only a cache of work, computed again, never an error."""
+    if not path.is_file():
+        return None
+    try:
+        return load_embeddings(path)
+    except ArtifactError:
+        return None
 
 
 def embed_inputs(clips: Sequence[Clip], cfg: EmbedConfig, checkpoint_sha256: str) -> dict[str, Any]:

@@ -192,6 +192,8 @@ def export_onnx(module: nn.Module, meta: Mapping[str, Any], out: Path, int8: boo
     """
     onnx, ort = _onnx(), onnxruntime()
     out = Path(out)
+    if out.is_symlink():  # written through, as atomic_write does: the user's link stays a link
+        out = Path(os.path.realpath(out))
     parent = _writable_parent(out)  # before minutes of tracing
     module = module.cpu().eval()
     proto = _export_proto(module, min(seconds, 2.0))

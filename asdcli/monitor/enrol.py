@@ -28,6 +28,10 @@ from asdcli.errors import ArtifactMismatch, ConfigError, DataError
 from asdcli.frontend.spec import check_same_spacing
 
 SAME_VECTOR_ATOL = 1e-4  # largest component difference of a bank vector recomputed from its raw embedding
+# Cosine distance at or below which an enrolled vector is the same sound as a bank vector: one clip
+# embedded by two kernels (batch sizes, CPUs) differs by ~1e-5 relative, a distance of ~1e-10, and a
+# float32 ``1 - a.b`` of unit D-vectors rounds by up to D * eps; other clips lie 1e-2 and more apart.
+SAME_SOUND_DISTANCE = 1e-4
 
 
 def _check_fits(bank: Bank, emb: Embeddings, what: str) -> None:
@@ -120,6 +124,27 @@ def _refit(bank: Bank, vectors: np.ndarray, domain: np.ndarray, filenames: np.nd
     )
 
 
+def _check_new_sounds(bank: Bank, prepared: np.ndarray, names: np.ndarray) -> None:
+    """DataError when an enrolled vector ``prepared`` (N, D) is one of the bank's or of another
+    enrolled clip (the same audio under another name): its leave-one-out distance, and so the
+    refitted threshold, would be 0, as `asd fit-bank` refuses. Windows of a recording may repeat."""
+    if bank.embedding_meta.get("window"):
+        return
+    pool = np.concatenate([bank.vectors, prepared])
+    tol = max(SAME_SOUND_DISTANCE, 2 * prepared.shape[1] * float(np.finfo(np.float32).eps))
+    rows = len(bank) + np.arange(len(prepared))
+    nearest = knn.knn_distances(prepared, pool, 1, self_index=rows)[:, 0]
+    if (nearest > tol).all():
+        return
+    i = int(np.flatnonzero(nearest <= tol)[0])
+    distances = 1.0 - pool.astype(np.float64) @ prepared[i].astype(np.float64)
+    distances[rows[i]] = np.inf
+    other = np.concatenate([bank.filenames, names])[int(np.argmin(distances))]
+    raise DataError(
+        f"{names[i]} has the embedding of {other} (the same audio under two names?); enrol each sound once."
+    )
+
+
 def _occurrences(names: np.ndarray) -> list[tuple[str, int]]:
     """(name, how many times it came before) of each name: the rows of one recording's windows apart."""
     seen: dict[str, int] = {}
@@ -196,6 +221,7 @@ def enrol(bank: Bank, new: Embeddings, domain: str, *, train: Embeddings | None 
         grown = _restandardized(bank, new, domain, train, train_what)
     else:
         prepared = knn.prepare(new.vectors, bank.mean, bank.std)
+        _check_new_sounds(bank, prepared, new.filenames)
         grown = _refit(bank, np.concatenate([bank.vectors, prepared]),
                        np.concatenate([bank.domain, np.full(len(new), domain)]).astype(str),
                        np.concatenate([bank.filenames, new.filenames]).astype(str))  # fmt: skip

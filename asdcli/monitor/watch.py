@@ -22,7 +22,7 @@ import numpy as np
 from asdcli.backend.bank import Bank
 from asdcli.backend.score import fits_bank, format_score
 from asdcli.data.dataset import layout_machine
-from asdcli.data.names import AUDIO_SUFFIXES, make_clip, parse_filename
+from asdcli.data.names import AUDIO_SUFFIXES, OTHER_AUDIO_SUFFIXES, make_clip, parse_filename
 from asdcli.errors import AsdError, ConfigError
 from asdcli.frontend.spec import check_same_frontend
 from asdcli.monitor.watch_log import ScoreLog
@@ -92,6 +92,9 @@ def parse_command(text: str | None) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------ finding files
 
 
+_WATCHED_SUFFIXES = (*AUDIO_SUFFIXES, *OTHER_AUDIO_SUFFIXES)  # the other formats only to say they are skipped
+
+
 class FileTracker:
     """Audio files under a folder that are complete: same (size, mtime) as at the previous look."""
 
@@ -103,7 +106,7 @@ class FileTracker:
     def _files(self) -> Iterator[Path]:
         for path in sorted(self.folder.rglob("*")):
             rel = path.relative_to(self.folder)
-            if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in AUDIO_SUFFIXES:
+            if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in _WATCHED_SUFFIXES:
                 continue
             if path.is_file() and path.resolve() not in self.exclude:
                 yield path
@@ -175,9 +178,13 @@ def log_lock(log: Path, say: Say) -> contextlib.AbstractContextManager[Path]:
 
 
 def run_command(argv: tuple[str, ...], path: Path, timeout_s: float) -> str | None:
-    """Run ``argv + [path]`` (no shell); None on success, else what went wrong (one line)."""
+    """Run ``argv + [path]`` (no shell); None on success, else what went wrong (one line). A path
+    starting with ``-`` (a file in the watched ``.``) is passed as ``./-...``: never as an option."""
+    arg = str(path)
+    if arg.startswith("-"):
+        arg = os.path.join(os.curdir, arg)
     try:
-        done = subprocess.run([*argv, str(path)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        done = subprocess.run([*argv, arg], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout_s, check=False)  # fmt: skip
     except subprocess.TimeoutExpired:
         return f"did not finish within {timeout_s:g} s and was stopped"
@@ -241,6 +248,10 @@ class Watcher:
             rel = path.relative_to(self.cfg.folder).as_posix()
             if rel in done or self.failed.get(path) == self.tracker.seen.get(path):
                 continue
+            if path.suffix.lower() in OTHER_AUDIO_SUFFIXES:
+                self._warn_once(path, f"Skipped {rel}: asdcli reads {' and '.join(AUDIO_SUFFIXES)} files, not "
+                                f"{path.suffix}; convert it to WAV or FLAC.")  # fmt: skip
+                continue
             bank = self._bank_of(path, rel)
             if bank is not None:
                 scored += self._score(path, rel, bank)
@@ -260,12 +271,15 @@ class Watcher:
             if not fits_bank(bank, clip):
                 known = " ".join(x for x in (clip.machine, clip.section and f"section {clip.section}") if x)
                 problem = f"Skipped {rel}: it is of {known}, not of the bank's {bank.name}; watch it with its own bank (--banks)."
-        if problem is None:
-            return bank
+        if problem is not None:
+            self._warn_once(path, problem)
+            return None
+        return bank
+
+    def _warn_once(self, path: Path, problem: str) -> None:
         if path not in self.unmatched:
             self.warn(problem)
             self.unmatched.add(path)
-        return None
 
     def _score(self, path: Path, rel: str, bank: Bank) -> int:
         from asdcli.monitor.recording import score_recording

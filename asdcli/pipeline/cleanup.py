@@ -51,10 +51,10 @@ def remove_parts(parts: Path) -> int:
 
 
 def remove_finetune_files(out: Path) -> int:
-    """Delete the files `asd finetune` writes in ``out`` (adapter, head, run record, resume state and
-    their temp files); keep anything else. Returns how many files were deleted."""
+    """Delete the files `asd finetune` writes in ``out`` (adapter or full backbone, head, run record,
+    resume state and their temp files); keep anything else. Returns how many files were deleted."""
     from asdcli.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-    from asdcli.finetune.run_dir import ADAPTER_DIR, HEAD_FILE, RUN_FILE
+    from asdcli.finetune.run_dir import ADAPTER_DIR, BACKBONE_FILE, HEAD_FILE, RUN_FILE
     from asdcli.finetune.state import STATE_FILE
 
     if not out.is_dir():
@@ -62,7 +62,7 @@ def remove_finetune_files(out: Path) -> int:
     adapter = out / ADAPTER_DIR
     removed = remove_own_files([adapter / ADAPTER_WEIGHTS, adapter / ADAPTER_CONFIG], folder=adapter)
     removed += remove_own_files([out / STATE_FILE], folder=(out / STATE_FILE).parent)
-    removed += remove_own_files([out / HEAD_FILE, out / RUN_FILE])
+    removed += remove_own_files([out / HEAD_FILE, out / RUN_FILE, out / BACKBONE_FILE])
     for temp in out.glob(f"{PEFT_TEMP_PREFIX}*"):  # left by a run killed while saving its adapter
         if temp.is_dir() and not temp.is_symlink():
             removed += remove_own_files([temp / name for name in PEFT_FILES], folder=temp)

@@ -127,6 +127,18 @@ def run_folder_lock(run_dir: Path, say: Callable[[str], None]) -> contextlib.Abs
     return held_lock(run_dir / LOCK_NAME, "asd run", str(run_dir), "choose another --out", say)
 
 
+def folder_lock(folder: Path, command: str, say: Callable[[str], None]) -> contextlib.AbstractContextManager[Path]:
+    """Hold ``.<name>.lock`` beside the output ``folder`` (resolved: a link to it is the folder
+    itself) while ``command`` writes it: a second one on the same folder is RunFolderLocked."""
+    real = Path(folder).resolve()
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AsdError(f"Cannot create folder {real.parent}: {e.strerror or e}. Choose a writable --out.") from e
+    lock = real.with_name(f".{shortened(real.name, len('..lock') + 24)}.lock")  # room for the temp suffix
+    return held_lock(lock, command, str(folder), "choose another --out", say)
+
+
 @contextlib.contextmanager
 def held_lock(lock: Path, command: str, what: str, instead: str, say: Callable[[str], None]) -> Iterator[Path]:
     """Hold ``lock`` (see :func:`acquire_lock`) for the body of the ``with`` block."""

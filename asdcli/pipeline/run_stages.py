@@ -62,6 +62,12 @@ class StageRunner:
             self.skipped.append(name)
             return stage
         self.say(f": {what}", head)
+        changed = stage.changed_outputs()
+        if changed:  # e.g. a bank enrolled in place: say that it is about to be rewritten
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            self.say(f"{changed[0]}{more} changed since this stage wrote it (edited, replaced by `asd enrol`, or "
+                     "deleted); the stage writes it again from the run's inputs: keep a copy elsewhere to keep yours.",
+                     "[yellow]Notice:[/] ")  # fmt: skip
         start = time.perf_counter()
         outputs, details = work(stage)
         stage.mark_done(outputs, {"seconds": round(time.perf_counter() - start, 3), **details})
@@ -95,9 +101,8 @@ def finetune_stage(
     after its last finished epoch; one of another key (options, clips, checkpoint) is removed
     first (its files only: anything else in the folder stays)."""
     from asdcli.finetune.labels import training_data
-    from asdcli.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
     from asdcli.finetune.resume import listed, recorded_option_changes
-    from asdcli.finetune.run_dir import ADAPTER_DIR, HEAD_FILE, RUN_FILE
+    from asdcli.finetune.run_dir import RUN_FILE, model_files
 
     ft = cfg.finetune_config
     assert ft is not None
@@ -124,15 +129,10 @@ def finetune_stage(
         remove_own_files([stage.record_path.with_suffix(".started")])  # the sidecar of earlier versions
         stage.mark_started()
         finetune(data, ft, out, resume=True, console=runner.console, loaded=ckpt.load())
-        return [
-            out / ADAPTER_DIR / ADAPTER_WEIGHTS,
-            out / ADAPTER_DIR / ADAPTER_CONFIG,
-            out / HEAD_FILE,
-            out / RUN_FILE,
-        ], {}
+        return [*model_files(out, ft.full_finetune), out / RUN_FILE], {}
 
-    stage = runner.run("finetune", inputs, f"LoRA fine-tuning, {ft.epochs} epoch(s), labels={ft.labels} -> {out}",
-                       work)  # fmt: skip
+    how = "full fine-tuning" if ft.full_finetune else "LoRA fine-tuning"
+    stage = runner.run("finetune", inputs, f"{how}, {ft.epochs} epoch(s), labels={ft.labels} -> {out}", work)
     return out, stage
 
 

@@ -86,6 +86,15 @@ class Stage:
             return False
         return all(stamp_of(self.run_dir / rel) == stamp for rel, stamp in outputs.items())
 
+    def changed_outputs(self) -> list[Path]:
+        """The outputs a finished run with this key recorded that are no longer the files it wrote
+        (edited, replaced or deleted since); [] for a stage of another key or not finished."""
+        record = self.record()
+        outputs = record.get("outputs")
+        if record.get("key") != self.key or record.get("status") != DONE or not isinstance(outputs, dict):
+            return []
+        return [self.run_dir / rel for rel, stamp in outputs.items() if _stamp(self.run_dir / rel) != stamp]
+
     def finished(self) -> bool:
         """True when the record says the stage finished and lists its outputs' stamps (any key)."""
         record = self.record()
