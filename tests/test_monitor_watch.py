@@ -173,7 +173,7 @@ def test_min_consecutive_alarms_resume_after_a_restart(setup: Setup, tmp_path: P
     second = run(*args)  # the streak of 0003 continues from the log
     assert second.exit_code == 0, second.output
     assert "(2 in a row: ALARM)" in second.stdout and "(3 in a row: ALARM)" in second.stdout
-    assert [Path(p).name for p in calls.read_text().split()] == ["section_00_0004.wav", "section_00_0005.wav"]
+    assert [Path(p).name for p in calls.read_text().splitlines()] == ["section_00_0004.wav", "section_00_0005.wav"]
 
 
 def _recording(folder: Path, name: str, clips: list[bytes]) -> Path:
@@ -214,7 +214,7 @@ def test_min_windows_counts_windows_across_files_and_restarts(setup: Setup, tmp_
     assert lines[0].startswith("ANOMALY fan/section_00_0001.wav") and lines[0].endswith("(3 windows in a row: ALARM)")
     assert lines[1].endswith("(1 of 3 windows in a row)")
     assert lines[2].endswith("(3 windows in a row: ALARM)")
-    assert [Path(p).name for p in calls.read_text().split()] == ["section_00_0001.wav", "section_00_0003.wav"]
+    assert [Path(p).name for p in calls.read_text().splitlines()] == ["section_00_0001.wav", "section_00_0003.wav"]
 
 
 def test_min_consecutive_counts_files_not_windows(setup: Setup, tmp_path: Path) -> None:
