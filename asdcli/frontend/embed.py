@@ -158,8 +158,9 @@ def embed_in_parts(
     and options (the caller names it from them) and is the caller's to delete once the result is
     saved. Single-process only. One progress bar over all clips on ``console`` (None: silent).
     """
-    from asdcli.artifacts import load_embeddings
+    from asdcli.artifacts import check_writable_folder, load_embeddings
 
+    check_writable_folder(parts_dir)  # not after a part's worth of clips, naming a hidden folder
     chunk = chunk or EMBED_CHUNK
     parts: list[Embeddings] = []
     with _progress_bar(console, len(clips)) as advance:
