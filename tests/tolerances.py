@@ -41,6 +41,7 @@ def prepared_atol(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, refitted: 
     a = fp32_tiny_model_atol(raw)
     std64 = np.asarray(std, np.float64)
     z = (raw.astype(np.float64) - mean) / std64
-    per_dim = a * (2.0 + np.abs(z).max(axis=0) if refitted else 1.0) / std64
+    growth = 2.0 + np.abs(z).max(axis=0) if refitted else 1.0
+    per_dim = a * growth / std64
     dz = float(np.sqrt(np.sum(per_dim**2)))
     return 2 * dz / float(np.linalg.norm(z, axis=1).min()) + raw.shape[1] * EPS32
