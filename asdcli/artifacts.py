@@ -133,6 +133,16 @@ def _remove_stale_temps(path: Path) -> None:
                     os.unlink(entry.path)
 
 
+def check_writable_folder(folder: str | Path) -> None:
+    """AsdError before any work when ``folder`` (or, while it does not exist, the nearest folder
+    above it, where it would be created) cannot be written in; root passes, as its writes would."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise AsdError(f"Cannot write in {existing}: no write permission. Choose a writable output path.")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temp file beside ``path``; on success fsync and rename it over ``path``.

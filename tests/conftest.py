@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,18 @@ TINY_SYNTH = SynthConfig(
     n_test_per_cell=3,
     n_supplemental=1,
 )
+
+# What the environment may say about the terminal, read by rich (COLUMNS, FORCE_COLOR, TTY_*) and by
+# typer at import (FORCE_COLOR, PY_COLORS, TERMINAL_WIDTH): the tests read output as rendered for a
+# pipe 80 columns wide without colour, whatever terminal or CI the suite runs under.
+TERMINAL_VARIABLES = ("LINES", "FORCE_COLOR", "PY_COLORS", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "TERMINAL_WIDTH")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before the test modules import typer and rich: a plain 80-column output, in this process and its children."""
+    os.environ["COLUMNS"] = "80"
+    for name in TERMINAL_VARIABLES:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from asdcli.artifacts import atomic_write, temp_dir_prefix, write_bytes_atomic
+from asdcli.artifacts import atomic_write, check_writable_folder, temp_dir_prefix, write_bytes_atomic
 from asdcli.errors import AsdError
 
 
@@ -97,3 +98,15 @@ def test_temp_folders_beside_a_long_name_fit_a_file_name(tmp_path: Path, suffix:
     folder = Path(tempfile.mkdtemp(prefix=temp_dir_prefix(name), suffix=suffix, dir=tmp_path))
     assert folder.is_dir() and folder.name.startswith(".é") and len(folder.name.encode()) <= 255
     assert temp_dir_prefix("model.onnx") == ".model.onnx."
+
+
+def test_an_unwritable_output_folder_is_named_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # os.access as a non-root user would answer (root may write anywhere: the real chmod test skips there)
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != folder and real_access(p, mode))
+    with pytest.raises(AsdError, match=rf"^Cannot write in {re.escape(str(folder))}: no write permission\. Choose"):
+        check_writable_folder(folder / "new" / ".emb.npz.parts-0123")  # the nearest folder that exists is named
+    check_writable_folder(tmp_path / "other" / "deeper")  # created later under a writable folder
+    check_writable_folder(folder.parent)

@@ -181,7 +181,8 @@ def test_export_merges_lora_and_verifies(tiny_checkpoint: Path, tmp_path: Path) 
     assert meta["adapter_id"] == "test" and meta["precision"] == "fp32"
     wave = _waves(2, seconds=0.7).numpy()  # another length than the export's example
     ref = _embed(adapted, torch.from_numpy(wave))
-    np.testing.assert_allclose(session.run(["embeddings"], {"waveform": wave})[0], ref, atol=1e-4, rtol=0)
+    atol = 1e-4 * max(1.0, float(np.abs(ref).max()))  # export's FP32_TOLERANCE is in units of the output's size
+    np.testing.assert_allclose(session.run(["embeddings"], {"waveform": wave})[0], ref, atol=atol, rtol=0)
     assert [p.name for p in tmp_path.iterdir()] == ["lora.onnx"]  # no temp files left
 
 

@@ -11,7 +11,6 @@ import csv
 import shlex
 import sys
 import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -104,37 +103,44 @@ def test_once_scores_what_is_there_and_a_restart_skips_the_logged(setup: Setup, 
     assert len(_log_rows(log)) == 3
 
 
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
 def test_files_appearing_during_the_run_and_a_partial_file(setup: Setup, tmp_path: Path) -> None:
     incoming, log = tmp_path / "in", tmp_path / "scores.csv"
     incoming.mkdir()
     bank = load_bank(setup.banks / "bank_fan_section_00.npz")
     said: list[str] = []
     warned: list[str] = []
-    cfg = WatchConfig(folder=incoming, log=log, poll_s=0.25)
+    cfg = WatchConfig(folder=incoming, log=log, poll_s=0.01)
     watcher = Watcher(cfg, {("fan", "00"): bank}, Embedders(None, None, "cpu", 8), said.append, warned.append)
     stop = threading.Event()
     slow = incoming / "fan" / "section_00_0002.wav"
+    slow.parent.mkdir(parents=True)
+    data = setup.good[2]
+    parts = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+    # The recorder takes one step before each look of the watcher, not steps on a clock (which a
+    # loaded machine stretches until a growing file looks unchanged): 0001 appears whole, then
+    # 0002 grows at every look until it is complete.
+    steps = [lambda: _drop(incoming, "section_00_0001.wav", setup.bad[1])]
+    steps += [lambda part=part: _append(slow, part) for part in parts]
+    logged_before_look: list[int] = []
+    look = watcher.tracker.look
 
-    def recorder() -> None:
-        time.sleep(0.3)
-        _drop(incoming, "section_00_0001.wav", setup.bad[1])
-        data = setup.good[2]
-        slow.parent.mkdir(parents=True, exist_ok=True)
-        with open(slow, "wb") as f:  # written over ~1.2 s: never unchanged between two looks
-            for i in range(0, len(data), 1024):
-                f.write(data[i : i + 1024])
-                f.flush()
-                time.sleep(0.04)
-        time.sleep(1.0)  # two more looks see it complete
-        stop.set()
+    def record_then_look() -> list[Path]:
+        if steps:
+            steps.pop(0)()
+        logged_before_look.append(len(watcher.log.names))
+        if len(logged_before_look) == len(parts) + 3:
+            stop.set()  # one look after 0002 was scored
+        return look()
 
-    writer = threading.Thread(target=recorder)
-    writer.start()
-    try:
-        watcher.run(stop, max_polls=200)
-    finally:
-        stop.set()
-        writer.join()
+    watcher.tracker.look = record_then_look  # type: ignore[method-assign]
+    watcher.run(stop, max_polls=100)
+    # 0001 scored at the 2nd look (unchanged since the 1st), 0002 at the look after the one that saw its last part
+    assert len(parts) > 2 and logged_before_look == [0, 0] + [1] * len(parts) + [2]
     rows = _log_rows(log)
     assert sorted(r["filename"] for r in rows) == ["fan/section_00_0001.wav", "fan/section_00_0002.wav"]
     assert warned == []
@@ -167,7 +173,7 @@ def test_min_consecutive_alarms_resume_after_a_restart(setup: Setup, tmp_path: P
     second = run(*args)  # the streak of 0003 continues from the log
     assert second.exit_code == 0, second.output
     assert "(2 in a row: ALARM)" in second.stdout and "(3 in a row: ALARM)" in second.stdout
-    assert [Path(p).name for p in calls.read_text().split()] == ["section_00_0004.wav", "section_00_0005.wav"]
+    assert [Path(p).name for p in calls.read_text().splitlines()] == ["section_00_0004.wav", "section_00_0005.wav"]
 
 
 def _recording(folder: Path, name: str, clips: list[bytes]) -> Path:
@@ -208,7 +214,7 @@ def test_min_windows_counts_windows_across_files_and_restarts(setup: Setup, tmp_
     assert lines[0].startswith("ANOMALY fan/section_00_0001.wav") and lines[0].endswith("(3 windows in a row: ALARM)")
     assert lines[1].endswith("(1 of 3 windows in a row)")
     assert lines[2].endswith("(3 windows in a row: ALARM)")
-    assert [Path(p).name for p in calls.read_text().split()] == ["section_00_0001.wav", "section_00_0003.wav"]
+    assert [Path(p).name for p in calls.read_text().splitlines()] == ["section_00_0001.wav", "section_00_0003.wav"]
 
 
 def test_min_consecutive_counts_files_not_windows(setup: Setup, tmp_path: Path) -> None:
@@ -230,21 +236,21 @@ def test_an_earlier_log_without_window_counts_is_refused_untouched(setup: Setup,
 
 
 @pytest.mark.parametrize(
-    ("program", "expect"),
-    [
-        ("import sys; sys.exit(3)", "exited with status 3"),
-        ("import time; time.sleep(10)", "did not finish within 0.5 s"),
-        (None, "could not be started"),
+    ("program", "timeout", "expect"),
+    [  # a Python start-up can take over 0.5 s on a loaded machine: only the hanging command gets 0.5 s
+        ("import sys; sys.exit(3)", 60, "exited with status 3"),
+        ("import time; time.sleep(60)", 0.5, "did not finish within 0.5 s"),
+        (None, 0.5, "could not be started"),
     ],
 )
 def test_a_failing_on_anomaly_command_is_reported_not_fatal(setup: Setup, tmp_path: Path, program: str | None,
-                                                            expect: str) -> None:  # fmt: skip
+                                                            timeout: float, expect: str) -> None:  # fmt: skip
     incoming = tmp_path / "in"
     _drop(incoming, "section_00_0000.wav", setup.bad[0])
     _drop(incoming, "section_00_0001.wav", setup.bad[1])
     command = shlex.join([sys.executable, "-c", program]) if program else str(tmp_path / "no-such-program")
     result = run("watch", incoming, "--banks", setup.banks, "--once", "--poll", POLL, "--on-anomaly", command,
-                 "--command-timeout", 0.5)  # fmt: skip
+                 "--command-timeout", timeout)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.stdout.count("ANOMALY") == 2
     assert result.stderr.count(expect) == 2 and "watching on" in result.stderr

@@ -656,20 +656,18 @@ def test_html_page_renders_in_a_headless_browser(tmp_path: Path) -> None:
     assert "<script" not in text and "http" not in text.split("<body>")[1]  # self-contained, nothing fetched
     probe = tmp_path / "probe.html"
     probe.write_text(text.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
-    dom = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            probe.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    # Its own profile: the default one lives in $HOME, which may be unwritable or in use by another browser.
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000", "--dump-dom"]  # fmt: skip
+    try:
+        blank = subprocess.run([*browser, "about:blank"], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"{CHROMIUM} did not render a blank page within 120 s here")
+    if blank.returncode != 0 or "<body" not in blank.stdout:
+        pytest.skip(f"{CHROMIUM} cannot render here: {blank.stderr.strip()[-300:]}")
+    shown_page = subprocess.run([*browser, probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shown_page.returncode == 0, shown_page.stderr[-2000:]
+    dom = shown_page.stdout
     seen = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
     assert seen["images"] == 7 and seen["decoded"] == 7  # 2 systems x (2 sections + summary) + comparison
     assert seen["tables"] == 4  # side by side, every value, one per system

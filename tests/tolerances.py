@@ -28,3 +28,20 @@ def unit_dot_atol(dim: int) -> float:
     summation order: each is within gamma_dim ~ dim * eps / 2 of exact (Higham, Thm 3.1), so the two
     are within dim * eps of each other (and one of them within dim * eps / 2 of the float64 value)."""
     return dim * EPS32
+
+
+def prepared_atol(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, refitted: bool = False) -> float:
+    """Absolute tolerance for bank rows ``knn.prepare(raw, mean, std)`` (standardized, then unit length)
+    of tiny-BEATs embeddings ``raw`` computed by other kernels (e.g. in another batch): each raw
+    component moves by up to ``a = fp32_tiny_model_atol(raw)``, so z = (x - mean) / std by up to
+    ``a / std`` per component, and z / |z| by at most 2 |dz| / |z| (|a/|a| - b/|b|| <= 2 |a - b| / |a|);
+    plus the float32 rounding of the standardization and normalization themselves. ``refitted``: the
+    mean and std were computed from such rows too, so each moves by up to ``a`` as well (the std is
+    1-Lipschitz in the rows), and z by up to ``(2 + |z|) a / std``."""
+    a = fp32_tiny_model_atol(raw)
+    std64 = np.asarray(std, np.float64)
+    z = (raw.astype(np.float64) - mean) / std64
+    growth = 2.0 + np.abs(z).max(axis=0) if refitted else 1.0
+    per_dim = a * growth / std64
+    dz = float(np.sqrt(np.sum(per_dim**2)))
+    return 2 * dz / float(np.linalg.norm(z, axis=1).min()) + raw.shape[1] * EPS32

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asdcli.artifacts import Embeddings, load_embeddings, save_embeddings
+from asdcli.artifacts import Embeddings, check_writable_folder, load_embeddings, save_embeddings
 from asdcli.data.audio import SAMPLE_RATE, AudioWarning, ClipDataset, probe_clips
 from asdcli.data.names import Clip
 from asdcli.errors import ArtifactError, AsdError, ConfigError
@@ -158,6 +158,7 @@ def embed_in_parts(
     and options (the caller names it from them) and is the caller's to delete once the result is
     saved. Single-process only. One progress bar over all clips on ``console`` (None: silent).
     """
+    check_writable_folder(parts_dir)  # not after a part's worth of clips, naming a hidden folder
     chunk = chunk or EMBED_CHUNK
     parts: list[Embeddings] = []
     with _progress_bar(console, len(clips)) as advance:
