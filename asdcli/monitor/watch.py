@@ -9,6 +9,7 @@ windows (from each row's window counts).
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import subprocess
 import threading

@@ -93,7 +93,7 @@ class Stage:
         outputs = record.get("outputs")
         if record.get("key") != self.key or record.get("status") != DONE or not isinstance(outputs, dict):
             return []
-        return [self.run_dir / rel for rel, stamp in outputs.items() if _stamp(self.run_dir / rel) != stamp]
+        return [self.run_dir / rel for rel, stamp in outputs.items() if stamp_of(self.run_dir / rel) != stamp]
 
     def finished(self) -> bool:
         """True when the record says the stage finished and lists its outputs' stamps (any key)."""
