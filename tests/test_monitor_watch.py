@@ -8,6 +8,7 @@ anomalous is known exactly (4 "bad", 4 "good") whatever the random model makes o
 from __future__ import annotations
 
 import csv
+import os
 import shlex
 import sys
 import threading
@@ -149,6 +150,39 @@ def test_files_appearing_during_the_run_and_a_partial_file(setup: Setup, tmp_pat
     logged = float(next(r["score"] for r in rows if r["filename"].endswith("0002.wav")))
     assert logged == pytest.approx(float(whole), rel=1e-6)  # scored once complete, not while partial
     assert [line.split()[0] for line in said] == ["ANOMALY", "OK"]
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    """Write ``data`` over ``path`` with a later mtime (a clock tick may be coarser than the test)."""
+    before = path.stat().st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+def test_a_file_rewritten_under_its_name_is_scored_again(setup: Setup, tmp_path: Path) -> None:
+    """A recorder that always writes latest.wav: each complete version gets its own row, also for a
+    file a restarted watcher finds in its log (rewritten after the restart); an unchanged one is not rescored."""
+    incoming, log = tmp_path / "in", tmp_path / "scores.csv"
+    bank = load_bank(setup.banks / "bank_fan_section_00.npz")
+    latest = _drop(incoming, "section_00_latest.wav", setup.good[0])
+    cfg = WatchConfig(folder=incoming, log=log, poll_s=0.01)
+
+    def watcher() -> Watcher:
+        return Watcher(cfg, {("fan", "00"): bank}, Embedders(None, None, "cpu", 8), said.append, warned.append)
+
+    said: list[str] = []
+    warned: list[str] = []
+    first = watcher()
+    assert [first.poll() for _ in range(3)] == [0, 1, 0]
+    _rewrite(latest, setup.bad[0])
+    assert [first.poll() for _ in range(3)] == [0, 1, 0]  # complete after two looks, then once
+    restarted = watcher()
+    assert [restarted.poll() for _ in range(3)] == [0, 0, 0]  # logged and unchanged since
+    _rewrite(latest, setup.good[1])
+    assert [restarted.poll() for _ in range(3)] == [0, 1, 0]
+    rows = _log_rows(log)
+    assert [(r["filename"], r["decision"]) for r in rows] == [("fan/section_00_latest.wav", d) for d in "010"]
+    assert [line.split()[0] for line in said] == ["OK", "ANOMALY", "OK"] and warned == []
 
 
 def _alarm_script(tmp_path: Path) -> tuple[str, Path]:

@@ -213,6 +213,9 @@ class Watcher:
         self.tracker = FileTracker(cfg.folder, {cfg.log})
         self.streaks: dict[tuple[str, str], Streak] = {}
         self.failed: dict[Path, tuple[int, int]] = {}  # unreadable files, retried only once changed
+        # (size, mtime) of each logged file as scored or first seen complete: a file rewritten under
+        # its name (a recorder's latest.wav) differs from it and is scored again
+        self.logged: dict[Path, tuple[int, int]] = {}
         self.unmatched: set[Path] = set()
         for row in self.log.rows:  # resume the streaks where the last run left them
             bank = choose_bank(Path(row["filename"]), banks, cfg.folder)
@@ -243,11 +246,13 @@ class Watcher:
         return alarm, f"  ({n}{what} in a row: ALARM)" if alarm else f"  ({n} of {need}{what} in a row)"
 
     def poll(self) -> int:
-        """Score every complete, not yet logged file; returns how many were scored."""
+        """Score every complete file not yet logged, or rewritten since it was; returns how many were scored."""
         done, scored = self.log.names, 0
         for path in self.tracker.look():
-            rel = path.relative_to(self.cfg.folder).as_posix()
-            if rel in done or self.failed.get(path) == self.tracker.seen.get(path):
+            rel, stamp = path.relative_to(self.cfg.folder).as_posix(), self.tracker.seen[path]
+            if rel in done and self.logged.setdefault(path, stamp) == stamp:
+                continue
+            if self.failed.get(path) == stamp:
                 continue
             if path.suffix.lower() in OTHER_AUDIO_SUFFIXES:
                 self._warn_once(path, f"Skipped {rel}: asdcli reads {' and '.join(AUDIO_SUFFIXES)} files, not "
@@ -294,6 +299,7 @@ class Watcher:
             return 0
         score = aggregate(windows.scores, self.cfg.aggregate)
         row = self.log.append(rel, score, bank.threshold, windows.decisions)
+        self.logged[path] = self.tracker.seen.get(path, (0, 0))
         decision = int(row["decision"])
         alarm, streak = self._alarm(bank, decision, windows.decisions)
         verdict = "ANOMALY" if decision else "OK"
