@@ -57,12 +57,12 @@ class StageRunner:
         """Run stage ``name`` unless it is fresh; ``work`` returns its output files and details."""
         stage = Stage(self.run_dir, name, stage_key(inputs))
         head = self.header(name)
-        if stage.is_fresh():
+        changed = stage.changed_outputs()  # hashes the recorded outputs once
+        if changed == []:
             self.say(f": up to date, skipped ({what})", head)
             self.skipped.append(name)
             return stage
         self.say(f": {what}", head)
-        changed = stage.changed_outputs()
         if changed:  # e.g. a bank enrolled in place: say that it is about to be rewritten
             more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
             self.say(f"{changed[0]}{more} changed since this stage wrote it (edited, replaced by `asd enrol`, or "

@@ -78,21 +78,14 @@ class Stage:
         record = self.record()
         return record.get("key") == self.key and record.get("status", DONE) in (STARTED, DONE)
 
-    def is_fresh(self) -> bool:
-        """True when the stage finished with this key and every recorded output is unchanged."""
-        record = self.record()
-        outputs = record.get("outputs")
-        if record.get("key") != self.key or record.get("status") != DONE or not isinstance(outputs, dict):
-            return False
-        return all(stamp_of(self.run_dir / rel) == stamp for rel, stamp in outputs.items())
-
-    def changed_outputs(self) -> list[Path]:
+    def changed_outputs(self) -> list[Path] | None:
         """The outputs a finished run with this key recorded that are no longer the files it wrote
-        (edited, replaced or deleted since); [] for a stage of another key or not finished."""
+        (edited, replaced or deleted since): [] when the stage is fresh; None for a stage of another key
+        or not finished."""
         record = self.record()
         outputs = record.get("outputs")
         if record.get("key") != self.key or record.get("status") != DONE or not isinstance(outputs, dict):
-            return []
+            return None
         return [self.run_dir / rel for rel, stamp in outputs.items() if stamp_of(self.run_dir / rel) != stamp]
 
     def finished(self) -> bool:
