@@ -143,6 +143,12 @@ def check_writable_folder(folder: str | Path) -> None:
         raise AsdError(f"Cannot write in {existing}: no write permission. Choose a writable output path.")
 
 
+def through_link(path: Path) -> Path:
+    """The path an output is written at: a symlink's target, so the user's link stays a link
+    (writing the temp file beside the link and renaming it over would replace the link)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
@@ -153,8 +159,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     """
     path = Path(path)
     check_name_length(path)
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
+    path = through_link(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         try:

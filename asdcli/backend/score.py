@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asdcli.artifacts import Embeddings, check_name_length, make_temp_dir, write_text_atomic
+from asdcli.artifacts import Embeddings, check_name_length, make_temp_dir, through_link, write_text_atomic
 from asdcli.backend import knn
 from asdcli.backend.bank import Bank
 from asdcli.data.names import Clip, missing_field_error
@@ -245,8 +245,8 @@ def write_submission_folder(files: Mapping[str, str], out_dir: str | Path) -> li
     place; a folder holding anything but submission files is refused; a link to a folder is written
     through, so it stays a link). Returns the paths, sorted."""
     out_dir = Path(out_dir)
-    if out_dir.is_symlink() and out_dir.is_dir():
-        out_dir = Path(os.path.realpath(out_dir))
+    if out_dir.is_dir():
+        out_dir = through_link(out_dir)
     _check_out_dir(out_dir)
     parent = out_dir.parent
     try:

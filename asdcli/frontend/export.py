@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from asdcli.artifacts import Embeddings, check_name_length, temp_dir_prefix
+from asdcli.artifacts import Embeddings, check_name_length, temp_dir_prefix, through_link
 from asdcli.data.audio import SAMPLE_RATE, AudioConfig, load_clip, probe_clips
 from asdcli.data.names import Clip
 from asdcli.errors import ArtifactError, ArtifactNotFound, AsdError, ConfigError
@@ -192,8 +192,7 @@ def export_onnx(module: nn.Module, meta: Mapping[str, Any], out: Path, int8: boo
     """
     onnx, ort = _onnx(), onnxruntime()
     out = Path(out)
-    if out.is_symlink():  # written through, as atomic_write does: the user's link stays a link
-        out = Path(os.path.realpath(out))
+    out = through_link(out)  # as atomic_write does: the user's link stays a link
     parent = _writable_parent(out)  # before minutes of tracing
     module = module.cpu().eval()
     proto = _export_proto(module, min(seconds, 2.0))
