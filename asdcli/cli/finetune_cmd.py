@@ -63,11 +63,12 @@ def command(
     console = stderr_console()
     # One fine-tuning per --out: two would write adapter, head and state over each other. The main
     # process locks; the process state is made as training makes it (CPU or not), before training.
+    main_process = current_processes(cfg.device).rank == 0
     with (
         folder_lock(out, "asd finetune", lambda text: console.print(f"Warning: {text}", markup=False))
-        if current_processes(cfg.device).rank == 0
+        if main_process
         else contextlib.nullcontext()
     ):
         run_dir = finetune(train, cfg, out, resume=resume, console=console)
-    if current_processes(cfg.device).rank == 0:  # one line on stdout even under `accelerate launch`
+    if main_process:  # one line on stdout even under `accelerate launch`
         typer.echo(str(run_dir))
