@@ -135,10 +135,9 @@ def command(
         _check_outputs(outputs, (c.path for c in found))  # a clip found in a folder is an input too, skipped or not
         found = bank_clips(the_bank, found, skip_other_sections, _note)
         rows = _embed(the_bank, found, checkpoint, adapter, device, batch_size, precision)
+        check_unique_names(rows, "the clips")  # _rows_from_file checks its rows the same way
     if windowed is None:
-        what = str(embeddings or "the clips")
-        scores = score_embeddings(the_bank, rows, what=what)
-        check_unique_names(rows, what)
+        scores = score_embeddings(the_bank, rows, what=str(embeddings or "the clips"))
         names = list(rows.filenames)
         _note_bank_clips(the_bank, names)
     flags = decide(the_bank, scores)
@@ -202,6 +201,7 @@ def _rows_from_file(bank: Bank, path: Path, all_rows: bool) -> Embeddings:
     check_not_windows(emb, str(path))  # before the window check, whose advice would lead here
     check_compatible(bank, emb, f"The bank of {bank.name}", str(path))  # before any line saying rows were scored
     if all_rows:
+        check_unique_names(emb, str(path))
         return emb
     rows = select_test(emb, bank.machine, bank.section)
     if len(rows) == 0:
