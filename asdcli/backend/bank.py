@@ -256,6 +256,11 @@ def floored_threshold(
     return lowest, raised
 
 
+def bank_paths(folder: str | Path) -> list[Path]:
+    """The bank files of a folder, sorted: the ``bank_*.npz`` that :func:`load_banks` reads."""
+    return sorted(Path(folder).glob("bank_*.npz"))
+
+
 def load_banks(folder: str | Path) -> dict[tuple[str, str], Bank]:
     """Every ``bank_*.npz`` in ``folder``, keyed by (machine, section); duplicates are an error."""
     return {key: bank for key, (_, bank) in load_bank_files(folder).items()}
@@ -267,7 +272,7 @@ def load_bank_files(folder: str | Path) -> dict[tuple[str, str], tuple[Path, Ban
     if not folder.is_dir():
         raise ArtifactNotFound(f"Bank folder {folder} does not exist; write it with `asd fit-bank --out-dir`.")
     banks: dict[tuple[str, str], tuple[Path, Bank]] = {}
-    for path in sorted(folder.glob("bank_*.npz")):
+    for path in bank_paths(folder):
         bank = load_bank(path)
         key = (bank.machine, bank.section)
         if key in banks:

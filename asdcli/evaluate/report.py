@@ -98,13 +98,13 @@ class SystemReport:
 def bank_thresholds(banks_dir: Path | str) -> dict[tuple[str, str], float]:
     """The decision threshold of every ``bank_<machine>_section_<SS>.npz`` under ``banks_dir``
     (the threshold the decision files were made with), keyed by (machine, section)."""
-    from asdcli.backend.bank import load_bank
+    from asdcli.backend.bank import bank_paths, load_bank
 
     folder = Path(banks_dir)
     if not folder.is_dir():
         raise DataError(f"Bank folder {folder} does not exist; pass the banks/ folder of the run (--banks DIR).")
     out = {}
-    for path in sorted(folder.glob("bank_*.npz")):
+    for path in bank_paths(folder):
         bank = load_bank(path)
         out[(bank.machine, bank.section)] = float(bank.threshold)
     if not out:

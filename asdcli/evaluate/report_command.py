@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from asdcli.artifacts import check_not_input, load_npz, write_text_atomic
+from asdcli.backend.bank import bank_paths
 from asdcli.console import is_terminal, stderr_console
 from asdcli.errors import AsdError, ConfigError
 from asdcli.evaluate.ground_truth import GroundTruth, load_ground_truth, write_ground_truth
@@ -73,7 +74,7 @@ def run_folder(submission: str) -> Path | None:
 def _frozen_banks(run: Path) -> bool:
     """True when the run's banks hold frozen BEATs embeddings (no adapter in their front-end
     record): `asd run --no-finetune` over a fine-tuned run folder keeps its finetune/."""
-    banks = sorted((run / "banks").glob("bank_*.npz"))
+    banks = bank_paths(run / "banks")
     if not banks:
         return False
     try:
@@ -124,7 +125,7 @@ def _input_files(cfg: ReportConfig) -> list[Path]:
     runs = [run_folder(s) for s in cfg.submissions]
     for banks in (*cfg.banks, *(run / "banks" for run in runs if run is not None)):
         if banks.is_dir():
-            files += list(banks.glob("bank_*.npz"))
+            files += bank_paths(banks)
     return files
 
 

@@ -79,10 +79,10 @@ def _run_facts(run: Path | None) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     if run is None:
         return facts
-    banks = sorted((run / "banks").glob("bank_*.npz"))
-    if banks:
-        from asdcli.backend.bank import load_bank
+    from asdcli.backend.bank import bank_paths, load_bank
 
+    banks = bank_paths(run / "banks")
+    if banks:
         bank = load_bank(banks[0])
         facts.update(bank=bank.config, embedding=bank.embedding_meta, threshold=bank.threshold_info)
     record = run / "finetune" / "run.json"

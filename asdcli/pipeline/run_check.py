@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from asdcli.backend.bank import bank_paths
 from asdcli.errors import ArtifactMismatch
 from asdcli.pipeline.stages import Stage, stage_key, stamp_of
 
@@ -77,7 +78,7 @@ def check_run_banks(banks_dir: Path) -> bool:
     fit_bank = _fit_bank_of(banks_dir)
     if fit_bank is None:
         return False
-    banks = sorted((fit_bank.run_dir / "banks").glob("bank_*.npz"))
+    banks = bank_paths(fit_bank.run_dir / "banks")
     fix = f"{_rerun(fit_bank.run_dir)}, or copy the banks out of the run folder to use them as they are"
     _check_banks(fit_bank, banks, fix)
     return True
@@ -149,7 +150,7 @@ def check_run_pair(submission: Path, banks_dir: Path, decisions: bool = False) -
     ):
         return False
     run = submission.parent  # the paths below are under it, however banks_dir was spelled
-    banks = sorted((run / "banks").glob("bank_*.npz"))  # what load_banks reads
+    banks = bank_paths(run / "banks")
     scores = sorted(submission.glob("anomaly_score_*.csv"))
     decision_files = sorted(submission.glob("decision_result_*.csv")) if decisions else []
     return check_scored_with_banks(run, banks, scores, decision_files)
