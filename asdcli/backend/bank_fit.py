@@ -226,9 +226,15 @@ def fit_bank(
 
     ``machine``/``section`` may be omitted when ``emb`` holds train clips of only one of each.
     """
-    m, s = select_group(emb, machine, section, what)
-    rows = emb.select((emb.split == "train") & (emb.machine == m) & (emb.section == s))
-    return build_bank(rows.vectors, rows.domain, rows.filenames, cfg, machine=m, section=s, embedding_meta=emb.meta)
+    return _fit_group(emb, cfg, *select_group(emb, machine, section, what))
+
+
+def _fit_group(emb: Embeddings, cfg: BankConfig, machine: str, section: str) -> Bank:
+    """The bank of the train rows of ``machine``/``section`` in ``emb``."""
+    rows = emb.select((emb.split == "train") & (emb.machine == machine) & (emb.section == section))
+    return build_bank(
+        rows.vectors, rows.domain, rows.filenames, cfg, machine=machine, section=section, embedding_meta=emb.meta
+    )
 
 
 def fit_banks(
@@ -243,4 +249,4 @@ def fit_banks(
     pairs = [p for p in train_groups(emb) if machine in (None, p[0]) and section in (None, p[1])]
     if not pairs:
         select_group(emb, machine, section, what)  # raises the "no train clips" error
-    return {p: fit_bank(emb, cfg, p[0], p[1], what) for p in pairs}
+    return {p: _fit_group(emb, cfg, *p) for p in pairs}
