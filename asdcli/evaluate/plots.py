@@ -256,20 +256,18 @@ def write_plots(reports: Sequence[SystemReport], out_dir: Path | str) -> list[Pa
     """Write every PNG of :func:`figures` under ``out_dir`` (atomically); returns the paths. A
     failed write leaves no empty folder that this call made."""
     out_dir = Path(out_dir)
-    existing = _folders(out_dir)
+    figs = figures(reports)
+    # the folders the writes may create: missing parents of the outputs, up to out_dir itself
+    made = {d for rel, _ in figs for d in (out_dir / rel).parents if d == out_dir or out_dir in d.parents}
+    made = {d for d in made if not d.exists()}
     written = []
     try:
-        for rel, fig in figures(reports):
+        for rel, fig in figs:
             path = out_dir / rel
             write_bytes_atomic(path, png_bytes(fig))
             written.append(path)
     except BaseException:
-        for folder in sorted(_folders(out_dir) - existing, key=lambda d: len(d.parts), reverse=True):
+        for folder in sorted(made, key=lambda d: len(d.parts), reverse=True):
             remove_empty_folder(folder)  # deepest first; never a file, never a folder that was there
         raise
     return written
-
-
-def _folders(root: Path) -> set[Path]:
-    """``root`` and every folder below it (empty when ``root`` is not a folder)."""
-    return {root, *(d for d in root.rglob("*") if d.is_dir())} if root.is_dir() else set()
