@@ -65,40 +65,47 @@ def _has_split_dir(folder: Path) -> bool:
     return any((folder / s).is_dir() for s in SPLITS)
 
 
-def _refuse_unread_audio(folder: Path, where: str) -> None:
-    """DataError when audio files lie where the DCASE layout reads none: in a sub-folder of a
-    split folder (``test/normal/*.wav``) or, ``where == "machine"``, directly in a machine folder
-    beside its split folders. They would silently go missing from every output."""
+def _listed(folder: Path) -> list[Path]:
+    """The entries of ``folder`` not hidden, sorted; [] when it cannot be listed (listing it to
+    read its clips reports that)."""
     try:
-        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     except OSError:
-        return  # listing the split folder itself reports it
-    if where == "machine":
-        loose = [p for p in entries if _is_audio(p) and p.is_file()]
-        if loose:
-            raise DataError(
-                f"{folder} holds {len(loose)} audio file(s) beside its {'/'.join(SPLITS)} folders (e.g. {loose[0].name}), "
-                "which asdcli does not read; move them into the split folder they belong to, or out of the dataset."
-            )
-        return
-    for sub in (p for p in entries if p.is_dir()):
+        return []
+
+
+def _refuse_loose_audio(machine_dir: Path) -> None:
+    """DataError when audio files lie directly in a machine folder, beside its split folders,
+    where the DCASE layout reads none: they would silently go missing from every output."""
+    loose = [p for p in _listed(machine_dir) if _is_audio(p) and p.is_file()]
+    if loose:
+        raise DataError(
+            f"{machine_dir} holds {len(loose)} audio file(s) beside its {'/'.join(SPLITS)} folders (e.g. {loose[0].name}), "
+            "which asdcli does not read; move them into the split folder they belong to, or out of the dataset."
+        )
+
+
+def _refuse_nested_audio(split_dir: Path) -> None:
+    """DataError when audio files lie in a sub-folder of a split folder (``test/normal/*.wav``),
+    where the DCASE layout reads none: they would silently go missing from every output."""
+    for sub in (p for p in _listed(split_dir) if p.is_dir()):
         nested = next((Path(d) / f for d, _, files in os.walk(sub) for f in sorted(files) if _is_audio(Path(f))), None)
         if nested is not None:
             raise DataError(
-                f"{sub} holds audio files (e.g. {nested.name}) in a sub-folder of {folder}, which asdcli does not "
-                f"read (a split keeps its clips directly in it); move them into {folder}, or out of the dataset."
+                f"{sub} holds audio files (e.g. {nested.name}) in a sub-folder of {split_dir}, which asdcli does not "
+                f"read (a split keeps its clips directly in it); move them into {split_dir}, or out of the dataset."
             )
 
 
 def _split_files(split_dir: Path) -> list[Path]:
-    """The clips of a split folder; audio in its sub-folders is a DataError (see _refuse_unread_audio)."""
+    """The clips of a split folder; audio in its sub-folders is a DataError (_refuse_nested_audio)."""
     files = _audio_files(split_dir)
-    _refuse_unread_audio(split_dir, "split")
+    _refuse_nested_audio(split_dir)
     return files
 
 
 def _machine_clips(machine_dir: Path) -> list[Clip]:
-    _refuse_unread_audio(machine_dir, "machine")
+    _refuse_loose_audio(machine_dir)
     clips = []
     for split in SPLITS:
         split_dir = machine_dir / split
