@@ -95,14 +95,19 @@ class SystemReport:
         return {"arithmetic mean": metrics.amean(values), "harmonic mean": metrics.hmean(values)}
 
 
+def check_bank_folder(folder: Path) -> None:
+    """DataError when the --banks folder of a submission does not exist."""
+    if not folder.is_dir():
+        raise DataError(f"Bank folder {folder} does not exist; pass the banks/ folder of the run (--banks DIR).")
+
+
 def bank_thresholds(banks_dir: Path | str) -> dict[tuple[str, str], float]:
     """The decision threshold of every ``bank_<machine>_section_<SS>.npz`` under ``banks_dir``
     (the threshold the decision files were made with), keyed by (machine, section)."""
     from asdcli.backend.bank import bank_paths, load_bank
 
     folder = Path(banks_dir)
-    if not folder.is_dir():
-        raise DataError(f"Bank folder {folder} does not exist; pass the banks/ folder of the run (--banks DIR).")
+    check_bank_folder(folder)
     out = {}
     for path in bank_paths(folder):
         bank = load_bank(path)

@@ -20,7 +20,15 @@ from asdcli.console import is_terminal, stderr_console
 from asdcli.errors import AsdError, ConfigError
 from asdcli.evaluate.ground_truth import GroundTruth, load_ground_truth, write_ground_truth
 from asdcli.evaluate.render import FORMATS, pct, render, render_text
-from asdcli.evaluate.report import STDIN, SystemReport, bank_thresholds, evaluate_all, score_file_key, score_files
+from asdcli.evaluate.report import (
+    STDIN,
+    SystemReport,
+    bank_thresholds,
+    check_bank_folder,
+    evaluate_all,
+    score_file_key,
+    score_files,
+)
 from asdcli.pipeline.run_check import check_run_pair
 
 NO_BANKS = "-"  # `--banks -`: this submission has no banks (a fused folder)
@@ -162,8 +170,7 @@ def _checked_thresholds(submission: Path, bank_dir: Path, run_pair: bool) -> dic
     from asdcli.backend.bank import load_bank_files
     from asdcli.pipeline.scored_with import check_scored_with, decision_thresholds
 
-    if not bank_dir.is_dir():
-        bank_thresholds(bank_dir)  # its error: the folder does not exist
+    check_bank_folder(bank_dir)
     files = load_bank_files(bank_dir)
     if submission.is_dir():
         scores = score_files(submission)
